@@ -1,0 +1,3 @@
+from effedge.cli import main
+
+main()

@@ -1,0 +1,140 @@
+"""The ``effedge`` command line: parses arguments, calls the library, prints. No logic of its own."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from effedge import __version__
+from effedge.errors import EffedgeError
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _human(count: int | None, unit: str = "") -> str:
+    if count is None:
+        return "-"
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if count >= factor:
+            return f"{count / factor:.2f}{suffix}{unit}"
+    return f"{count}{unit}"
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:  # piped/logged: don't squeeze columns into 80 characters
+        console = Console(width=200)
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("variant", "backbone", "levels") else "right")
+    for row in rows:
+        table.add_row(*("-" if cell is None else str(cell) for cell in row))
+    console.print(table)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="effedge")
+@click.option("--debug", is_flag=True, help="Show the full traceback of errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """effedge — compile EfficientNet / EfficientDet for Jetson and NVIDIA GPUs.
+
+    \b
+    Examples:
+      effedge models                 the model zoo: φ, input size, params, MACs
+      effedge info d0                the full scaled architecture of D0
+      effedge info --phi 1.5         a custom compound coefficient
+    """
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+def models(as_json: bool) -> None:
+    """List every named variant with its scaling, params and MACs.
+
+    \b
+    MACs are multiply-adds of convolutions and linear layers for one image at the
+    variant's native resolution, as the papers count them.
+    \b
+    Examples:
+      effedge models
+      effedge models --json | jq '.[] | select(.family=="efficientdet") | .macs'
+    """
+    from effedge.zoo import model_table
+
+    rows = model_table()
+    if as_json:
+        _print_json(rows)
+        return
+    _table("effedge model zoo", ["variant", "φ", "input", "width", "depth", "BiFPN ch", "BiFPN layers", "heads",
+                                 "levels", "params", "MACs"],
+           [[r["variant"], f"{r['phi']:g}", r["resolution"], f"{r['width']:g}", f"{r['depth']:g}",
+             r["bifpn_channels"], r["bifpn_layers"], r["head_layers"], r["levels"], _human(r["params"]),
+             _human(r["macs"])] for r in rows])
+
+
+@cli.command()
+@click.argument("variant", required=False)
+@click.option("--phi", type=float, help="Custom compound coefficient φ (0–7) instead of a named variant.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(variant: str | None, phi: float | None, as_json: bool) -> None:
+    """Print the full scaled architecture of VARIANT (b0..b7, d0..d7x) or of --phi X.
+
+    \b
+    Examples:
+      effedge info d0
+      effedge info --phi 1.5 --json
+    """
+    from effedge.zoo import architecture
+
+    if (variant is None) == (phi is None):
+        raise click.UsageError("give a VARIANT or --phi, not both and not neither")
+    arch = architecture(variant if variant is not None else phi)
+    if as_json:
+        _print_json(arch)
+        return
+    lines = [f"{arch['variant']} ({arch['family']}, φ={arch['phi']:g}): input {arch['resolution']}, "
+             f"params {_human(arch['params'])}, MACs {_human(arch['macs'])}"]
+    bb = arch["backbone_stages"]
+    lines.append(f"backbone {bb['name']}: width ×{bb['width']:.4g}, depth ×{bb['depth']:.4g}, "
+                 f"stem {bb['stem_channels']} ch, head {bb['head_channels']} ch")
+    if arch["bifpn_channels"]:
+        lines.append(f"BiFPN: {arch['bifpn_channels']} ch × {arch['bifpn_layers']} layers, fusion {arch['fusion']}, "
+                     f"levels {arch['levels']}; heads: {arch['head_layers']} layers")
+        anchors = arch["anchors"]
+        lines.append(f"anchors: {anchors['per_location']} per location (scale {anchors['scale']:g}), "
+                     f"{anchors['total']} in all; pyramid "
+                     + ", ".join(f"{p['level']} {p['size']}²" for p in arch["pyramid"]))
+    click.echo("\n".join(lines))
+    _table("backbone stages", ["stage", "block", "repeats", "kernel", "stride", "expansion", "in", "out", "SE",
+                               "output"],
+           [[s["stage"], s["block"], s["repeats"], s["kernel"], s["stride"], s["expansion"], s["in_channels"],
+             s["out_channels"], s["se_channels"], f"{s['output_size']}²"] for s in bb["stages"]])
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    debug = "--debug" in sys.argv[1:]
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except EffedgeError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,93 @@
+"""The model zoo: ``build_model`` turns a variant name or a φ into a PyTorch network."""
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+from torch import nn
+
+from effedge.errors import VariantError
+from effedge.models.checkpoint import KNOWN_CHECKPOINTS, Weights, load_weights
+from effedge.models.efficientdet import EfficientDet
+from effedge.models.efficientnet import EfficientNet
+from effedge.models.layers import PAD_MODES
+from effedge.scaling import EfficientDetSpec, ModelSpec, resolve
+
+__all__ = ["build_model", "EfficientDet", "EfficientNet", "input_size_for", "count_params", "count_macs",
+           "complexity"]
+
+
+def input_size_for(spec: ModelSpec, image_size: Union[int, tuple[int, int], None] = None) -> tuple[int, int]:
+    """The (H, W) a model is built for; detectors need a multiple of their largest stride."""
+    if image_size is None:
+        return spec.resolution, spec.resolution
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or any(not isinstance(s, int) or s <= 0 for s in size):
+        raise VariantError(f"input size {image_size!r} is not a positive integer or (height, width) pair")
+    if isinstance(spec, EfficientDetSpec):
+        stride = spec.largest_stride
+        if any(s % stride for s in size):
+            near = sorted({max(stride, s // stride * stride) for s in size} | {(s // stride + 1) * stride
+                                                                                for s in size})
+            raise VariantError(f"input size {size[0]}x{size[1]} is not a multiple of {stride}, the largest "
+                               f"feature stride of {spec.name}; use e.g. {' or '.join(map(str, near[:2]))}")
+    return size
+
+
+def build_model(variant: Union[str, float, ModelSpec], *, weights: Weights | None = None,
+                num_classes: int | None = None, image_size: Union[int, tuple[int, int], None] = None,
+                pad: str = "same") -> nn.Module:
+    """Build a network in eval mode.
+
+    Args:
+        variant: "b0".."b7" (classifier), "d0".."d7x" (detector), a float φ (custom detector), or a spec.
+        weights: a checkpoint path, URL or known name (e.g. "tf_efficientdet_d0"); a known name also sets
+            ``pad`` to the layout it was trained with.
+        num_classes: classes of the head; default 90 (COCO) for detectors, 1000 (ImageNet) for classifiers.
+        image_size: input size the padding is resolved for; default the variant's resolution.
+        pad: "same" (TF 'same', the tf_* checkpoints) or "symmetric" (the PyTorch-trained efficientdet_d*).
+    """
+    spec = variant if isinstance(variant, (EfficientDetSpec,)) or hasattr(variant, "stages") else resolve(variant)
+    if isinstance(weights, str) and weights in KNOWN_CHECKPOINTS:
+        known = KNOWN_CHECKPOINTS[weights]
+        if known.variant != spec.name:
+            raise VariantError(f"weights '{weights}' are for {known.variant}, not {spec.name}; "
+                               f"use --variant {known.variant}")
+        pad = known.pad
+    if pad not in PAD_MODES:
+        raise VariantError(f"unknown padding {pad!r}; use one of {', '.join(PAD_MODES)}")
+    size = input_size_for(spec, image_size)
+    if isinstance(spec, EfficientDetSpec):
+        model = EfficientDet(spec, num_classes=num_classes or 90, image_size=size, padding=pad)
+    else:
+        model = EfficientNet(spec, num_classes=num_classes or 1000, image_size=size, padding=pad,
+                             bn_eps=1e-3 if pad == "same" else 1e-5)
+    if weights is not None:
+        load_weights(model, weights, name=f"{spec.name} ({size[0]}x{size[1]}, pad={pad})")
+    return model.eval()
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, image_size: tuple[int, int]) -> int:
+    """Multiply-adds of convolutions and linear layers for one image (the papers' count)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    x = torch.empty(1, 3, *image_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() // 2
+
+
+def complexity(variant: Union[str, float, ModelSpec], image_size: Union[int, tuple[int, int], None] = None,
+               num_classes: int | None = None) -> tuple[int, int]:
+    """(params, MACs) of a variant, counted on a weightless ("meta") instance: fast even for D7x."""
+    spec = variant if hasattr(variant, "name") else resolve(variant)
+    size = input_size_for(spec, image_size)
+    with torch.device("meta"):
+        model = build_model(spec, image_size=size, num_classes=num_classes)
+    return count_params(model), count_macs(model, size)

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+REFERENCE_MISSING = (
+    "reference implementations not installed: pip install --no-deps effdet==0.4.1 timm==1.0.31 (see README)"
+)
+
+
+def _reference_installed() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in ("timm", "effdet", "omegaconf"))
+
+
+@pytest.fixture(scope="session")
+def timm_module():
+    if not _reference_installed():
+        pytest.skip(REFERENCE_MISSING)
+    import torchvision_standin
+
+    torchvision_standin.install()
+    import timm
+
+    return timm
+
+
+@pytest.fixture(scope="session")
+def effdet_reference(timm_module):
+    """(effdet.efficientdet module, get_efficientdet_config)."""
+    import torchvision_standin
+
+    module = torchvision_standin.import_effdet_model_module()
+    from effdet.config import get_efficientdet_config
+
+    return module, get_efficientdet_config
