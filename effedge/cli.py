@@ -120,6 +120,76 @@ def info(variant: str | None, phi: float | None, as_json: bool) -> None:
              s["out_channels"], s["se_channels"], f"{s['output_size']}²"] for s in bb["stages"]])
 
 
+def _progress(message: str) -> None:
+    click.echo(f"[effedge] {message}", err=True)
+
+
+def _variant_arg(variant: str | None, phi: float | None) -> str | float:
+    if (variant is None) == (phi is None):
+        raise click.UsageError("give --variant or --phi (one of them)")
+    return variant if variant is not None else phi
+
+
+def _parse_dynamic_batch(value: str | None) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    try:
+        low, opt, high = (int(part) for part in value.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not MIN:OPT:MAX, e.g. 1:4:8", param_hint="--dynamic-batch")
+    return low, opt, high
+
+
+@cli.command()
+@click.option("--variant", help="b0..b7, d0..d7x.")
+@click.option("--phi", type=float, help="Custom compound coefficient φ (0–7) instead of --variant.")
+@click.option("--weights", help="Checkpoint: .pth file, URL, or known name (tf_efficientdet_d0, …).")
+@click.option("--num-classes", type=int, help="Classes of the head (default 90 for detectors, 1000 for classifiers).")
+@click.option("--pad", type=click.Choice(["same", "symmetric"]), default="same", show_default=True,
+              help="Checkpoint layout: TF-ported (same) or PyTorch-trained (symmetric).")
+@click.option("--imgsz", type=int, help="Input size (square); default the variant's. Multiple of the largest stride.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
+@click.option("--dynamic-batch", metavar="MIN:OPT:MAX", help="Dynamic batch instead of --batch, e.g. 1:4:8.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (TensorRT 8.5/8.6 parse ≤ 17).")
+@click.option("--nms", type=click.Choice(["none", "onnx", "efficientnms"]), default="none", show_default=True,
+              help="NMS tail: none (decoded boxes + scores), onnx (NonMaxSuppression), efficientnms (TRT plugin).")
+@click.option("--input-format", type=click.Choice(["float", "uint8"]), default="float", show_default=True,
+              help="float: NCHW normalized; uint8: NHWC RGB 0-255, normalized in the graph.")
+@click.option("--score-threshold", type=float, default=0.05, show_default=True, help="NMS score threshold.")
+@click.option("--iou-threshold", type=float, default=0.5, show_default=True, help="NMS IoU threshold.")
+@click.option("--max-detections", type=int, default=100, show_default=True, help="NMS detections kept (K).")
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory [default: runs/<variant>].")
+@click.option("--json", "as_json", is_flag=True, help="Print the build manifest as JSON.")
+def export(variant, phi, weights, num_classes, pad, imgsz, batch, dynamic_batch, opset, nms, input_format,
+           score_threshold, iou_threshold, max_detections, out, as_json) -> None:
+    """Export a model to ONNX (simplified, checked against PyTorch) with a build.json manifest.
+
+    \b
+    Examples:
+      effedge export --variant d0
+      effedge export --variant d0 --weights tf_efficientdet_d0 --nms efficientnms
+      effedge export --phi 1.5 --dynamic-batch 1:4:8 --input-format uint8 --out runs/phi1.5
+    """
+    from effedge.export import ExportOptions, export as run_export
+    from effedge.scaling import resolve
+
+    target = _variant_arg(variant, phi)
+    options = ExportOptions(image_size=imgsz, batch=batch, dynamic_batch=_parse_dynamic_batch(dynamic_batch),
+                            opset=opset, nms=nms, input_format=input_format, score_threshold=score_threshold,
+                            iou_threshold=iou_threshold, max_detections=max_detections)
+    out_dir = out or f"runs/{resolve(target).name}"
+    manifest = run_export(target, out_dir, weights=weights, num_classes=num_classes, pad=pad, options=options,
+                          log=_progress)
+    if as_json:
+        _print_json(manifest)
+        return
+    graph = manifest["graph"]["simplified"]
+    worst = max(manifest["parity"], key=lambda p: p["max_abs_diff"] / p["tolerance"])
+    click.echo(f"{out_dir}/model.sim.onnx: {manifest['variant']} {manifest['resolution'][0]}x"
+               f"{manifest['resolution'][1]}, opset {graph['opset']}, {graph['nodes']} nodes, "
+               f"parity max |Δ| {worst['max_abs_diff']:.2e} ({worst['output']})")
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     debug = "--debug" in sys.argv[1:]

@@ -11,12 +11,15 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         for name, tensor in model.state_dict().items():
             if not tensor.dtype.is_floating_point:
                 continue
-            if name.endswith("running_var"):
+            if name.endswith("edge_weights"):  # BiFPN fusion weights: trained ones are non-negative
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.2)
+            elif name.endswith("running_var"):
                 tensor.copy_(torch.rand(tensor.shape, generator=generator) * 0.5 + 0.5)
             elif tensor.ndim == 4:  # conv kernels: keep activations O(1) through deep stacks
                 fan_in = tensor.shape[1] * tensor.shape[2] * tensor.shape[3]
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) / fan_in**0.5)
-            else:
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.2
-                             + (1.0 if name.endswith(".weight") and tensor.ndim == 1 else 0.0))
+                gain = 4.0 if "predict" in name else 1.0  # logits and box deltas of a few units, as trained
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * gain / fan_in**0.5)
+            else:  # BN scale ≈ 0.5 keeps the un-normalized (sum) fusion of D6+ from growing layer by layer
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1
+                             + (0.5 if name.endswith(".weight") and tensor.ndim == 1 else 0.0))
     return model

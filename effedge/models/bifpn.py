@@ -49,7 +49,12 @@ class Resample(nn.Sequential):
             stride = (input_size[0] - 1) // output_size[0] + 1
             self.add_module("downsample", MaxPool2d(stride + 1, stride, padding=padding, input_size=input_size))
         elif input_size[0] < output_size[0]:
-            self.add_module("upsample", nn.Upsample(size=output_size, mode="nearest"))
+            ratios = (output_size[0] / input_size[0], output_size[1] / input_size[1])
+            exact = all(r.is_integer() for r in ratios)
+            # An exact ratio (the input size is a multiple of the largest stride) is the same resampling as a
+            # target size, and keeps the size out of the graph's shape arithmetic.
+            self.add_module("upsample", nn.Upsample(scale_factor=ratios, mode="nearest") if exact
+                            else nn.Upsample(size=output_size, mode="nearest"))
 
 
 class WeightedFusion(nn.Module):

@@ -1,0 +1,65 @@
+"""Artefacts appear whole or not at all: stages write into a staging folder and publish by rename."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from effedge.errors import EffedgeError
+
+
+@contextlib.contextmanager
+def output_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Create ``path`` if needed and prove it writable (or raise a one-line error); if the work inside fails,
+    a directory this call created is removed again when still empty."""
+    out = Path(path).expanduser()
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise EffedgeError(f"cannot write to output directory {out}: {exc.strerror or exc}; choose another "
+                           "--out") from exc
+    try:
+        yield out
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+@contextlib.contextmanager
+def staging(out_dir: Path) -> Iterator[Path]:
+    """A private folder inside ``out_dir`` for a stage's files; removed, with its contents, if the stage fails."""
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish(stage: Path, out_dir: Path, names: list[str]) -> None:
+    """Move finished files from the staging folder into ``out_dir`` (atomic per file, same filesystem)."""
+    for name in names:
+        os.replace(stage / name, out_dir / name)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,67 @@
+"""``build.json``: what a build directory holds and how it was made (DESIGN.md §1)."""
+from __future__ import annotations
+
+import collections
+import importlib.metadata
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from effedge import __version__
+from effedge.artifacts import write_json
+from effedge.errors import EffedgeError
+
+MANIFEST = "build.json"
+_TOOLS = ("torch", "onnx", "onnxsim", "onnxruntime", "nvidia-modelopt", "tensorrt", "pycuda", "numpy")
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Installed versions of the tools a build may involve (read from package metadata, nothing imported)."""
+    versions: dict[str, str | None] = {"effedge": __version__, "python": platform.python_version()}
+    for tool in _TOOLS:
+        try:
+            versions[tool] = importlib.metadata.version(tool)
+        except importlib.metadata.PackageNotFoundError:
+            versions[tool] = None
+    return versions
+
+
+def onnx_summary(model) -> dict[str, Any]:
+    """Node count, op histogram, opset and I/O of an ONNX ``ModelProto``."""
+    from onnx import helper
+
+    def tensors(values):
+        out = []
+        for value in values:
+            tensor_type = value.type.tensor_type
+            shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                     for d in tensor_type.shape.dim]
+            out.append({"name": value.name, "shape": shape,
+                        "dtype": helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name})
+        return out
+
+    ops = collections.Counter(node.op_type for node in model.graph.node)
+    return {
+        "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None),
+        "nodes": len(model.graph.node),
+        "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "inputs": tensors(model.graph.input),
+        "outputs": tensors(model.graph.output),
+    }
+
+
+def write_manifest(out_dir: Path, data: dict[str, Any]) -> Path:
+    path = out_dir / MANIFEST
+    write_json(path, data)
+    return path
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any]:
+    path = Path(out_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise EffedgeError(f"{path} not found: {out_dir} is not an effedge build directory") from exc
+    except json.JSONDecodeError as exc:
+        raise EffedgeError(f"{path} is not valid JSON ({exc.msg}); rebuild with --force") from exc
