@@ -190,6 +190,82 @@ def export(variant, phi, weights, num_classes, pad, imgsz, batch, dynamic_batch,
                f"parity max |Δ| {worst['max_abs_diff']:.2e} ({worst['output']})")
 
 
+def _rich_progress(items, total: int, description: str):
+    """A progress bar on stderr for long library loops (effedge.precision.Progress)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("[effedge] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total or None)
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+def _print_precision_report(report: dict) -> None:
+    lines = [f"{report['file']}: {report['precision']}, opset {report['opset']}"]
+    calibration = report.get("calibration")
+    if calibration:
+        lines.append(f"calibration: {calibration['method']} on {calibration['images']} images"
+                     f"{' (cached)' if calibration['cached'] else ''}, {calibration['skipped']} skipped")
+    qdq = report.get("qdq")
+    if qdq:
+        lines.append(f"Q/DQ: {qdq['convolutions_int8']}/{qdq['convolutions']} convolutions int8, "
+                     f"{qdq['weights_per_channel_axis0']} per-channel weight quantizers (axis 0), "
+                     f"{qdq['activation_quantizers']} per-tensor activation quantizers")
+    if report.get("kept_fp16") is not None:
+        lines.append("kept in fp16: " + (", ".join(report["kept_fp16"]) or "nothing (int8 met the target)"))
+    fidelity = report["fidelity"]
+    for name, figures in fidelity["outputs"].items():
+        lines.append(f"  {name:15s} SQNR {figures['sqnr_db']:6.1f} dB  cosine {figures['cosine']:.6f}")
+    if "detections" in fidelity:
+        d = fidelity["detections"]
+        lines.append(f"  detections agree with fp32: F1 {d['f1']:.3f} (recall {d['recall']:.3f}, precision "
+                     f"{d['precision']:.3f}; {d['fp32']} fp32 detections ≥ {d['score_threshold']}) on "
+                     f"{fidelity['images']} held-out image(s)")
+    click.echo("\n".join(lines))
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--precision", type=click.Choice(["fp16", "int8", "mixed"]), required=True)
+@click.option("--calib", "calib_dir", type=click.Path(), help="Folder of calibration images [default: calib/].")
+@click.option("--calib-images", type=int, default=300, show_default=True,
+              help="Calibration images taken (deterministic shuffled subset).")
+@click.option("--holdout", type=int, help="Held-out images for the fidelity report [default: 20%, at most 16].")
+@click.option("--calib-method", type=click.Choice(["entropy", "max", "percentile"]), default="entropy",
+              show_default=True)
+@click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile.")
+@click.option("--fidelity-target", type=float, default=20.0, show_default=True,
+              help="mixed: worst raw-output SQNR (dB) on held-out images to reach.")
+@click.option("--opset", type=int, help="Target opset; 17 for TensorRT 8.5/8.6 (non-quantized part stays fp32).")
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory [default: the model's].")
+@click.option("--json", "as_json", is_flag=True, help="Print the precision report as JSON.")
+def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, percentile, fidelity_target, opset,
+             out, as_json) -> None:
+    """Write MODEL's precision into the graph: fp16, int8 (Q/DQ) or mixed int8/fp16.
+
+    \b
+    Examples:
+      effedge quantize runs/d0/model.sim.onnx --precision int8 --calib ~/images
+      effedge quantize runs/d0/model.sim.onnx --precision mixed --fidelity-target 25
+      effedge quantize runs/d0/model.sim.onnx --precision fp16
+    """
+    from pathlib import Path
+
+    from effedge.precision import PrecisionOptions, convert
+
+    options = PrecisionOptions(precision=precision, calib_dir=Path(calib_dir) if calib_dir else None,
+                               calib_images=calib_images, holdout=holdout, method=calib_method,
+                               percentile=percentile, fidelity_target=fidelity_target, opset=opset)
+    report = convert(model, out, options=options, log=_progress, progress=_rich_progress)
+    if as_json:
+        _print_json(report)
+    else:
+        _print_precision_report(report)
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     debug = "--debug" in sys.argv[1:]

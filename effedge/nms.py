@@ -118,3 +118,22 @@ def append_nms_tail(model, tail: str, *, score_threshold: float, iou_threshold: 
     ])
     prune_dead_nodes(graph)
     return model
+
+
+def select_detections(boxes: np.ndarray, scores: np.ndarray, *, score_threshold: float, iou_threshold: float,
+                      max_detections: int, pre_nms_top: int = 5000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Detections of one image from decoded ``boxes [N, 4]`` and ``scores [N, C]``: per-class NMS over the
+    ``pre_nms_top`` best (anchor, class) candidates above the threshold. Returns (boxes, scores, classes),
+    best first, at most ``max_detections``."""
+    anchors, classes = np.nonzero(scores > score_threshold)
+    candidate_scores = scores[anchors, classes]
+    if candidate_scores.size > pre_nms_top:
+        top = np.argpartition(-candidate_scores, pre_nms_top)[:pre_nms_top]
+        anchors, classes, candidate_scores = anchors[top], classes[top], candidate_scores[top]
+    kept = []
+    for cls in np.unique(classes):
+        members = np.flatnonzero(classes == cls)
+        kept.extend(members[nms(boxes[anchors[members]], candidate_scores[members], iou_threshold)])
+    kept = np.asarray(kept, dtype=np.int64)
+    kept = kept[np.argsort(-candidate_scores[kept], kind="stable")][:max_detections]
+    return boxes[anchors[kept]], candidate_scores[kept], classes[kept]

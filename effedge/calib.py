@@ -1,0 +1,149 @@
+"""Calibration images: a folder of photos -> preprocessed batches, exactly as the runtime prepares inputs.
+
+Files are found recursively (jpg, jpeg, png, bmp, webp, tif, tiff), sorted, shuffled with a fixed seed and
+split into held-out images (for the fidelity report, never used to calibrate) and calibration images. Each
+image is decoded with EXIF orientation applied, converted to 8-bit RGB (grayscale, RGBA, palette, CMYK,
+16-bit), reduced cheaply if huge, then letterboxed and normalized by :mod:`effedge.preprocess`. Files that
+cannot be decoded are skipped and counted.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from effedge.errors import EffedgeError
+from effedge.preprocess import letterbox, to_model_input
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+RECOMMENDED_IMAGES = 500
+FEW_IMAGES = 100
+MAX_PIXELS = 400_000_000  # larger files are refused rather than decoded (decompression bombs)
+DEFAULT_CALIB_DIR = Path(__file__).resolve().parent.parent / "calib"
+
+
+class ImageDecodeError(Exception):
+    """One file that is not a usable image (the caller skips and counts it)."""
+
+
+def load_rgb(path: Path, target: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode ``path`` to HWC uint8 RGB. With ``target`` (H, W), images far larger than it are reduced while
+    decoding (JPEG draft mode, integer box reduction), so a 10000×10000 file needs little memory."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise ImageDecodeError(f"{image.width}x{image.height} is larger than {MAX_PIXELS} pixels")
+            if target is not None and image.format == "JPEG":
+                image.draft("RGB", (2 * target[1], 2 * target[0]))  # decode at a reduced DCT scale
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            if target is not None:
+                factor = min(image.width // (2 * target[1]), image.height // (2 * target[0]))
+                if factor >= 2:
+                    image = image.reduce(factor)
+            return _to_rgb8(image)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # PIL raises many types for unreadable, truncated or unsupported files
+        raise ImageDecodeError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+
+
+def _to_rgb8(image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit (or 32-bit int) grayscale: scale, don't clip
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        gray = np.clip(array * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        span = max(array.max() - array.min(), 1e-12)
+        gray = ((array - array.min()) * (255.0 / span)).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        from PIL import Image
+
+        background = Image.new("RGBA", image.size, (124, 116, 104, 255))  # transparent -> letterbox colour
+        image = Image.alpha_composite(background, image)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def find_images(folder: str | Path) -> list[Path]:
+    root = Path(folder).expanduser()
+    if not root.exists():
+        raise EffedgeError(f"calibration folder {root} does not exist; pass --calib with a folder of images")
+    if not root.is_dir():
+        raise EffedgeError(f"--calib {root} is not a folder; pass a folder of images")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise EffedgeError(f"no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) in {root}; "
+                           "pass --calib with a folder of images")
+    return files
+
+
+@dataclass
+class ImageSet:
+    """Calibration and held-out images of one folder, with what was skipped while reading them."""
+
+    root: Path
+    calibration: list[Path]
+    holdout: list[Path]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, *, count: int | None = None, holdout: int | None = None,
+                    seed: int = 0) -> "ImageSet":
+        """``count`` calibration images (default all but the held-out ones) and ``holdout`` held-out images
+        (default 20 %, between 1 and 16, none when the folder has a single image)."""
+        if count is not None and count < 1:
+            raise EffedgeError(f"--calib-images {count}: use at least 1 (500+ recommended)")
+        files = find_images(folder)
+        random.Random(seed).shuffle(files)
+        if holdout is None:
+            holdout = 0 if len(files) < 2 else min(16, max(1, len(files) // 5))
+        held, rest = files[:holdout], files[holdout:]
+        if not rest:
+            raise EffedgeError(f"{folder} has {len(files)} image(s), all held out for the fidelity report; "
+                               "add images or lower the hold-out")
+        return cls(Path(folder), rest[:count] if count else rest, held)
+
+    def content_hash(self) -> str:
+        """sha256 over the calibration files' names and bytes (what calibration results are keyed by)."""
+        digest = hashlib.sha256()
+        for path in self.calibration:
+            digest.update(str(path.relative_to(self.root)).encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()
+
+    def batches(self, paths: list[Path], size: tuple[int, int], input_format: str,
+                batch: int = 1) -> Iterator[np.ndarray]:
+        """Model-ready batches of the readable images among ``paths``; unreadable ones are recorded in
+        ``skipped``. A final partial batch is dropped only when the model has a fixed larger batch."""
+        pending = []
+        for path in paths:
+            try:
+                pending.append(letterbox(load_rgb(path, size), *size)[0])
+            except ImageDecodeError as exc:
+                self.skipped.append((str(path.relative_to(self.root)), str(exc)))
+                continue
+            if len(pending) == batch:
+                yield to_model_input(np.stack(pending), input_format)
+                pending = []
+        if pending and batch == 1:
+            yield to_model_input(np.stack(pending), input_format)
+
+    def warnings(self, used: int) -> list[str]:
+        notes = []
+        if self.skipped:
+            notes.append(f"skipped {len(self.skipped)} unreadable file(s), e.g. {self.skipped[0][0]}: "
+                         f"{self.skipped[0][1]}")
+        if used < FEW_IMAGES:
+            notes.append(f"calibrated on only {used} image(s); use {RECOMMENDED_IMAGES}+ images from the "
+                         "deployment domain for production (--calib DIR)")
+        return notes

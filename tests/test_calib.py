@@ -1,0 +1,124 @@
+"""Calibration image source: formats, broken files, huge files, bad folders."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from effedge.calib import DEFAULT_CALIB_DIR, ImageSet, find_images, load_rgb
+from effedge.errors import EffedgeError
+from effedge.preprocess import MEAN_PIXEL, letterbox
+
+
+def photo(size=(96, 64), seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size[1], 0:size[0]]
+    base = np.stack([xx * 255 / size[0], yy * 255 / size[1], (xx + yy) % 256], -1)
+    return np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
+
+
+def test_modes_are_converted_to_rgb8(tmp_path):
+    rgb = photo()
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.png")
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    rgba[:10, :10, 3] = 0  # transparent corner becomes the letterbox colour
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "palette.png")
+    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(tmp_path / "gray16.png")
+    Image.fromarray(rgb).save(tmp_path / "photo.webp")
+    Image.fromarray(rgb).save(tmp_path / "photo.bmp")
+    Image.fromarray(rgb).save(tmp_path / "photo.tiff")
+
+    assert np.array_equal(load_rgb(tmp_path / "rgb.png"), rgb)
+    gray = load_rgb(tmp_path / "gray.png")
+    assert gray.shape == (64, 96, 3) and np.array_equal(gray[..., 1], rgb[..., 0])
+    assert tuple(load_rgb(tmp_path / "rgba.png")[0, 0]) == MEAN_PIXEL
+    assert load_rgb(tmp_path / "palette.png").shape == (64, 96, 3)
+    sixteen = load_rgb(tmp_path / "gray16.png")  # 16-bit scaled to 8-bit, not clipped at 255
+    assert np.abs(sixteen[..., 0].astype(int) - rgb[..., 0]).max() <= 1
+    for name in ("photo.webp", "photo.bmp", "photo.tiff"):
+        assert load_rgb(tmp_path / name).dtype == np.uint8
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.fromarray(photo((96, 64)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_rgb(tmp_path / "rotated.jpg").shape == (96, 64, 3)
+
+
+def test_letterbox_keeps_aspect_at_top_left():
+    canvas, scale = letterbox(photo((100, 50)), 64, 64)
+    assert scale == pytest.approx(0.64)
+    assert canvas.shape == (64, 64, 3)
+    assert (canvas[40:, :] == MEAN_PIXEL).all() and not (canvas[:30, :] == MEAN_PIXEL).all()
+
+
+def test_huge_image_is_reduced_while_decoding(tmp_path):
+    """A 10000×10000 image must not exhaust memory: decoded in a subprocess, peak RSS stays small."""
+    path = tmp_path / "huge.jpg"
+    Image.new("RGB", (10000, 10000), (200, 30, 30)).save(path, quality=50)
+    code = ("import resource, sys; from effedge.calib import load_rgb; from pathlib import Path; "
+            "a = load_rgb(Path(sys.argv[1]), (512, 512)); "
+            "print(a.shape[0], a.shape[1], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+    height, width, peak_mb = map(int, subprocess.check_output([sys.executable, "-c", code, str(path)]).split())
+    assert max(height, width) <= 2048 and peak_mb < 1000, (height, width, peak_mb)
+
+
+def _folder(tmp_path, count=12):
+    for i in range(count):
+        Image.fromarray(photo(seed=i)).save(tmp_path / f"img{i:02d}.jpg")
+    return tmp_path
+
+
+def test_deterministic_subset_holdout_and_hash(tmp_path):
+    folder = _folder(tmp_path)
+    (folder / "notes.txt").write_text("not an image")
+    nested = folder / "more"
+    nested.mkdir()
+    Image.fromarray(photo(seed=99)).save(nested / "deep.png")
+    first = ImageSet.from_folder(folder, count=5, holdout=3)
+    again = ImageSet.from_folder(folder, count=5, holdout=3)
+    assert first.calibration == again.calibration and first.holdout == again.holdout
+    assert len(first.calibration) == 5 and len(first.holdout) == 3
+    assert not set(first.calibration) & set(first.holdout)
+    assert len(find_images(folder)) == 13  # recursive, the .txt ignored
+    assert first.content_hash() == again.content_hash()
+    assert ImageSet.from_folder(folder, count=6, holdout=3).content_hash() != first.content_hash()
+
+
+def test_truncated_and_fake_files_are_skipped_and_counted(tmp_path):
+    folder = _folder(tmp_path, 6)
+    data = (folder / "img00.jpg").read_bytes()
+    (folder / "img00.jpg").write_bytes(data[: len(data) // 2])  # truncated JPEG
+    (folder / "fake.png").write_text("not a png")
+    images = ImageSet.from_folder(folder, holdout=0)
+    batches = list(images.batches(images.calibration, (64, 64), "float"))
+    assert len(batches) == 5 and batches[0].shape == (1, 3, 64, 64)
+    assert sorted(name for name, _ in images.skipped) == ["fake.png", "img00.jpg"]
+    assert any("skipped 2 unreadable" in w for w in images.warnings(5))
+    assert any("500+" in w for w in images.warnings(5))
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda p: p / "missing", "does not exist"),
+    (lambda p: p, "no images"),
+    (lambda p: (p / "a.txt").write_text("x") and p, "no images"),
+])
+def test_bad_folders(tmp_path, setup, message):
+    with pytest.raises(EffedgeError, match=message):
+        ImageSet.from_folder(setup(tmp_path))
+
+
+def test_zero_calibration_images_is_refused(tmp_path):
+    with pytest.raises(EffedgeError, match="--calib-images 0: use at least 1"):
+        ImageSet.from_folder(_folder(tmp_path, 3), count=0)
+
+
+def test_shipped_calibration_images_are_usable():
+    images = ImageSet.from_folder(DEFAULT_CALIB_DIR)
+    batches = list(images.batches(images.calibration + images.holdout, (128, 128), "uint8"))
+    assert len(batches) == 8 and not images.skipped and batches[0].dtype == np.uint8

@@ -1,0 +1,192 @@
+"""fp16 / int8 / mixed graphs: valid, runnable, quantized as TensorRT wants, fidelity measured, cached."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from PIL import Image
+
+from effedge import qdq
+from effedge.errors import EffedgeError
+from effedge.export import ExportOptions, export
+from effedge.precision import PrecisionOptions, convert, model_input, _session
+from test_calib import photo
+from test_export import random_weights
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A D0 export at 128×128 with realistic random weights, a folder of 14 images and a private cache."""
+    root = tmp_path_factory.mktemp("precision")
+    export("d0", root / "build", weights=random_weights("d0", 128), options=ExportOptions(image_size=128))
+    images = root / "images"
+    images.mkdir()
+    for i in range(14):
+        Image.fromarray(photo((160, 120), seed=i)).save(images / f"{i}.jpg")
+    cache = root / "cache"
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv("EFFEDGE_CACHE_DIR", str(cache))
+    yield root, images, cache
+    patcher.undo()
+
+
+def _convert(workspace, precision, **extra):
+    root, images, _ = workspace
+    options = PrecisionOptions(precision=precision, calib_dir=images, holdout=4, **extra)
+    return convert(root / "build" / "model.sim.onnx", options=options)
+
+
+def _run(model_path, batch):
+    session = _session(model_path)
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {"images": batch})))
+
+
+def test_fp16_graph_is_valid_runs_and_keeps_fp32_io(workspace):
+    report = _convert(workspace, "fp16")
+    path = workspace[0] / "build" / "model.fp16.onnx"
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    outputs = _run(path, np.zeros((1, 3, 128, 128), np.float32))
+    assert outputs["class_logits"].dtype == np.float32
+    assert report["fidelity"]["outputs"]["class_logits"]["sqnr_db"] > 40
+
+
+def test_int8_graph_follows_the_qdq_rules(workspace):
+    report = _convert(workspace, "int8", calib_images=10)
+    path = workspace[0] / "build" / "model.int8.onnx"
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 214
+    for conv in convs:
+        act_dq, weight_dq = producers[conv.input[0]], producers[conv.input[1]]
+        assert act_dq.op_type == weight_dq.op_type == "DequantizeLinear"
+        weight_q = producers[weight_dq.input[0]]
+        weight = inits[weight_q.input[0]]
+        axis = {a.name: onnx.helper.get_attribute_value(a) for a in weight_q.attribute}.get("axis", 1)
+        assert axis == 0 and inits[weight_q.input[1]].shape == (weight.shape[0],)  # per output channel
+        assert not inits[weight_q.input[2]].any()  # symmetric: zero point 0
+        assert inits[act_dq.input[1]].shape == () and not inits[act_dq.input[2]].any()  # per-tensor
+    summary = report["qdq"]
+    assert summary["convolutions_int8"] == 214 and summary["weights_per_channel_axis0"] == 214
+    assert summary["zero_points_all_zero"]
+    # runs in ONNX Runtime (with the Q/DQ + fp16 fix) and stays close to fp32 on a held-out photo
+    from effedge.calib import ImageSet
+
+    held_out = ImageSet.from_folder(workspace[1], count=10, holdout=4)
+    image = next(held_out.batches(held_out.holdout, (128, 128), "float"))
+    int8 = _run(path, image)["class_logits"]
+    fp32 = _run(workspace[0] / "build" / "model.sim.onnx", image)["class_logits"]
+    assert np.corrcoef(int8.ravel(), fp32.ravel())[0, 1] > 0.9
+
+
+def test_activation_scales_come_from_calibration(workspace):
+    """Scales are amax/127 of the tensors on the calibration images (here checked for the model input)."""
+    _convert(workspace, "int8", calib_images=10, method="max")
+    model = onnx.load(str(workspace[0] / "build" / "model.int8.onnx"))
+    quantizers = qdq.activation_quantizers(model)
+    q_node, _ = quantizers["images"][0]
+    scale = float(numpy_helper.to_array([i for i in model.graph.initializer if i.name == q_node.input[1]][0]))
+    from effedge.calib import ImageSet
+
+    images = ImageSet.from_folder(workspace[1], count=10, holdout=4)
+    batches = np.concatenate(list(images.batches(images.calibration, (128, 128), "float")))
+    assert scale == pytest.approx(np.abs(batches).max() / 127, rel=2e-3)  # fp16 scale storage
+
+
+def test_fidelity_is_measured_not_assumed(workspace):
+    report = _convert(workspace, "int8", calib_images=10)
+    reported = report["fidelity"]["outputs"]["class_logits"]["sqnr_db"]
+    from effedge.calib import ImageSet
+
+    images = ImageSet.from_folder(workspace[1], count=10, holdout=4)
+    signal = error = 0.0
+    for batch in images.batches(images.holdout, (128, 128), "float"):
+        ref = _run(workspace[0] / "build" / "model.sim.onnx", batch)["class_logits"].astype(np.float64)
+        got = _run(workspace[0] / "build" / "model.int8.onnx", batch)["class_logits"].astype(np.float64)
+        signal += (ref ** 2).sum()
+        error += ((ref - got) ** 2).sum()
+    assert reported == pytest.approx(10 * np.log10(signal / error), abs=1e-6)
+    assert report["fidelity"]["images"] == 4 and "detections" in report["fidelity"]
+
+
+def test_second_run_does_not_recalibrate(workspace):
+    first = _convert(workspace, "int8", calib_images=8, method="percentile")
+    second = _convert(workspace, "int8", calib_images=8, method="percentile")
+    assert first["calibration"]["cached"] is False and second["calibration"]["cached"] is True
+    assert second["calibration"]["placement_cached"] is True
+    assert "calibration" in second["seconds"] and second["seconds"]["calibration"] < first["seconds"]["calibration"]
+    manifest = json.loads((workspace[0] / "build" / "build.json").read_text())
+    assert manifest["precisions"]["int8"]["calibration"]["cached"] is True
+    assert manifest["artifacts"]["model.int8.onnx"]["sha256"] == second["sha256"]
+
+
+def test_mixed_keeps_sensitive_blocks_until_the_target(workspace):
+    int8 = _convert(workspace, "int8", calib_images=10)
+    worst = min(int8["fidelity"]["outputs"][k]["sqnr_db"] for k in ("class_logits", "box_regression"))
+    target = worst + 6  # demand clearly more than int8 gives
+    mixed = _convert(workspace, "mixed", calib_images=10, fidelity_target=target)
+    assert mixed["kept_fp16"], mixed["sensitivity"]
+    assert len(mixed["sensitivity"]) >= 10 and all("gain_db" in s for s in mixed["sensitivity"])
+    assert set(mixed["kept_fp16"]) == {s["group"] for s in mixed["sensitivity"] if s.get("kept_fp16")}
+    assert mixed["qdq"]["convolutions_int8"] < 214
+    assert {g for g, _ in mixed["qdq"]["not_quantized_groups"]} == set(mixed["kept_fp16"])
+    mixed_worst = min(mixed["fidelity"]["outputs"][k]["sqnr_db"] for k in ("class_logits", "box_regression"))
+    assert mixed_worst > worst
+
+
+def test_failed_calibration_leaves_no_cache_entry_or_artefact(tmp_path, monkeypatch, workspace):
+    monkeypatch.setenv("EFFEDGE_CACHE_DIR", str(tmp_path / "cache"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(5):
+        (broken / f"{i}.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    build = tmp_path / "build"
+    build.mkdir()
+    source = workspace[0] / "build" / "model.sim.onnx"
+    (build / "model.sim.onnx").write_bytes(source.read_bytes())
+    with pytest.raises(EffedgeError, match="could be read"):
+        convert(build / "model.sim.onnx", options=PrecisionOptions(precision="int8", calib_dir=broken, holdout=0))
+    assert not (tmp_path / "cache" / "calibration").exists() or not any((tmp_path / "cache" / "calibration").iterdir())
+    assert sorted(p.name for p in build.iterdir()) == ["model.sim.onnx"]
+
+
+def test_model_input_reads_layout():
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([], "g", [helper.make_tensor_value_info("images", TensorProto.UINT8, [1, 64, 96, 3])],
+                              [])
+    assert model_input(helper.make_model(graph)).size == (64, 96)
+
+
+def effedge_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "effedge", *args], capture_output=True, text=True, timeout=600,
+                          env=env)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--calib", "{tmp}/nope"], "does not exist"),
+    (["--calib", "{tmp}"], "no images"),
+    (["--calib-images", "0"], "--calib-images 0: use at least 1"),
+])
+def test_quantize_cli_bad_input(workspace, tmp_path, args, message):
+    model = workspace[0] / "build" / "model.sim.onnx"
+    result = effedge_cli("quantize", str(model), "--precision", "int8",
+                         *[a.format(tmp=tmp_path) for a in args])
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_quantize_cli_refuses_a_missing_model_and_nms_tails(tmp_path, workspace):
+    result = effedge_cli("quantize", str(tmp_path / "x.onnx"), "--precision", "fp16")
+    assert result.returncode == 2 and "not found" in result.stderr
+    export("d0", tmp_path / "tail", options=ExportOptions(image_size=128, nms="efficientnms"))
+    result = effedge_cli("quantize", str(tmp_path / "tail" / "model.sim.onnx"), "--precision", "fp16")
+    assert result.returncode == 2 and "has an NMS tail" in result.stderr
