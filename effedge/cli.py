@@ -266,6 +266,122 @@ def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, p
         _print_precision_report(report)
 
 
+@cli.command("compile")
+@click.option("--variant", help="b0..b7, d0..d7x.")
+@click.option("--phi", type=float, help="Custom compound coefficient φ (0–7) instead of --variant.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "mixed"]), default="fp16", show_default=True)
+@click.option("--weights", help="Checkpoint: .pth file, URL, or known name (tf_efficientdet_d0, …).")
+@click.option("--num-classes", type=int, help="Classes of the head (default 90 / 1000).")
+@click.option("--pad", type=click.Choice(["same", "symmetric"]), default="same", show_default=True)
+@click.option("--imgsz", type=int, help="Input size (square); default the variant's.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
+@click.option("--dynamic-batch", metavar="MIN:OPT:MAX", help="Dynamic batch instead of --batch.")
+@click.option("--nms", type=click.Choice(["auto", "none", "onnx", "efficientnms"]), default="auto", show_default=True,
+              help="auto: efficientnms on TensorRT, onnx on ONNX Runtime.")
+@click.option("--input-format", type=click.Choice(["float", "uint8"]), default="float", show_default=True)
+@click.option("--calib", "calib_dir", type=click.Path(), help="Calibration images for int8/mixed [default: calib/].")
+@click.option("--calib-images", type=int, default=300, show_default=True)
+@click.option("--calib-method", type=click.Choice(["entropy", "max", "percentile"]), default="entropy",
+              show_default=True)
+@click.option("--fidelity-target", type=float, default=20.0, show_default=True, help="mixed: SQNR target (dB).")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--dla", "dla_core", type=int, help="Build for DLA core N (Jetson AGX Orin / Orin NX), GPU fallback on.")
+@click.option("--workspace", "workspace_mb", type=int, help="TensorRT workspace limit in MiB.")
+@click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), help="TensorRT builder optimization level.")
+@click.option("--out", type=click.Path(file_okay=False), help="Build directory [default: runs/<variant>-<precision>-…].")
+@click.option("--force", is_flag=True, help="Rebuild even when the cache says the build is up to date.")
+@click.option("--json", "as_json", is_flag=True, help="Print the build manifest as JSON.")
+def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, batch, dynamic_batch, nms,
+                    input_format, calib_dir, calib_images, calib_method, fidelity_target, backend, dla_core,
+                    workspace_mb, optimization_level, out, force, as_json) -> None:
+    """Compile a model end to end: build, export, simplify, precision, NMS, engine.
+
+    \b
+    Uses TensorRT when it is installed and sees a GPU, else ONNX Runtime on the CPU
+    (the deployable is then the final ONNX graph). An unchanged re-run is a cache hit.
+    \b
+    Examples:
+      effedge compile --variant d0 --precision int8
+      effedge compile --variant d2 --precision mixed --calib ~/site-images --fidelity-target 25
+      effedge compile --phi 1.5 --precision fp16 --dynamic-batch 1:4:8 --backend tensorrt
+    """
+    from effedge.pipeline import CompileConfig, compile_model
+
+    config = CompileConfig(
+        variant=_variant_arg(variant, phi), precision=precision, weights=weights, num_classes=num_classes, pad=pad,
+        image_size=imgsz, batch=batch, dynamic_batch=_parse_dynamic_batch(dynamic_batch), nms=nms,
+        input_format=input_format, calib_dir=calib_dir, calib_images=calib_images, calib_method=calib_method,
+        fidelity_target=fidelity_target, backend=backend, dla_core=dla_core, workspace_mb=workspace_mb,
+        optimization_level=optimization_level)
+    manifest = compile_model(config, out, force=force, log=_progress, progress=_rich_progress)
+    if as_json:
+        _print_json(manifest)
+        return
+    info = manifest["compile"]
+    state = "cache hit" if info["cache_hit"] else f"built in {info['total_seconds']:.1f} s"
+    click.echo(f"{manifest['variant']} {manifest['precision']} on {manifest['backend']} (nms {manifest['nms']}): "
+               f"{state}\n  deployable: {info['deployable']}")
+
+
+@cli.command("build")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), help="Engine file [default: MODEL with .engine].")
+@click.option("--dynamic-batch", metavar="MIN:OPT:MAX", help="Profile for a dynamic batch dimension.")
+@click.option("--dla", "dla_core", type=int, help="DLA core (GPU fallback on).")
+@click.option("--workspace", "workspace_mb", type=int, help="Workspace limit in MiB.")
+@click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), help="Builder optimization level.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache file to load and update.")
+@click.option("--version-compatible", is_flag=True, help="Engine runs on later TensorRT versions too.")
+@click.option("--hardware-compatible", is_flag=True, help="Engine runs on any Ampere or newer GPU.")
+def build_command(model, out, dynamic_batch, dla_core, workspace_mb, optimization_level, timing_cache,
+                  version_compatible, hardware_compatible) -> None:
+    """Build a TensorRT engine from MODEL.onnx (the engine stage alone, e.g. on a Jetson).
+
+    \b
+    Examples:
+      effedge build runs/d0-int8/model.int8.onnx
+      effedge build model.fp16.onnx --dla 0 --timing-cache ~/.cache/orin.timing
+    """
+    from pathlib import Path
+
+    from effedge.backends.tensorrt import BuildOptions, GraphInfo, build_engine, gpu_compute_capability
+
+    source = Path(model)
+    if not source.is_file():
+        raise click.UsageError(f"{source} does not exist")
+    engine = Path(out) if out else source.with_suffix(".engine")
+    options = BuildOptions(workspace_mb=workspace_mb, timing_cache=Path(timing_cache) if timing_cache else None,
+                           batch=_parse_dynamic_batch(dynamic_batch), optimization_level=optimization_level,
+                           dla_core=dla_core, version_compatible=version_compatible,
+                           hardware_compatible=hardware_compatible)
+    report = build_engine(source, engine, GraphInfo.from_onnx(source), options, log=_progress)
+    report["compute_capability"] = gpu_compute_capability()
+    click.echo(f"{engine}: TensorRT {report['tensorrt']}, {report['precision']}, built in {report['seconds']} s")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def doctor(as_json: bool) -> None:
+    """What this machine can do: component versions, GPU, backends and precisions, and why not.
+
+    \b
+    Example:
+      effedge doctor
+    """
+    from effedge.doctor import diagnose
+
+    report = diagnose()
+    if as_json:
+        _print_json(report)
+        return
+    click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v))
+    click.echo(f"GPU: {report['gpu'] or 'none visible'}")
+    for backend in report["backends"]:
+        status = "available" if backend["available"] else "unavailable"
+        click.echo(f"{backend['name']:12s} {status:12s} precisions: {', '.join(backend['precisions']) or '-'}"
+                   + (f" — {backend['reason']}" if backend["reason"] else ""))
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     debug = "--debug" in sys.argv[1:]

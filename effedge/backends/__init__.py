@@ -68,7 +68,7 @@ class Runner:
             info = expected[name]
             if np.dtype(array.dtype) != info.dtype:
                 raise EffedgeError(f"{self.name}: input '{name}' is {array.dtype}, the model takes {info.dtype}")
-            fixed = [(i, d) for i, d in enumerate(info.shape) if isinstance(d, int)]
+            fixed = [(i, d) for i, d in enumerate(info.shape) if isinstance(d, int) and d >= 0]  # -1: dynamic
             if array.ndim != len(info.shape) or any(array.shape[i] != d for i, d in fixed):
                 raise EffedgeError(f"{self.name}: input '{name}' has shape {tuple(array.shape)}, the model takes "
                                    f"{tuple(info.shape)}")

@@ -57,11 +57,14 @@ def build_model(variant: Union[str, float, ModelSpec], *, weights: Weights | Non
     if pad not in PAD_MODES:
         raise VariantError(f"unknown padding {pad!r}; use one of {', '.join(PAD_MODES)}")
     size = input_size_for(spec, image_size)
-    if isinstance(spec, EfficientDetSpec):
-        model = EfficientDet(spec, num_classes=num_classes or 90, image_size=size, padding=pad)
-    else:
-        model = EfficientNet(spec, num_classes=num_classes or 1000, image_size=size, padding=pad,
-                             bn_eps=1e-3 if pad == "same" else 1e-5)
+    # Without weights the initialisation is seeded, so every backend rebuilding this model gets the same one.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if isinstance(spec, EfficientDetSpec):
+            model = EfficientDet(spec, num_classes=num_classes or 90, image_size=size, padding=pad)
+        else:
+            model = EfficientNet(spec, num_classes=num_classes or 1000, image_size=size, padding=pad,
+                                 bn_eps=1e-3 if pad == "same" else 1e-5)
     if weights is not None:
         load_weights(model, weights, name=f"{spec.name} ({size[0]}x{size[1]}, pad={pad})")
     return model.eval()

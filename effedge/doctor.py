@@ -1,0 +1,57 @@
+"""``effedge doctor``: which components, GPU, backends and precisions this machine has, and why not."""
+from __future__ import annotations
+
+import importlib.util
+
+from effedge.manifest import tool_versions
+
+
+def _missing(*modules: str) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def diagnose() -> dict:
+    from effedge.backends.tensorrt import BackendUnavailable, gpu_compute_capability, import_tensorrt
+
+    capability = gpu_compute_capability()
+    gpu = None
+    if capability:
+        import pycuda.driver as cuda
+
+        gpu = f"{cuda.Device(0).name()} (compute capability {capability})"
+    backends = []
+
+    workstation = _missing("torch", "onnx", "onnxsim")
+    quantizer = _missing("modelopt")
+    ort_missing = _missing("onnxruntime")
+    precisions = ["fp32", "fp16", "int8", "mixed"] if not quantizer else ["fp32"]
+    reason = ""
+    if ort_missing:
+        reason = "pip install onnxruntime"
+    elif quantizer:
+        reason = "fp16/int8 graphs need NVIDIA ModelOpt (pip install nvidia-modelopt)"
+    backends.append({"name": "onnxruntime", "available": not ort_missing, "precisions": [] if ort_missing else
+                     precisions, "reason": reason, "device": "CPU"})
+
+    try:
+        trt = import_tensorrt()
+        if capability is None:
+            backends.append({"name": "tensorrt", "available": False, "precisions": [],
+                             "reason": f"TensorRT {trt.__version__} installed but no CUDA GPU visible through pycuda"})
+        else:
+            major = int(trt.__version__.split(".")[0])
+            backends.append({"name": "tensorrt", "available": True, "precisions": ["fp32", "fp16", "int8", "mixed"],
+                             "reason": f"TensorRT {trt.__version__}" + (" (opset ≤ 17)" if major == 8 else "")})
+    except BackendUnavailable as exc:
+        backends.append({"name": "tensorrt", "available": False, "precisions": [], "reason": str(exc)})
+
+    backends.append({"name": "torch", "available": not _missing("torch"), "precisions": ["fp32"] + (
+        ["fp16"] if gpu else []), "reason": "" if not _missing("torch") else "pip install torch==2.13.0"})
+    return {
+        "versions": tool_versions(),
+        "gpu": gpu,
+        "compute_capability": capability,
+        "backends": backends,
+        "workstation_stages": {"export": not workstation, "quantize": not workstation and not quantizer},
+        "missing": {"workstation": workstation, "quantizer": quantizer},
+    }

@@ -1,0 +1,220 @@
+"""``compile``: build → export → simplify → precision → NMS tail → engine, cached by content hash.
+
+The build directory (DESIGN.md §1) is keyed by everything that determines its artefacts — variant and φ,
+weights (by content), input size and batch, NMS tail, precision and calibration (images by content),
+backend and TensorRT version/GPU — so an unchanged re-run is a cache hit that only verifies hashes.
+``backend="auto"`` uses TensorRT when it imports and sees a GPU, else ONNX Runtime on the CPU (whose
+deployable is the final ONNX graph).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+from effedge import __version__
+from effedge.artifacts import sha256_file, write_json
+from effedge.errors import EffedgeError
+from effedge.manifest import MANIFEST, read_manifest
+from effedge.scaling import EfficientDetSpec, resolve
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime")
+COMPILE_PRECISIONS = ("fp32", "fp16", "int8", "mixed")
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    variant: Union[str, float]
+    precision: str = "fp16"
+    weights: Optional[str] = None
+    num_classes: Optional[int] = None
+    pad: str = "same"
+    image_size: Optional[int] = None
+    batch: int = 1
+    dynamic_batch: Optional[tuple[int, int, int]] = None
+    nms: str = "auto"  # auto: efficientnms on TensorRT, onnx on ONNX Runtime
+    score_threshold: float = 0.05
+    iou_threshold: float = 0.5
+    max_detections: int = 100
+    input_format: str = "float"
+    calib_dir: Optional[str] = None
+    calib_images: Optional[int] = 300
+    calib_method: str = "entropy"
+    fidelity_target: float = 20.0
+    backend: str = "auto"
+    dla_core: Optional[int] = None
+    workspace_mb: Optional[int] = None
+    optimization_level: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    name: str  # "tensorrt" | "onnxruntime"
+    reason: str
+    tensorrt: Optional[str] = None
+    compute_capability: Optional[str] = None
+
+
+def choose_backend(requested: str) -> BackendChoice:
+    from effedge.backends.tensorrt import BackendUnavailable, gpu_compute_capability, import_tensorrt
+
+    if requested not in BACKENDS:
+        raise EffedgeError(f"unknown --backend {requested!r}; use one of {', '.join(BACKENDS)}")
+    if requested == "onnxruntime":
+        return BackendChoice("onnxruntime", "requested")
+    try:
+        trt = import_tensorrt()
+    except BackendUnavailable as exc:
+        if requested == "tensorrt":
+            raise
+        return BackendChoice("onnxruntime", "TensorRT is not installed here: using ONNX Runtime on the CPU")
+    capability = gpu_compute_capability()
+    if capability is None:
+        if requested == "tensorrt":
+            raise EffedgeError(f"TensorRT {trt.__version__} is installed but no CUDA GPU is usable through pycuda; "
+                               "engines must be built on the GPU that runs them")
+        return BackendChoice("onnxruntime", "no CUDA GPU visible: using ONNX Runtime on the CPU")
+    return BackendChoice("tensorrt", "TensorRT and a GPU are available", trt.__version__, capability)
+
+
+def _weights_identity(weights: Optional[str]) -> Optional[str]:
+    if weights is None:
+        return None
+    path = Path(weights).expanduser()
+    return f"sha256:{sha256_file(path)}" if path.is_file() else str(weights)
+
+
+def _cache_key(config: CompileConfig, backend: BackendChoice, nms: str, calib_hash: Optional[str]) -> str:
+    material = {**asdict(config), "variant": resolve(config.variant).name, "nms": nms, "weights":
+                _weights_identity(config.weights), "calib_dir": calib_hash, "backend": backend.name,
+                "tensorrt": backend.tensorrt, "compute_capability": backend.compute_capability,
+                "effedge": __version__}
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _is_complete(out: Path, key: str) -> bool:
+    try:
+        manifest = read_manifest(out)
+    except EffedgeError:
+        return False
+    if manifest.get("compile", {}).get("key") != key:
+        return False
+    artefacts = manifest.get("artifacts", {})
+    deployable = manifest["compile"].get("deployable")
+    if deployable not in artefacts:
+        return False
+    return all((out / name).is_file() and sha256_file(out / name) == entry["sha256"]
+               for name, entry in artefacts.items())
+
+
+def compile_model(config: CompileConfig, out_dir: Optional[Union[str, Path]] = None, *, force: bool = False,
+                  log: Callable[[str], None] = lambda message: None, progress=None) -> dict:
+    """Run the whole pipeline; returns the build manifest (with ``compile.cache_hit``)."""
+    from effedge.calib import DEFAULT_CALIB_DIR, ImageSet
+
+    if config.precision not in COMPILE_PRECISIONS:
+        raise EffedgeError(f"unknown --precision {config.precision!r}; use one of {', '.join(COMPILE_PRECISIONS)}")
+    spec = resolve(config.variant)
+    is_detector = isinstance(spec, EfficientDetSpec)
+    backend = choose_backend(config.backend)
+    log(f"backend: {backend.name} ({backend.reason})")
+    if config.dla_core is not None and backend.name != "tensorrt":
+        raise EffedgeError("--dla needs the TensorRT backend on a Jetson with DLA cores")
+    nms = config.nms if config.nms != "auto" else (
+        "none" if not is_detector else "efficientnms" if backend.name == "tensorrt" else "onnx")
+    if nms == "efficientnms" and backend.name == "onnxruntime":
+        raise EffedgeError("--nms efficientnms is a TensorRT plugin that ONNX Runtime cannot run; use --nms onnx")
+    calib_hash = None
+    if config.precision in ("int8", "mixed"):
+        calib_hash = ImageSet.from_folder(config.calib_dir or DEFAULT_CALIB_DIR,
+                                          count=config.calib_images).content_hash()
+    key = _cache_key(config, backend, nms, calib_hash)
+    out = Path(out_dir) if out_dir else Path("runs") / f"{spec.name}-{config.precision}-{backend.name}-{key[:8]}"
+    start = time.perf_counter()
+    if not force and _is_complete(out, key):
+        manifest = read_manifest(out)
+        manifest["compile"]["cache_hit"] = True
+        log(f"cache hit: {out} is up to date ({time.perf_counter() - start:.1f} s)")
+        return manifest
+
+    created = not out.exists()
+    try:
+        return _run_stages(config, backend, nms, key, out, log, progress, start)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)  # never leave a build directory that looks usable
+        raise
+
+
+def _run_stages(config: CompileConfig, backend: BackendChoice, nms: str, key: str, out: Path, log, progress,
+                start: float) -> dict:
+    from effedge.export import ExportOptions, export
+    from effedge.nms import append_nms_tail
+    from effedge.precision import PrecisionOptions, convert
+
+    seconds: dict[str, float] = {}
+    trt_major = int(backend.tensorrt.split(".")[0]) if backend.tensorrt else None
+    opset = 17 if trt_major == 8 else None  # TensorRT 8.5/8.6 parse up to opset 17
+
+    clock = time.perf_counter()
+    export(config.variant, out, weights=config.weights, num_classes=config.num_classes, pad=config.pad,
+           options=ExportOptions(image_size=config.image_size, batch=config.batch, dynamic_batch=config.dynamic_batch,
+                                 opset=opset or 17, input_format=config.input_format), log=log)
+    seconds["export"] = time.perf_counter() - clock
+
+    precision_file = f"model.{config.precision}.onnx"
+    clock = time.perf_counter()
+    if config.precision == "fp32":
+        shutil.copyfile(out / "model.sim.onnx", out / precision_file)
+    else:
+        convert(out / "model.sim.onnx", options=PrecisionOptions(
+            precision=config.precision, calib_dir=Path(config.calib_dir) if config.calib_dir else None,
+            calib_images=config.calib_images, method=config.calib_method, fidelity_target=config.fidelity_target,
+            opset=opset), log=log, **({"progress": progress} if progress else {}))
+    seconds["precision"] = time.perf_counter() - clock
+
+    if nms != "none":
+        import onnx
+
+        log(f"appending the {nms} NMS tail")
+        model = append_nms_tail(onnx.load(str(out / precision_file)), nms, score_threshold=config.score_threshold,
+                                iou_threshold=config.iou_threshold, max_detections=config.max_detections)
+        onnx.save(model, str(out / f".{precision_file}.tmp"))
+        (out / f".{precision_file}.tmp").replace(out / precision_file)
+
+    manifest = read_manifest(out)
+    artifacts = manifest.setdefault("artifacts", {})
+    artifacts[precision_file] = {"sha256": sha256_file(out / precision_file),
+                                 "bytes": (out / precision_file).stat().st_size}
+    deployable = precision_file
+    if backend.name == "tensorrt":
+        from effedge.backends.tensorrt import BuildOptions, GraphInfo, build_engine
+        from effedge.precision import cache_root
+
+        engine_file = f"model.{config.precision}.engine"
+        clock = time.perf_counter()
+        graph = GraphInfo.from_onnx(out / precision_file)
+        timing_cache = cache_root() / "tensorrt" / f"{backend.tensorrt}-sm{backend.compute_capability}.timing.cache"
+        timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        report = build_engine(out / precision_file, out / engine_file, graph, BuildOptions(
+            workspace_mb=config.workspace_mb, timing_cache=timing_cache, batch=config.dynamic_batch,
+            optimization_level=config.optimization_level, dla_core=config.dla_core), log=log)
+        report["compute_capability"] = backend.compute_capability
+        manifest["engine"] = report
+        artifacts[engine_file] = {"sha256": sha256_file(out / engine_file), "bytes": (out / engine_file).stat().st_size}
+        seconds["engine"] = time.perf_counter() - clock
+        deployable = engine_file
+    manifest["precision"] = config.precision
+    manifest["backend"] = backend.name
+    manifest["nms"] = nms
+    manifest["compile"] = {"key": key, "config": asdict(config),
+                           "backend_reason": backend.reason, "deployable": deployable,
+                           "stages_seconds": {k: round(v, 2) for k, v in seconds.items()},
+                           "total_seconds": round(time.perf_counter() - start, 2), "cache_hit": False}
+    write_json(out / MANIFEST, manifest)  # the key is written last: only a finished build is a cache hit
+    log(f"compiled {out / deployable} in {time.perf_counter() - start:.1f} s")
+    return manifest
