@@ -1,7 +1,7 @@
 """Activation ranges for symmetric INT8, collected in one streaming pass (memory independent of image count).
 
-Each tensor keeps its exact max |x| and a 2048-bin histogram of |x| whose range grows with the data (old
-counts are re-binned when a larger value arrives). The range ("amax", scale = amax/127) is then:
+Each tensor keeps its exact max |x| and a 2048-bin histogram of |x| (from a sample of the tensor) whose range
+grows with the data (old counts are re-binned when a larger value arrives). The range ("amax", scale = amax/127) is then:
 
 * ``max`` — the largest |x| seen;
 * ``percentile`` — the given percentile of |x| (default 99.99);
@@ -13,10 +13,11 @@ from __future__ import annotations
 import numpy as np
 
 CALIB_METHODS = ("entropy", "max", "percentile")
-ALGORITHM_VERSION = 2  # part of the calibration cache key: bump when ranges would change for the same data
+ALGORITHM_VERSION = 4  # part of the calibration cache key: bump when ranges would change for the same data
 BINS = 2048
 LEVELS = 128  # positive int8 levels
 ENTROPY_STRIDE = 16
+SAMPLE_SIZE = 1 << 18  # values per tensor and update that go into the histogram
 
 
 class RangeCollector:
@@ -26,17 +27,24 @@ class RangeCollector:
         self.edge = 0.0  # histogram covers [0, edge]
         self.amax = 0.0
 
-    def update(self, values: np.ndarray) -> None:
-        magnitudes = np.abs(values.astype(np.float32, copy=False)).ravel()
-        if magnitudes.size == 0:
-            return
-        peak = float(magnitudes.max())
+    def update(self, values: np.ndarray, peak: float | None = None) -> None:
+        """Add a tensor (or a sample of it, with the exact ``peak`` |x| of the whole tensor)."""
+        flat = values.astype(np.float32, copy=False).ravel()
+        if peak is None:
+            if flat.size == 0:
+                return
+            peak = max(float(flat.max()), -float(flat.min()))  # exact max |x| without an |x| copy
+        # The histogram only needs the distribution's shape: a strided sample of at most SAMPLE_SIZE values per
+        # update keeps calibration close to the cost of plain inference on large feature maps.
+        magnitudes = np.abs(flat[:: max(1, -(-flat.size // SAMPLE_SIZE))])
         if not np.isfinite(peak):
             magnitudes = magnitudes[np.isfinite(magnitudes)]
             peak = float(magnitudes.max()) if magnitudes.size else 0.0
         self.amax = max(self.amax, peak)
         if peak > self.edge:
             self._grow(peak)
+        if magnitudes.size == 0:
+            return
         if self.edge == 0.0:
             self.counts[0] += magnitudes.size
             return

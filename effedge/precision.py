@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -36,6 +37,7 @@ from effedge.manifest import MANIFEST
 PRECISIONS = ("fp16", "int8", "mixed")
 ORT_QDQ_FP16_FIX = ["WeightBiasQuantization"]  # DESIGN.md §3: wrong outputs for Q/DQ + fp16 otherwise
 SENSITIVITY_IMAGES = 4
+CALIBRATION_SAMPLE = 1 << 16  # values per tensor and image kept for the entropy/percentile histograms
 
 Progress = Callable[[Iterable, int, str], Iterable]
 
@@ -118,14 +120,17 @@ def _session(model_or_path, providers=("CPUExecutionProvider",)):
 
 def _modelopt():
     try:
-        import logging
-
-        logging.getLogger("modelopt").setLevel(logging.ERROR)
+        from modelopt.onnx import logging_config
         from modelopt.onnx.autocast import convert_to_f16
+        from modelopt.onnx.autocast import logging_config as autocast_logging
         from modelopt.onnx.quantization import quantize
     except ImportError as exc:
         raise EffedgeError(f"NVIDIA ModelOpt is needed for fp16/int8 ({exc}); install the workstation extra: "
                            "pip install -e '.[workstation]'") from exc
+    # ModelOpt logs to stdout at INFO (and about NVML on machines without a GPU): keep the CLI's output ours.
+    for module in (logging_config, autocast_logging):
+        module.configure_logging(level=logging.CRITICAL)
+    logging.getLogger("onnxscript").setLevel(logging.ERROR)
     return convert_to_f16, quantize
 
 
@@ -152,7 +157,7 @@ def place_qdq(source: Path, model_hash: str, inputs: ModelInput, opset: Optional
         out = Path(tmp) / "placed.onnx"
         quantize(str(source), quantize_mode="int8", calibration_data={inputs.name: dummy}, calibration_method="max",
                  calibration_eps=["cpu"], high_precision_dtype=high_precision, output_path=str(out),
-                 log_level="ERROR")
+                 log_level="CRITICAL")
         model = onnx.load(str(out))
     if opset is not None and opset < 19:
         model = onnx.version_converter.convert_version(model, opset)
@@ -167,23 +172,52 @@ def place_qdq(source: Path, model_hash: str, inputs: ModelInput, opset: Optional
 
 def calibrate(source_model, tensors: list[str], images: ImageSet, inputs: ModelInput, *, method: str,
               percentile: float, progress: Progress) -> tuple[dict[str, float], int]:
-    """Ranges of ``tensors`` over the calibration images, from one streaming pass of the fp32 model."""
-    from onnx import TensorProto, helper
+    """Ranges of ``tensors`` over the calibration images, from one streaming pass of the fp32 model.
 
-    augmented = copy.deepcopy(source_model)
-    present = {o.name for o in augmented.graph.output}
+    The statistics are computed inside the graph, so ONNX Runtime returns small tensors only: each tensor's
+    exact max and min (ReduceMax/ReduceMin), and for the histogram methods a spatially strided sample (Slice)
+    of at most :data:`CALIBRATION_SAMPLE` values per image.
+    """
+    from onnx import TensorProto, helper, numpy_helper, shape_inference
+
+    augmented = shape_inference.infer_shapes(copy.deepcopy(source_model))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(augmented.graph.value_info) + list(augmented.graph.input)}
     graph_inputs = {i.name for i in augmented.graph.input}
-    for name in tensors:
-        if name not in present and name not in graph_inputs:
-            augmented.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    need_sample = method != "max"
+    fetch: dict[str, tuple[str, str, str | None]] = {}
+    for index, name in enumerate(t for t in tensors if t not in graph_inputs):
+        top, bottom = f"calib/{index}/max", f"calib/{index}/min"
+        augmented.graph.node.extend([
+            helper.make_node("ReduceMax", [name], [top], keepdims=0, name=top),
+            helper.make_node("ReduceMin", [name], [bottom], keepdims=0, name=bottom)])
+        outputs = [top, bottom]
+        sample = None
+        if need_sample:
+            sample = name
+            shape = shapes.get(name, [])
+            if len(shape) == 4 and all(shape[1:]):
+                step = max(1, round((shape[1] * shape[2] * shape[3] / CALIBRATION_SAMPLE) ** 0.5))
+                if step > 1:
+                    sample = f"calib/{index}/sample"
+                    constants = {f"{sample}/{k}": np.array(v, np.int64) for k, v in
+                                 {"starts": [0, 0], "ends": [shape[2], shape[3]], "axes": [2, 3],
+                                  "steps": [step, step]}.items()}
+                    augmented.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in constants.items())
+                    augmented.graph.node.append(helper.make_node("Slice", [name, *constants], [sample], name=sample))
+            outputs.append(sample)
+        augmented.graph.output.extend(helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs)
+        fetch[name] = (top, bottom, sample)
     session = _session(augmented)
-    fetch = [name for name in tensors if name not in graph_inputs]
+    names = [o for outs in fetch.values() for o in outs if o is not None]
     collectors = {name: RangeCollector() for name in tensors}
     used = 0
     batches = images.batches(images.calibration, inputs.size, inputs.format, inputs.batch)
     for batch in progress(batches, len(images.calibration) // inputs.batch, "calibrating"):
-        for name, value in zip(fetch, session.run(fetch, {inputs.name: batch})):
-            collectors[name].update(value)
+        values = dict(zip(names, session.run(names, {inputs.name: batch})))
+        for name, (top, bottom, sample) in fetch.items():
+            peak = max(float(values[top]), -float(values[bottom]))
+            collectors[name].update(values[sample] if sample else np.zeros(0, np.float32), peak=peak)
         for name in set(tensors) & graph_inputs:
             collectors[name].update(batch)
         used += batch.shape[0]

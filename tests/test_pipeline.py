@@ -1,0 +1,130 @@
+"""effedge compile on a CPU-only machine: ONNX Runtime backend, cache hits, clear failures."""
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from effedge.backends.onnxruntime import OnnxRuntimeRunner
+from effedge.backends.torch import TorchRunner
+from effedge.errors import EffedgeError
+from effedge.pipeline import CompileConfig, choose_backend, compile_model
+from effedge.precision import ORT_QDQ_FP16_FIX
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFEDGE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def effedge_cli(*args):
+    return subprocess.run([sys.executable, "-m", "effedge", *args], capture_output=True, text=True, timeout=900)
+
+
+def test_auto_backend_without_tensorrt_is_onnxruntime_and_says_why():
+    pytest.importorskip("onnxruntime")
+    if __import__("importlib").util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here; this test covers machines without it")
+    choice = choose_backend("auto")
+    assert choice.name == "onnxruntime" and "TensorRT is not installed" in choice.reason
+    with pytest.raises(EffedgeError, match="TensorRT is not installed"):
+        choose_backend("tensorrt")
+
+
+def test_compile_fp32_runs_and_second_run_is_a_cache_hit(tmp_path, private_cache):
+    messages = []
+    config = CompileConfig(variant="d0", precision="fp32", image_size=128, score_threshold=0.3)
+    first = compile_model(config, tmp_path / "build", log=messages.append)
+    assert first["backend"] == "onnxruntime" and first["nms"] == "onnx"
+    assert any(m.startswith("backend: onnxruntime") for m in messages)
+    deployable = tmp_path / "build" / first["compile"]["deployable"]
+    with OnnxRuntimeRunner(deployable) as runner:
+        outputs = runner.infer({"images": np.zeros((1, 3, 128, 128), np.float32)})
+    assert set(outputs) == {"selected_indices", "detection_boxes", "detection_scores"}
+
+    start = time.perf_counter()
+    second = compile_model(config, tmp_path / "build")
+    assert second["compile"]["cache_hit"] is True and time.perf_counter() - start < 10
+    assert second["compile"]["key"] == first["compile"]["key"]
+    # a changed artefact is noticed: the next run rebuilds instead of trusting the manifest
+    deployable.write_bytes(deployable.read_bytes() + b"\0")
+    assert compile_model(config, tmp_path / "build")["compile"]["cache_hit"] is False
+
+
+def test_compile_int8_cli_on_cpu(tmp_path, private_cache):
+    out = tmp_path / "int8"
+    args = ["compile", "--variant", "d0", "--precision", "int8", "--imgsz", "128", "--out", str(out)]
+    first = effedge_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "backend: onnxruntime (TensorRT is not installed here" in first.stderr or "no CUDA GPU" in first.stderr
+    assert "built in" in first.stdout
+    manifest = json.loads((out / "build.json").read_text())
+    assert manifest["precisions"]["int8"]["qdq"]["convolutions_int8"] == 214
+    second = effedge_cli(*args)
+    assert second.returncode == 0 and "cache hit" in second.stdout
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out / "model.int8.onnx"), providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=ORT_QDQ_FP16_FIX)
+    assert session.run(None, {"images": np.zeros((1, 3, 128, 128), np.float32)})[0].shape[1] == 3
+
+
+def test_compile_tensorrt_without_tensorrt_fails_in_one_line(tmp_path):
+    if __import__("importlib").util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    result = effedge_cli("compile", "--variant", "d0", "--backend", "tensorrt", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("[effedge]")]
+    assert len(lines) == 1 and "TensorRT is not installed" in lines[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_failed_compile_leaves_no_build_directory(tmp_path, private_cache):
+    broken = tmp_path / "images"
+    broken.mkdir()
+    for i in range(3):
+        (broken / f"{i}.jpg").write_bytes(b"garbage")
+    with pytest.raises(EffedgeError, match="could be read"):
+        compile_model(CompileConfig(variant="d0", precision="int8", image_size=128, calib_dir=str(broken)),
+                      tmp_path / "build")
+    assert not (tmp_path / "build").exists()
+
+
+def test_efficientnms_is_refused_on_onnxruntime(tmp_path):
+    with pytest.raises(EffedgeError, match="ONNX Runtime cannot run"):
+        compile_model(CompileConfig(variant="d0", precision="fp32", nms="efficientnms", backend="onnxruntime"),
+                      tmp_path / "x")
+
+
+def test_doctor_reports_backends():
+    result = effedge_cli("doctor", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    names = {b["name"]: b for b in report["backends"]}
+    assert names["onnxruntime"]["available"] and "int8" in names["onnxruntime"]["precisions"]
+    assert names["tensorrt"]["available"] == (report["gpu"] is not None) or names["tensorrt"]["reason"]
+    assert report["versions"]["onnxruntime"]
+
+
+def test_torch_runner_reproduces_the_onnx_export(tmp_path):
+    from effedge.export import ExportOptions, export
+
+    manifest = export("d0", tmp_path, options=ExportOptions(image_size=128))
+    images = np.random.default_rng(0).standard_normal((1, 3, 128, 128)).astype(np.float32)
+    with TorchRunner(manifest) as torch_runner, OnnxRuntimeRunner(tmp_path / "model.sim.onnx") as ort_runner:
+        a, b = torch_runner.infer({"images": images}), ort_runner.infer({"images": images})
+    assert set(a) == set(b)
+    assert max(float(np.abs(a[k] - b[k]).max() / max(1.0, np.abs(b[k]).max())) for k in a) < 1e-4
+
+
+def test_runner_checks_inputs(tmp_path):
+    from effedge.export import ExportOptions, export
+
+    export("d0", tmp_path, options=ExportOptions(image_size=128))
+    with OnnxRuntimeRunner(tmp_path / "model.sim.onnx") as runner:
+        with pytest.raises(EffedgeError, match="has shape"):
+            runner.infer({"images": np.zeros((1, 3, 64, 64), np.float32)})
+        with pytest.raises(EffedgeError, match="is float64"):
+            runner.infer({"images": np.zeros((1, 3, 128, 128))})
