@@ -8,6 +8,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+pytest_plugins = ["trt_fixtures"]  # the `trt_fake` fixture: real TensorRT API surfaces (tests/trt_fake.py)
+
 REFERENCE_MISSING = (
     "reference implementations not installed: pip install --no-deps effdet==0.4.1 timm==1.0.31 (see README)"
 )

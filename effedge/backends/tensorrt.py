@@ -47,6 +47,19 @@ def trt_version(trt) -> tuple[int, ...]:
     return tuple(int(part) for part in trt.__version__.split(".")[:3] if part.isdigit())
 
 
+_NUMPY_TYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
+                "BOOL": np.bool_, "UINT8": np.uint8}
+
+
+def numpy_dtype(data_type) -> np.dtype:
+    """NumPy type of a ``trt.DataType`` (by member name: ``trt.nptype`` is in the Python wrapper of the
+    tensorrt package, not in every binding build)."""
+    name = getattr(data_type, "name", str(data_type).rsplit(".", 1)[-1])
+    if name not in _NUMPY_TYPES:
+        raise EffedgeError(f"engine I/O of TensorRT type {name} is not supported by the runner")
+    return np.dtype(_NUMPY_TYPES[name])
+
+
 def gpu_compute_capability() -> Optional[str]:
     """"8.7"-style compute capability of GPU 0 through pycuda, or None without a usable GPU."""
     try:
@@ -283,6 +296,7 @@ class TensorRTRunner(Runner):
         self.manifest = manifest or {}
         self.cuda_graph = cuda_graph
         self._graph_exec = None
+        self._graph_shapes: dict = {}
 
     def activate(self) -> None:
         trt = import_tensorrt()
@@ -306,7 +320,7 @@ class TensorRTRunner(Runner):
         for index in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(index)
             is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+            dtype = numpy_dtype(self.engine.get_tensor_dtype(name))
             shape = tuple(self.engine.get_tensor_shape(name))
             if is_input and -1 in shape:
                 shape = tuple(self.engine.get_tensor_profile_shape(name, 0)[2])  # the profile's max shape
@@ -347,6 +361,9 @@ class TensorRTRunner(Runner):
 
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         cuda = self.cuda
+        shapes = {name: tuple(array.shape) for name, array in feed.items()}
+        if shapes != self._graph_shapes:  # a CUDA graph replays the shapes it was captured with
+            self._graph_exec, self._graph_shapes = None, shapes
         for name, array in feed.items():
             tensor = self.tensors[name]
             if -1 in tuple(self.engine.get_tensor_shape(name)):

@@ -1,0 +1,264 @@
+"""effedge's TensorRT build and run code against the real API surface of TensorRT 8.6.1, 10.3.0,
+10.13.3.9 and 11.4.0.106 (the `trt_fake` fixture: every attribute, property and call is checked against
+that version's real classes and signatures; tests/trt_fake.py)."""
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from effedge.backends import tensorrt as backend
+from effedge.backends.tensorrt import BuildOptions, GraphInfo, TensorRTRunner, build_engine
+from effedge.errors import EffedgeError
+
+STATIC = (("images", (1, 3, 128, 128)),)
+DYNAMIC = (("images", (None, 3, 128, 128)),)
+
+
+def major(fake) -> int:
+    return int(fake.__version__.split(".")[0])
+
+
+def names(calls):
+    return [c[0] for c in calls]
+
+
+def _build(fake, tmp_path, precision="fp32", inputs=STATIC, **options):
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(b"onnx")
+    fake.set_return("Builder.build_serialized_network", b"serialized-plan")
+    fake.set_return("EngineInspector.get_engine_information", json.dumps({"Layers": ["conv"]}))
+    report = build_engine(onnx_path, tmp_path / "model.engine", GraphInfo(17, precision, inputs),
+                          BuildOptions(**options))
+    return report
+
+
+def _set_flags(fake):
+    return [c[1][0].name for c in fake.calls_to("IBuilderConfig.set_flag")]
+
+
+def _network_flags(fake):
+    [call] = fake.calls_to("Builder.create_network")
+    return call[1][0] if call[1] else call[2].get("flags", 0)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "mixed"])
+def test_network_and_precision_flags_per_version(trt_fake, tmp_path, precision):
+    report = _build(trt_fake, tmp_path, precision)
+    flags, network = _set_flags(trt_fake), _network_flags(trt_fake)
+    trt = trt_fake
+    if major(trt) == 8:  # explicit batch, weakly typed: the graph's precisions need the builder flags
+        assert network == 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        expected = {"fp32": [], "fp16": ["FP16"], "int8": ["FP16", "INT8"], "mixed": ["FP16", "INT8"]}[precision]
+        assert [f for f in flags if f in ("FP16", "INT8")] == expected
+    elif major(trt) == 10:  # strongly typed when the graph carries its precision; never the flags
+        strongly = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        assert network == (0 if precision == "fp32" else strongly)
+        assert not {"FP16", "INT8"} & set(flags)
+    else:  # 11: always strongly typed, the flags and calibrators do not exist
+        assert network == 0 and not {"FP16", "INT8"} & set(flags)
+    assert not [c for c in trt.calls if "int8_calibrator" in c[0]]
+    assert report["tensorrt"] == trt.__version__
+    assert (tmp_path / "model.engine").read_bytes() == b"serialized-plan"
+    assert json.loads((tmp_path / "model.layers.json").read_text()) == {"Layers": ["conv"]}
+    assert (tmp_path / "model.build.log").exists()
+
+
+def test_workspace_level_profiling_and_timing_cache(trt_fake, tmp_path):
+    cache = tmp_path / "trt.timing"
+    cache.write_bytes(b"previous-cache")
+    trt_fake.set_return("ITimingCache.serialize", b"updated-cache")
+    _build(trt_fake, tmp_path, "fp16", workspace_mb=512, optimization_level=5, timing_cache=cache)
+    trt = trt_fake
+    [limit] = trt.calls_to("IBuilderConfig.set_memory_pool_limit")
+    assert limit[1] == (trt.MemoryPoolType.WORKSPACE, 512 << 20)
+    assert trt.calls_to("IBuilderConfig.builder_optimization_level=")[0][1] == (5,)
+    assert trt.calls_to("IBuilderConfig.profiling_verbosity=")[0][1] == (trt.ProfilingVerbosity.DETAILED,)
+    assert bytes(trt.calls_to("IBuilderConfig.create_timing_cache")[0][1][0]) == b"previous-cache"
+    assert len(trt.calls_to("IBuilderConfig.set_timing_cache")) == 1
+    order = names(trt.calls)
+    assert order.index("IBuilderConfig.set_timing_cache") < order.index("Builder.build_serialized_network")
+    assert cache.read_bytes() == b"updated-cache"  # reused by the next build
+
+
+def test_dynamic_batch_gets_an_optimization_profile(trt_fake, tmp_path):
+    _build(trt_fake, tmp_path, "fp16", inputs=DYNAMIC, batch=(1, 4, 8))
+    [shape] = trt_fake.calls_to("IOptimizationProfile.set_shape")
+    assert shape[1][0] == "images"
+    assert [tuple(d) for d in shape[1][1:]] == [(1, 3, 128, 128), (4, 3, 128, 128), (8, 3, 128, 128)]
+    assert len(trt_fake.calls_to("IBuilderConfig.add_optimization_profile")) == 1
+
+
+def test_dla_with_gpu_fallback(trt_fake, tmp_path):
+    trt = trt_fake
+    trt.set_attr("Builder.num_DLA_cores", 2)
+    _build(trt, tmp_path, "int8", dla_core=1)
+    assert trt.calls_to("IBuilderConfig.default_device_type=")[0][1] == (trt.DeviceType.DLA,)
+    assert trt.calls_to("IBuilderConfig.DLA_core=")[0][1] == (1,)
+    assert "GPU_FALLBACK" in _set_flags(trt)
+
+
+@pytest.mark.parametrize("cores, precision, inputs, message", [
+    (0, "int8", STATIC, "has no DLA cores"),
+    (2, "fp32", STATIC, "DLA runs fp16 or int8 only"),
+    (2, "fp16", DYNAMIC, "DLA needs static shapes"),
+])
+def test_dla_misuse_is_one_clear_error(trt_fake, tmp_path, cores, precision, inputs, message):
+    trt_fake.set_attr("Builder.num_DLA_cores", cores)
+    with pytest.raises(EffedgeError, match=message):
+        _build(trt_fake, tmp_path, precision, inputs=inputs, dla_core=0)
+    assert not trt_fake.calls_to("Builder.build_serialized_network")
+
+
+def test_compatibility_options(trt_fake, tmp_path):
+    _build(trt_fake, tmp_path, "fp16", version_compatible=True, hardware_compatible=True)
+    assert "VERSION_COMPATIBLE" in _set_flags(trt_fake)
+    assert trt_fake.calls_to("IBuilderConfig.hardware_compatibility_level=")[0][1] == (
+        trt_fake.HardwareCompatibilityLevel.AMPERE_PLUS,)
+
+
+def test_parser_errors_name_the_node(trt_fake, tmp_path):
+    trt = trt_fake
+    trt.set_return("OnnxParser.parse_from_file", False)
+    trt.set_attr("OnnxParser.num_errors", 1)
+    trt.set_return("ParserError.node", 42)
+    trt.set_return("ParserError.desc", "unsupported attribute")
+    if major(trt) >= 10:
+        trt.set_return("ParserError.node_name", "/model/head/Conv")
+        trt.set_return("ParserError.node_operator", "Conv")
+    with pytest.raises(EffedgeError) as error:
+        _build(trt, tmp_path)
+    text = str(error.value)
+    assert "cannot parse model.onnx" in text and "node 42" in text and "unsupported attribute" in text
+    if major(trt) >= 10:
+        assert "'/model/head/Conv' (Conv)" in text
+
+
+def test_failed_build_reports_the_log(trt_fake, tmp_path):
+    trt_fake.set_return("Builder.build_serialized_network", None)
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(b"onnx")
+    with pytest.raises(EffedgeError, match="could not build the engine"):
+        build_engine(onnx_path, tmp_path / "model.engine", GraphInfo(17, "fp32", STATIC))
+    assert not (tmp_path / "model.engine").exists()
+
+
+def test_opset_newer_than_the_parser(trt_fake, tmp_path):
+    opset = {8: 18, 10: 21, 11: 23}[major(trt_fake)]
+    with pytest.raises(EffedgeError, match=f"opset {opset}, TensorRT .* parses up to"):
+        build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", GraphInfo(opset, "fp32", STATIC))
+
+
+# --- runtime -------------------------------------------------------------------------------------------
+
+
+class FakePycuda:
+    """pycuda.driver double: host arrays stand in for device memory, so copies are real."""
+
+    def __init__(self):
+        self.copies = []
+        self.allocations = []
+
+    def install(self, monkeypatch):
+        driver = types.ModuleType("pycuda.driver")
+        fake = self
+
+        class Allocation:
+            def __init__(self, nbytes):
+                self.buffer = np.zeros(nbytes, np.uint8)
+                fake.allocations.append(self)
+
+            def __int__(self):
+                return 0x10000 + 0x1000 * fake.allocations.index(self)
+
+            def free(self):
+                self.freed = True
+
+        class Stream:
+            handle = 0xABC
+
+            def synchronize(self):
+                fake.copies.append("sync")
+
+        driver.init = lambda: None
+        driver.Device = lambda index: types.SimpleNamespace(compute_capability=lambda: (8, 7))
+        driver.pagelocked_empty = lambda count, dtype: np.zeros(count, dtype)
+        driver.mem_alloc = Allocation
+        driver.Stream = Stream
+        driver.memcpy_htod_async = lambda dev, host, stream: (
+            dev.buffer.__setitem__(slice(0, host.nbytes), host.view(np.uint8)), fake.copies.append("htod"))
+        driver.memcpy_dtoh_async = lambda host, dev, stream: (
+            host.view(np.uint8).__setitem__(slice(None), dev.buffer[: host.nbytes]), fake.copies.append("dtoh"))
+        package = types.ModuleType("pycuda")
+        package.driver = driver
+        monkeypatch.setitem(sys.modules, "pycuda", package)
+        monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
+        monkeypatch.setitem(sys.modules, "pycuda.autoinit", types.ModuleType("pycuda.autoinit"))
+        return driver
+
+
+def _engine_io(trt, dynamic=False):
+    io = {"images": (trt.TensorIOMode.INPUT, (-1 if dynamic else 2, 4)),
+          "scores": (trt.TensorIOMode.OUTPUT, (-1 if dynamic else 2, 3))}
+    order = list(io)
+    trt.set_attr("ICudaEngine.num_io_tensors", 2)
+    trt.set_handler("ICudaEngine.get_tensor_name", lambda engine, i: order[i])
+    trt.set_handler("ICudaEngine.get_tensor_mode", lambda engine, name: io[name][0])
+    trt.set_handler("ICudaEngine.get_tensor_shape", lambda engine, name: io[name][1])
+    trt.set_handler("ICudaEngine.get_tensor_dtype", lambda engine, name: trt.DataType.FLOAT)
+    trt.set_handler("ICudaEngine.get_tensor_profile_shape", lambda engine, name, index: [(1, 4), (2, 4), (4, 4)])
+    current = {}
+    trt.set_handler("IExecutionContext.set_input_shape",
+                    lambda context, name, shape: current.__setitem__("batch", tuple(shape)[0]) or True)
+    trt.set_handler("IExecutionContext.get_tensor_shape",
+                    lambda context, name: (current.get("batch", 2), io[name][1][1]))
+    return io
+
+
+def test_runner_wires_buffers_and_execute_async_v3(trt_fake, tmp_path, monkeypatch):
+    trt = trt_fake
+    pycuda = FakePycuda()
+    pycuda.install(monkeypatch)
+    _engine_io(trt, dynamic=True)
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"plan")
+    with TensorRTRunner(engine) as runner:
+        out = runner.infer({"images": np.ones((3, 4), np.float32)})
+    addresses = trt.calls_to("IExecutionContext.set_tensor_address")
+    assert [c[1][0] for c in addresses] == ["images", "scores"]
+    assert all(isinstance(c[1][1], int) for c in addresses)
+    assert [tuple(c[1][1]) for c in trt.calls_to("IExecutionContext.set_input_shape")] == [(3, 4)]
+    [execute] = trt.calls_to("IExecutionContext.execute_async_v3")
+    assert execute[1] == (0xABC,)
+    assert out["scores"].shape == (3, 3)
+    assert pycuda.copies == ["htod", "dtoh", "sync"]
+    assert all(getattr(a, "freed", False) for a in pycuda.allocations)
+    assert not [c for c in trt.calls if "execute_async_v2" in c[0]]
+
+
+def test_runner_refuses_corrupt_engines(trt_fake, tmp_path, monkeypatch):
+    FakePycuda().install(monkeypatch)
+    trt_fake.set_return("Runtime.deserialize_cuda_engine", None)
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\x00garbage")
+    with pytest.raises(EffedgeError, match="is not a TensorRT .* engine"):
+        TensorRTRunner(engine).__enter__()
+
+
+def test_runner_checks_the_manifest_before_deserializing(trt_fake, tmp_path, monkeypatch):
+    FakePycuda().install(monkeypatch)
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"plan")
+    other = "8.6.1" if major(trt_fake) != 8 else "10.3.0"
+    with pytest.raises(EffedgeError, match=f"built with TensorRT {other}, this machine has {trt_fake.__version__}"):
+        TensorRTRunner(engine, manifest={"engine": {"tensorrt": other}}).__enter__()
+    with pytest.raises(EffedgeError, match="compute capability 7.2, this GPU is 8.7"):
+        TensorRTRunner(engine, manifest={"engine": {"tensorrt": trt_fake.__version__,
+                                                    "compute_capability": "7.2"}}).__enter__()
+    assert not trt_fake.calls_to("Runtime.deserialize_cuda_engine")
+
+
+def test_numpy_types(trt_fake):
+    assert backend.numpy_dtype(trt_fake.DataType.HALF) == np.float16
+    assert backend.numpy_dtype(trt_fake.DataType.INT32) == np.int32

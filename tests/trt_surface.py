@@ -1,0 +1,495 @@
+"""The real Python API surface of several TensorRT versions, extracted from NVIDIA's binding wheels.
+
+TensorRT itself needs a GPU and NVIDIA's package index, but PyPI carries the small ``tensorrt*-bindings``
+wheels: the pybind11 module alone, linked against libnvinfer / libnvinfer_plugin / libnvonnxparser
+(and libnvparsers for 8.6). Importing it only needs those sonames to exist and to export the handful of
+factory functions the module references, so we build stub libraries (every factory returns nullptr) and
+preload them. Every class, enum member and pybind11 docstring is then the real one; only constructing a
+Builder/Runtime fails (the factory returned nullptr), which is what :mod:`trt_fake` is for.
+
+``surface(version)`` downloads the wheel, builds the stubs, dumps the module in a subprocess (one TensorRT
+per process: the sonames clash) and caches everything under ``$EFFEDGE_TEST_CACHE`` or
+``~/.cache/effedge-tests/trt/<version>/``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Optional
+
+TRT_VERSIONS = ("8.6.1", "10.3.0", "10.13.3.9", "11.4.0.106")
+WHEELS = {
+    "8.6.1": "tensorrt-bindings",
+    "10.3.0": "tensorrt-cu12-bindings",
+    "10.13.3.9": "tensorrt-cu12-bindings",
+    "11.4.0.106": "tensorrt-cu13-bindings",
+}
+# Cached surfaces are reused only if written by this very file: any change to the extractor rebuilds them.
+EXTRACTOR_ID = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+BINDINGS_PACKAGE = "tensorrt_bindings"
+
+# The C symbols tensorrt.so references (checked with `nm -D --undefined-only` on all four wheels; 8.6 has no
+# createNvOnnxParserRefitter_INTERNAL but an extra symbol is harmless). Factories return nullptr, which the
+# bindings turn into a TypeError from the constructor. Argument lists do not matter for the C ABI.
+_STUB_SOURCES = {
+    "nvinfer": """
+extern "C" {
+void* createInferBuilder_INTERNAL(void*, int) { return nullptr; }
+void* createInferRuntime_INTERNAL(void*, int) { return nullptr; }
+void* createInferRefitter_INTERNAL(void*, void*, int) { return nullptr; }
+void* getPluginRegistry() { return nullptr; }
+void* getBuilderPluginRegistry(int) { return nullptr; }
+}
+""",
+    "nvinfer_plugin": """
+extern "C" bool initLibNvInferPlugins(void*, const char*) { return false; }
+""",
+    "nvonnxparser": """
+extern "C" {
+void* createNvOnnxParser_INTERNAL(void*, void*, int) { return nullptr; }
+void* createNvOnnxParserRefitter_INTERNAL(void*, void*, int) { return nullptr; }
+int getNvOnnxParserVersion() { return 0; }
+}
+""",
+    # 8.6 only: the UFF/Caffe parsers, referenced by C++ mangled name (return types are not mangled, the
+    # FieldMap constructor's parameter types are, so they must match exactly).
+    "nvparsers": """
+#include <cstdint>
+namespace nvuffparser {
+class IUffParser;
+enum class FieldType : int32_t {};
+IUffParser* createUffParser() { return nullptr; }
+class FieldMap {
+public:
+    FieldMap(const char* name, const void* data, FieldType type, int32_t length);
+    const char* name; const void* data; FieldType type; int32_t length;
+};
+FieldMap::FieldMap(const char* n, const void* d, FieldType t, int32_t l) : name(n), data(d), type(t), length(l) {}
+}
+namespace nvcaffeparser1 {
+class ICaffeParser;
+ICaffeParser* createCaffeParser() { return nullptr; }
+void shutdownProtobufLibrary() {}
+}
+""",
+}
+_STUB_LIBRARIES = {8: ("nvinfer", "nvinfer_plugin", "nvonnxparser", "nvparsers"),
+                   10: ("nvinfer", "nvinfer_plugin", "nvonnxparser"),
+                   11: ("nvinfer", "nvinfer_plugin", "nvonnxparser")}
+
+# pip output meaning the index could not be reached (or held nothing installable for this interpreter).
+_UNREACHABLE_MARKERS = ("from versions: none", "NewConnectionError", "Max retries exceeded", "ConnectionError",
+                        "Temporary failure in name resolution", "Could not fetch URL", "ProxyError",
+                        "Network is unreachable", "timed out")
+
+
+class WheelsUnavailable(RuntimeError):
+    """The binding wheel could not be downloaded (no network / index unreachable): tests skip on this."""
+
+
+def cache_root() -> Path:
+    env = os.environ.get("EFFEDGE_TEST_CACHE")
+    return (Path(env) if env else Path.home() / ".cache" / "effedge-tests") / "trt"
+
+
+def surface(version: str) -> dict:
+    """The API surface of TensorRT ``version`` as a JSON-able dict (see ``_describe_module`` for the layout)."""
+    if version not in WHEELS:
+        raise ValueError(f"unknown TensorRT version {version!r}; known: {', '.join(TRT_VERSIONS)}")
+    root = cache_root() / version
+    path = root / "surface.json"
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("extractor") == EXTRACTOR_ID:
+            return cached
+    site = _unpacked_wheel(version, root)
+    stubs = _stub_libraries(int(version.split(".")[0]), root)
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        out = Path(tmp) / "surface.json"
+        env = dict(os.environ, LD_BIND_NOW="1")  # a symbol missing from the stubs fails the import, not later
+        # -I -S: no user/site packages, so a real tensorrt_libs wheel cannot be picked up instead of the stubs.
+        proc = subprocess.run([sys.executable, "-I", "-S", __file__, str(site), str(out), *map(str, stubs)],
+                              capture_output=True, text=True, env=env, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"extracting the TensorRT {version} surface failed (exit {proc.returncode}):\n"
+                               f"{proc.stdout}{proc.stderr}")
+        data = json.loads(out.read_text())
+        if data["version"] != version:
+            raise RuntimeError(f"the {WHEELS[version]}=={version} wheel reports __version__ {data['version']}")
+        os.replace(out, path)
+    return data
+
+
+def _python_tag() -> str:
+    return f"cp{sys.version_info.major}{sys.version_info.minor}"
+
+
+def _unpacked_wheel(version: str, root: Path) -> Path:
+    """Directory holding the ``tensorrt_bindings`` package of the wheel for this interpreter."""
+    site = root / f"site-{_python_tag()}"
+    if (site / BINDINGS_PACKAGE / "__init__.py").is_file():
+        return site
+    wheel = _download(version, root / f"wheel-{_python_tag()}")
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root))
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(tmp, [n for n in archive.namelist() if n.startswith(f"{BINDINGS_PACKAGE}/")])
+    if not (tmp / BINDINGS_PACKAGE / "tensorrt.so").is_file():
+        raise RuntimeError(f"{wheel.name} has no {BINDINGS_PACKAGE}/tensorrt.so")
+    try:
+        tmp.rename(site)
+    except OSError:  # another process unpacked it first
+        shutil.rmtree(tmp)
+    return site
+
+
+def _download(version: str, dest: Path) -> Path:
+    name = WHEELS[version]
+    wheels = sorted(dest.glob("*.whl"))
+    if wheels:
+        return wheels[0]
+    dest.mkdir(parents=True, exist_ok=True)
+    # No --platform/--python-version: the wheel must match the interpreter that will import it.
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--retries", "1",
+           "--timeout", "30", "--disable-pip-version-check", "-d", str(dest), f"{name}=={version}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    output = proc.stdout + proc.stderr
+    wheels = sorted(dest.glob("*.whl"))
+    if proc.returncode == 0 and wheels:
+        return wheels[0]
+    errors = [line.strip() for line in output.splitlines() if "ERROR" in line or "Error" in line]
+    reason = errors[-1] if errors else output.strip()[-300:]
+    if any(marker in output for marker in _UNREACHABLE_MARKERS):
+        raise WheelsUnavailable(f"pip download {name}=={version} for {_python_tag()}: {reason}")
+    raise RuntimeError(f"pip download {name}=={version} failed (exit {proc.returncode}):\n{output}")
+
+
+def _stub_libraries(major: int, root: Path) -> list[Path]:
+    """Build (once) the stub sonames TensorRT ``major``'s bindings link against; returns their paths."""
+    names = _STUB_LIBRARIES[major]
+    digest = hashlib.sha256(repr([(n, _STUB_SOURCES[n]) for n in names]).encode()).hexdigest()[:12]
+    out = root / f"stubs-{digest}"
+    libs = [out / f"lib{name}.so.{major}" for name in names]
+    if all(lib.is_file() for lib in libs):
+        return libs
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root))
+    for name in names:
+        source = tmp / f"{name}.cpp"
+        source.write_text(_STUB_SOURCES[name])
+        soname = f"lib{name}.so.{major}"
+        cmd = ["g++", "-shared", "-fPIC", "-O1", f"-Wl,-soname,{soname}", "-o", str(tmp / soname), str(source)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"building the stub {soname} failed:\n{' '.join(cmd)}\n{proc.stderr}")
+    try:
+        tmp.rename(out)
+    except OSError:  # built concurrently by another process
+        shutil.rmtree(tmp)
+    return libs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Extractor: runs in the subprocess (stdlib only), with the stubs preloaded and the bindings imported.
+# ---------------------------------------------------------------------------------------------------------
+
+_PREFIX = f"{BINDINGS_PACKAGE}.tensorrt."
+_CPP_NAME = re.compile(r"\b(?:nvinfer1|nvonnxparser)::((?:\w+::)*\w+)")
+# C++ interface names the bindings expose under another Python name (IBuilder -> Builder is covered by
+# dropping the leading "I"; these are not).
+_CPP_RENAMES = {"IParser": "OnnxParser", "IParserRefitter": "OnnxParserRefitter"}
+_PARAM_KINDS = {"POSITIONAL_ONLY": "positional_only", "POSITIONAL_OR_KEYWORD": "positional_or_keyword",
+                "VAR_POSITIONAL": "var_positional", "KEYWORD_ONLY": "keyword_only", "VAR_KEYWORD": "var_keyword"}
+
+
+def _resolve_cpp(name: str, classes: set) -> Optional[str]:
+    dotted = name.replace("::", ".")
+    leaf = dotted.rsplit(".", 1)[-1]
+    # nvinfer1::v_1_0::IErrorRecorder -> IErrorRecorder; ILogger::Severity -> ILogger.Severity
+    for candidate in (dotted, leaf, _CPP_RENAMES.get(leaf), leaf[1:] if leaf.startswith("I") else None):
+        if candidate in classes:
+            return candidate
+    return None
+
+
+def normalize_type(text: str, classes: set) -> str:
+    """Annotation text with ``tensorrt_bindings.tensorrt.X`` shortened to ``tensorrt.X``, and C++ names the
+    docstring generator left unresolved (``nvinfer1::TensorIOMode``) mapped to their Python class."""
+    text = text.strip().replace(_PREFIX, "tensorrt.")
+
+    def cpp(match: re.Match) -> str:
+        resolved = _resolve_cpp(match.group(1), classes)
+        return f"tensorrt.{resolved}" if resolved else match.group(0)
+
+    return _CPP_NAME.sub(cpp, text)
+
+
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split at ``sep`` outside brackets (``[](){}<>``) and quotes; parts are stripped, empty ones dropped."""
+    parts, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{<":
+            depth += 1
+        elif ch in ")]}>" and not (ch == ">" and text[i - 1:i] == "-"):
+            depth -= 1
+        elif depth == 0 and text.startswith(sep, i):
+            parts.append(text[start:i])
+            start = i + len(sep)
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _matching_paren(text: str, open_index: int) -> int:
+    depth, quote = 0, None
+    for i in range(open_index, len(text)):
+        ch = text[i]
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{<":
+            depth += 1
+        elif ch in ")]}>" and not (ch == ">" and text[i - 1] == "-"):
+            depth -= 1
+            if depth == 0:
+                return i
+    raise ValueError(f"unbalanced signature: {text!r}")
+
+
+def parse_signature(line: str, classes: set, drop_self: bool) -> dict:
+    """One pybind11 signature line ``name(a: T, b: U = d) -> R`` as
+    ``{"name", "text", "params": [{"name", "kind", "type", "default", "has_default"}], "returns"}``
+    (``text`` is the line without ``self``, with types normalized)."""
+    line = re.sub(r"^\d+\.\s+", "", line.strip())
+    start = line.index("(")
+    end = _matching_paren(line, start)
+    rest = line[end + 1:].strip()
+    returns = normalize_type(rest[2:], classes) if rest.startswith("->") else None
+    params, keyword_only = [], False
+    for part in split_top_level(line[start + 1:end]):
+        if part == "/":  # everything so far is positional-only
+            for param in params:
+                param["kind"] = "positional_only"
+            continue
+        if part == "*":
+            keyword_only = True
+            continue
+        head, default = (split_top_level(part, " = ") + [None])[:2]
+        name, annotation = (split_top_level(head, ": ") + [None])[:2]
+        if name.startswith("**"):
+            kind, name = "var_keyword", name[2:]
+        elif name.startswith("*"):
+            kind, name, keyword_only = "var_positional", name[1:], True
+        elif keyword_only:
+            kind = "keyword_only"
+        elif re.fullmatch(r"arg\d+", name):  # pybind11 names unnamed arguments argN; they take no keyword
+            kind = "positional_only"
+        else:
+            kind = "positional_or_keyword"
+        params.append({"name": name, "kind": kind,
+                       "type": normalize_type(annotation, classes) if annotation else None,
+                       "default": default, "has_default": default is not None})
+    if drop_self and params and params[0]["kind"] not in ("var_positional", "var_keyword"):
+        params = params[1:]
+    name = line[:start]
+    text = name + "(" + ", ".join(_param_text(p) for p in params) + ")" + (f" -> {returns}" if returns else "")
+    return {"name": name, "text": text, "params": params, "returns": returns}
+
+
+def _param_text(param: dict) -> str:
+    prefix = {"var_positional": "*", "var_keyword": "**"}.get(param["kind"], "")
+    text = prefix + param["name"] + (f": {param['type']}" if param["type"] else "")
+    return text + (f" = {param['default']}" if param["has_default"] else "")
+
+
+def parse_pybind_doc(doc: Optional[str], classes: set, drop_self: bool) -> list[dict]:
+    """The overloads in a pybind11 docstring (one line per overload; ``Overloaded function.`` lists them
+    numbered after a ``name(*args, **kwargs)`` header)."""
+    lines = (doc or "").splitlines()
+    if not lines or "(" not in lines[0]:
+        return []
+    if len(lines) > 1 and lines[1].strip() == "Overloaded function.":
+        # Numbered lines; not matched on the name, which can differ (8.6 binds ErrorCode.__str__ as "name").
+        return [parse_signature(line, classes, drop_self) for line in lines if re.match(r"\d+\.\s+\w+\(", line)]
+    return [parse_signature(lines[0], classes, drop_self)]
+
+
+def _python_signature(func: Any, drop_self: bool) -> list[dict]:
+    import inspect
+
+    params = []
+    for param in inspect.signature(func).parameters.values():
+        has_default = param.default is not inspect.Parameter.empty
+        params.append({"name": param.name, "kind": _PARAM_KINDS[param.kind.name], "type": None,
+                       "default": repr(param.default) if has_default else None, "has_default": has_default})
+    if drop_self:
+        params = params[1:]
+    text = f"{func.__name__}(" + ", ".join(_param_text(p) for p in params) + ")"
+    return [{"name": func.__name__, "text": text, "params": params, "returns": None}]
+
+
+def _is_enum(cls: type) -> bool:
+    return isinstance(cls.__dict__.get("__entries"), dict)
+
+
+def _has_buffer_protocol(cls: type) -> bool:
+    """Whether instances export the buffer protocol (pybind11 ``py::buffer_protocol()``, e.g. IHostMemory).
+    Python 3.11 has no ``__buffer__`` to look at, so read ``tp_as_buffer->bf_getbuffer`` from the type
+    object (PyTypeObject's 21st pointer-sized field; stable since Python 2)."""
+    import ctypes
+
+    procs = ctypes.c_void_p.from_address(id(cls) + 20 * ctypes.sizeof(ctypes.c_void_p)).value
+    return bool(procs) and bool(ctypes.c_void_p.from_address(procs).value)
+
+
+def _encode_value(value: Any, keys: dict) -> dict:
+    cls_key = keys.get(type(value))
+    if cls_key and _is_enum(type(value)):
+        return {"enum": cls_key, "member": value.name}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {"literal": value}
+    return {"repr": repr(value)}
+
+
+def _describe_class(cls: type, keys: dict, classes: set) -> dict:
+    enum = _is_enum(cls)
+    members: dict = {}
+    for name, raw in cls.__dict__.items():
+        kind = type(raw).__name__
+        if name.startswith("_pybind11"):  # pybind11's cross-module plumbing (_pybind11_conduit_v1_)
+            continue
+        dunder = name.startswith("__") and name.endswith("__")
+        if kind == "pybind11_static_property":
+            if dunder:
+                continue
+            try:
+                value = _encode_value(getattr(cls, name), keys)
+            except Exception:  # a static getter needing the (stubbed) library
+                value = None
+            members[name] = {"kind": "static_property", "type": _getter_type(raw.fget, classes), "value": value}
+        elif isinstance(raw, property):
+            if dunder:
+                continue
+            setter = raw.fset is not None
+            members[name] = {"kind": "property", "type": _getter_type(raw.fget, classes),
+                             "getter": raw.fget is not None,  # a few are write-only
+                             "setter": setter, "set_type": _setter_type(raw.fset, classes) if setter else None}
+        elif kind == "instancemethod":
+            members[name] = {"kind": "method", "python": False,
+                             "overloads": parse_pybind_doc(getattr(cls, name).__doc__, classes, True)}
+        elif isinstance(raw, staticmethod):
+            members[name] = {"kind": "staticmethod", "python": False,
+                             "overloads": parse_pybind_doc(raw.__func__.__doc__, classes, False)}
+        elif kind == "function":  # attached in tensorrt_bindings/__init__.py (__enter__, __exit__)
+            members[name] = {"kind": "method", "python": True, "overloads": _python_signature(raw, True)}
+        elif isinstance(raw, type) and raw in keys:
+            members[name] = {"kind": "class", "ref": keys[raw]}
+        elif not dunder and type(raw) in keys:
+            if enum and type(raw) is cls:
+                continue  # the enum's own members, listed under "values"
+            members[name] = {"kind": "constant", "value": _encode_value(raw, keys)}
+    description = {"kind": "enum" if enum else "class",
+                   "bases": [keys[base] for base in cls.__bases__ if base in keys],
+                   "buffer": _has_buffer_protocol(cls), "members": members}
+    if enum:
+        description["values"] = {name: int(member) for name, (member, _doc) in cls.__dict__["__entries"].items()}
+        description["arithmetic"] = "__or__" in cls.__dict__
+    return description
+
+
+def _accessor_signature(func: Any, classes: set) -> Optional[dict]:
+    """The signature of a pybind11 property getter/setter (``(arg0: Cls, arg1: T) -> R``); None for Python ones."""
+    if type(func).__name__ not in ("builtin_function_or_method", "instancemethod"):
+        return None
+    overloads = parse_pybind_doc(func.__doc__, classes, True)
+    return overloads[0] if overloads else None
+
+
+def _getter_type(func: Any, classes: set) -> Optional[str]:
+    signature = _accessor_signature(func, classes)
+    return signature["returns"] if signature else None
+
+
+def _setter_type(func: Any, classes: set) -> Optional[str]:
+    signature = _accessor_signature(func, classes)
+    return signature["params"][-1]["type"] if signature and signature["params"] else None
+
+
+def _collect_classes(module: Any) -> dict:
+    """Every class of the bindings, nested ones included, keyed ``Outer.Inner`` (their ``__qualname__``)."""
+    keys: dict = {}
+    pending = [value for value in vars(module).values() if isinstance(value, type)]
+    while pending:
+        cls = pending.pop()
+        if cls in keys or not cls.__module__.startswith(BINDINGS_PACKAGE):
+            continue
+        keys[cls] = cls.__qualname__
+        pending.extend(value for value in vars(cls).values() if isinstance(value, type))
+    return keys
+
+
+def _describe_module(module: Any) -> dict:
+    """Layout::
+
+        {"extractor", "version", "python",
+         "classes": {key: {"kind": "class"|"enum", "bases": [key], "buffer": bool,
+                           "members": {name: member}, ("values": {name: int}, "arithmetic": bool)}},
+         "module": {"classes": {name: key}, "functions": {name: {"python": bool, "overloads": [...]}},
+                    "constants": {name: value}}}
+
+    member: {"kind": "method"|"staticmethod", "python", "overloads"} | {"kind": "property", "type",
+    "getter", "setter", "set_type"} | {"kind": "static_property", "type", "value"} | {"kind": "constant", "value"}
+    | {"kind": "class", "ref"}; value: {"literal": x} | {"enum": key, "member": name} | {"repr": text};
+    overload: {"name", "text", "params": [{"name", "kind", "type", "default", "has_default"}], "returns"}."""
+    import types
+
+    if not _has_buffer_protocol(bytes) or _has_buffer_protocol(int):
+        raise RuntimeError(f"the buffer-protocol probe does not fit this Python's type layout ({sys.version})")
+    keys = _collect_classes(module)
+    classes = set(keys.values())
+    surface_: dict = {"extractor": EXTRACTOR_ID, "version": module.__version__, "python": _python_tag(),
+                      "classes": {key: _describe_class(cls, keys, classes) for cls, key in sorted(
+                          keys.items(), key=lambda item: item[1])},
+                      "module": {"classes": {}, "functions": {}, "constants": {}}}
+    top = surface_["module"]
+    for name, value in sorted(vars(module).items()):
+        if isinstance(value, types.ModuleType) or (name.startswith("__") and name != "__version__"):
+            continue
+        if isinstance(value, type) and value in keys:
+            top["classes"][name] = keys[value]
+        elif isinstance(value, types.BuiltinFunctionType):
+            top["functions"][name] = {"python": False,
+                                      "overloads": parse_pybind_doc(value.__doc__, classes, False)}
+        elif isinstance(value, types.FunctionType):
+            top["functions"][name] = {"python": True, "overloads": _python_signature(value, False)}
+        else:
+            top["constants"][name] = _encode_value(value, keys)
+    return surface_
+
+
+def _extractor_main(site: str, out: str, stubs: list[str]) -> None:
+    import ctypes
+    import importlib
+
+    for stub in stubs:  # same sonames as the real libraries, so the loader reuses them for tensorrt.so
+        ctypes.CDLL(stub, mode=ctypes.RTLD_GLOBAL)
+    sys.path.insert(0, site)
+    module = importlib.import_module(BINDINGS_PACKAGE)
+    Path(out).write_text(json.dumps(_describe_module(module), indent=1, sort_keys=False))
+
+
+if __name__ == "__main__":
+    _extractor_main(sys.argv[1], sys.argv[2], sys.argv[3:])
