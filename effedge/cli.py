@@ -354,7 +354,18 @@ def build_command(model, out, dynamic_batch, dla_core, workspace_mb, optimizatio
                            batch=_parse_dynamic_batch(dynamic_batch), optimization_level=optimization_level,
                            dla_core=dla_core, version_compatible=version_compatible,
                            hardware_compatible=hardware_compatible)
-    report = build_engine(source, engine, GraphInfo.from_onnx(source), options, log=_progress)
+    manifest_path = source.parent / "build.json"
+    if manifest_path.is_file():  # no onnx package needed (a Jetson with only tensorrt + pycuda + numpy)
+        from effedge.manifest import read_manifest
+
+        graph = GraphInfo.from_manifest(read_manifest(source.parent), source.name)
+    else:
+        graph = GraphInfo.from_onnx(source)
+    if options.batch is None and graph.inputs and graph.inputs[0][1][0] is None:
+        batch = read_manifest(source.parent).get("batch", {}) if manifest_path.is_file() else {}
+        if "max" in batch:
+            options = BuildOptions(**{**options.__dict__, "batch": (batch["min"], batch["opt"], batch["max"])})
+    report = build_engine(source, engine, graph, options, log=_progress)
     report["compute_capability"] = gpu_compute_capability()
     click.echo(f"{engine}: TensorRT {report['tensorrt']}, {report['precision']}, built in {report['seconds']} s")
 

@@ -262,3 +262,25 @@ def test_runner_checks_the_manifest_before_deserializing(trt_fake, tmp_path, mon
 def test_numpy_types(trt_fake):
     assert backend.numpy_dtype(trt_fake.DataType.HALF) == np.float16
     assert backend.numpy_dtype(trt_fake.DataType.INT32) == np.int32
+
+
+def test_graph_info_from_manifest_matches_the_onnx(tmp_path):
+    """`effedge build` on a device without the onnx package reads the graph facts from build.json."""
+    from effedge.export import ExportOptions, export
+
+    manifest = export("d0", tmp_path, options=ExportOptions(image_size=128, dynamic_batch=(1, 2, 4)))
+    from_file = GraphInfo.from_onnx(tmp_path / "model.sim.onnx")
+    assert GraphInfo.from_manifest(manifest, "model.sim.onnx") == from_file
+    assert from_file.inputs == (("images", (None, 3, 128, 128)),) and from_file.precision == "fp32"
+
+
+def test_runtime_side_imports_without_torch_or_onnx():
+    """bench/build/run on a Jetson: only tensorrt + pycuda + numpy (+ click, pyyaml, rich)."""
+    import subprocess
+
+    code = ("import sys; sys.modules.update({m: None for m in ('torch', 'onnx', 'onnxruntime', 'modelopt', "
+            "'onnxsim', 'PIL')}); import effedge.cli, effedge.backends.tensorrt, effedge.preprocess, "
+            "effedge.nms, effedge.anchors, effedge.manifest; from click.testing import CliRunner; "
+            "r = CliRunner().invoke(effedge.cli.cli, ['build', '--help']); assert r.exit_code == 0, r.output; "
+            "print('ok')")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"

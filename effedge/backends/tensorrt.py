@@ -99,6 +99,19 @@ class GraphInfo:
         return cls(opset, precision, inputs)
 
 
+    @classmethod
+    def from_manifest(cls, manifest: Mapping, onnx_name: str) -> "GraphInfo":
+        """From build.json, for a device without the onnx package (``onnx_name``: the file to build)."""
+        precision_name = onnx_name.split(".")[1] if onnx_name.count(".") >= 2 else "fp32"
+        precision = precision_name if precision_name in ("fp16", "int8", "mixed") else "fp32"
+        report = manifest.get("precisions", {}).get(precision, {})
+        graph = manifest["graph"]["simplified"]
+        opset = report.get("opset", graph["opset"])
+        inputs = tuple((i["name"], tuple(d if isinstance(d, int) else None for d in i["shape"]))
+                       for i in graph["inputs"])
+        return cls(opset, precision, inputs)
+
+
 def _has_unquantized_conv(model) -> bool:
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
     return any(producers.get(n.input[0]) != "DequantizeLinear" for n in model.graph.node if n.op_type == "Conv")
