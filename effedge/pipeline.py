@@ -137,7 +137,7 @@ def compile_model(config: CompileConfig, out_dir: Optional[Union[str, Path]] = N
     start = time.perf_counter()
     if not force and _is_complete(out, key):
         manifest = read_manifest(out)
-        manifest["compile"]["cache_hit"] = True
+        manifest["compile"].update(cache_hit=True, out_dir=str(out))
         log(f"cache hit: {out} is up to date ({time.perf_counter() - start:.1f} s)")
         return manifest
 
@@ -211,7 +211,7 @@ def _run_stages(config: CompileConfig, backend: BackendChoice, nms: str, key: st
     manifest["precision"] = config.precision
     manifest["backend"] = backend.name
     manifest["nms"] = nms
-    manifest["compile"] = {"key": key, "config": asdict(config),
+    manifest["compile"] = {"key": key, "config": asdict(config), "out_dir": str(out),
                            "backend_reason": backend.reason, "deployable": deployable,
                            "stages_seconds": {k: round(v, 2) for k, v in seconds.items()},
                            "total_seconds": round(time.perf_counter() - start, 2), "cache_hit": False}

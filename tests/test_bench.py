@@ -1,0 +1,143 @@
+"""Bench harness: statistics on known timings, the run protocol on a fake clock, warnings from constructed
+data, tegrastats parsing and energy, and the CLI's outputs. No timing is asserted on real runs."""
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from effedge import bench
+
+# Representative lines of the tegrastats formats (JetPack 5/6): Orin NX / Orin Nano report the module input
+# VDD_IN; AGX Orin reports VDD_GPU_SOC, VDD_CPU_CV and VIN_SYS_5V0 (plus VDDQ_VDD2_1V8AO) instead.
+ORIN_NX = ("04-21-2026 10:15:23 RAM 2936/15388MB (lfb 2877x4MB) SWAP 0/7694MB (cached 0MB) CPU [1%@729,0%@729,"
+           "0%@729,0%@729] EMC_FREQ 0%@2133 GR3D_FREQ 0%@[305,305] VIC_FREQ 729 APE 174 CPU@46.843C "
+           "Tboard@35C SOC2@43.406C GPU@-256C tj@46.843C VDD_IN 5247mW/5100mW VDD_CPU_GPU_CV 477mW/470mW "
+           "VDD_SOC 1512mW/1500mW")
+ORIN_NANO = ("RAM 2472/7620MB (lfb 1137x4MB) SWAP 0/3810MB (cached 0MB) CPU [2%@729,1%@729,0%@729,0%@729,"
+             "0%@729,0%@729] EMC_FREQ 0% GR3D_FREQ 0% cpu@47.656C soc2@46.843C soc0@47.125C gpu@46.75C "
+             "tj@48.125C soc1@47.25C VDD_IN 4238mW/4238mW VDD_CPU_GPU_CV 521mW/521mW VDD_SOC 1446mW/1446mW")
+AGX_ORIN = ("RAM 4505/30536MB (lfb 5953x4MB) SWAP 0/15268MB (cached 0MB) CPU [0%@1113,0%@1113,0%@1113,0%@1113] "
+            "EMC_FREQ 0%@2133 GR3D_FREQ 0%@[0,0] VIC_FREQ 115 APE 174 CV0@-256C CPU@44.187C SOC2@41.5C "
+            "VDD_GPU_SOC 3599mW/3599mW VDD_CPU_CV 400mW/400mW VIN_SYS_5V0 2724mW/2724mW "
+            "VDDQ_VDD2_1V8AO 502mW/502mW")
+
+
+def test_statistics_on_known_timings():
+    stats = bench.statistics(range(1, 101))
+    assert stats["min"] == 1 and stats["max"] == 100 and stats["mean"] == 50.5 and stats["median"] == 50.5
+    assert stats["p90"] == pytest.approx(90.1) and stats["p95"] == pytest.approx(95.05)
+    assert stats["p99"] == pytest.approx(99.01)
+    assert stats["cv"] == pytest.approx(np.std(np.arange(1, 101)) / 50.5)
+    assert bench.statistics([4.0] * 7)["cv"] == 0.0
+    assert bench.statistics([]) == {}
+
+
+def test_run_protocol_on_a_fake_clock():
+    now_ms = [0]  # integer milliseconds: no float drift in the comparisons under test
+    calls = []
+
+    def step():
+        now_ms[0] += 10
+        calls.append(now_ms[0])
+        return bench.Iteration(latency=10.0)
+
+    clock = lambda: now_ms[0] / 1000  # noqa: E731
+    settings = bench.BenchSettings(warmup_s=0.1, min_iterations=5, min_duration_s=0.3)
+    records, wall = bench.run(step, settings, clock=clock)
+    assert len(calls) - len(records) == 10  # 0.1 s of warm-up at 10 ms per step, not recorded
+    assert len(records) == 30 and wall == pytest.approx(0.3)  # the duration, not the count, decided
+    records, _ = bench.run(step, bench.BenchSettings(warmup_s=0, min_iterations=50, min_duration_s=0.1),
+                           clock=clock)
+    assert len(records) == 50  # the count decided
+
+
+def test_summary_throughput_and_stages():
+    records = [bench.Iteration(latency=20.0, stages={"infer": 15.0, "decode": 5.0}) for _ in range(10)]
+    summary = bench.summarize(records, wall_s=0.25, batch=4)
+    assert summary["throughput_qps"] == 40 and summary["images_per_s"] == 160
+    assert summary["stages_ms"]["infer"]["median"] == 15.0 and "compute_ms" not in summary
+
+
+def test_warnings_from_constructed_data():
+    enqueue_bound = bench.summarize([bench.Iteration(latency=2.0, enqueue=0.9, compute=1.0) for _ in range(5)],
+                                    1.0, 1)
+    assert any("enqueue-bound" in w for w in bench.warnings_for(enqueue_bound))
+    unstable = bench.summarize([bench.Iteration(latency=2.0, compute=c) for c in (1.0, 1.2, 0.8, 1.1)], 1.0, 1)
+    assert any("lock the clocks" in w for w in bench.warnings_for(unstable))
+    stable = bench.summarize([bench.Iteration(latency=2.0, enqueue=0.1, compute=1.0) for _ in range(5)], 1.0, 1)
+    assert bench.warnings_for(stable) == []
+
+
+def test_tegrastats_lines():
+    assert bench.parse_tegrastats(ORIN_NX) == 5247.0
+    assert bench.parse_tegrastats(ORIN_NANO) == 4238.0
+    assert bench.parse_tegrastats(AGX_ORIN) == 3599.0 + 400.0 + 2724.0
+    assert bench.parse_tegrastats("RAM 1/2MB CPU [1%@729]") is None
+
+
+def test_energy_integration():
+    constant = [(t, 5000.0) for t in np.arange(0.0, 2.01, 0.05)]
+    assert bench.energy_mj(constant, 0.0, 2.0) == pytest.approx(10000.0)
+    ramp = [(0.0, 0.0), (1.0, 1000.0)]  # trapezoid: 500 mJ
+    assert bench.energy_mj(ramp, 0.0, 1.0) == pytest.approx(500.0)
+    assert bench.energy_mj([(0.0, 3000.0)], 1.0, 2.0) == pytest.approx(3000.0)  # last reading held
+    assert bench.energy_mj([], 0.0, 1.0) is None
+
+
+@pytest.fixture(scope="module")
+def small_build(tmp_path_factory):
+    from effedge.export import ExportOptions, export
+
+    out = tmp_path_factory.mktemp("bench")
+    export("d0", out, options=ExportOptions(image_size=128))
+    return out
+
+
+def effedge_cli(*args):
+    return subprocess.run([sys.executable, "-m", "effedge", *args], capture_output=True, text=True, timeout=600)
+
+
+QUICK = ["--warmup", "0.1", "--duration", "0.3", "--iterations", "3"]
+
+
+def test_bench_json_has_every_field_and_baseline_ratio(small_build, tmp_path):
+    result = effedge_cli("bench", str(small_build), "--baselines", "--json", "--csv", str(tmp_path / "b.csv"),
+                         "--plot", str(tmp_path / "b.png"), *QUICK)
+    assert result.returncode == 0, result.stderr
+    results = json.loads(result.stdout)
+    assert [r["backend"] for r in results] == ["onnxruntime", "torch"]
+    for r in results:
+        for key in ("backend", "precision", "batch", "variant", "throughput_qps", "settings", "versions"):
+            assert key in r
+        assert set(r["latency_ms"]) >= {"min", "max", "mean", "median", "p90", "p95", "p99"}
+        assert r["iterations"] >= 3 and r["versions"]["onnxruntime"]
+    assert results[0]["speedup_vs_torch"] == pytest.approx(
+        results[1]["latency_ms"]["median"] / results[0]["latency_ms"]["median"])
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "b.csv").read_text())))
+    assert len(rows) == 2 and float(rows[0]["latency_median_ms"]) == pytest.approx(results[0]["latency_ms"]["median"])
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_end_to_end_reports_stages(small_build, tmp_path):
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (200 + 10 * i, 150), (i * 40, 80, 120)).save(tmp_path / f"{i}.jpg")
+    result = effedge_cli("bench", str(small_build), "--end-to-end", str(tmp_path), "--json", *QUICK)
+    assert result.returncode == 0, result.stderr
+    [r] = json.loads(result.stdout)
+    assert r["mode"] == "end-to-end"
+    assert set(r["stages_ms"]) == {"decode", "letterbox", "infer", "postprocess"}
+
+
+def test_bench_markdown_and_bad_targets(small_build, tmp_path):
+    result = effedge_cli("bench", str(small_build / "model.sim.onnx"), "--markdown", *QUICK)
+    assert result.returncode == 0 and result.stdout.startswith("| label |")
+    missing = effedge_cli("bench", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "not found" in missing.stderr and "Traceback" not in missing.stderr
+    engine_on_ort = effedge_cli("bench", str(small_build / "model.sim.onnx"), "--backend", "tensorrt")
+    assert engine_on_ort.returncode == 2 and "runs engines" in engine_on_ort.stderr
