@@ -290,10 +290,12 @@ def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, p
 @click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), help="TensorRT builder optimization level.")
 @click.option("--out", type=click.Path(file_okay=False), help="Build directory [default: runs/<variant>-<precision>-…].")
 @click.option("--force", is_flag=True, help="Rebuild even when the cache says the build is up to date.")
+@click.option("--profile", "profile_name", help="Compile the model `effedge select` picks for this profile, "
+              "with its precision and batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build manifest as JSON.")
 def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, batch, dynamic_batch, nms,
                     input_format, calib_dir, calib_images, calib_method, fidelity_target, backend, dla_core,
-                    workspace_mb, optimization_level, out, force, as_json) -> None:
+                    workspace_mb, optimization_level, out, force, profile_name, as_json) -> None:
     """Compile a model end to end: build, export, simplify, precision, NMS, engine.
 
     \b
@@ -307,6 +309,21 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
     """
     from effedge.pipeline import CompileConfig, compile_model
 
+    if profile_name:
+        from effedge.latency import select
+        from effedge.profiles import load_profile
+
+        if variant or phi is not None:
+            raise click.UsageError("--profile chooses the variant; drop --variant/--phi")
+        prof = load_profile(profile_name)
+        _, choice = select(prof, log=_progress)
+        if choice is None:
+            raise click.ClickException(f"no candidate meets {prof.name}'s budget of {prof.target.latency_ms:g} ms")
+        _progress(f"profile {prof.name}: compiling {choice.name} ({choice.predicted_ms:.1f} ms {choice.source})")
+        variant, phi, precision, batch = (choice.name if choice.name[0] == "d" else None,
+                                          None if choice.name[0] == "d" else choice.phi,
+                                          prof.target.precision, prof.target.batch)
+        backend = backend if backend != "auto" else prof.software.backend
     config = CompileConfig(
         variant=_variant_arg(variant, phi), precision=precision, weights=weights, num_classes=num_classes, pad=pad,
         image_size=imgsz, batch=batch, dynamic_batch=_parse_dynamic_batch(dynamic_batch), nms=nms,
@@ -494,6 +511,88 @@ def bench_command(target, backend, variants, precisions, batches, nms, baselines
             if key.startswith("speedup_vs_") and result["backend"] != key.removeprefix("speedup_vs_"):
                 click.echo(f"{result['label']}: {value:.2f}× the speed of {key.removeprefix('speedup_vs_')} eager"
                            if "torch" in key else f"{result['label']}: {value:.2f}× vs {key}")
+
+
+@cli.group()
+def profile() -> None:
+    """Latency profiles (profiles/*.yaml): list, check, and fit them to measurements.
+
+    \b
+    Examples:
+      effedge profile list
+      effedge profile fit cpu-local d0.json d1.json d2.json
+    """
+
+
+@profile.command("list")
+def profile_list() -> None:
+    """Validate and list the shipped profiles."""
+    from effedge.profiles import all_profiles, load_profile
+
+    rows = []
+    for path in all_profiles():
+        p = load_profile(path)
+        rows.append([p.name, p.device.name, p.software.backend, f"{p.target.latency_ms:g}", p.target.percentile,
+                     p.target.precision, "fitted" if p.efficiency else "priors"])
+    _table("profiles", ["profile", "device", "backend", "budget ms", "percentile", "precision", "model"], rows)
+
+
+@profile.command("fit")
+@click.argument("name")
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+def profile_fit(name, results) -> None:
+    """Fit profile NAME's efficiency factors to `effedge bench --json` RESULTS and store the measured points."""
+    from effedge.latency import fit_profile
+
+    fitted, errors = fit_profile(name, list(results))
+    click.echo(f"fitted {name}: compute scale {fitted['compute_scale']:.3g}, memory scale "
+               f"{fitted['memory_scale']:.3g}, overhead {fitted['overhead_us']:.3g} µs/layer "
+               f"({fitted['fitted_on']} points, rms log error {fitted['fit_rms_log_error']:.3f})")
+    for variant, measured, predicted in errors:
+        click.echo(f"  {variant}: measured {measured:.2f} ms, model {predicted:.2f} ms "
+                   f"({(predicted / measured - 1) * 100:+.1f} %)")
+
+
+@cli.command("select")
+@click.option("--profile", "profile_name", required=True, help="Profile name (profiles/NAME.yaml) or file.")
+@click.option("--latency-ms", type=float, help="Latency budget instead of the profile's.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "mixed"]), help="Instead of the profile's.")
+@click.option("--step", type=float, default=0.5, show_default=True, help="φ grid step for custom candidates.")
+@click.option("--verify", is_flag=True, help="Compile and benchmark the choice; step down while it misses.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def select_command(profile_name, latency_ms, precision, step, verify, as_json) -> None:
+    """Choose the largest EfficientDet (named or fractional φ) that meets a profile's latency budget.
+
+    \b
+    Examples:
+      effedge select --profile orin-nx-16gb
+      effedge select --profile cpu-local --latency-ms 150 --verify
+    """
+    from dataclasses import asdict
+
+    from effedge.latency import select, verify_choice
+    from effedge.profiles import load_profile
+
+    prof = load_profile(profile_name)
+    candidates, choice = select(prof, latency_ms=latency_ms, precision=precision, step=step, log=_progress)
+    budget = latency_ms or prof.target.latency_ms
+    verification = verify_choice(prof, candidates, choice, budget, precision or prof.target.precision,
+                                 log=_progress) if verify else None
+    if as_json:
+        _print_json({"profile": prof.name, "budget_ms": budget, "candidates": [asdict(c) for c in candidates],
+                     "choice": asdict(choice) if choice else None, "verification": verification})
+        return
+    _table(f"{prof.name}: budget {budget:g} ms at {prof.target.percentile} (margin {prof.target.margin:.0%})",
+           ["candidate", "φ", "input", "GMACs", "ms", "source", "fits"],
+           [[c.name, f"{c.phi:g}", c.resolution, f"{c.macs / 1e9:.2f}", f"{c.predicted_ms:.1f}", c.source,
+             "yes" if c.fits else "no"] for c in candidates])
+    click.echo(f"choice: {choice.name} (φ={choice.phi:g}, {choice.resolution}px)" if choice else
+               "no candidate fits the budget")
+    if verification:
+        for step_result in verification["steps"]:
+            click.echo(f"  measured {step_result['name']}: {step_result['measured_ms']:.1f} ms "
+                       f"({'within' if step_result['within_budget'] else 'over'} {budget:g} ms)")
+        click.echo(f"verified choice: {verification['choice']}")
 
 
 def main() -> None:
