@@ -1,6 +1,7 @@
 """The ``effedge`` command line: parses arguments, calls the library, prints. No logic of its own."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -472,7 +473,7 @@ def bench_command(target, backend, variants, precisions, batches, nms, baselines
         chosen = backend if backend != "auto" else ("onnxruntime" if path.suffix == ".onnx" else "tensorrt")
         results = []
         for batch in batch_list:
-            run = settings.__class__(**{**settings.__dict__, "batch": batch})
+            run = dataclasses.replace(settings, batch=batch)
             _progress(f"benchmarking {path.name} on {chosen}, batch {batch}")
             results.append(bench_one(path, manifest, chosen, run, end_to_end=images))
             if baselines:
@@ -508,9 +509,9 @@ def bench_command(target, backend, variants, precisions, batches, nms, baselines
             click.echo(f"{result['label']} stages (median ms): " + ", ".join(
                 f"{k} {v['median']:.2f}" for k, v in result["stages_ms"].items()))
         for key, value in result.items():
-            if key.startswith("speedup_vs_") and result["backend"] != key.removeprefix("speedup_vs_"):
-                click.echo(f"{result['label']}: {value:.2f}× the speed of {key.removeprefix('speedup_vs_')} eager"
-                           if "torch" in key else f"{result['label']}: {value:.2f}× vs {key}")
+            reference = key.removeprefix("speedup_vs_")
+            if key.startswith("speedup_vs_") and result["backend"] != reference:
+                click.echo(f"{result['label']}: {value:.2f}× as fast as {reference} (median latency)")
 
 
 @cli.group()

@@ -139,16 +139,12 @@ def _unpacked_wheel(version: str, root: Path) -> Path:
     if (site / BINDINGS_PACKAGE / "__init__.py").is_file():
         return site
     wheel = _download(version, root / f"wheel-{_python_tag()}")
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root))
+    tmp = _staging_dir(root)
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(tmp, [n for n in archive.namelist() if n.startswith(f"{BINDINGS_PACKAGE}/")])
     if not (tmp / BINDINGS_PACKAGE / "tensorrt.so").is_file():
         raise RuntimeError(f"{wheel.name} has no {BINDINGS_PACKAGE}/tensorrt.so")
-    try:
-        tmp.rename(site)
-    except OSError:  # another process unpacked it first
-        shutil.rmtree(tmp)
+    _move_into_place(tmp, site)
     return site
 
 
@@ -181,8 +177,7 @@ def _stub_libraries(major: int, root: Path) -> list[Path]:
     libs = [out / f"lib{name}.so.{major}" for name in names]
     if all(lib.is_file() for lib in libs):
         return libs
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root))
+    tmp = _staging_dir(root)
     for name in names:
         source = tmp / f"{name}.cpp"
         source.write_text(_STUB_SOURCES[name])
@@ -191,11 +186,21 @@ def _stub_libraries(major: int, root: Path) -> list[Path]:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"building the stub {soname} failed:\n{' '.join(cmd)}\n{proc.stderr}")
-    try:
-        tmp.rename(out)
-    except OSError:  # built concurrently by another process
-        shutil.rmtree(tmp)
+    _move_into_place(tmp, out)
     return libs
+
+
+def _staging_dir(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=root))
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Publish a finished staging folder; another process may have published the same content first."""
+    try:
+        staging.rename(target)
+    except OSError:
+        shutil.rmtree(staging)
 
 
 # ---------------------------------------------------------------------------------------------------------
