@@ -51,22 +51,25 @@ def plot(results: list[dict], path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     series: dict[str, list] = {}
     for r in results:
-        if r.get("phi") is None:
-            continue
         series.setdefault(f"{r['backend']} {r['precision']} b{r['batch']}", []).append(r)
+    colours = {name: f"C{i}" for i, name in enumerate(sorted(series))}
     for name, points in sorted(series.items()):
-        points.sort(key=lambda r: r["phi"])
-        left.plot([r["phi"] for r in points], [r["latency_ms"]["median"] for r in points], marker="o", label=name)
+        points = sorted((r for r in points if r.get("phi") is not None), key=lambda r: r["phi"])
+        left.plot([r["phi"] for r in points], [r["latency_ms"]["median"] for r in points], marker="o", label=name,
+                  color=colours[name])
         for r in points:
             left.annotate(r.get("variant") or "", (r["phi"], r["latency_ms"]["median"]), fontsize=7,
                           textcoords="offset points", xytext=(3, 3))
     left.set(xlabel="compound coefficient φ", ylabel="median latency (ms)", title="latency vs φ")
     left.grid(alpha=0.3)
     left.legend(fontsize=7)
-    for r in results:
-        right.scatter(r["latency_ms"]["median"], r["images_per_s"])
-        right.annotate(r["label"], (r["latency_ms"]["median"], r["images_per_s"]), fontsize=6,
-                       textcoords="offset points", xytext=(3, 3))
+    for name, points in series.items():
+        right.scatter([r["latency_ms"]["median"] for r in points], [r["images_per_s"] for r in points],
+                      color=colours[name], label=name)
+        for r in points:
+            right.annotate(r.get("variant") or r["label"], (r["latency_ms"]["median"], r["images_per_s"]),
+                           fontsize=7, textcoords="offset points", xytext=(3, 3))
+    right.legend(fontsize=7)
     right.set(xlabel="median latency (ms)", ylabel="images/s", title="throughput vs latency")
     right.grid(alpha=0.3)
     figure.tight_layout()
