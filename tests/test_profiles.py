@@ -131,3 +131,32 @@ def test_small_export_scales_to_the_full_graph(tmp_path):
     assert sum(c.activation_bytes for c in predicted) == pytest.approx(sum(c.activation_bytes for c in full),
                                                                        rel=1e-2)
     assert len(predicted) == len(full)
+
+
+def test_compile_with_a_profile_compiles_the_selected_model(monkeypatch):
+    from click.testing import CliRunner
+
+    import effedge.pipeline
+    from effedge.cli import cli
+
+    profile = load_profile("orin-nx-16gb")
+    model = {"compute_scale": 1.0, "memory_scale": 1.0, "overhead_us": 0.0}
+    monkeypatch.setattr(latency, "DEFAULT_MODEL", model)
+    ms_per_gmac = predict_ms([LayerCost("conv", 1e9, 0, 0)], profile, profile.target.precision, model)
+    unit = profile.target.latency_ms * (1 - profile.target.margin) / ms_per_gmac / 4.2  # 1 + φ ≤ 4.2 units fit
+    monkeypatch.setattr(latency, "candidate_costs",
+                        lambda spec, precision: [LayerCost("conv", unit * 1e9 * (1 + spec.phi), 0, 0)])
+    compiled = {}
+
+    def fake_compile(config, out=None, **kwargs):
+        compiled["config"] = config
+        return {"variant": str(config.variant), "precision": config.precision, "backend": "tensorrt", "nms": "auto",
+                "compile": {"cache_hit": False, "total_seconds": 0.0, "deployable": "model.engine"}}
+
+    monkeypatch.setattr(effedge.pipeline, "compile_model", fake_compile)
+    result = CliRunner().invoke(cli, ["compile", "--profile", "orin-nx-16gb"])
+    assert result.exit_code == 0, result.output
+    config = compiled["config"]
+    assert config.variant == "d3"  # φ = 3 fits 4.2 units, φ = 3.5 does not
+    assert config.precision == profile.target.precision and config.batch == profile.target.batch
+    assert config.backend == "tensorrt"
