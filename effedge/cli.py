@@ -596,6 +596,44 @@ def select_command(profile_name, latency_ms, precision, step, verify, as_json) -
         click.echo(f"verified choice: {verification['choice']}")
 
 
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(file_okay=False), default="runs/detect", show_default=True,
+              help="Folder for annotated images and detections.json.")
+@click.option("--score", type=float, default=0.3, show_default=True, help="Score threshold.")
+@click.option("--iou", type=float, default=0.5, show_default=True, help="NMS IoU threshold (graphs without NMS).")
+@click.option("--json", "as_json", is_flag=True, help="Print the detections as JSON.")
+def detect(model, images, out, score, iou, as_json) -> None:
+    """Detect objects in IMAGES with MODEL (an engine or ONNX file) and draw them.
+
+    \b
+    Examples:
+      effedge detect runs/d0-fp16-onnxruntime-…/model.fp16.onnx street.jpg park.png
+      effedge detect model.int8.engine photos/*.jpg --score 0.5 --out annotated
+    """
+    from pathlib import Path
+
+    from effedge.artifacts import write_json
+    from effedge.runtime import Detector, draw
+
+    out_dir = Path(out)
+    with Detector(model, score_threshold=score, iou_threshold=iou) as detector:
+        results = detector([Path(p) for p in images])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = []
+    for path, detections in zip(images, results):
+        target = out_dir / (Path(path).stem + ".jpg")
+        draw(Path(path), detections, target)
+        report.append({"image": str(path), "annotated": str(target), "detections": detections.to_list()})
+    write_json(out_dir / "detections.json", report)
+    if as_json:
+        _print_json(report)
+        return
+    for entry in report:
+        click.echo(f"{entry['image']}: {len(entry['detections'])} detection(s) -> {entry['annotated']}")
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     debug = "--debug" in sys.argv[1:]
