@@ -634,6 +634,36 @@ def detect(model, images, out, score, iou, as_json) -> None:
         click.echo(f"{entry['image']}: {len(entry['detections'])} detection(s) -> {entry['annotated']}")
 
 
+@cli.command("eval")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--images", "images_dir", required=True, type=click.Path(file_okay=False), help="Image folder.")
+@click.option("--annotations", required=True, type=click.Path(dir_okay=False), help="COCO instances JSON.")
+@click.option("--compare", "others", multiple=True, type=click.Path(dir_okay=False),
+              help="More models (e.g. other precisions) to evaluate into the same table; repeat the option.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def eval_command(model, images_dir, annotations, others, as_json) -> None:
+    """COCO mAP of MODEL (engine or ONNX) on an annotated image folder.
+
+    \b
+    Examples:
+      effedge eval runs/d0-fp32-…/model.fp32.onnx --images val/images --annotations val/instances.json
+      effedge eval model.fp32.onnx --compare model.fp16.onnx --compare model.int8.onnx --images … --annotations …
+    """
+    from effedge.evaluate import EVAL_SCORE_THRESHOLD, METRICS, evaluate
+    from effedge.runtime import Detector
+
+    rows = []
+    for path in (model, *others):
+        _progress(f"evaluating {path}")
+        with Detector(path, score_threshold=EVAL_SCORE_THRESHOLD) as detector:
+            rows.append({"model": path, **evaluate(detector, images_dir, annotations, progress=_rich_progress)})
+    if as_json:
+        _print_json(rows)
+        return
+    _table("COCO bbox evaluation", ["model", *METRICS, "images", "detections"],
+           [[r["model"], *(f"{r[m]:.3f}" for m in METRICS), r["images"], r["detections"]] for r in rows])
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     debug = "--debug" in sys.argv[1:]
