@@ -257,9 +257,11 @@ def _mixed_search(int8_model, references, inputs: ModelInput, target: float, sco
 
     probe = references[:SENSITIVITY_IMAGES]
     base = measure_fidelity(int8_model, probe, inputs, score_threshold)
+    # A block goes to fp16 whole: its convolutions and every other node with quantized inputs (residual Adds,
+    # pooling, resizing), or its activations would still be rounded to int8.
     groups: dict[str, set[str]] = {}
     for node in int8_model.graph.node:
-        if node.op_type in ("Conv", "Gemm"):
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and node.name:
             groups.setdefault(layer_group(node.name), set()).add(node.name)
 
     def with_fp16(names: set[str]):

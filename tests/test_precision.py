@@ -190,3 +190,14 @@ def test_quantize_cli_refuses_a_missing_model_and_nms_tails(tmp_path, workspace)
     export("d0", tmp_path / "tail", options=ExportOptions(image_size=128, nms="efficientnms"))
     result = effedge_cli("quantize", str(tmp_path / "tail" / "model.sim.onnx"), "--precision", "fp16")
     assert result.returncode == 2 and "has an NMS tail" in result.stderr
+
+
+def test_mixed_with_everything_kept_is_fp16(workspace):
+    """An unreachable target keeps every block in fp16: then no activation or weight may still be quantized
+    (residual Adds, pools and resizes included), and fidelity is fp16's."""
+    fp16 = _convert(workspace, "fp16")
+    mixed = _convert(workspace, "mixed", calib_images=10, fidelity_target=500.0)
+    model = onnx.load(str(workspace[0] / "build" / "model.mixed.onnx"))
+    assert not [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert mixed["fidelity"]["outputs"]["box_regression"]["sqnr_db"] == pytest.approx(
+        fp16["fidelity"]["outputs"]["box_regression"]["sqnr_db"], abs=3.0)
