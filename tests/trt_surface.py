@@ -238,19 +238,29 @@ def normalize_type(text: str, classes: set) -> str:
     return _CPP_NAME.sub(cpp, text)
 
 
-def split_top_level(text: str, sep: str = ",") -> list[str]:
-    """Split at ``sep`` outside brackets (``[](){}<>``) and quotes; parts are stripped, empty ones dropped."""
-    parts, depth, quote, start = [], 0, None, 0
-    for i, ch in enumerate(text):
+def _brackets(text: str, start: int = 0):
+    """Yield (index, char, depth after it) outside quotes; "->" is an arrow, not a closing bracket."""
+    depth, quote = 0, None
+    for i in range(start, len(text)):
+        ch = text[i]
         if quote:
             quote = None if ch == quote else quote
-        elif ch in "'\"":
+            continue
+        if ch in "'\"":
             quote = ch
-        elif ch in "([{<":
+            continue
+        if ch in "([{<":
             depth += 1
         elif ch in ")]}>" and not (ch == ">" and text[i - 1:i] == "-"):
             depth -= 1
-        elif depth == 0 and text.startswith(sep, i):
+        yield i, ch, depth
+
+
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split at ``sep`` outside brackets (``[](){}<>``) and quotes; parts are stripped, empty ones dropped."""
+    parts, start = [], 0
+    for i, ch, depth in _brackets(text):
+        if depth == 0 and ch not in "([{<)]}>" and text.startswith(sep, i) and i >= start:
             parts.append(text[start:i])
             start = i + len(sep)
     parts.append(text[start:])
@@ -258,19 +268,9 @@ def split_top_level(text: str, sep: str = ",") -> list[str]:
 
 
 def _matching_paren(text: str, open_index: int) -> int:
-    depth, quote = 0, None
-    for i in range(open_index, len(text)):
-        ch = text[i]
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "([{<":
-            depth += 1
-        elif ch in ")]}>" and not (ch == ">" and text[i - 1] == "-"):
-            depth -= 1
-            if depth == 0:
-                return i
+    for i, ch, depth in _brackets(text, open_index):
+        if depth == 0 and ch in ")]}>":
+            return i
     raise ValueError(f"unbalanced signature: {text!r}")
 
 
