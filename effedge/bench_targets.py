@@ -3,6 +3,7 @@
 matrix compiled through the compile cache."""
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -143,10 +144,10 @@ def _end_to_end_step(runner, manifest: dict, images: list[Path], score_threshold
     size = tuple(manifest["resolution"])
     input_format = manifest.get("input", {}).get("format", "float")
     name = runner.input_info()[0].name
-    counter = iter(range(1 << 62))
+    cycle = itertools.cycle(images)
 
     def step() -> bench.Iteration:
-        path = images[next(counter) % len(images)]
+        path = next(cycle)
         marks = [time.perf_counter()]
         pixels = load_rgb(path, size)
         marks.append(time.perf_counter())

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -231,8 +231,15 @@ def fit_profile(name: str, result_files: list) -> tuple[dict, list[tuple[str, fl
     percentile = profile.target.percentile
     results = []
     for path in result_files:
-        data = json.loads(open(path).read())
-        results.extend(data if isinstance(data, list) else [data])
+        try:
+            data = json.loads(open(path).read())
+        except json.JSONDecodeError as exc:
+            raise EffedgeError(f"{path} is not JSON ({exc.msg}); pass the output of `effedge bench --json`") from exc
+        for result in data if isinstance(data, list) else [data]:
+            if not isinstance(result, dict) or not {"backend", "target", "precision", "latency_ms"} <= set(result):
+                raise EffedgeError(f"{path} holds no `effedge bench --json` results (backend, target, precision, "
+                                   "latency_ms)")
+            results.append(result)
     results = [r for r in results if r.get("mode", "inference") == "inference" and r["backend"] != "torch"]
     if not results:
         raise EffedgeError("no inference results to fit (pass `effedge bench --json` outputs)")

@@ -68,7 +68,7 @@ def choose_backend(requested: str) -> BackendChoice:
         return BackendChoice("onnxruntime", "requested")
     try:
         trt = import_tensorrt()
-    except BackendUnavailable as exc:
+    except BackendUnavailable:
         if requested == "tensorrt":
             raise
         return BackendChoice("onnxruntime", "TensorRT is not installed here: using ONNX Runtime on the CPU")

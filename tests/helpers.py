@@ -1,6 +1,9 @@
 """Small helpers shared by tests."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import torch
 
 
@@ -23,3 +26,8 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1
                              + (0.5 if name.endswith(".weight") and tensor.ndim == 1 else 0.0))
     return model
+
+
+def effedge_cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the real console entry point (its error handling included) in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "effedge", *args], capture_output=True, text=True, timeout=timeout)

@@ -3,11 +3,10 @@ data, tegrastats parsing and energy, and the CLI's outputs. No timing is asserte
 import csv
 import io
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import effedge_cli
 
 from effedge import bench
 
@@ -96,9 +95,6 @@ def small_build(tmp_path_factory):
     export("d0", out, options=ExportOptions(image_size=128))
     return out
 
-
-def effedge_cli(*args):
-    return subprocess.run([sys.executable, "-m", "effedge", *args], capture_output=True, text=True, timeout=600)
 
 
 QUICK = ["--warmup", "0.1", "--duration", "0.3", "--iterations", "3"]

@@ -4,10 +4,10 @@ import hashlib
 
 import pytest
 import torch
+from helpers import randomize_
 
 from effedge import build_model
 from effedge.errors import CheckpointError, VariantError
-from helpers import randomize_
 
 TOLERANCE = 1e-4
 

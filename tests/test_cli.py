@@ -1,15 +1,9 @@
 import json
-import subprocess
-import sys
 
 from click.testing import CliRunner
+from helpers import effedge_cli
 
 from effedge.cli import cli
-
-
-def run_cli(*args):
-    """Run the real console entry point (error handling included) in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "effedge", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_models_json_lists_every_variant_with_counts():
@@ -33,17 +27,17 @@ def test_models_table_and_info():
 
 
 def test_typo_gives_one_line_with_a_suggestion_and_no_traceback():
-    result = run_cli("info", "d8")
+    result = effedge_cli("info", "d8")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: unknown variant 'd8'; did you mean d7x?"
     assert "Traceback" not in result.stderr + result.stdout
 
 
 def test_debug_shows_the_traceback():
-    result = run_cli("--debug", "info", "--phi", "-1")
+    result = effedge_cli("--debug", "info", "--phi", "-1")
     assert result.returncode != 0 and "Traceback" in result.stderr and "VariantError" in result.stderr
 
 
 def test_usage_errors():
-    result = run_cli("info")
+    result = effedge_cli("info")
     assert result.returncode == 2 and "give a VARIANT or --phi" in result.stderr

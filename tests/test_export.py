@@ -1,12 +1,11 @@
 """Export: graph rules on D0, parity for every named variant, dynamic batch, NMS tails, bad input."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import effedge_cli, randomize_
 
 from effedge import build_model
 from effedge.backends.onnxruntime import OnnxRuntimeRunner
@@ -14,7 +13,6 @@ from effedge.export import ExportOptions, example_input, export
 from effedge.nms import batched_nms
 from effedge.preprocess import normalize
 from effedge.scaling import NAMED_VARIANTS
-from helpers import randomize_
 
 FORBIDDEN = ("Pad", "BatchNormalization", "Div", "ReduceSum", "Unsqueeze", "Shape", "Gather", "ConstantOfShape")
 
@@ -177,9 +175,6 @@ def test_efficientnms_tail_is_the_documented_plugin_node(tmp_path):
     # nothing computed only for the dropped outputs is left behind
     assert [n.op_type for n in model.graph.node].count("Sigmoid") == 118
 
-
-def effedge_cli(*args):
-    return subprocess.run([sys.executable, "-m", "effedge", *args], capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize("args, message", [

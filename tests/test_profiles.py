@@ -1,5 +1,4 @@
 """Profiles (schema, errors), the latency predictor on graphs with known costs, fitting, and selection."""
-import json
 import subprocess
 import sys
 
@@ -160,3 +159,16 @@ def test_compile_with_a_profile_compiles_the_selected_model(monkeypatch):
     assert config.variant == "d3"  # φ = 3 fits 4.2 units, φ = 3.5 does not
     assert config.precision == profile.target.precision and config.batch == profile.target.batch
     assert config.backend == "tensorrt"
+
+
+@pytest.mark.parametrize("content, message", [("{not json", "is not JSON"), ('[{"x": 1}]', "holds no `effedge bench")])
+def test_profile_fit_refuses_foreign_input(tmp_path, content, message):
+    from helpers import effedge_cli
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text((PROFILE_DIR / "cpu-local.yaml").read_text())
+    results = tmp_path / "results.json"
+    results.write_text(content)
+    result = effedge_cli("profile", "fit", str(profile), str(results))
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert profile.read_text() == (PROFILE_DIR / "cpu-local.yaml").read_text()  # untouched

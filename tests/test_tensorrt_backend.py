@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from effedge.backends import tensorrt as backend
-from effedge.backends.tensorrt import BuildOptions, GraphInfo, TensorRTRunner, build_engine
+from effedge.backends.tensorrt import (
+    BuildOptions,
+    GraphInfo,
+    TensorRTRunner,
+    build_engine,
+)
 from effedge.errors import EffedgeError
 
 STATIC = (("images", (1, 3, 128, 128)),)

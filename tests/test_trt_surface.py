@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 import trt_surface
 from trt_fake import Call, FakeTensorRT
 

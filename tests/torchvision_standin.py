@@ -8,8 +8,8 @@ imports succeed. Installed only by the tests, never by effedge itself.
 from __future__ import annotations
 
 import importlib.abc
-import importlib.util
 import importlib.machinery
+import importlib.util
 import sys
 import types
 

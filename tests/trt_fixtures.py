@@ -11,7 +11,6 @@ import sys
 from typing import Iterator, Union
 
 import pytest
-
 from trt_fake import FakeTensorRT
 from trt_surface import TRT_VERSIONS, WheelsUnavailable, surface
 
