@@ -50,11 +50,30 @@ def publish(stage: Path, out_dir: Path, names: list[str]) -> None:
         os.replace(stage / name, out_dir / name)
 
 
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` whole or not at all: a uniquely named temp file beside it (concurrent writers
+    never share one), flushed to disk, then renamed over ``path``."""
+    path = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would create it (mkstemp makes it private)
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically (see :func:`atomic_write`)."""
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def sha256_file(path: Path) -> str:

@@ -278,14 +278,18 @@ def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, p
 @click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
 @click.option("--dynamic-batch", metavar="MIN:OPT:MAX", help="Dynamic batch instead of --batch.")
 @click.option("--nms", type=click.Choice(["auto", "none", "onnx", "efficientnms"]), default="auto", show_default=True,
-              help="auto: efficientnms on TensorRT, onnx on ONNX Runtime.")
+              help="auto: efficientnms on TensorRT, onnx on ONNX Runtime, none on TensorRT-RTX (NMS in the Detector).")
 @click.option("--input-format", type=click.Choice(["float", "uint8"]), default="float", show_default=True)
 @click.option("--calib", "calib_dir", type=click.Path(), help="Calibration images for int8/mixed [default: calib/].")
 @click.option("--calib-images", type=int, default=300, show_default=True)
 @click.option("--calib-method", type=click.Choice(["entropy", "max", "percentile"]), default="entropy",
               show_default=True)
 @click.option("--fidelity-target", type=float, default=20.0, show_default=True, help="mixed: SQNR target (dB).")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx", "onnxruntime"]), default="auto",
+              show_default=True, help="auto: TensorRT where it and a GPU are present, else ONNX Runtime on the CPU. "
+              "tensorrt-rtx builds ahead of time, also on a machine without a GPU.")
+@click.option("--compute-capability", "compute_capabilities", metavar="CC[,CC…]",
+              help="tensorrt-rtx: GPUs to build for, e.g. 8.6,8.9 [default: TensorRT-RTX's own set].")
 @click.option("--dla", "dla_core", type=int, help="Build for DLA core N (Jetson AGX Orin / Orin NX), GPU fallback on.")
 @click.option("--workspace", "workspace_mb", type=int, help="TensorRT workspace limit in MiB.")
 @click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), help="TensorRT builder optimization level.")
@@ -295,8 +299,9 @@ def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, p
               "with its precision and batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build manifest as JSON.")
 def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, batch, dynamic_batch, nms,
-                    input_format, calib_dir, calib_images, calib_method, fidelity_target, backend, dla_core,
-                    workspace_mb, optimization_level, out, force, profile_name, as_json) -> None:
+                    input_format, calib_dir, calib_images, calib_method, fidelity_target, backend,
+                    compute_capabilities, dla_core, workspace_mb, optimization_level, out, force, profile_name,
+                    as_json) -> None:
     """Compile a model end to end: build, export, simplify, precision, NMS, engine.
 
     \b
@@ -307,6 +312,7 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
       effedge compile --variant d0 --precision int8
       effedge compile --variant d2 --precision mixed --calib ~/site-images --fidelity-target 25
       effedge compile --phi 1.5 --precision fp16 --dynamic-batch 1:4:8 --backend tensorrt
+      effedge compile --variant d0 --precision int8 --backend tensorrt-rtx --compute-capability 8.6,8.9
     """
     from effedge.pipeline import CompileConfig, compile_model
 
@@ -330,7 +336,8 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
         image_size=imgsz, batch=batch, dynamic_batch=_parse_dynamic_batch(dynamic_batch), nms=nms,
         input_format=input_format, calib_dir=calib_dir, calib_images=calib_images, calib_method=calib_method,
         fidelity_target=fidelity_target, backend=backend, dla_core=dla_core, workspace_mb=workspace_mb,
-        optimization_level=optimization_level)
+        optimization_level=optimization_level,
+        compute_capabilities=tuple(_split(compute_capabilities)) or None)
     manifest = compile_model(config, out, force=force, log=_progress, progress=_rich_progress)
     if as_json:
         _print_json(manifest)
@@ -343,6 +350,10 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
 
 @cli.command("build")
 @click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--backend", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt", show_default=True,
+              help="tensorrt-rtx builds ahead of time, also on a machine without a GPU.")
+@click.option("--compute-capability", "compute_capabilities", metavar="CC[,CC…]",
+              help="tensorrt-rtx: GPUs to build for, e.g. 8.6,8.9 [default: TensorRT-RTX's own set].")
 @click.option("--out", type=click.Path(dir_okay=False), help="Engine file [default: MODEL with .engine].")
 @click.option("--dynamic-batch", metavar="MIN:OPT:MAX", help="Profile for a dynamic batch dimension.")
 @click.option("--dla", "dla_core", type=int, help="DLA core (GPU fallback on).")
@@ -351,41 +362,39 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache file to load and update.")
 @click.option("--version-compatible", is_flag=True, help="Engine runs on later TensorRT versions too.")
 @click.option("--hardware-compatible", is_flag=True, help="Engine runs on any Ampere or newer GPU.")
-def build_command(model, out, dynamic_batch, dla_core, workspace_mb, optimization_level, timing_cache,
-                  version_compatible, hardware_compatible) -> None:
-    """Build a TensorRT engine from MODEL.onnx (the engine stage alone, e.g. on a Jetson).
+@click.option("--json", "as_json", is_flag=True, help="Print the engine's build.json entry as JSON.")
+def build_command(model, backend, compute_capabilities, out, dynamic_batch, dla_core, workspace_mb,
+                  optimization_level, timing_cache, version_compatible, hardware_compatible, as_json) -> None:
+    """Build an engine from MODEL.onnx (the engine stage alone, e.g. on a Jetson), recorded in the
+    build.json beside it (one entry per engine file).
 
     \b
     Examples:
       effedge build runs/d0-int8/model.int8.onnx
       effedge build model.fp16.onnx --dla 0 --timing-cache ~/.cache/orin.timing
+      effedge build model.fp16.onnx --backend tensorrt-rtx --compute-capability 8.9
     """
     from pathlib import Path
 
-    from effedge.backends.tensorrt import BuildOptions, GraphInfo, build_engine, gpu_compute_capability
+    from effedge.pipeline import build_engine_file
 
     source = Path(model)
     if not source.is_file():
         raise click.UsageError(f"{source} does not exist")
-    engine = Path(out) if out else source.with_suffix(".engine")
-    options = BuildOptions(workspace_mb=workspace_mb, timing_cache=Path(timing_cache) if timing_cache else None,
-                           batch=_parse_dynamic_batch(dynamic_batch), optimization_level=optimization_level,
-                           dla_core=dla_core, version_compatible=version_compatible,
-                           hardware_compatible=hardware_compatible)
-    manifest_path = source.parent / "build.json"
-    if manifest_path.is_file():  # no onnx package needed (a Jetson with only tensorrt + pycuda + numpy)
-        from effedge.manifest import read_manifest
-
-        graph = GraphInfo.from_manifest(read_manifest(source.parent), source.name)
-    else:
-        graph = GraphInfo.from_onnx(source)
-    if options.batch is None and graph.inputs and graph.inputs[0][1][0] is None:
-        batch = read_manifest(source.parent).get("batch", {}) if manifest_path.is_file() else {}
-        if "max" in batch:
-            options = BuildOptions(**{**options.__dict__, "batch": (batch["min"], batch["opt"], batch["max"])})
-    report = build_engine(source, engine, graph, options, log=_progress)
-    report["compute_capability"] = gpu_compute_capability()
-    click.echo(f"{engine}: TensorRT {report['tensorrt']}, {report['precision']}, built in {report['seconds']} s")
+    report = build_engine_file(source, Path(out) if out else None, backend=backend,
+                               compute_capabilities=tuple(_split(compute_capabilities)) or None,
+                               dynamic_batch=_parse_dynamic_batch(dynamic_batch), dla_core=dla_core,
+                               workspace_mb=workspace_mb, optimization_level=optimization_level,
+                               timing_cache=Path(timing_cache) if timing_cache else None,
+                               version_compatible=version_compatible, hardware_compatible=hardware_compatible,
+                               log=_progress)
+    if as_json:
+        _print_json(report)
+        return
+    layers = report.get("layers") or {}
+    click.echo(f"{report['file']}: {report['product']} {report['version']}, {report['precision']}, built in "
+               f"{report['seconds']} s, {report['bytes'] / 2**20:.1f} MiB"
+               + (f", {layers['layers']} layers ({layers['reformat_layers']} reformat)" if layers.get("layers") else ""))
 
 
 @cli.command()

@@ -87,7 +87,8 @@ def _deployable(model, input_format: str):
             self.register_buffer("inv_std", 1 / (torch.tensor(STD).view(1, 3, 1, 1) * 255))
 
         def forward(self, images):
-            return (images.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
+            # Cast first: TensorRT's Transpose (and most layers) take no UInt8 input.
+            return (images.float().permute(0, 3, 1, 2) - self.mean) * self.inv_std
 
     class Classifier(nn.Module):
         def __init__(self):

@@ -18,11 +18,12 @@ from typing import Callable, Optional, Union
 
 from effedge import __version__
 from effedge.artifacts import sha256_file, write_json
-from effedge.errors import EffedgeError
+from effedge.errors import BackendUnavailable, EffedgeError
 from effedge.manifest import MANIFEST, read_manifest
 from effedge.scaling import EfficientDetSpec, resolve
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
+BACKENDS = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime")
+ENGINE_BACKENDS = ("tensorrt", "tensorrt-rtx")
 COMPILE_PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 
 
@@ -36,7 +37,7 @@ class CompileConfig:
     image_size: Optional[int] = None
     batch: int = 1
     dynamic_batch: Optional[tuple[int, int, int]] = None
-    nms: str = "auto"  # auto: efficientnms on TensorRT, onnx on ONNX Runtime
+    nms: str = "auto"  # auto: efficientnms on TensorRT, onnx on ONNX Runtime, none on TensorRT-RTX
     score_threshold: float = 0.05
     iou_threshold: float = 0.5
     max_detections: int = 100
@@ -49,25 +50,36 @@ class CompileConfig:
     dla_core: Optional[int] = None
     workspace_mb: Optional[int] = None
     optimization_level: Optional[int] = None
+    compute_capabilities: Optional[tuple[str, ...]] = None  # TensorRT-RTX targets ("8.6", …); None: its default
 
 
 @dataclass(frozen=True)
 class BackendChoice:
-    name: str  # "tensorrt" | "onnxruntime"
+    name: str  # "tensorrt" | "tensorrt-rtx" | "onnxruntime"
     reason: str
-    tensorrt: Optional[str] = None
-    compute_capability: Optional[str] = None
+    version: Optional[str] = None  # TensorRT or TensorRT-RTX version
+    compute_capability: Optional[str] = None  # the GPU full TensorRT builds on
+
+    @property
+    def capabilities(self):
+        from effedge.engine import capabilities
+
+        return capabilities(self.name, self.version) if self.version else None
 
 
 def choose_backend(requested: str) -> BackendChoice:
-    from effedge.backends.tensorrt import BackendUnavailable, gpu_compute_capability, import_tensorrt
+    from effedge.backends.tensorrt import gpu_compute_capability
+    from effedge.engine import capabilities_of, import_trt
 
     if requested not in BACKENDS:
         raise EffedgeError(f"unknown --backend {requested!r}; use one of {', '.join(BACKENDS)}")
     if requested == "onnxruntime":
         return BackendChoice("onnxruntime", "requested")
+    if requested == "tensorrt-rtx":  # builds ahead of time for the targets asked for: no GPU needed here
+        caps = capabilities_of(import_trt("tensorrt-rtx"))
+        return BackendChoice("tensorrt-rtx", f"requested ({caps.name}, ahead-of-time build)", caps.version)
     try:
-        trt = import_tensorrt()
+        caps = capabilities_of(import_trt("tensorrt"))
     except BackendUnavailable:
         if requested == "tensorrt":
             raise
@@ -75,10 +87,10 @@ def choose_backend(requested: str) -> BackendChoice:
     capability = gpu_compute_capability()
     if capability is None:
         if requested == "tensorrt":
-            raise EffedgeError(f"TensorRT {trt.__version__} is installed but no CUDA GPU is usable through pycuda; "
-                               "engines must be built on the GPU that runs them")
+            raise EffedgeError(f"{caps.name} is installed but no CUDA GPU is usable; engines must be built on the "
+                               "GPU that runs them (or use --backend tensorrt-rtx to build ahead of time)")
         return BackendChoice("onnxruntime", "no CUDA GPU visible: using ONNX Runtime on the CPU")
-    return BackendChoice("tensorrt", "TensorRT and a GPU are available", trt.__version__, capability)
+    return BackendChoice("tensorrt", f"{caps.name} and a GPU are available", caps.version, capability)
 
 
 def _weights_identity(weights: Optional[str]) -> Optional[str]:
@@ -91,7 +103,7 @@ def _weights_identity(weights: Optional[str]) -> Optional[str]:
 def _cache_key(config: CompileConfig, backend: BackendChoice, nms: str, calib_hash: Optional[str]) -> str:
     material = {**asdict(config), "variant": resolve(config.variant).name, "nms": nms, "weights":
                 _weights_identity(config.weights), "calib_dir": calib_hash, "backend": backend.name,
-                "tensorrt": backend.tensorrt, "compute_capability": backend.compute_capability,
+                "engine_version": backend.version, "compute_capability": backend.compute_capability,
                 "effedge": __version__}
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -124,10 +136,17 @@ def compile_model(config: CompileConfig, out_dir: Optional[Union[str, Path]] = N
     log(f"backend: {backend.name} ({backend.reason})")
     if config.dla_core is not None and backend.name != "tensorrt":
         raise EffedgeError("--dla needs the TensorRT backend on a Jetson with DLA cores")
+    if config.compute_capabilities and backend.name != "tensorrt-rtx":
+        raise EffedgeError("--compute-capability chooses TensorRT-RTX's targets; add --backend tensorrt-rtx")
     nms = config.nms if config.nms != "auto" else (
-        "none" if not is_detector else "efficientnms" if backend.name == "tensorrt" else "onnx")
+        "none" if not is_detector or backend.name == "tensorrt-rtx" else
+        "efficientnms" if backend.name == "tensorrt" else "onnx")
     if nms == "efficientnms" and backend.name == "onnxruntime":
         raise EffedgeError("--nms efficientnms is a TensorRT plugin that ONNX Runtime cannot run; use --nms onnx")
+    if backend.capabilities is not None:
+        from effedge.engine import check_nms
+
+        check_nms(backend.capabilities, nms)  # before the export, not after minutes of work
     calib_hash = None
     if config.precision in ("int8", "mixed"):
         calib_hash = ImageSet.from_folder(config.calib_dir or DEFAULT_CALIB_DIR,
@@ -157,8 +176,9 @@ def _run_stages(config: CompileConfig, backend: BackendChoice, nms: str, key: st
     from effedge.precision import PrecisionOptions, convert
 
     seconds: dict[str, float] = {}
-    trt_major = int(backend.tensorrt.split(".")[0]) if backend.tensorrt else None
-    opset = 17 if trt_major == 8 else None  # TensorRT 8.5/8.6 parse up to opset 17
+    caps = backend.capabilities
+    # TensorRT 8.5/8.6 parse up to opset 17: the precision graph then stays at 17 too (fp32 high precision)
+    opset = caps.max_onnx_opset if caps and caps.max_onnx_opset and caps.max_onnx_opset < 19 else None
 
     clock = time.perf_counter()
     export(config.variant, out, weights=config.weights, num_classes=config.num_classes, pad=config.pad,
@@ -191,20 +211,24 @@ def _run_stages(config: CompileConfig, backend: BackendChoice, nms: str, key: st
     artifacts[precision_file] = {"sha256": sha256_file(out / precision_file),
                                  "bytes": (out / precision_file).stat().st_size}
     deployable = precision_file
-    if backend.name == "tensorrt":
-        from effedge.backends.tensorrt import BuildOptions, GraphInfo, build_engine
+    if backend.name in ENGINE_BACKENDS:
+        from effedge.engine import BuildOptions, GraphInfo, build_engine
         from effedge.precision import cache_root
 
         engine_file = f"model.{config.precision}.engine"
         clock = time.perf_counter()
         graph = GraphInfo.from_onnx(out / precision_file)
-        timing_cache = cache_root() / "tensorrt" / f"{backend.tensorrt}-sm{backend.compute_capability}.timing.cache"
-        timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        timing_cache = None
+        if caps.timing_cache:
+            timing_cache = cache_root() / "tensorrt" / f"{backend.version}-sm{backend.compute_capability}.timing.cache"
+            timing_cache.parent.mkdir(parents=True, exist_ok=True)
         report = build_engine(out / precision_file, out / engine_file, graph, BuildOptions(
             workspace_mb=config.workspace_mb, timing_cache=timing_cache, batch=config.dynamic_batch,
-            optimization_level=config.optimization_level, dla_core=config.dla_core), log=log)
-        report["compute_capability"] = backend.compute_capability
-        manifest["engine"] = report
+            optimization_level=config.optimization_level, dla_core=config.dla_core,
+            compute_capabilities=config.compute_capabilities), log=log, backend=backend.name)
+        if backend.compute_capability:
+            report["compute_capability"] = backend.compute_capability
+        manifest.setdefault("engines", {})[engine_file] = report
         artifacts[engine_file] = {"sha256": sha256_file(out / engine_file), "bytes": (out / engine_file).stat().st_size}
         seconds["engine"] = time.perf_counter() - clock
         deployable = engine_file
@@ -218,3 +242,43 @@ def _run_stages(config: CompileConfig, backend: BackendChoice, nms: str, key: st
     write_json(out / MANIFEST, manifest)  # the key is written last: only a finished build is a cache hit
     log(f"compiled {out / deployable} in {time.perf_counter() - start:.1f} s")
     return manifest
+
+
+def build_engine_file(source: Path, engine: Optional[Path] = None, *, backend: str = "tensorrt",
+                      compute_capabilities: Optional[tuple[str, ...]] = None,
+                      dynamic_batch: Optional[tuple[int, int, int]] = None, dla_core: Optional[int] = None,
+                      workspace_mb: Optional[int] = None, optimization_level: Optional[int] = None,
+                      timing_cache: Optional[Path] = None, version_compatible: bool = False,
+                      hardware_compatible: bool = False, log: Callable[[str], None] = lambda message: None) -> dict:
+    """The engine stage alone (``effedge build``): ``source`` ONNX -> ``engine`` (default: beside it), recorded
+    as ``engines[<engine file>]`` in the build.json of the engine's directory. Reads the graph facts from that
+    build.json where it describes ``source``, so a Jetson needs no onnx package."""
+    from effedge.backends.tensorrt import gpu_compute_capability
+    from effedge.engine import BuildOptions, GraphInfo, build_engine
+
+    if backend not in ENGINE_BACKENDS:
+        raise EffedgeError(f"unknown engine backend {backend!r}; use one of {', '.join(ENGINE_BACKENDS)}")
+    engine = engine or source.with_suffix(".engine")
+    manifest_dir = engine.parent
+    manifest = read_manifest(manifest_dir) if (manifest_dir / MANIFEST).is_file() else {"effedge_manifest": 1}
+    same_dir = source.parent.resolve() == manifest_dir.resolve()
+    if same_dir and "graph" in manifest:  # no onnx package needed (a Jetson with only tensorrt + numpy)
+        graph = GraphInfo.from_manifest(manifest, source.name)
+    else:
+        graph = GraphInfo.from_onnx(source)
+    batch = manifest.get("batch", {}) if same_dir else {}
+    if dynamic_batch is None and "max" in batch:  # the profile the graph was exported for
+        dynamic_batch = (batch["min"], batch["opt"], batch["max"])
+    options = BuildOptions(workspace_mb=workspace_mb, timing_cache=timing_cache, batch=dynamic_batch,
+                           optimization_level=optimization_level, dla_core=dla_core,
+                           version_compatible=version_compatible, hardware_compatible=hardware_compatible,
+                           compute_capabilities=compute_capabilities)
+    report = build_engine(source, engine, graph, options, log=log, backend=backend)
+    if backend == "tensorrt":
+        report["compute_capability"] = gpu_compute_capability()
+    report["source"] = {"file": source.name if same_dir else str(source.resolve()), "sha256": sha256_file(source)}
+    report["file"] = engine.name
+    manifest.setdefault("engines", {})[engine.name] = report
+    manifest.setdefault("artifacts", {})[engine.name] = {"sha256": sha256_file(engine), "bytes": report["bytes"]}
+    write_json(manifest_dir / MANIFEST, manifest)
+    return report

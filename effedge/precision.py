@@ -346,6 +346,7 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
             calibration_cached = False
         seconds["calibration"] = time.perf_counter() - clock
         qdq.set_activation_ranges(placed, amax)
+        floored = qdq.repair_scales(placed)  # ModelOpt's weight scales: 0 for an all-zero output channel
         result = placed
         report["calibration"] = {
             "method": options.method, "images": used, "skipped": len(images.skipped),
@@ -363,7 +364,11 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
             report["sensitivity"] = sensitivity
             report["kept_fp16"] = [s["group"] for s in sensitivity if s.get("kept_fp16")]
             seconds["sensitivity"] = time.perf_counter() - clock
-        report["qdq"] = qdq.summary(result)
+        report["qdq"] = {**qdq.summary(result), "weight_scales_floored": floored}
+        problems = qdq.invalid_scales(result)
+        if problems:  # a post-condition: TensorRT's importer would refuse the graph
+            raise EffedgeError(f"internal error: {len(problems)} Q/DQ scale(s) are not positive normal numbers "
+                               f"({problems[0]}); please report this with the model")
 
     clock = time.perf_counter()
     report["fidelity"] = measure_fidelity(result, references, inputs, options.score_threshold)

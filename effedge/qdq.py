@@ -1,5 +1,11 @@
 """Operations on explicit-quantization (Q/DQ) ONNX graphs: find activation quantizers, write calibrated
-scales, take layers back out of INT8, and summarise what is quantized."""
+scales, keep every scale valid, take layers back out of INT8, and summarise what is quantized.
+
+TensorRT's ONNX importer asserts that every Q/DQ scale is positive (``scaleAllPositive``), and a scale that is
+subnormal in its storage dtype loses its precision or flushes to zero on the GPU. So a scale is floored at the
+smallest normal number of its dtype (fp16: 2^-14, i.e. an int8 range of ±0.0078), and a tensor or weight channel
+that is all zero on the calibration set gets that floor instead of a zero range.
+"""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -7,6 +13,18 @@ from collections import Counter, defaultdict
 import numpy as np
 
 INT8_MAX = 127.0
+
+
+def smallest_valid_scale(dtype) -> float:
+    """The smallest Q/DQ scale effedge writes in ``dtype``: its smallest normal number."""
+    return float(np.finfo(dtype).tiny)
+
+
+def valid_scale(values: np.ndarray) -> np.ndarray:
+    """``values`` with every entry that is not a normal positive number of its dtype raised to the floor
+    (non-finite entries become the floor too: they mean a broken range, never a usable one)."""
+    floor = np.asarray(smallest_valid_scale(values.dtype), values.dtype)
+    return np.where(np.isfinite(values) & (values >= floor), values, floor).astype(values.dtype)
 
 
 def _producers(graph) -> dict:
@@ -57,7 +75,6 @@ def set_activation_ranges(model, amax: dict[str, float]) -> int:
     for tensor, pairs in activation_quantizers(model).items():
         if tensor not in amax:
             raise KeyError(f"no calibrated range for activation '{tensor}'")
-        scale_value = (amax[tensor] if amax[tensor] > 0 else 1.0) / INT8_MAX
         for pair in pairs:
             for node in pair:
                 old = initializers[node.input[1]]
@@ -66,7 +83,8 @@ def set_activation_ranges(model, amax: dict[str, float]) -> int:
                 if uses[name] > 1:  # shared scale: give this node its own
                     name = f"{node.name or node.output[0]}/scale"
                     node.input[1] = name
-                tensor_proto = numpy_helper.from_array(np.array(scale_value, dtype=dtype), name)
+                scale = valid_scale(np.array(amax[tensor] / INT8_MAX, dtype=dtype))
+                tensor_proto = numpy_helper.from_array(scale, name)
                 if name in initializers:
                     initializers[name].CopyFrom(tensor_proto)
                 else:
@@ -74,6 +92,46 @@ def set_activation_ranges(model, amax: dict[str, float]) -> int:
                     initializers[name] = graph.initializer[-1]
         written += 1
     return written
+
+
+def _scale_initializers(model):
+    """(node, scale initializer) for every Q/DQ node whose scale is an initializer."""
+    initializers = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[1] in initializers:
+            yield node, initializers[node.input[1]]
+
+
+def repair_scales(model) -> int:
+    """Floor every Q/DQ scale initializer of ``model`` (e.g. ModelOpt's weight scales of an all-zero output
+    channel are 0) so TensorRT accepts it; returns the number of scale values changed."""
+    from onnx import numpy_helper
+
+    changed = 0
+    for _, initializer in _scale_initializers(model):
+        values = numpy_helper.to_array(initializer)
+        repaired = valid_scale(values)
+        count = int(np.count_nonzero(repaired != values))  # NaN != anything: counted too
+        if count:
+            initializer.CopyFrom(numpy_helper.from_array(repaired, initializer.name))
+            changed += count
+    return changed
+
+
+def invalid_scales(model) -> list[str]:
+    """Descriptions of the Q/DQ scales TensorRT would reject or that are subnormal in their dtype (empty when
+    the graph is valid); scales computed at run time (not initializers) are not checked."""
+    from onnx import numpy_helper
+
+    problems = []
+    for node, initializer in _scale_initializers(model):
+        values = numpy_helper.to_array(initializer)
+        bad = ~np.isfinite(values) | (values < smallest_valid_scale(values.dtype))
+        if bad.any():
+            worst = values[bad].ravel()[0]
+            problems.append(f"{node.name or node.output[0]}: {int(bad.sum())} of {values.size} {values.dtype} "
+                            f"scale(s) invalid (e.g. {worst!r})")
+    return problems
 
 
 def dequantize_nodes(model, node_names: set[str]) -> int:

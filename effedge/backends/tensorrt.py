@@ -1,50 +1,24 @@
-"""TensorRT backend: ONNX -> serialized engine (per-version API), and a pycuda runner.
+"""TensorRT runner: deserializes an engine and runs it with set_tensor_address + execute_async_v3.
 
-Precision is in the graph (fp16 types, INT8 as Q/DQ; :mod:`effedge.precision`). What differs by version:
-
-* 8.5/8.6 — explicit-batch networks; a graph holding fp16 or Q/DQ also needs the FP16 / INT8 builder flags
-  (weakly typed networks otherwise run those layers in fp32);
-* 10.x — networks are created STRONGLY_TYPED when the graph carries its precision, so TensorRT follows the
-  graph's types exactly (and the FP16/INT8 flags must not be set);
-* 11.x — every network is strongly typed; the FP16/INT8 flags and calibrators no longer exist.
-
-Only the calls listed in DESIGN.md §2 for each version are used; tests run this module against the real API
-surface of TensorRT 8.6.1, 10.3.0, 10.13.3.9 and 11.4.0.106 (tests/test_tensorrt_backend.py).
+Engines are built by :mod:`effedge.engine`; tests run this module against the real API surface of TensorRT
+8.6.1, 10.3.0, 10.13.3.9 and 11.4.0.106 (tests/test_tensorrt_backend.py).
 """
 from __future__ import annotations
 
-import os
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
 import numpy as np
 
 from effedge.backends import Runner, TensorInfo
-from effedge.errors import EffedgeError
+from effedge.engine.capabilities import import_trt
+from effedge.errors import BackendUnavailable, EffedgeError
 
-# Newest ONNX opset each TensorRT major's parser imports (onnx-tensorrt release notes).
-MAX_ONNX_OPSET = {8: 17, 10: 20, 11: 22}
 ENGINE_SUFFIX = ".engine"
 
 
-class BackendUnavailable(EffedgeError):
-    """The backend's runtime (TensorRT, pycuda, a GPU) is missing on this machine."""
-
-
 def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise BackendUnavailable("TensorRT is not installed (Python module 'tensorrt'); on Jetson it comes with "
-                                 "JetPack, on desktop from NVIDIA's index (pip install tensorrt); or use "
-                                 "--backend onnxruntime") from exc
-    return tensorrt
-
-
-def trt_version(trt) -> tuple[int, ...]:
-    return tuple(int(part) for part in trt.__version__.split(".")[:3] if part.isdigit())
+    return import_trt("tensorrt")
 
 
 _NUMPY_TYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
@@ -70,216 +44,6 @@ def gpu_compute_capability() -> Optional[str]:
         return f"{major}.{minor}"
     except Exception:  # no pycuda, no driver, or no device: the caller reports what it needs
         return None
-
-
-@dataclass(frozen=True)
-class GraphInfo:
-    """What the builder must know about the ONNX graph (read with onnx, or from build.json on a device)."""
-
-    opset: int
-    precision: str  # fp32 | fp16 | int8 | mixed — what the graph holds
-    inputs: tuple[tuple[str, tuple], ...]  # (name, shape with None for dynamic dims)
-
-    @classmethod
-    def from_onnx(cls, path: Path) -> "GraphInfo":
-        try:
-            import onnx
-        except ImportError:  # a device without onnx: ask for the manifest instead
-            raise BackendUnavailable("reading ONNX needs the 'onnx' package; install it or build from a "
-                                     "directory with build.json") from None
-        model = onnx.load(str(path), load_external_data=False)
-        opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-        ops = {n.op_type for n in model.graph.node}
-        has_fp16 = any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
-        precision = ("mixed" if "QuantizeLinear" in ops and has_fp16 and _has_unquantized_conv(model)
-                     else "int8" if "QuantizeLinear" in ops else "fp16" if has_fp16 else "fp32")
-        inputs = tuple(
-            (i.name, tuple(d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim))
-            for i in model.graph.input)
-        return cls(opset, precision, inputs)
-
-
-    @classmethod
-    def from_manifest(cls, manifest: Mapping, onnx_name: str) -> "GraphInfo":
-        """From build.json, for a device without the onnx package (``onnx_name``: the file to build)."""
-        precision_name = onnx_name.split(".")[1] if onnx_name.count(".") >= 2 else "fp32"
-        precision = precision_name if precision_name in ("fp16", "int8", "mixed") else "fp32"
-        report = manifest.get("precisions", {}).get(precision, {})
-        graph = manifest["graph"]["simplified"]
-        opset = report.get("opset", graph["opset"])
-        inputs = tuple((i["name"], tuple(d if isinstance(d, int) else None for d in i["shape"]))
-                       for i in graph["inputs"])
-        return cls(opset, precision, inputs)
-
-
-def _has_unquantized_conv(model) -> bool:
-    producers = {o: n.op_type for n in model.graph.node for o in n.output}
-    return any(producers.get(n.input[0]) != "DequantizeLinear" for n in model.graph.node if n.op_type == "Conv")
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    workspace_mb: Optional[int] = None
-    timing_cache: Optional[Path] = None
-    batch: Optional[tuple[int, int, int]] = None  # (min, opt, max) for a dynamic batch dimension
-    optimization_level: Optional[int] = None  # 0–5, TensorRT's default is 3
-    dla_core: Optional[int] = None
-    version_compatible: bool = False
-    hardware_compatible: bool = False  # Ampere+ hardware compatibility
-    layer_report: bool = True  # engine inspector JSON (detailed profiling verbosity)
-
-
-@dataclass
-class BuildLog:
-    """An ILogger that keeps every message (written to build.log) and echoes warnings and errors."""
-
-    lines: list[str] = field(default_factory=list)
-
-    def logger(self, trt):
-        log = self
-
-        class _Logger(trt.ILogger):
-            def __init__(self):
-                trt.ILogger.__init__(self)
-
-            def log(self, severity, msg):
-                log.lines.append(f"[{getattr(severity, 'name', severity)}] {msg}")
-
-        return _Logger()
-
-
-def check_opset(trt, opset: int) -> None:
-    major = trt_version(trt)[0]
-    limit = MAX_ONNX_OPSET.get(major, max(MAX_ONNX_OPSET.values()))
-    if opset > limit:
-        raise EffedgeError(f"the ONNX graph uses opset {opset}, TensorRT {trt.__version__} parses up to {limit}; "
-                           f"re-export with --opset {limit}")
-
-
-def build_engine(onnx_path: Path, engine_path: Path, graph: GraphInfo, options: BuildOptions = BuildOptions(),
-                 log=lambda message: None) -> dict:
-    """Parse ``onnx_path`` and write the serialized engine atomically to ``engine_path``; returns a report
-    (TensorRT version, flags used, seconds, build log and layer report file names)."""
-    trt = import_tensorrt()
-    major = trt_version(trt)[0]
-    check_opset(trt, graph.opset)
-    build_log = BuildLog()
-    logger = build_log.logger(trt)
-    builder = trt.Builder(logger)
-    dynamic = any(None in shape[:1] for _, shape in graph.inputs)
-    explicit_precision = graph.precision != "fp32"
-    flags = 0
-    if major < 10:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    elif major == 10 and explicit_precision:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        raise EffedgeError(f"TensorRT {trt.__version__} cannot parse {onnx_path.name}: " + _parser_errors(parser))
-
-    config = builder.create_builder_config()
-    used: dict = {"network_flags": flags, "builder_flags": []}
-
-    def set_flag(name: str) -> None:
-        config.set_flag(getattr(trt.BuilderFlag, name))
-        used["builder_flags"].append(name)
-
-    if major < 10 and explicit_precision:  # weakly typed: enable the precisions the graph asks for
-        set_flag("FP16")
-        if graph.precision in ("int8", "mixed"):
-            set_flag("INT8")
-    if options.workspace_mb:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
-    if options.optimization_level is not None:
-        config.builder_optimization_level = options.optimization_level
-    if options.layer_report:
-        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    if options.version_compatible:
-        set_flag("VERSION_COMPATIBLE")
-    if options.hardware_compatible:
-        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
-    if dynamic:
-        profile = builder.create_optimization_profile()
-        low, opt, high = options.batch or (1, 1, 1)
-        for name, shape in graph.inputs:
-            rest = tuple(shape[1:])
-            profile.set_shape(name, (low, *rest), (opt, *rest), (high, *rest))
-        config.add_optimization_profile(profile)
-    if options.dla_core is not None:
-        _configure_dla(trt, builder, config, options.dla_core, graph, dynamic)
-        used["builder_flags"].append("GPU_FALLBACK")
-
-    cache_blob = options.timing_cache.read_bytes() if options.timing_cache and options.timing_cache.is_file() else b""
-    timing_cache = config.create_timing_cache(cache_blob)
-    config.set_timing_cache(timing_cache, False)
-
-    log(f"building the TensorRT {trt.__version__} engine (this takes minutes)")
-    start = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    seconds = time.perf_counter() - start
-    log_path = engine_path.with_suffix(".build.log")
-    _write_atomic(log_path, "\n".join(build_log.lines).encode())
-    if serialized is None:
-        errors = [line for line in build_log.lines if line.startswith(("[ERROR]", "[INTERNAL_ERROR]"))]
-        raise EffedgeError(f"TensorRT could not build the engine: {errors[-1] if errors else 'no reason given'} "
-                           f"(full log: {log_path})")
-    _write_atomic(engine_path, bytes(serialized))
-    if options.timing_cache:
-        _write_atomic(options.timing_cache, bytes(config.get_timing_cache().serialize()))
-
-    report = {"tensorrt": trt.__version__, "seconds": round(seconds, 2), "precision": graph.precision,
-              "build_log": log_path.name, "options": _jsonable(asdict(options)), **used}
-    if options.layer_report:
-        runtime = trt.Runtime(logger)
-        engine = runtime.deserialize_cuda_engine(bytes(serialized))
-        inspector = engine.create_engine_inspector()
-        layers_path = engine_path.with_suffix(".layers.json")
-        _write_atomic(layers_path, inspector.get_engine_information(trt.LayerInformationFormat.JSON).encode())
-        report["layer_report"] = layers_path.name
-    return report
-
-
-def _configure_dla(trt, builder, config, core: int, graph: GraphInfo, dynamic: bool) -> None:
-    available = builder.num_DLA_cores
-    if available == 0:
-        raise EffedgeError("DLA requested but this GPU has no DLA cores (AGX Orin and Orin NX have 2, Orin Nano "
-                           "none); drop --dla")
-    if not 0 <= core < available:
-        raise EffedgeError(f"--dla {core}: this device has DLA cores 0..{available - 1}")
-    if graph.precision == "fp32":
-        raise EffedgeError("DLA runs fp16 or int8 only; compile with --precision fp16, int8 or mixed")
-    if dynamic:
-        raise EffedgeError("DLA needs static shapes; use --batch N instead of --dynamic-batch")
-    config.default_device_type = trt.DeviceType.DLA
-    config.DLA_core = core
-    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-
-
-def _parser_errors(parser) -> str:
-    messages = []
-    for index in range(parser.num_errors):
-        error = parser.get_error(index)
-        node = error.node()
-        where = f"node {node}" if node >= 0 else "graph"
-        name = getattr(error, "node_name", None)
-        operator = getattr(error, "node_operator", None)
-        if name is not None:
-            where += f" '{name()}'"
-        if operator is not None:
-            where += f" ({operator()})"
-        messages.append(f"{where}: {error.desc()}")
-    return "; ".join(messages) or "no reason given"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _jsonable(options: dict) -> dict:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
 
 
 def check_engine_compatible(manifest: Mapping, trt, compute_capability: Optional[str]) -> None:

@@ -1,0 +1,180 @@
+"""effedge's engine builder against the real API surface of TensorRT 8.6.1, 10.3.0, 10.13.3.9 and 11.4.0.106
+(the `trt_fake` fixture: every attribute, property and call is checked against that version's real classes and
+signatures; tests/trt_fake.py). Real TensorRT-RTX builds are in tests/test_rtx_build.py."""
+import json
+
+import pytest
+
+from effedge.engine import BuildOptions, GraphInfo, build_engine
+from effedge.errors import EffedgeError
+
+STATIC = (("images", (1, 3, 128, 128)),)
+DYNAMIC = (("images", (None, 3, 128, 128)),)
+
+
+def major(fake) -> int:
+    return int(fake.__version__.split(".")[0])
+
+
+def names(calls):
+    return [c[0] for c in calls]
+
+
+def _build(fake, tmp_path, precision="fp32", inputs=STATIC, **options):
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(b"onnx")
+    fake.set_return("Builder.build_serialized_network", b"serialized-plan")
+    fake.set_return("EngineInspector.get_engine_information", json.dumps({"Layers": ["conv"]}))
+    report = build_engine(onnx_path, tmp_path / "model.engine", GraphInfo(17, precision, inputs),
+                          BuildOptions(**options))
+    return report
+
+
+def _set_flags(fake):
+    return [c[1][0].name for c in fake.calls_to("IBuilderConfig.set_flag")]
+
+
+def _network_flags(fake):
+    [call] = fake.calls_to("Builder.create_network")
+    return call[1][0] if call[1] else call[2].get("flags", 0)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "mixed"])
+def test_network_and_precision_flags_per_version(trt_fake, tmp_path, precision):
+    report = _build(trt_fake, tmp_path, precision)
+    flags, network = _set_flags(trt_fake), _network_flags(trt_fake)
+    trt = trt_fake
+    if major(trt) == 8:  # explicit batch, weakly typed: the graph's precisions need the builder flags
+        assert network == 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        expected = {"fp32": [], "fp16": ["FP16"], "int8": ["FP16", "INT8"], "mixed": ["FP16", "INT8"]}[precision]
+        assert [f for f in flags if f in ("FP16", "INT8")] == expected
+    elif major(trt) == 10:  # strongly typed when the graph carries its precision; never the flags
+        strongly = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        assert network == (0 if precision == "fp32" else strongly)
+        assert not {"FP16", "INT8"} & set(flags)
+    else:  # 11: always strongly typed, the flags and calibrators do not exist
+        assert network == 0 and not {"FP16", "INT8"} & set(flags)
+    assert not [c for c in trt.calls if "int8_calibrator" in c[0]]
+    assert (report["product"], report["version"]) == ("TensorRT", trt.__version__)
+    assert (tmp_path / "model.engine").read_bytes() == b"serialized-plan"
+    assert json.loads((tmp_path / "model.layers.json").read_text()) == {"Layers": ["conv"]}
+    assert (report["layers"]["layers"], report["layers"]["reformat_layers"]) == (1, 0)
+    assert (tmp_path / "model.build.log").exists()
+
+
+def test_workspace_level_profiling_and_timing_cache(trt_fake, tmp_path):
+    cache = tmp_path / "trt.timing"
+    cache.write_bytes(b"previous-cache")
+    trt_fake.set_return("ITimingCache.serialize", b"updated-cache")
+    _build(trt_fake, tmp_path, "fp16", workspace_mb=512, optimization_level=5, timing_cache=cache)
+    trt = trt_fake
+    [limit] = trt.calls_to("IBuilderConfig.set_memory_pool_limit")
+    assert limit[1] == (trt.MemoryPoolType.WORKSPACE, 512 << 20)
+    assert trt.calls_to("IBuilderConfig.builder_optimization_level=")[0][1] == (5,)
+    assert trt.calls_to("IBuilderConfig.profiling_verbosity=")[0][1] == (trt.ProfilingVerbosity.DETAILED,)
+    assert bytes(trt.calls_to("IBuilderConfig.create_timing_cache")[0][1][0]) == b"previous-cache"
+    assert len(trt.calls_to("IBuilderConfig.set_timing_cache")) == 1
+    order = names(trt.calls)
+    assert order.index("IBuilderConfig.set_timing_cache") < order.index("Builder.build_serialized_network")
+    assert cache.read_bytes() == b"updated-cache"  # reused by the next build
+
+
+def test_plugins_are_registered_before_parsing(trt_fake, tmp_path):
+    """EfficientNMS_TRT nodes resolve only once the plugin library registered them (as trtexec does)."""
+    _build(trt_fake, tmp_path, "fp16")
+    order = names(trt_fake.calls)
+    assert order.index("init_libnvinfer_plugins") < order.index("OnnxParser.parse_from_file")
+    [call] = trt_fake.calls_to("init_libnvinfer_plugins")
+    assert call[1][1] == ""  # the default namespace
+
+
+def test_dynamic_batch_without_a_profile_is_refused(trt_fake, tmp_path):
+    with pytest.raises(EffedgeError, match="dynamic batch dimension; give --dynamic-batch"):
+        _build(trt_fake, tmp_path, "fp16", inputs=DYNAMIC)
+    assert not trt_fake.calls_to("Builder.build_serialized_network")
+
+
+def test_nms_tails_the_version_lacks_are_refused_before_parsing(trt_fake, tmp_path):
+    report = _build(trt_fake, tmp_path, "fp16")  # full TensorRT has both the plugin and the NMS layer
+    assert report["precision"] == "fp16"
+    onnx_path = tmp_path / "model.onnx"
+    for nms in ("efficientnms", "onnx"):
+        build_engine(onnx_path, tmp_path / "model.engine", GraphInfo(17, "fp16", STATIC, nms))
+
+
+def test_dynamic_batch_gets_an_optimization_profile(trt_fake, tmp_path):
+    _build(trt_fake, tmp_path, "fp16", inputs=DYNAMIC, batch=(1, 4, 8))
+    [shape] = trt_fake.calls_to("IOptimizationProfile.set_shape")
+    assert shape[1][0] == "images"
+    assert [tuple(d) for d in shape[1][1:]] == [(1, 3, 128, 128), (4, 3, 128, 128), (8, 3, 128, 128)]
+    assert len(trt_fake.calls_to("IBuilderConfig.add_optimization_profile")) == 1
+
+
+def test_dla_with_gpu_fallback(trt_fake, tmp_path):
+    trt = trt_fake
+    trt.set_attr("Builder.num_DLA_cores", 2)
+    _build(trt, tmp_path, "int8", dla_core=1)
+    assert trt.calls_to("IBuilderConfig.default_device_type=")[0][1] == (trt.DeviceType.DLA,)
+    assert trt.calls_to("IBuilderConfig.DLA_core=")[0][1] == (1,)
+    assert "GPU_FALLBACK" in _set_flags(trt)
+
+
+@pytest.mark.parametrize("cores, precision, inputs, message", [
+    (0, "int8", STATIC, "has no DLA cores"),
+    (2, "fp32", STATIC, "DLA runs fp16 or int8 only"),
+    (2, "fp16", DYNAMIC, "DLA needs static shapes"),
+])
+def test_dla_misuse_is_one_clear_error(trt_fake, tmp_path, cores, precision, inputs, message):
+    trt_fake.set_attr("Builder.num_DLA_cores", cores)
+    with pytest.raises(EffedgeError, match=message):
+        _build(trt_fake, tmp_path, precision, inputs=inputs, dla_core=0)
+    assert not trt_fake.calls_to("Builder.build_serialized_network")
+
+
+def test_compatibility_options(trt_fake, tmp_path):
+    _build(trt_fake, tmp_path, "fp16", version_compatible=True, hardware_compatible=True)
+    assert "VERSION_COMPATIBLE" in _set_flags(trt_fake)
+    assert trt_fake.calls_to("IBuilderConfig.hardware_compatibility_level=")[0][1] == (
+        trt_fake.HardwareCompatibilityLevel.AMPERE_PLUS,)
+
+
+def test_parser_errors_name_the_node(trt_fake, tmp_path):
+    trt = trt_fake
+    trt.set_return("OnnxParser.parse_from_file", False)
+    trt.set_attr("OnnxParser.num_errors", 1)
+    trt.set_return("ParserError.node", 42)
+    trt.set_return("ParserError.desc", "unsupported attribute")
+    if major(trt) >= 10:
+        trt.set_return("ParserError.node_name", "/model/head/Conv")
+        trt.set_return("ParserError.node_operator", "Conv")
+    with pytest.raises(EffedgeError) as error:
+        _build(trt, tmp_path)
+    text = str(error.value)
+    assert "cannot parse model.onnx" in text and "node 42" in text and "unsupported attribute" in text
+    if major(trt) >= 10:
+        assert "'/model/head/Conv' (Conv)" in text
+
+
+def test_failed_build_reports_the_log(trt_fake, tmp_path):
+    trt_fake.set_return("Builder.build_serialized_network", None)
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(b"onnx")
+    with pytest.raises(EffedgeError, match="could not build the engine"):
+        build_engine(onnx_path, tmp_path / "model.engine", GraphInfo(17, "fp32", STATIC))
+    assert not (tmp_path / "model.engine").exists()
+
+
+def test_opset_newer_than_the_parser(trt_fake, tmp_path):
+    opset = {8: 18, 10: 21, 11: 23}[major(trt_fake)]
+    with pytest.raises(EffedgeError, match=f"opset {opset}, TensorRT .* parses up to"):
+        build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", GraphInfo(opset, "fp32", STATIC))
+
+
+def test_graph_info_from_manifest_matches_the_onnx(tmp_path):
+    """`effedge build` on a device without the onnx package reads the graph facts from build.json."""
+    from effedge.export import ExportOptions, export
+
+    manifest = export("d0", tmp_path, options=ExportOptions(image_size=128, dynamic_batch=(1, 2, 4)))
+    from_file = GraphInfo.from_onnx(tmp_path / "model.sim.onnx")
+    assert GraphInfo.from_manifest(manifest, "model.sim.onnx") == from_file
+    assert from_file.inputs == (("images", (None, 3, 128, 128)),) and from_file.precision == "fp32"
