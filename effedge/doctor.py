@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 
+from effedge.errors import EffedgeError
 from effedge.manifest import tool_versions
 
 
@@ -45,6 +46,7 @@ def diagnose() -> dict:
     except BackendUnavailable as exc:
         backends.append({"name": "tensorrt", "available": False, "precisions": [], "reason": str(exc)})
 
+    backends.append(_tensorrt_rtx(capability))
     backends.append({"name": "torch", "available": not _missing("torch"), "precisions": ["fp32"] + (
         ["fp16"] if gpu else []), "reason": "" if not _missing("torch") else "pip install torch==2.13.0"})
     return {
@@ -55,3 +57,22 @@ def diagnose() -> dict:
         "workstation_stages": {"export": not workstation, "quantize": not workstation and not quantizer},
         "missing": {"workstation": workstation, "quantizer": quantizer},
     }
+
+
+def _tensorrt_rtx(capability) -> dict:
+    """TensorRT-RTX builds anywhere (ahead of time); its engines run only on the GPUs it targets."""
+    from effedge.engine import capabilities_of, import_trt
+    from effedge.engine.capabilities import compute_capability_targets
+
+    entry = {"name": "tensorrt-rtx", "available": False, "precisions": []}
+    try:
+        trt = import_trt("tensorrt-rtx")
+        caps = capabilities_of(trt)
+    except EffedgeError as exc:
+        return {**entry, "reason": str(exc)}
+    targets = compute_capability_targets(trt)
+    runs = capability in targets if capability else False
+    where = (f"engines run on this GPU ({capability})" if runs else
+             f"this GPU ({capability}) cannot run its engines" if capability else "no GPU here to run them")
+    return {**entry, "available": True, "precisions": ["fp32", "fp16", "int8", "mixed"], "targets": list(targets),
+            "reason": f"{caps.name}: builds ahead of time for compute capability {', '.join(targets)}; {where}"}

@@ -13,7 +13,8 @@ from effedge.artifacts import write_json
 from effedge.errors import EffedgeError
 
 MANIFEST = "build.json"
-_TOOLS = ("torch", "onnx", "onnxsim", "onnxruntime", "nvidia-modelopt", "tensorrt", "pycuda", "numpy")
+_TOOLS = ("torch", "onnx", "onnxsim", "onnxruntime", "nvidia-modelopt", "tensorrt", "tensorrt-rtx", "cuda-python",
+          "pycuda", "numpy")
 
 
 def tool_versions() -> dict[str, str | None]:
