@@ -5,6 +5,8 @@ import csv
 import io
 from pathlib import Path
 
+from effedge.artifacts import atomic_write
+
 COLUMNS = ["label", "backend", "precision", "batch", "median ms", "p90 ms", "p99 ms", "mean ms", "cv %", "qps",
            "images/s", "speedup"]
 
@@ -73,7 +75,7 @@ def plot(results: list[dict], path: Path) -> None:
     right.set(xlabel="median latency (ms)", ylabel="images/s", title="throughput vs latency")
     right.grid(alpha=0.3)
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=120)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=120)
     plt.close(figure)
-    tmp.replace(path)
+    atomic_write(path, image.getvalue())

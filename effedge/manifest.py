@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import collections
+import functools
+import hashlib
 import importlib.metadata
 import json
 import platform
@@ -26,6 +28,22 @@ def tool_versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             versions[tool] = None
     return versions
+
+
+@functools.lru_cache(maxsize=None)
+def code_fingerprint() -> str:
+    """A hash of effedge's own source: cached artefacts made by other code are never reused."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_identity(*tools: str) -> dict[str, str | None]:
+    """What a cache key must hold besides the inputs: effedge's code and the versions of ``tools``."""
+    versions = tool_versions()
+    return {"effedge_code": code_fingerprint(), **{tool: versions.get(tool) for tool in tools}}
 
 
 def onnx_summary(model) -> dict[str, Any]:

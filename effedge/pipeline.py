@@ -16,10 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from effedge import __version__
-from effedge.artifacts import sha256_file, write_json
+from effedge.artifacts import atomic_write, sha256_file, write_json
 from effedge.errors import BackendUnavailable, EffedgeError
-from effedge.manifest import MANIFEST, read_manifest
+from effedge.manifest import MANIFEST, cache_identity, read_manifest
 from effedge.scaling import EfficientDetSpec, resolve
 
 BACKENDS = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime")
@@ -104,7 +103,7 @@ def _cache_key(config: CompileConfig, backend: BackendChoice, nms: str, calib_ha
     material = {**asdict(config), "variant": resolve(config.variant).name, "nms": nms, "weights":
                 _weights_identity(config.weights), "calib_dir": calib_hash, "backend": backend.name,
                 "engine_version": backend.version, "compute_capability": backend.compute_capability,
-                "effedge": __version__}
+                "tools": cache_identity("torch", "onnx", "onnxsim", "onnxruntime", "nvidia-modelopt")}
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -203,8 +202,7 @@ def _run_stages(config: CompileConfig, backend: BackendChoice, nms: str, key: st
         log(f"appending the {nms} NMS tail")
         model = append_nms_tail(onnx.load(str(out / precision_file)), nms, score_threshold=config.score_threshold,
                                 iou_threshold=config.iou_threshold, max_detections=config.max_detections)
-        onnx.save(model, str(out / f".{precision_file}.tmp"))
-        (out / f".{precision_file}.tmp").replace(out / precision_file)
+        atomic_write(out / precision_file, model.SerializeToString())
 
     manifest = read_manifest(out)
     artifacts = manifest.setdefault("artifacts", {})

@@ -28,11 +28,11 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-from effedge.artifacts import sha256_file, write_json
+from effedge.artifacts import atomic_write, sha256_file, write_json
 from effedge.calib import DEFAULT_CALIB_DIR, ImageSet
 from effedge.calibrators import ALGORITHM_VERSION, CALIB_METHODS, RangeCollector
 from effedge.errors import EffedgeError
-from effedge.manifest import MANIFEST
+from effedge.manifest import MANIFEST, cache_identity
 
 PRECISIONS = ("fp16", "int8", "mixed")
 ORT_QDQ_FP16_FIX = ["WeightBiasQuantization"]  # DESIGN.md §3: wrong outputs for Q/DQ + fp16 otherwise
@@ -144,10 +144,14 @@ def place_qdq(source: Path, model_hash: str, inputs: ModelInput, opset: Optional
     import onnx
 
     high_precision = "fp32" if opset is not None and opset < 19 else "fp16"
-    key = hashlib.sha256(f"{model_hash}:{high_precision}:{opset}:modelopt-int8".encode()).hexdigest()[:32]
+    identity = json.dumps([model_hash, high_precision, opset, cache_identity("onnx", "nvidia-modelopt")])
+    key = hashlib.sha256(identity.encode()).hexdigest()[:32]
     cached = cache_root() / "placement" / f"{key}.onnx"
     if cached.is_file():
-        return onnx.load(str(cached)), True
+        try:
+            return onnx.load(str(cached)), True
+        except Exception as exc:  # a truncated or foreign file: recompute it
+            log(f"warning: ignoring the unreadable cached Q/DQ placement {cached} ({str(exc).splitlines()[0]})")
     _, quantize = _modelopt()
     log("placing Q/DQ with NVIDIA ModelOpt (once per model; cached)")
     shape = (inputs.batch, *inputs.size, 3) if inputs.format == "uint8" else (inputs.batch, 3, *inputs.size)
@@ -162,9 +166,7 @@ def place_qdq(source: Path, model_hash: str, inputs: ModelInput, opset: Optional
     if opset is not None and opset < 19:
         model = onnx.version_converter.convert_version(model, opset)
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = cached.with_suffix(".tmp")
-    onnx.save(model, str(tmp_path))
-    os.replace(tmp_path, cached)
+    atomic_write(cached, model.SerializeToString())
     return model, False
 
 
@@ -225,6 +227,21 @@ def calibrate(source_model, tensors: list[str], images: ImageSet, inputs: ModelI
         raise EffedgeError(f"none of the {len(images.calibration)} calibration files could be read "
                            f"(e.g. {images.skipped[0][0]}: {images.skipped[0][1]}); pass --calib with real images")
     return {name: float(c.threshold(method, percentile)) for name, c in collectors.items()}, used
+
+
+def _read_calibration_cache(path: Path, tensors: list[str], log) -> Optional[dict]:
+    """The cached ranges, or None when absent; a corrupt entry is reported and recomputed, never trusted."""
+    if not path.is_file():
+        return None
+    try:
+        cached = json.loads(path.read_text())
+        if set(cached["amax"]) != set(tensors) or not isinstance(cached["images"], int) \
+                or not all(isinstance(s, list) for s in cached["skipped"]):
+            raise ValueError("its contents do not match the graph")
+        return cached
+    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        log(f"warning: recalibrating: the cached ranges {path} are unusable ({exc})")
+        return None
 
 
 # --- fidelity --------------------------------------------------------------------------------------------
@@ -330,10 +347,11 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
         clock = time.perf_counter()
         tensors = sorted(qdq.activation_quantizers(placed))
         key_text = json.dumps([ALGORITHM_VERSION, model_hash, images.content_hash(), options.method, options.percentile,
-                               inputs.format, list(inputs.size), inputs.batch, tensors])
+                               inputs.format, list(inputs.size), inputs.batch, tensors,
+                               cache_identity("onnx", "onnxruntime")])
         cache_file = cache_root() / "calibration" / f"{hashlib.sha256(key_text.encode()).hexdigest()[:32]}.json"
-        if cache_file.is_file():
-            cached = json.loads(cache_file.read_text())
+        cached = _read_calibration_cache(cache_file, tensors, log)
+        if cached is not None:
             amax, used, calibration_cached = cached["amax"], cached["images"], True
             images.skipped = [tuple(s) for s in cached["skipped"]]
             log(f"calibration: cache hit ({used} images, {options.method}), not recalibrating")
@@ -377,9 +395,7 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
 
     name = f"model.{options.precision}.onnx"
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{name}.tmp"
-    onnx.save(result, str(tmp))
-    os.replace(tmp, out / name)
+    atomic_write(out / name, result.SerializeToString())
     report["file"] = name
     report["sha256"] = sha256_file(out / name)
     report["opset"] = max(o.version for o in result.opset_import if o.domain in ("", "ai.onnx"))

@@ -7,12 +7,14 @@ EfficientNMS or ONNX NonMaxSuppression tail is read as is. Importing this module
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from effedge.artifacts import atomic_write
 from effedge.errors import EffedgeError
 from effedge.manifest import MANIFEST, read_manifest
 from effedge.preprocess import letterbox, to_model_input
@@ -180,6 +182,6 @@ def draw(image_path: Path, detections: Detections, target: Path) -> None:
         colour = tuple(int(c) for c in np.random.default_rng(int(cls)).integers(64, 256, 3))
         pen.rectangle([float(v) for v in box], outline=colour, width=2)
         pen.text((float(box[0]) + 3, float(box[1]) + 2), f"{int(cls)} {score:.2f}", fill=colour)
-    tmp = target.with_name(f".{target.name}.tmp.jpg")
-    canvas.save(tmp, quality=90)
-    tmp.replace(target)
+    image = io.BytesIO()
+    canvas.save(image, format="JPEG", quality=90)
+    atomic_write(target, image.getvalue())

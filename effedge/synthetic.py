@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from effedge.artifacts import atomic_write
+
 CATEGORIES = ("circle", "square", "triangle", "cross")
 
 
@@ -94,7 +96,5 @@ def generate(out_dir: str | Path, count: int, *, size: tuple[int, int] = (256, 2
     coco = {"images": images, "annotations": annotations,
             "categories": [{"id": i + 1, "name": name} for i, name in enumerate(CATEGORIES)]}
     path = out / "instances.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(coco))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(coco))
     return path
