@@ -73,7 +73,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (see :func:`atomic_write`)."""
-    atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def sha256_file(path: Path) -> str:

@@ -13,7 +13,7 @@ from effedge.errors import EffedgeError
 
 
 def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2))
+    click.echo(json.dumps(data, indent=2, allow_nan=False))  # strict JSON: no Infinity/NaN for scripts
 
 
 def _human(count: int | None, unit: str = "") -> str:
@@ -219,7 +219,8 @@ def _print_precision_report(report: dict) -> None:
         lines.append("kept in fp16: " + (", ".join(report["kept_fp16"]) or "nothing (int8 met the target)"))
     fidelity = report["fidelity"]
     for name, figures in fidelity["outputs"].items():
-        lines.append(f"  {name:15s} SQNR {figures['sqnr_db']:6.1f} dB  cosine {figures['cosine']:.6f}")
+        sqnr = "identical" if figures["sqnr_db"] is None else f"{figures['sqnr_db']:6.1f} dB"
+        lines.append(f"  {name:15s} SQNR {sqnr}  cosine {figures['cosine']:.6f}")
     if "detections" in fidelity:
         d = fidelity["detections"]
         lines.append(f"  detections agree with fp32: F1 {d['f1']:.3f} (recall {d['recall']:.3f}, precision "
@@ -322,6 +323,12 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
 
         if variant or phi is not None:
             raise click.UsageError("--profile chooses the variant; drop --variant/--phi")
+        context = click.get_current_context()
+        explicit = [f"--{name.replace('_', '-')}" for name in ("precision", "batch")
+                    if context.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+        if explicit:  # the profile's choice was made for its own precision and batch
+            raise click.UsageError(f"--profile sets the precision and batch it was selected for; drop "
+                                   f"{' and '.join(explicit)}, or compile without --profile")
         prof = load_profile(profile_name)
         _, choice = select(prof, log=_progress)
         if choice is None:

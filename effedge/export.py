@@ -184,6 +184,8 @@ def _export(spec, out: Path, *, weights, num_classes, pad, options: ExportOption
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     log(f"building {spec.name}")
+    if weights is None:
+        log(f"warning: no --weights: {spec.name} gets random weights (fine for latency, meaningless detections)")
     model = build_model(spec, weights=weights, num_classes=num_classes, image_size=options.image_size, pad=pad)
     image_size = model.image_size
     wrapper = _deployable(model, options.input_format)
@@ -238,8 +240,8 @@ def _export(spec, out: Path, *, weights, num_classes, pad, options: ExportOption
             "resolution": list(image_size),
             "num_classes": model.num_classes,
             "pad": pad,
-            "weights": None if weights is None else (str(weights) if isinstance(weights, (str, Path))
-                                                     else "<state dict>"),
+            "weights": "random" if weights is None else (str(weights) if isinstance(weights, (str, Path))
+                                                         else "<state dict>"),
             "precision": "fp32",
             "input": {"name": "images", "format": options.input_format,
                       "layout": "NHWC" if options.input_format == "uint8" else "NCHW",

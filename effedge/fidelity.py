@@ -71,9 +71,11 @@ class FidelityMeter:
     def report(self) -> dict:
         outputs = {}
         for name, s in self.sums.items():
-            sqnr = np.inf if s.error == 0 else 10 * np.log10(max(s.signal, 1e-30) / s.error)
-            cosine = s.dot / np.sqrt(max(s.signal * s.test, 1e-300))
-            outputs[name] = {"sqnr_db": float(sqnr), "cosine": float(cosine)}
+            cosine = float(s.dot / np.sqrt(max(s.signal * s.test, 1e-300)))
+            if s.error == 0:  # JSON has no infinity: null, and why
+                outputs[name] = {"sqnr_db": None, "sqnr_note": "identical to fp32 (infinite SQNR)", "cosine": cosine}
+            else:
+                outputs[name] = {"sqnr_db": float(10 * np.log10(max(s.signal, 1e-30) / s.error)), "cosine": cosine}
         report = {"outputs": outputs}
         if self.reference_detections or self.test_detections:
             recall = self.matched / self.reference_detections if self.reference_detections else 1.0
@@ -85,7 +87,15 @@ class FidelityMeter:
         return report
 
 
+def finite_or_none(value: float) -> float | None:
+    """A figure for JSON, which has no infinity or NaN."""
+    return float(value) if np.isfinite(value) else None
+
+
 def min_sqnr(report: dict, outputs: tuple[str, ...] = ("class_logits", "box_regression", "logits")) -> float:
     """The fidelity figure the mixed-precision search targets: the worst SQNR over the raw outputs."""
-    values = [v["sqnr_db"] for k, v in report["outputs"].items() if k in outputs]
-    return min(values) if values else min(v["sqnr_db"] for v in report["outputs"].values())
+    def db(entry: dict) -> float:
+        return float("inf") if entry["sqnr_db"] is None else entry["sqnr_db"]
+
+    values = [db(v) for k, v in report["outputs"].items() if k in outputs]
+    return min(values) if values else min(db(v) for v in report["outputs"].values())

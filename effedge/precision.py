@@ -268,8 +268,9 @@ def measure_fidelity(model, references: list[tuple[np.ndarray, dict]], inputs: M
 
 
 def _mixed_search(int8_model, references, inputs: ModelInput, target: float, score_threshold: float,
-                  log, progress: Progress) -> tuple[object, list[dict], dict]:
-    from effedge.fidelity import min_sqnr
+                  log, progress: Progress) -> tuple[object, list[dict], float]:
+    """(model, per-block sensitivity, worst SQNR reached on the probe images)."""
+    from effedge.fidelity import finite_or_none, min_sqnr
     from effedge.qdq import dequantize_nodes, layer_group
 
     probe = references[:SENSITIVITY_IMAGES]
@@ -289,19 +290,21 @@ def _mixed_search(int8_model, references, inputs: ModelInput, target: float, sco
     sensitivity = []
     for group in progress(list(groups), len(groups), "sensitivity"):
         fidelity = min_sqnr(measure_fidelity(with_fp16(groups[group]), probe, inputs, score_threshold))
-        sensitivity.append({"group": group, "layers": len(groups[group]), "sqnr_db_when_fp16": fidelity,
-                            "gain_db": fidelity - min_sqnr(base)})
-    sensitivity.sort(key=lambda s: -s["gain_db"])
+        gain = fidelity - min_sqnr(base)
+        sensitivity.append({"group": group, "layers": len(groups[group]), "gain": gain,
+                            "sqnr_db_when_fp16": finite_or_none(fidelity), "gain_db": finite_or_none(gain)})
+    sensitivity.sort(key=lambda s: -s.pop("gain"))
     kept: set[str] = set()
-    chosen = int8_model
+    chosen, reached = int8_model, min_sqnr(base)
     for entry in sensitivity:
-        if min_sqnr(measure_fidelity(chosen, probe, inputs, score_threshold)) >= target:
+        if reached >= target:
             break
         kept |= groups[entry["group"]]
         entry["kept_fp16"] = True
         chosen = with_fp16(kept)
+        reached = min_sqnr(measure_fidelity(chosen, probe, inputs, score_threshold))
         log(f"keeping {entry['group']} in fp16")
-    return chosen, sensitivity, base
+    return chosen, sensitivity, reached
 
 
 # --- the stage -------------------------------------------------------------------------------------------
@@ -377,10 +380,16 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
         if options.precision == "mixed":
             clock = time.perf_counter()
             log(f"mixed precision: searching for the blocks to keep in fp16 (target {options.fidelity_target} dB)")
-            result, sensitivity, base = _mixed_search(placed, references, inputs, options.fidelity_target,
-                                                      options.score_threshold, log, progress)
+            result, sensitivity, reached = _mixed_search(placed, references, inputs, options.fidelity_target,
+                                                         options.score_threshold, log, progress)
             report["sensitivity"] = sensitivity
             report["kept_fp16"] = [s["group"] for s in sensitivity if s.get("kept_fp16")]
+            report["fidelity_target_met"] = bool(reached >= options.fidelity_target)
+            if not report["fidelity_target_met"]:
+                report["warnings"] = [f"mixed precision reached {reached:.1f} dB, short of the "
+                                      f"{options.fidelity_target} dB target, with every block in fp16: use "
+                                      "--precision fp32 or a lower --fidelity-target"]
+                log(f"warning: {report['warnings'][0]}")
             seconds["sensitivity"] = time.perf_counter() - clock
         report["qdq"] = {**qdq.summary(result), "weight_scales_floored": floored}
         problems = qdq.invalid_scales(result)

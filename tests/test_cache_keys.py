@@ -46,3 +46,22 @@ def test_corrupt_calibration_cache_is_recomputed_with_a_warning(tmp_path):
     assert len(messages) == 3 and all("recalibrating" in m for m in messages)
     path.write_text(json.dumps({"amax": {"a": 1.0}, "images": 3, "skipped": []}))
     assert _read_calibration_cache(path, ["a"], messages.append)["images"] == 3
+
+
+def test_identical_outputs_give_strict_json():
+    """An infinite SQNR is null with a reason: build.json and --json stay valid JSON (no Infinity)."""
+    import numpy as np
+
+    from effedge.artifacts import write_json
+    from effedge.fidelity import FidelityMeter, min_sqnr
+
+    meter = FidelityMeter(score_threshold=0.5)
+    outputs = {"class_logits": np.ones((1, 4, 2), np.float32)}
+    meter.update(outputs, outputs)
+    report = meter.report()
+    entry = report["outputs"]["class_logits"]
+    assert entry["sqnr_db"] is None and "infinite" in entry["sqnr_note"]
+    assert min_sqnr(report) == float("inf")
+    json.dumps(report, allow_nan=False)
+    with pytest.raises(ValueError):  # the writer refuses NaN/Infinity instead of writing invalid JSON
+        write_json(__import__("pathlib").Path("/nonexistent-dir/x.json"), {"x": float("inf")})

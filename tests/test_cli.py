@@ -41,3 +41,16 @@ def test_debug_shows_the_traceback():
 def test_usage_errors():
     result = effedge_cli("info")
     assert result.returncode == 2 and "give a VARIANT or --phi" in result.stderr
+
+
+def test_profile_does_not_silently_override_an_explicit_precision_or_batch():
+    for extra, named in ((["--precision", "fp16"], "--precision"), (["--batch", "4"], "--batch")):
+        result = CliRunner().invoke(cli, ["compile", "--profile", "orin-nx-16gb", *extra])
+        assert result.exit_code == 2 and f"drop {named}" in result.output, result.output
+
+
+def test_random_weights_are_announced_and_recorded(tmp_path):
+    result = effedge_cli("export", "--variant", "b0", "--imgsz", "64", "--out", str(tmp_path / "b0"))
+    assert result.returncode == 0, result.stderr
+    assert "no --weights: b0 gets random weights" in result.stderr
+    assert json.loads((tmp_path / "b0" / "build.json").read_text())["weights"] == "random"

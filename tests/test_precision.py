@@ -141,6 +141,7 @@ def test_mixed_keeps_sensitive_blocks_until_the_target(workspace):
     target = worst + 6  # demand clearly more than int8 gives
     mixed = _convert(workspace, "mixed", calib_images=10, fidelity_target=target)
     assert mixed["kept_fp16"], mixed["sensitivity"]
+    assert mixed["fidelity_target_met"] is True and "warnings" not in mixed
     assert len(mixed["sensitivity"]) >= 10 and all("gain_db" in s for s in mixed["sensitivity"])
     assert set(mixed["kept_fp16"]) == {s["group"] for s in mixed["sensitivity"] if s.get("kept_fp16")}
     assert mixed["qdq"]["convolutions_int8"] < 214
@@ -202,5 +203,6 @@ def test_mixed_with_everything_kept_is_fp16(workspace):
     mixed = _convert(workspace, "mixed", calib_images=10, fidelity_target=500.0)
     model = onnx.load(str(workspace[0] / "build" / "model.mixed.onnx"))
     assert not [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert mixed["fidelity_target_met"] is False and "short of the 500.0 dB target" in mixed["warnings"][0]
     assert mixed["fidelity"]["outputs"]["box_regression"]["sqnr_db"] == pytest.approx(
         fp16["fidelity"]["outputs"]["box_regression"]["sqnr_db"], abs=3.0)
