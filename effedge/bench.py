@@ -63,10 +63,23 @@ def statistics(values_ms: Iterable[float]) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """The timed iterations and the clock readings that bound them (warm-up excluded)."""
+
+    records: list[Iteration]
+    start: float
+    end: float
+
+    @property
+    def wall_s(self) -> float:
+        return self.end - self.start
+
+
 def run(step: Callable[[], Iteration], settings: BenchSettings, clock: Callable[[], float] = time.perf_counter,
-        progress: Callable[[int], None] = lambda n: None) -> tuple[list[Iteration], float]:
+        progress: Callable[[int], None] = lambda n: None) -> Measurement:
     """Warm up for ``settings.warmup_s``, then time ``step`` until the minimum count and duration are both
-    reached. Returns the records and the measured wall time in seconds."""
+    reached."""
     start = clock()
     while clock() - start < settings.warmup_s:
         step()
@@ -75,7 +88,7 @@ def run(step: Callable[[], Iteration], settings: BenchSettings, clock: Callable[
     while len(records) < settings.min_iterations or clock() - start < settings.min_duration_s:
         records.append(step())
         progress(len(records))
-    return records, clock() - start
+    return Measurement(records, start, clock())
 
 
 def summarize(records: list[Iteration], wall_s: float, batch: int) -> dict:

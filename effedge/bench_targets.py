@@ -41,7 +41,11 @@ def _random_feed(runner, batch: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     feed = {}
     for info in runner.input_info():
-        shape = tuple(batch if i == 0 and not (isinstance(d, int) and d > 0) else d for i, d in enumerate(info.shape))
+        static_batch = info.shape[0] if info.shape and isinstance(info.shape[0], int) and info.shape[0] > 0 else None
+        if static_batch is not None and static_batch != batch:  # else images/s would count images never run
+            raise EffedgeError(f"the model has a static batch of {static_batch}; bench it with --batch "
+                               f"{static_batch}, or compile with --batch {batch} (or --dynamic-batch)")
+        shape = tuple(batch if i == 0 and static_batch is None else d for i, d in enumerate(info.shape))
         if not all(isinstance(d, int) and d > 0 for d in shape):
             raise EffedgeError(f"input '{info.name}' has unknown dimensions {info.shape}; bench a build directory")
         if info.dtype == np.uint8:
@@ -197,14 +201,12 @@ def bench_one(path: Path, manifest: dict, backend: str, settings: bench.BenchSet
         sampler = bench.TegrastatsSampler() if settings.energy and bench.TegrastatsSampler.available() else None
         if sampler:
             sampler.__enter__()
-        started = time.perf_counter()
         try:
-            records, wall = bench.run(step, settings, progress=progress)
+            measured = bench.run(step, settings, progress=progress)
         finally:
             if sampler:
                 sampler.__exit__()
-        ended = time.perf_counter()
-    summary = bench.summarize(records, wall, settings.batch)
+    summary = bench.summarize(measured.records, measured.wall_s, settings.batch)
     result = {
         "label": label or f"{manifest.get('variant', path.stem)} {precision} {backend}",
         "target": str(path), "backend": backend, "precision": precision, "batch": settings.batch,
@@ -217,9 +219,9 @@ def bench_one(path: Path, manifest: dict, backend: str, settings: bench.BenchSet
                 backend == "torch" and precision == "fp16") else "host clock (time.perf_counter)")},
         "versions": tool_versions(), "machine": {**bench.machine(), **bench.jetson_state()},
     }
-    if sampler:
-        energy = bench.energy_mj(sampler.samples, started, ended)
-        result["energy_mj_per_inference"] = energy / len(records) if energy is not None else None
+    if sampler:  # the measured window only: warm-up iterations are not in the count
+        energy = bench.energy_mj(sampler.samples, measured.start, measured.end)
+        result["energy_mj_per_inference"] = energy / len(measured.records) if energy is not None else None
     return result
 
 
@@ -233,6 +235,32 @@ def add_ratios(results: list[dict], reference_label: str) -> None:
             reference["latency_ms"]["median"] / result["latency_ms"]["median"])
 
 
+def _torch_matrix(variants: list[str], precisions: list[str], batches: list[int], *, settings: bench.BenchSettings,
+                  log: Callable[[str], None], progress) -> list[dict]:
+    """PyTorch eager per variant and batch: fp32 on the CPU, fp16 on a CUDA GPU (the model comes from the fp32
+    ONNX Runtime build's manifest, through the compile cache)."""
+    from dataclasses import replace
+
+    from effedge.pipeline import CompileConfig, compile_model
+
+    import torch
+
+    device_precision = "fp16" if torch.cuda.is_available() else "fp32"
+    if set(precisions) - {device_precision}:
+        raise EffedgeError(f"--backend torch benches PyTorch eager in {device_precision} on this machine "
+                           f"({'CUDA' if device_precision == 'fp16' else 'CPU'}); use --precisions {device_precision}"
+                           ", or --backend onnxruntime/tensorrt for the other precisions")
+    results = []
+    for variant in variants:
+        for batch in batches:
+            manifest = compile_model(CompileConfig(variant=variant, precision="fp32", batch=batch, nms="none",
+                                                   backend="onnxruntime"), log=log, progress=progress)
+            out = Path(manifest["compile"]["out_dir"])
+            log(f"benchmarking {variant} {device_precision} batch {batch} on torch")
+            results.append(bench_one(out / "model.sim.onnx", manifest, "torch", replace(settings, batch=batch)))
+    return results
+
+
 def bench_matrix(variants: list[str], precisions: list[str], batches: list[int], *, backend: str,
                  settings: bench.BenchSettings, nms: str = "none", baselines: bool = False,
                  log: Callable[[str], None] = lambda message: None, progress=None) -> list[dict]:
@@ -242,6 +270,8 @@ def bench_matrix(variants: list[str], precisions: list[str], batches: list[int],
 
     from effedge.pipeline import CompileConfig, choose_backend, compile_model
 
+    if backend == "torch":
+        return _torch_matrix(variants, precisions, batches, settings=settings, log=log, progress=progress)
     chosen = choose_backend(backend).name
     results = []
     for variant in variants:

@@ -46,12 +46,13 @@ def test_run_protocol_on_a_fake_clock():
 
     clock = lambda: now_ms[0] / 1000  # noqa: E731
     settings = bench.BenchSettings(warmup_s=0.1, min_iterations=5, min_duration_s=0.3)
-    records, wall = bench.run(step, settings, clock=clock)
+    measured = bench.run(step, settings, clock=clock)
+    records = measured.records
     assert len(calls) - len(records) == 10  # 0.1 s of warm-up at 10 ms per step, not recorded
-    assert len(records) == 30 and wall == pytest.approx(0.3)  # the duration, not the count, decided
-    records, _ = bench.run(step, bench.BenchSettings(warmup_s=0, min_iterations=50, min_duration_s=0.1),
-                           clock=clock)
-    assert len(records) == 50  # the count decided
+    assert len(records) == 30 and measured.wall_s == pytest.approx(0.3)  # the duration, not the count, decided
+    assert measured.start == pytest.approx(0.1)  # the window energy is integrated over starts after warm-up
+    measured = bench.run(step, bench.BenchSettings(warmup_s=0, min_iterations=50, min_duration_s=0.1), clock=clock)
+    assert len(measured.records) == 50  # the count decided
 
 
 def test_summary_throughput_and_stages():
@@ -137,3 +138,73 @@ def test_bench_markdown_and_bad_targets(small_build, tmp_path):
     assert missing.returncode == 2 and "not found" in missing.stderr and "Traceback" not in missing.stderr
     engine_on_ort = effedge_cli("bench", str(small_build / "model.sim.onnx"), "--backend", "tensorrt")
     assert engine_on_ort.returncode == 2 and "runs engines" in engine_on_ort.stderr
+
+
+def _identity_onnx(path, batch):
+    import onnx
+    from onnx import helper
+
+    value = [helper.make_tensor_value_info(n, 1, [batch, 3, 8, 8]) for n in ("images", "out")]
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["out"])], "g", value[:1], value[1:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_static_batch_mismatch_is_refused(tmp_path):
+    from effedge.bench_targets import bench_one
+    from effedge.errors import EffedgeError
+
+    model = _identity_onnx(tmp_path / "m.onnx", 1)
+    settings = bench.BenchSettings(warmup_s=0, min_iterations=2, min_duration_s=0, batch=4)
+    with pytest.raises(EffedgeError, match="static batch of 1; bench it with --batch 1"):
+        bench_one(model, {}, "onnxruntime", settings)
+
+
+def test_energy_is_integrated_over_the_measured_iterations_only(tmp_path, monkeypatch):
+    """Constant 5 W: energy per inference = 5 W × measured time / measured iterations (warm-up excluded)."""
+    import time
+
+    from effedge.bench_targets import bench_one
+
+    class ConstantPower:
+        samples = []
+
+        @staticmethod
+        def available():
+            return True
+
+        def __enter__(self):
+            self.samples.append((time.perf_counter(), 5000.0))
+
+        def __exit__(self, *exc):
+            self.samples.append((time.perf_counter(), 5000.0))
+
+    monkeypatch.setattr(bench, "TegrastatsSampler", ConstantPower)
+    model = _identity_onnx(tmp_path / "m.onnx", 1)
+    settings = bench.BenchSettings(warmup_s=0.3, min_iterations=5, min_duration_s=0.1, energy=True)
+    result = bench_one(model, {}, "onnxruntime", settings)
+    expected = 5000.0 * result["wall_s"] / result["iterations"]
+    assert result["energy_mj_per_inference"] == pytest.approx(expected, rel=0.02)
+
+
+def test_matrix_on_the_torch_backend(small_build, monkeypatch):
+    """--variants with --backend torch (offered by --help) benches PyTorch eager through the compile cache."""
+    import effedge.pipeline
+    from effedge.bench_targets import bench_matrix
+    from effedge.manifest import read_manifest
+
+    compiled = []
+
+    def cached_compile(config, *args, **kwargs):  # the build the compile cache would return
+        compiled.append(config)
+        return {**read_manifest(small_build), "compile": {"out_dir": str(small_build)}}
+
+    monkeypatch.setattr(effedge.pipeline, "compile_model", cached_compile)
+    settings = bench.BenchSettings(warmup_s=0, min_iterations=2, min_duration_s=0)
+    [result] = bench_matrix(["d0"], ["fp32"], [1], backend="torch", settings=settings)
+    assert result["backend"] == "torch" and result["precision"] == "fp32" and result["iterations"] >= 2
+    assert compiled[0].precision == "fp32" and compiled[0].backend == "onnxruntime"
+    with pytest.raises(Exception, match="benches PyTorch eager in fp32"):
+        bench_matrix(["d0"], ["int8"], [1], backend="torch", settings=settings)

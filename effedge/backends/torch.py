@@ -21,7 +21,8 @@ class TorchRunner(Runner):
         self.manifest = manifest
         self.device = device
         self.half = half
-        self.weights = weights if weights is not None else manifest.get("weights")
+        recorded = manifest.get("weights")
+        self.weights = weights if weights is not None else None if recorded == "random" else recorded
         if self.weights == "<state dict>":
             raise EffedgeError("this build was exported from an in-memory state dict; pass weights= to rebuild it")
 
