@@ -16,6 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
+from effedge import shipped_data
 from effedge.errors import EffedgeError
 from effedge.preprocess import letterbox, to_model_input
 
@@ -23,7 +24,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 RECOMMENDED_IMAGES = 500
 FEW_IMAGES = 100
 MAX_PIXELS = 400_000_000  # larger files are refused rather than decoded (decompression bombs)
-DEFAULT_CALIB_DIR = Path(__file__).resolve().parent.parent / "calib"
+DEFAULT_CALIB_DIR = shipped_data("calib")
 
 
 class ImageDecodeError(Exception):

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from effedge import shipped_data
 from effedge.errors import EffedgeError
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
+PROFILE_DIR = shipped_data("profiles")
 PERCENTILES = ("median", "p90", "p95", "p99")
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 

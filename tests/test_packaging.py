@@ -1,0 +1,43 @@
+"""The wheel ships calib/ and profiles/, and an installed effedge finds them from any directory."""
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            str(ROOT), "-w", str(out)], capture_output=True, text=True, timeout=300)
+    if build.returncode != 0:
+        pytest.fail(f"building the wheel failed: {build.stderr[-2000:]}")
+    [path] = out.glob("effedge-*.whl")
+    return path
+
+
+def test_wheel_holds_the_calibration_images_and_profiles(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for folder in ("calib", "profiles"):
+        shipped = {p.name for p in (ROOT / folder).iterdir() if p.is_file()}
+        assert {f"effedge/data/{folder}/{name}" for name in shipped} <= names
+
+
+def test_installed_package_finds_its_data_from_another_directory(wheel, tmp_path):
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    probe = ("from effedge.calib import DEFAULT_CALIB_DIR, ImageSet; from effedge.profiles import load_profile; "
+             "print(DEFAULT_CALIB_DIR); print(len(ImageSet.from_folder(DEFAULT_CALIB_DIR).calibration)); "
+             "print(load_profile('orin-nx-16gb').path)")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, capture_output=True, text=True,
+                            env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    calib_dir, images, profile = result.stdout.split()
+    assert Path(calib_dir) == site / "effedge" / "data" / "calib" and int(images) >= 7
+    assert Path(profile).parent == site / "effedge" / "data" / "profiles"
