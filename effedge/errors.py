@@ -15,3 +15,7 @@ class VariantError(EffedgeError, ValueError):
 
 class CheckpointError(EffedgeError):
     """A checkpoint that cannot be found, read, or mapped onto the model."""
+
+
+class BackendUnavailable(EffedgeError):
+    """A backend's runtime (TensorRT, the CUDA bindings, a driver or a GPU) is missing on this machine."""
