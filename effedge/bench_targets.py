@@ -3,6 +3,7 @@
 matrix compiled through the compile cache."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from pathlib import Path
@@ -81,24 +82,27 @@ def make_runner(backend: str, path: Path, manifest: dict, settings: bench.BenchS
     raise EffedgeError(f"unknown backend {backend!r}")
 
 
-def _tensorrt_step(runner, feed: dict, settings: bench.BenchSettings) -> Callable[[], bench.Iteration]:
-    """CUDA events around H2D, compute and D2H on the runner's stream; enqueue = host time of the launch."""
-    cuda = runner.cuda
-    events = {name: (cuda.Event(), cuda.Event()) for name in ("h2d", "compute", "d2h")}
-    inputs = {name: runner.tensors[name] for name in feed}
-    outputs = [t for t in runner.tensors.values() if not t["input"]]
-    for name, array in feed.items():
-        if -1 in tuple(runner.engine.get_tensor_shape(name)):
-            runner.context.set_input_shape(name, array.shape)
-        inputs[name]["host"][: array.size] = array.ravel()
-        cuda.memcpy_htod(inputs[name]["device"], inputs[name]["host"])
+def _tensorrt_step(runner, feed: dict, settings: bench.BenchSettings,
+                   cleanup: contextlib.ExitStack) -> Callable[[], bench.Iteration]:
+    """CUDA events around H2D, compute and D2H on the runner's stream; enqueue = host time of the launch.
+    The copies move the bytes of the current shapes only, as in inference."""
+    from effedge.backends import cuda
+
+    events = {}
+    for name in ("h2d", "compute", "d2h"):
+        events[name] = (cuda.Event(api=runner.cuda_api), cuda.Event(api=runner.cuda_api))
+        for event in events[name]:
+            cleanup.callback(event.close)
+    runner.check_inputs(feed)
+    runner.set_inputs(feed)
+    runner.copy_inputs_async()  # the inputs are on the GPU even with --no-transfers
+    runner.stream.synchronize()
 
     def step() -> bench.Iteration:
         start = time.perf_counter()
         if settings.transfers:
             events["h2d"][0].record(runner.stream)
-            for tensor in inputs.values():
-                cuda.memcpy_htod_async(tensor["device"], tensor["host"], runner.stream)
+            runner.copy_inputs_async()
             events["h2d"][1].record(runner.stream)
         events["compute"][0].record(runner.stream)
         launch = time.perf_counter()
@@ -107,12 +111,11 @@ def _tensorrt_step(runner, feed: dict, settings: bench.BenchSettings) -> Callabl
         events["compute"][1].record(runner.stream)
         if settings.transfers:
             events["d2h"][0].record(runner.stream)
-            for tensor in outputs:
-                cuda.memcpy_dtoh_async(tensor["host"], tensor["device"], runner.stream)
+            runner.copy_outputs_async()
             events["d2h"][1].record(runner.stream)
         runner.stream.synchronize()
         latency = (time.perf_counter() - start) * 1e3
-        timed = {name: end.time_since(begin) for name, (begin, end) in events.items()
+        timed = {name: end.elapsed_ms(begin) for name, (begin, end) in events.items()
                  if settings.transfers or name == "compute"}
         return bench.Iteration(latency=latency, enqueue=enqueue_ms, compute=timed["compute"],
                                h2d=timed.get("h2d"), d2h=timed.get("d2h"))
@@ -185,7 +188,7 @@ def bench_one(path: Path, manifest: dict, backend: str, settings: bench.BenchSet
     else:
         runner = make_runner(backend, path, manifest, settings)
         precision = _precision_of(path, manifest)
-    with runner:
+    with runner, contextlib.ExitStack() as cleanup:
         if end_to_end:
             if settings.batch != 1:
                 raise EffedgeError("end-to-end mode decodes one image per inference; use --batch 1")
@@ -193,7 +196,7 @@ def bench_one(path: Path, manifest: dict, backend: str, settings: bench.BenchSet
         else:
             feed = _random_feed(runner, settings.batch)
             if backend == "tensorrt":
-                step = _tensorrt_step(runner, feed, settings)
+                step = _tensorrt_step(runner, feed, settings, cleanup)
             elif backend == "torch" and runner.device == "cuda":
                 step = _torch_cuda_step(runner, feed)
             else:

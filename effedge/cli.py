@@ -420,7 +420,7 @@ def doctor(as_json: bool) -> None:
         _print_json(report)
         return
     click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v))
-    click.echo(f"GPU: {report['gpu'] or 'none visible'}")
+    click.echo(f"GPU: {report['gpu'] or 'none — ' + report['gpu_reason']}")
     for backend in report["backends"]:
         status = "available" if backend["available"] else "unavailable"
         click.echo(f"{backend['name']:12s} {status:12s} precisions: {', '.join(backend['precisions']) or '-'}"

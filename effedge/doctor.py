@@ -12,14 +12,15 @@ def _missing(*modules: str) -> list[str]:
 
 
 def diagnose() -> dict:
-    from effedge.backends.tensorrt import BackendUnavailable, gpu_compute_capability, import_tensorrt
+    from effedge.backends import cuda
+    from effedge.backends.tensorrt import import_tensorrt
+    from effedge.errors import BackendUnavailable, EffedgeError
 
-    capability = gpu_compute_capability()
-    gpu = None
-    if capability:
-        import pycuda.driver as cuda
-
-        gpu = f"{cuda.Device(0).name()} (compute capability {capability})"
+    try:
+        device = cuda.device_info(0)
+        gpu, capability, gpu_reason = device.describe(), device.compute_capability, ""
+    except EffedgeError as exc:  # no bindings, driver or GPU, or a failing driver: say which
+        gpu, capability, gpu_reason = None, None, str(exc)
     backends = []
 
     workstation = _missing("torch", "onnx", "onnxsim")
@@ -38,7 +39,7 @@ def diagnose() -> dict:
         trt = import_tensorrt()
         if capability is None:
             backends.append({"name": "tensorrt", "available": False, "precisions": [],
-                             "reason": f"TensorRT {trt.__version__} installed but no CUDA GPU visible through pycuda"})
+                             "reason": f"TensorRT {trt.__version__} installed, but {gpu_reason}"})
         else:
             major = int(trt.__version__.split(".")[0])
             backends.append({"name": "tensorrt", "available": True, "precisions": ["fp32", "fp16", "int8", "mixed"],
@@ -52,6 +53,7 @@ def diagnose() -> dict:
     return {
         "versions": tool_versions(),
         "gpu": gpu,
+        "gpu_reason": gpu_reason,  # why there is none
         "compute_capability": capability,
         "backends": backends,
         "workstation_stages": {"export": not workstation, "quantize": not workstation and not quantizer},

@@ -18,4 +18,4 @@ class CheckpointError(EffedgeError):
 
 
 class BackendUnavailable(EffedgeError):
-    """A backend's runtime (TensorRT, CUDA, a GPU) is missing on this machine."""
+    """A backend's runtime (TensorRT, the CUDA bindings, a driver or a GPU) is missing on this machine."""

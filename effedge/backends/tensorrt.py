@@ -5,12 +5,13 @@ Engines are built by :mod:`effedge.engine`; tests run this module against the re
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
 import numpy as np
 
-from effedge.backends import Runner, TensorInfo
+from effedge.backends import Runner, TensorInfo, cuda
 from effedge.engine.capabilities import import_trt
 from effedge.errors import BackendUnavailable, EffedgeError
 
@@ -35,14 +36,11 @@ def numpy_dtype(data_type) -> np.dtype:
 
 
 def gpu_compute_capability() -> Optional[str]:
-    """"8.7"-style compute capability of GPU 0 through pycuda, or None without a usable GPU."""
+    """"8.7"-style compute capability of GPU 0, or None where no CUDA bindings, driver or GPU are present
+    (:func:`effedge.backends.cuda.device_info` says which); any other CUDA failure raises."""
     try:
-        import pycuda.driver as cuda
-
-        cuda.init()
-        major, minor = cuda.Device(0).compute_capability()
-        return f"{major}.{minor}"
-    except Exception:  # no pycuda, no driver, or no device: the caller reports what it needs
+        return cuda.device_info(0).compute_capability
+    except BackendUnavailable:
         return None
 
 
@@ -61,9 +59,30 @@ def check_engine_compatible(manifest: Mapping, trt, compute_capability: Optional
                            f"{compute_capability}; rebuild it here (effedge build)")
 
 
+@dataclass
+class IoTensor:
+    """One engine input or output and its buffers, sized for the largest shape the engine accepts."""
+
+    name: str
+    is_input: bool
+    dtype: np.dtype
+    declared_shape: tuple  # -1 for dynamic dimensions
+    max_shape: tuple
+    host: cuda.PinnedBuffer
+    device: cuda.DeviceBuffer
+
+    def nbytes(self, shape: tuple) -> int:
+        return int(np.prod(shape)) * self.dtype.itemsize
+
+
 class TensorRTRunner(Runner):
-    """Runs a serialized engine with page-locked host buffers, device buffers and a stream from pycuda:
-    set_tensor_address + execute_async_v3, set_input_shape for a dynamic batch, optional CUDA graph."""
+    """Runs a serialized engine through :mod:`effedge.backends.cuda`: page-locked host and device buffers
+    sized for the largest shapes, copies of only the bytes the current shapes need, set_tensor_address +
+    execute_async_v3 on one stream, set_input_shape for a dynamic batch, and optionally a CUDA graph,
+    re-captured when the input shapes change.
+
+    A runner for another flavour of TensorRT with the same Python API overrides :meth:`_import_module`.
+    """
 
     name = "tensorrt"
 
@@ -72,41 +91,67 @@ class TensorRTRunner(Runner):
         self.engine_path = Path(engine_path)
         self.manifest = manifest or {}
         self.cuda_graph = cuda_graph
-        self._graph_exec = None
-        self._graph_shapes: dict = {}
+        self.tensors: dict[str, IoTensor] = {}
+        self.stream: Optional[cuda.Stream] = None
+        self.context = self.engine = self.runtime = None
+        self._graph: Optional[cuda.CudaGraph] = None
+        self._input_shapes: dict[str, tuple] = {}
+        self._output_shapes: dict[str, tuple] = {}
+
+    def _import_module(self):
+        """The TensorRT Python module (the one place the runner imports it)."""
+        return import_tensorrt()
 
     def activate(self) -> None:
-        trt = import_tensorrt()
-        try:
-            import pycuda.autoinit  # noqa: F401  (creates the CUDA context)
-            import pycuda.driver as cuda
-        except Exception as exc:
-            raise BackendUnavailable(f"pycuda with a working CUDA GPU is needed to run engines ({exc})") from exc
-        self.trt, self.cuda = trt, cuda
-        check_engine_compatible(self.manifest, trt, gpu_compute_capability())
+        trt = self._import_module()
+        api = cuda.load()
+        if self.cuda_graph and not api.supports_graphs:
+            raise BackendUnavailable(f"CUDA graphs need cuda-python ({api.library} has no stream capture): "
+                                     f"{cuda.INSTALL_HINT}")
+        device = cuda.device_info(0, api)
+        check_engine_compatible(self.manifest, trt, device.compute_capability)
         data = self.engine_path.read_bytes()
+        self.trt, self.cuda_api = trt, api
         self.logger = trt.Logger(trt.Logger.WARNING)
+        # Full TensorRT keeps its bundled plugins (EfficientNMS, ...) in a library that must be registered
+        # before an engine using them is deserialized.
+        if hasattr(trt, "init_libnvinfer_plugins") and not trt.init_libnvinfer_plugins(self.logger, ""):
+            raise EffedgeError(f"TensorRT {trt.__version__} could not register its plugin library "
+                               "(libnvinfer_plugin); reinstall TensorRT")
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(data)
         if self.engine is None:
             raise EffedgeError(f"{self.engine_path} is not a TensorRT {trt.__version__} engine (corrupt, truncated "
                                "or built by another version); rebuild it with effedge build")
         self.context = self.engine.create_execution_context()
-        self.stream = cuda.Stream()
-        self.tensors = {}
+        try:
+            self._allocate()
+        except BaseException:
+            self.deactivate()
+            raise
+
+    def _allocate(self) -> None:
+        self.stream = cuda.Stream(api=self.cuda_api)
         for index in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(index)
-            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            is_input = self.engine.get_tensor_mode(name) == self.trt.TensorIOMode.INPUT
             dtype = numpy_dtype(self.engine.get_tensor_dtype(name))
-            shape = tuple(self.engine.get_tensor_shape(name))
-            if is_input and -1 in shape:
-                shape = tuple(self.engine.get_tensor_profile_shape(name, 0)[2])  # the profile's max shape
-            elif -1 in shape:
-                shape = tuple(self._max_output_shape(name, shape))
-            host = cuda.pagelocked_empty(int(np.prod(shape)), dtype)
-            device = cuda.mem_alloc(max(host.nbytes, 1))
-            self.context.set_tensor_address(name, int(device))
-            self.tensors[name] = {"input": is_input, "dtype": dtype, "shape": shape, "host": host, "device": device}
+            declared = tuple(self.engine.get_tensor_shape(name))
+            if is_input and -1 in declared:
+                max_shape = tuple(self.engine.get_tensor_profile_shape(name, 0)[2])  # the profile's max shape
+            elif -1 in declared:
+                max_shape = tuple(self._max_output_shape(name, declared))
+            else:
+                max_shape = declared
+            count = int(np.prod(max_shape))
+            host = cuda.PinnedBuffer(count, dtype, api=self.cuda_api)
+            try:
+                device = cuda.DeviceBuffer(count * dtype.itemsize, api=self.cuda_api)
+            except BaseException:
+                host.free()
+                raise
+            self.tensors[name] = IoTensor(name, is_input, dtype, declared, max_shape, host, device)
+            self.context.set_tensor_address(name, device.address)
 
     def _max_output_shape(self, name: str, shape: tuple) -> tuple:
         """Output buffers for a dynamic batch are sized for the optimization profile's largest batch."""
@@ -116,92 +161,101 @@ class TensorRTRunner(Runner):
         return tuple(batch if d == -1 else d for d in shape)
 
     def deactivate(self) -> None:
-        for tensor in getattr(self, "tensors", {}).values():
-            tensor["device"].free()
-        self.tensors = {}
+        self._destroy_graph()
         self.context = self.engine = self.runtime = None
+        for tensor in self.tensors.values():
+            tensor.host.free()
+            tensor.device.free()
+        self.tensors = {}
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+        self._input_shapes, self._output_shapes = {}, {}
 
     def input_info(self) -> list[TensorInfo]:
-        return [TensorInfo(n, tuple(self.engine.get_tensor_shape(n)), t["dtype"])
-                for n, t in self.tensors.items() if t["input"]]
+        return [TensorInfo(n, tuple(self.engine.get_tensor_shape(n)), t.dtype)
+                for n, t in self.tensors.items() if t.is_input]
 
     def output_info(self) -> list[TensorInfo]:
-        return [TensorInfo(n, tuple(self.engine.get_tensor_shape(n)), t["dtype"])
-                for n, t in self.tensors.items() if not t["input"]]
+        return [TensorInfo(n, tuple(self.engine.get_tensor_shape(n)), t.dtype)
+                for n, t in self.tensors.items() if not t.is_input]
 
     def check_inputs(self, feed: Mapping[str, np.ndarray]) -> None:
         super().check_inputs(feed)
         for name, array in feed.items():
-            if array.size > self.tensors[name]["host"].size:
+            if array.size > np.prod(self.tensors[name].max_shape):
                 raise EffedgeError(f"tensorrt: input '{name}' batch {array.shape[0]} exceeds the engine's maximum "
-                                   f"{self.tensors[name]['shape'][0]}")
+                                   f"{self.tensors[name].max_shape[0]}")
 
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cuda = self.cuda
+        self.set_inputs(feed)
+        self.copy_inputs_async()
+        self.enqueue()
+        self.copy_outputs_async()
+        self.stream.synchronize()
+        return self.outputs()
+
+    # The steps of one inference, public so that bench can time each on the stream.
+
+    def set_inputs(self, feed: Mapping[str, np.ndarray]) -> None:
+        """Give TensorRT the input shapes (when they change) and fill the page-locked input buffers."""
         shapes = {name: tuple(array.shape) for name, array in feed.items()}
-        if shapes != self._graph_shapes:  # a CUDA graph replays the shapes it was captured with
-            self._graph_exec, self._graph_shapes = None, shapes
+        if shapes != self._input_shapes:
+            self._set_shapes(shapes)
         for name, array in feed.items():
             tensor = self.tensors[name]
-            if -1 in tuple(self.engine.get_tensor_shape(name)):
-                self.context.set_input_shape(name, array.shape)
-            host = tensor["host"][: array.size]
-            host[:] = np.ascontiguousarray(array, dtype=tensor["dtype"]).ravel()
-            cuda.memcpy_htod_async(tensor["device"], host, self.stream)
-        self.enqueue()
-        outputs = {}
-        for name, tensor in self.tensors.items():
-            if tensor["input"]:
-                continue
-            shape = tuple(self.context.get_tensor_shape(name))
-            host = tensor["host"][: int(np.prod(shape))]
-            cuda.memcpy_dtoh_async(host, tensor["device"], self.stream)
-            outputs[name] = (host, shape)
-        self.stream.synchronize()
-        return {name: host.reshape(shape).copy() for name, (host, shape) in outputs.items()}
+            tensor.host.array[: array.size] = np.ascontiguousarray(array, dtype=tensor.dtype).reshape(-1)
+
+    def _set_shapes(self, shapes: dict[str, tuple]) -> None:
+        self._destroy_graph()  # a graph replays the shapes it was captured with
+        self._input_shapes = {}  # until every shape is accepted
+        for name, shape in shapes.items():
+            tensor = self.tensors[name]
+            if -1 in tensor.declared_shape and not self.context.set_input_shape(name, shape):
+                raise EffedgeError(f"tensorrt: input '{name}' shape {shape} is outside the engine's optimization "
+                                   f"profile (largest {tensor.max_shape})")
+        outputs = {name: tuple(self.context.get_tensor_shape(name)) for name, t in self.tensors.items()
+                   if not t.is_input}
+        unknown = [name for name, shape in outputs.items() if -1 in shape]
+        if unknown:
+            raise EffedgeError(f"tensorrt: outputs {unknown} have data-dependent shapes, which the runner does not "
+                               "support; export the model with fixed-size outputs (e.g. --nms efficientnms)")
+        self._input_shapes, self._output_shapes = shapes, outputs
+
+    def copy_inputs_async(self) -> None:
+        """Host-to-device copies of the current inputs' bytes (not the whole buffers) on the stream."""
+        for name, shape in self._input_shapes.items():
+            tensor = self.tensors[name]
+            cuda.copy_htod_async(tensor.device, tensor.host.array, tensor.nbytes(shape), self.stream)
+
+    def copy_outputs_async(self) -> None:
+        """Device-to-host copies of the current outputs' bytes on the stream."""
+        for name, shape in self._output_shapes.items():
+            tensor = self.tensors[name]
+            cuda.copy_dtoh_async(tensor.host.array, tensor.device, tensor.nbytes(shape), self.stream)
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """Copies of the outputs in the host buffers (after copy_outputs_async and a stream synchronize)."""
+        return {name: self.tensors[name].host.array[: int(np.prod(shape))].reshape(shape).copy()
+                for name, shape in self._output_shapes.items()}
 
     def enqueue(self) -> None:
-        """Launch inference on the stream: execute_async_v3, or the captured CUDA graph."""
+        """Launch inference on the stream: execute_async_v3, or the CUDA graph (captured on first use)."""
         if not self.cuda_graph:
-            if not self.context.execute_async_v3(self.stream.handle):
-                raise EffedgeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+            self._execute("")
             return
-        if self._graph_exec is None:
-            self._graph_exec = capture_cuda_graph(self.context, self.stream)
-        launch_cuda_graph(self._graph_exec, self.stream)
+        if self._graph is None:
+            # TensorRT updates its state on the first enqueue after a shape change: capture after it.
+            self._execute(" before CUDA graph capture")
+            self.stream.synchronize()
+            self._graph = cuda.CudaGraph.capture(self.stream, lambda: self._execute(" during CUDA graph capture"))
+        self._graph.launch(self.stream)
 
+    def _execute(self, when: str) -> None:
+        if not self.context.execute_async_v3(self.stream.handle):
+            raise EffedgeError(f"TensorRT execute_async_v3 failed{when} (see the TensorRT log above)")
 
-def _cudart():
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError as exc:
-            raise BackendUnavailable("CUDA graphs need cuda-python (pip install cuda-python); pycuda has no "
-                                     "stream capture") from exc
-    return cudart
-
-
-def _check(result):
-    error, *rest = result if isinstance(result, tuple) else (result,)
-    if int(error) != 0:
-        raise EffedgeError(f"CUDA runtime error {error}")
-    return rest[0] if len(rest) == 1 else rest
-
-
-def capture_cuda_graph(context, stream):
-    """Capture one execute_async_v3 on ``stream`` (after a warm-up enqueue, as TensorRT requires)."""
-    cudart = _cudart()
-    if not context.execute_async_v3(stream.handle):
-        raise EffedgeError("TensorRT execute_async_v3 failed before CUDA graph capture")
-    stream.synchronize()
-    _check(cudart.cudaStreamBeginCapture(stream.handle,
-                                         cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
-    context.execute_async_v3(stream.handle)
-    graph = _check(cudart.cudaStreamEndCapture(stream.handle))
-    return _check(cudart.cudaGraphInstantiate(graph, 0))
-
-
-def launch_cuda_graph(graph_exec, stream) -> None:
-    _check(_cudart().cudaGraphLaunch(graph_exec, stream.handle))
+    def _destroy_graph(self) -> None:
+        if self._graph is not None:
+            self._graph.destroy()
+            self._graph = None

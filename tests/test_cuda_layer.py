@@ -1,0 +1,317 @@
+"""effedge's CUDA layer (effedge/backends/cuda.py) and the TensorRT runner's data path on it, against a fake
+cuda-python runtime (tests/cuda_fake.py, checked against the real one where cuda-bindings is installed)
+and the checked TensorRT fake; and what doctor says about the GPU."""
+import importlib.util
+import inspect
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from cuda_fake import FakeCudaRuntime, api_enums, api_functions, cudaError_t
+from helpers import effedge_cli
+
+from effedge.backends import cuda
+from effedge.backends.tensorrt import TensorRTRunner, gpu_compute_capability
+from effedge.errors import BackendUnavailable, EffedgeError
+
+
+@pytest.fixture
+def cudart(monkeypatch):
+    return FakeCudaRuntime().install(monkeypatch)
+
+
+def _hide_bindings(monkeypatch):
+    for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart", "pycuda", "pycuda.driver"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+# --- the fake cannot drift from cuda-python ---------------------------------------------------------------
+
+
+def _real_runtime():
+    if importlib.util.find_spec("cuda") is None or importlib.util.find_spec("cuda.bindings") is None:
+        pytest.skip("cuda-bindings is not installed (pip install cuda-python): the fake cannot be compared")
+    from cuda.bindings import runtime
+
+    return runtime
+
+
+def test_fake_cudart_matches_the_real_module():
+    real = _real_runtime()
+    for name, function in api_functions().items():
+        assert hasattr(real, name), f"cuda.bindings.runtime has no {name}"
+        declared = getattr(real, name).__doc__.strip().splitlines()[0]
+        inside = declared[declared.index("(") + 1: declared.rindex(")")].strip()
+        real_count = len(inside.split(",")) if inside else 0
+        fake_count = len(inspect.signature(function.__wrapped__).parameters) - 1  # self
+        assert fake_count == real_count, f"{name}: the fake takes {fake_count} arguments, cuda-python {declared}"
+    for enum in api_enums():
+        real_enum = getattr(real, enum.__name__)
+        for member in enum:
+            assert int(getattr(real_enum, member.name)) == member.value, f"{enum.__name__}.{member.name}"
+
+
+def test_no_driver_is_reported_as_such_by_the_real_bindings():
+    """On a machine without an NVIDIA driver, real cuda-python says so in one line (doctor's reason)."""
+    _real_runtime()
+    try:
+        info = cuda.device_info(0)
+    except cuda.NoCudaDevice as exc:
+        assert str(exc).startswith(cuda.NO_GPU) and "\n" not in str(exc)
+    else:
+        assert re.fullmatch(r"\d+\.\d+", info.compute_capability) and info.total_memory > 0
+
+
+# --- loading, device facts, errors ------------------------------------------------------------------------
+
+
+def test_cuda_python_is_preferred(cudart):
+    info = cuda.device_info(0)
+    assert info.library == "cuda-python 12.6.0+fake"
+    assert (info.name, info.compute_capability, info.total_memory) == ("NVIDIA Orin", "8.7", 8 << 30)
+    assert gpu_compute_capability() == "8.7"
+
+
+def test_without_bindings_the_fix_is_named(monkeypatch):
+    _hide_bindings(monkeypatch)
+    with pytest.raises(BackendUnavailable, match=r"pip install cuda-python"):
+        cuda.load()
+    assert gpu_compute_capability() is None
+
+
+@pytest.mark.parametrize("error, driver, runtime, reason", [
+    (cudaError_t.cudaErrorInsufficientDriver, 0, 12060, "no NVIDIA driver found"),
+    (cudaError_t.cudaErrorInsufficientDriver, 12020, 13000, r"driver supports CUDA 12\.2, older than the CUDA 13\.0 "
+                                                             r"of cuda-python .*pip install 'cuda-python==12\.\*'"),
+    (cudaError_t.cudaErrorNoDevice, 12060, 12060, "the NVIDIA driver is installed but sees no CUDA GPU"),
+])
+def test_no_driver_or_gpu_says_why(monkeypatch, error, driver, runtime, reason):
+    FakeCudaRuntime(device_error=error, driver=driver, runtime=runtime).install(monkeypatch)
+    with pytest.raises(cuda.NoCudaDevice, match=f"^no CUDA GPU usable: .*{reason}"):
+        cuda.device_info(0)
+    assert gpu_compute_capability() is None  # absence is not a failure
+
+
+def test_a_missing_gpu_index_is_no_device(monkeypatch):
+    FakeCudaRuntime(devices=0).install(monkeypatch)
+    with pytest.raises(cuda.NoCudaDevice, match="GPU 0 requested, the driver sees 0"):
+        cuda.device_info(0)
+
+
+def test_real_failures_are_not_swallowed(cudart):
+    """Other CUDA errors are failures: they raise, naming the call and the CUDA error."""
+    cudart.fail("cudaGetDeviceProperties", cudaError_t.cudaErrorInvalidValue)
+    with pytest.raises(EffedgeError, match=r"cudaGetDeviceProperties failed: cudaErrorInvalidValue "
+                                           r"\(invalid argument\)") as error:
+        gpu_compute_capability()
+    assert not isinstance(error.value, BackendUnavailable)
+    cudart.fail("cudaMalloc", cudaError_t.cudaErrorMemoryAllocation)
+    with pytest.raises(EffedgeError, match=r"cudaMalloc\(4096 bytes\) failed: cudaErrorMemoryAllocation "
+                                           r"\(out of memory\)"):
+        cuda.DeviceBuffer(4096)
+
+
+# --- buffers, copies, events, graphs ------------------------------------------------------------------------
+
+
+def test_copies_move_the_requested_bytes(cudart):
+    stream = cuda.Stream()
+    source, target = cuda.PinnedBuffer(8, np.float32), cuda.PinnedBuffer(8, np.float32)
+    device = cuda.DeviceBuffer(32)
+    source.array[:] = np.arange(8, dtype=np.float32)
+    cuda.copy_htod_async(device, source.array, 12, stream)  # the first 3 floats only
+    cuda.copy_dtoh_async(target.array, device, 32, stream)
+    stream.synchronize()
+    np.testing.assert_array_equal(target.array, [0, 1, 2, 0, 0, 0, 0, 0])
+    assert cudart.copied == [("htod", 12), ("dtoh", 32)]
+    with pytest.raises(ValueError, match="copy of 36 bytes"):
+        cuda.copy_htod_async(device, source.array, 36, stream)
+    for resource in (source, target, device):
+        resource.free()
+    stream.close()
+    assert cudart.live() == {"memory": 0, "streams": 0, "events": 0, "graphs": 0, "graph_execs": 0}
+
+
+def test_events_time_the_work_between_them(cudart):
+    stream = cuda.Stream()
+    begin, end = cuda.Event(), cuda.Event()
+    begin.record(stream)
+    end.record(stream)
+    assert end.elapsed_ms(begin) == 0.25  # the fake's clock: one tick between the two records
+    begin.close(), end.close(), stream.close()
+    assert cudart.live()["events"] == 0
+
+
+def test_graph_replays_the_captured_work(cudart):
+    stream = cuda.Stream()
+    host = cuda.PinnedBuffer(4, np.int32)
+    device = cuda.DeviceBuffer(16)
+    graph = cuda.CudaGraph.capture(stream, lambda: cuda.copy_htod_async(device, host.array, 16, stream))
+    assert cudart.copied == []  # captured, not run
+    for value in (1, 2):
+        host.array[:] = value
+        graph.launch(stream)
+        assert (cudart.view(device.address, 16).view(np.int32) == value).all()
+    graph.destroy()
+    assert cudart.live()["graphs"] == cudart.live()["graph_execs"] == 0
+
+
+def test_failed_capture_ends_the_capture_and_raises(cudart):
+    stream = cuda.Stream()
+
+    def failing_work():
+        assert cudart.is_capturing(stream.handle)
+        raise EffedgeError("enqueue failed")
+
+    with pytest.raises(EffedgeError, match="enqueue failed"):
+        cuda.CudaGraph.capture(stream, failing_work)
+    assert not cudart.is_capturing(stream.handle) and len(cudart.calls_to("cudaStreamEndCapture")) == 1
+    assert cudart.live()["graphs"] == 0  # the partial graph is destroyed
+    stream.synchronize()  # the stream is usable again
+
+
+# --- the TensorRT runner's data path ------------------------------------------------------------------------
+
+MAX_BATCH = 8
+
+
+def _doubling_engine(trt, cudart, *, fail_in_capture=False):
+    """An engine images (N, 4) -> scores (N, 4) = 2 * images, N dynamic up to MAX_BATCH; execute_async_v3
+    enqueues the arithmetic on the stream through device memory (so a CUDA graph captures it)."""
+    io = {"images": (trt.TensorIOMode.INPUT, (-1, 4)), "scores": (trt.TensorIOMode.OUTPUT, (-1, 4))}
+    order = list(io)
+    batch = {}
+    trt.set_attr("ICudaEngine.num_io_tensors", 2)
+    trt.set_handler("ICudaEngine.get_tensor_name", lambda engine, i: order[i])
+    trt.set_handler("ICudaEngine.get_tensor_mode", lambda engine, name: io[name][0])
+    trt.set_handler("ICudaEngine.get_tensor_shape", lambda engine, name: io[name][1])
+    trt.set_handler("ICudaEngine.get_tensor_dtype", lambda engine, name: trt.DataType.FLOAT)
+    trt.set_handler("ICudaEngine.get_tensor_profile_shape",
+                    lambda engine, name, index: [(1, 4), (4, 4), (MAX_BATCH, 4)])
+    trt.set_handler("IExecutionContext.set_input_shape",
+                    lambda context, name, shape: batch.__setitem__("n", tuple(shape)[0]) or True)
+    trt.set_handler("IExecutionContext.get_tensor_shape", lambda context, name: (batch["n"], 4))
+
+    def execute(context, stream):
+        if fail_in_capture and cudart.is_capturing(stream):
+            return False
+        address = {c.args[0]: c.args[1] for c in trt.calls_to("IExecutionContext.set_tensor_address")}
+        nbytes = batch["n"] * 4 * 4
+
+        def double():
+            out = cudart.view(address["scores"], nbytes).view(np.float32)
+            out[:] = 2 * cudart.view(address["images"], nbytes).view(np.float32)
+
+        cudart.enqueue(stream, double)
+        return True
+
+    trt.set_handler("IExecutionContext.execute_async_v3", execute)
+
+
+def _engine_file(tmp_path):
+    path = tmp_path / "model.engine"
+    path.write_bytes(b"plan")
+    return path
+
+
+def _images(batch, seed=0):
+    return np.random.default_rng(seed).standard_normal((batch, 4)).astype(np.float32)
+
+
+def test_dynamic_engine_copies_only_the_current_batch(trt_fake, cudart, tmp_path):
+    _doubling_engine(trt_fake, cudart)
+    with TensorRTRunner(_engine_file(tmp_path)) as runner:
+        images = _images(2)
+        out = runner.infer({"images": images})
+    np.testing.assert_array_equal(out["scores"], 2 * images)
+    allocated = [args[0] for args in cudart.calls_to("cudaMalloc")]
+    assert allocated == [MAX_BATCH * 4 * 4] * 2  # buffers sized for the profile's largest batch
+    assert cudart.copied == [("htod", 2 * 4 * 4), ("dtoh", 2 * 4 * 4)]  # 2/8 of them move
+    assert cudart.live() == {"memory": 0, "streams": 0, "events": 0, "graphs": 0, "graph_execs": 0}
+
+
+def test_cuda_graph_is_recaptured_on_a_shape_change_and_destroyed_at_exit(trt_fake, cudart, tmp_path):
+    _doubling_engine(trt_fake, cudart)
+    with TensorRTRunner(_engine_file(tmp_path), cuda_graph=True) as runner:
+        for step, batch in enumerate((2, 2, 4)):
+            images = _images(batch, seed=step)
+            np.testing.assert_array_equal(runner.infer({"images": images})["scores"], 2 * images)
+            if step == 1:  # same shape: the graph is replayed, not captured again
+                assert len(cudart.calls_to("cudaStreamBeginCapture")) == 1
+                assert len(cudart.calls_to("cudaGraphLaunch")) == 2
+        first_graph = cudart.calls_to("cudaGraphDestroy")
+        assert len(first_graph) == 1 and len(cudart.calls_to("cudaGraphExecDestroy")) == 1
+        assert cudart.live()["graphs"] == cudart.live()["graph_execs"] == 1  # only the batch-4 graph
+    assert cudart.live() == {"memory": 0, "streams": 0, "events": 0, "graphs": 0, "graph_execs": 0}
+
+
+def test_a_failed_enqueue_during_capture_raises_and_ends_the_capture(trt_fake, cudart, tmp_path):
+    _doubling_engine(trt_fake, cudart, fail_in_capture=True)
+    with TensorRTRunner(_engine_file(tmp_path), cuda_graph=True) as runner:
+        with pytest.raises(EffedgeError, match="execute_async_v3 failed during CUDA graph capture"):
+            runner.infer({"images": _images(2)})
+        assert not cudart.captures and len(cudart.calls_to("cudaStreamEndCapture")) == 1
+        assert cudart.live()["graphs"] == 0
+    assert cudart.live() == {"memory": 0, "streams": 0, "events": 0, "graphs": 0, "graph_execs": 0}
+
+
+def test_runner_without_a_gpu_says_why_before_deserializing(trt_fake, monkeypatch, tmp_path):
+    FakeCudaRuntime(device_error=cudaError_t.cudaErrorInsufficientDriver, driver=0).install(monkeypatch)
+    with pytest.raises(cuda.NoCudaDevice, match="no NVIDIA driver found"):
+        TensorRTRunner(_engine_file(tmp_path)).__enter__()
+    assert not trt_fake.calls_to("Runtime.deserialize_cuda_engine")
+
+
+@pytest.mark.parametrize("transfers, cuda_graph", [(True, False), (False, True)])
+def test_bench_times_the_runner_on_its_stream(trt_fake, cudart, tmp_path, transfers, cuda_graph):
+    from effedge.bench import BenchSettings
+    from effedge.bench_targets import bench_one
+
+    _doubling_engine(trt_fake, cudart)
+    settings = BenchSettings(warmup_s=0, min_iterations=3, min_duration_s=0, batch=2, cuda_graph=cuda_graph,
+                             transfers=transfers, energy=False)
+    result = bench_one(_engine_file(tmp_path), {}, "tensorrt", settings)
+    assert result["iterations"] == 3
+    assert result["compute_ms"]["median"] == 0.25  # events around the launch: one fake clock tick
+    moved = [label for label, nbytes in cudart.copied if nbytes == 2 * 4 * 4]
+    assert len(moved) == len(cudart.copied)  # the batch's bytes, never the whole buffers
+    if transfers:  # inputs once before the loop, then both ways every iteration, timed by events
+        assert moved == ["htod"] + ["htod", "dtoh"] * 3
+        assert result["h2d_ms"]["median"] == result["d2h_ms"]["median"] == 0.25
+    else:
+        assert moved == ["htod"] and "h2d_ms" not in result
+    assert cudart.live() == {"memory": 0, "streams": 0, "events": 0, "graphs": 0, "graph_execs": 0}
+
+
+# --- doctor -------------------------------------------------------------------------------------------------
+
+
+def test_doctor_says_why_there_is_no_gpu(monkeypatch):
+    from effedge.cli import cli
+
+    FakeCudaRuntime(device_error=cudaError_t.cudaErrorInsufficientDriver, driver=0).install(monkeypatch)
+    result = CliRunner().invoke(cli, ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert "GPU: none — no CUDA GPU usable: no NVIDIA driver found" in result.output
+    report = json.loads(CliRunner().invoke(cli, ["doctor", "--json"]).output)
+    assert report["gpu"] is None and "no NVIDIA driver found" in report["gpu_reason"]
+
+
+def test_doctor_finds_the_gpu_without_pycuda(monkeypatch, cudart):
+    from effedge.doctor import diagnose
+
+    monkeypatch.setitem(sys.modules, "pycuda", None)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", None)
+    report = diagnose()
+    assert report["gpu"].startswith("NVIDIA Orin (compute capability 8.7, 8.0 GiB, via cuda-python")
+    assert report["compute_capability"] == "8.7" and report["gpu_reason"] == ""
+
+
+def test_doctor_on_this_machine_names_the_gpu_or_the_reason():
+    result = effedge_cli("doctor", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert bool(report["gpu"]) != bool(report["gpu_reason"])  # exactly one: the GPU, or why there is none
