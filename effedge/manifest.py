@@ -1,4 +1,4 @@
-"""``build.json``: what a build directory holds and how it was made (DESIGN.md §1)."""
+"""``build.json``: what a build directory holds and how it was made."""
 from __future__ import annotations
 
 import collections

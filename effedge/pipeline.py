@@ -1,6 +1,6 @@
 """``compile``: build → export → simplify → precision → NMS tail → engine, cached by content hash.
 
-The build directory (DESIGN.md §1) is keyed by everything that determines its artefacts — variant and φ,
+The build directory (docs/architecture.md) is keyed by everything that determines its artefacts — variant and φ,
 weights (by content), input size and batch, NMS tail, precision and calibration (images by content),
 backend and TensorRT version/GPU — so an unchanged re-run is a cache hit that only verifies hashes.
 ``backend="auto"`` uses TensorRT when it imports and sees a GPU, else ONNX Runtime on the CPU (whose
@@ -67,7 +67,7 @@ class BackendChoice:
 
 
 def choose_backend(requested: str) -> BackendChoice:
-    from effedge.backends.tensorrt import gpu_compute_capability
+    from effedge.backends import cuda
     from effedge.engine import capabilities_of, import_trt
 
     if requested not in BACKENDS:
@@ -83,12 +83,13 @@ def choose_backend(requested: str) -> BackendChoice:
         if requested == "tensorrt":
             raise
         return BackendChoice("onnxruntime", "TensorRT is not installed here: using ONNX Runtime on the CPU")
-    capability = gpu_compute_capability()
-    if capability is None:
+    try:
+        capability = cuda.device_info(0).compute_capability
+    except BackendUnavailable as exc:  # no CUDA bindings, driver or GPU: the message says which
         if requested == "tensorrt":
-            raise EffedgeError(f"{caps.name} is installed but no CUDA GPU is usable; engines must be built on the "
-                               "GPU that runs them (or use --backend tensorrt-rtx to build ahead of time)")
-        return BackendChoice("onnxruntime", "no CUDA GPU visible: using ONNX Runtime on the CPU")
+            raise EffedgeError(f"{caps.name} is installed but {exc}; engines must be built on the GPU that runs "
+                               "them (or use --backend tensorrt-rtx to build ahead of time)") from exc
+        return BackendChoice("onnxruntime", f"{exc}: using ONNX Runtime on the CPU")
     return BackendChoice("tensorrt", f"{caps.name} and a GPU are available", caps.version, capability)
 
 

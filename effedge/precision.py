@@ -35,7 +35,7 @@ from effedge.errors import EffedgeError
 from effedge.manifest import MANIFEST, cache_identity
 
 PRECISIONS = ("fp16", "int8", "mixed")
-ORT_QDQ_FP16_FIX = ["WeightBiasQuantization"]  # DESIGN.md §3: wrong outputs for Q/DQ + fp16 otherwise
+ORT_QDQ_FP16_FIX = ["WeightBiasQuantization"]  # ONNX Runtime bug: wrong Q/DQ + fp16 outputs otherwise
 SENSITIVITY_IMAGES = 4
 CALIBRATION_SAMPLE = 1 << 16  # values per tensor and image kept for the entropy/percentile histograms
 

@@ -6,7 +6,7 @@ import torch
 from effedge.models import complexity, count_macs, count_params
 from effedge.scaling import EFFICIENTDETS, EFFICIENTNETS
 
-PAPER = {  # params (M), MACs (B): DESIGN.md §4
+PAPER = {  # params (M), MACs (B): Tan & Le 2019; Tan, Pang & Le 2020
     "b0": (5.3, 0.39), "b1": (7.8, 0.70), "b2": (9.2, 1.0), "b3": (12, 1.8), "b4": (19, 4.2), "b5": (30, 9.9),
     "b6": (43, 19), "b7": (66, 37),
     "d0": (3.9, 2.5), "d1": (6.6, 6.1), "d2": (8.1, 11), "d3": (12, 25), "d4": (21, 55), "d5": (34, 135),

@@ -5,7 +5,7 @@ import pytest
 from effedge import scaling
 from effedge.errors import VariantError
 
-# Published tables (Tan & Le 2019; Tan, Pang & Le 2020), as in DESIGN.md §4.
+# Published tables (Tan & Le 2019; Tan, Pang & Le 2020).
 PAPER_EFFICIENTNET = {  # width, depth, resolution
     "b0": (1.0, 1.0, 224), "b1": (1.0, 1.1, 240), "b2": (1.1, 1.2, 260), "b3": (1.2, 1.4, 300),
     "b4": (1.4, 1.8, 380), "b5": (1.6, 2.2, 456), "b6": (1.8, 2.6, 528), "b7": (2.0, 3.1, 600),

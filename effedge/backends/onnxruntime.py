@@ -24,7 +24,7 @@ class OnnxRuntimeRunner(Runner):
         self.model_path = Path(model_path)
         self.providers = list(providers)
         self.threads = threads
-        # e.g. "WeightBiasQuantization", which breaks Q/DQ + fp16 models (DESIGN.md §3)
+        # e.g. "WeightBiasQuantization", which breaks Q/DQ + fp16 models (docs/architecture.md)
         self.disabled_optimizers = list(disabled_optimizers)
         self.session = None
 
