@@ -192,9 +192,11 @@ def _section_class(location: tuple) -> Optional[type]:
     """The schema class that holds the last key of ``location`` (dict keys, such as a precision, skipped)."""
     cls: Any = ProfileFile
     for part in location[:-1]:
-        if isinstance(part, int) or cls is None:
+        if cls is None:
+            break
+        if isinstance(part, int) or part not in cls.model_fields:  # a list index or a dict key
             continue
-        annotation = cls.model_fields[part].annotation if part in cls.model_fields else None
+        annotation = cls.model_fields[part].annotation
         while typing.get_origin(annotation) in (typing.Union, dict, list):
             annotation = next(a for a in typing.get_args(annotation)[::-1] if a is not type(None))
         cls = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
@@ -203,7 +205,7 @@ def _section_class(location: tuple) -> Optional[type]:
 
 def _explain(error: dict) -> tuple[str, str]:
     """(field, reason with the fix) for one pydantic error, in this project's words."""
-    location = tuple(error["loc"])
+    location = tuple(part for part in error["loc"] if part != "[key]")  # pydantic marks a bad dict key so
     where = ".".join(str(part) for part in location)
     kind, value = error["type"], error.get("input")
     cls = _section_class(location)
@@ -236,7 +238,8 @@ def parse(path: Path, data: Any) -> ProfileFile:
     try:
         return ProfileFile.model_validate(data)
     except ValidationError as exc:
-        where, reason = _explain(exc.errors(include_url=False)[0])
+        errors = exc.errors(include_url=False)  # a misspelt key first: "did you mean" explains the missing one
+        where, reason = _explain(min(errors, key=lambda error: error["type"] != "extra_forbidden"))
         raise ProfileError(f"{path}: {where}: {reason}") from None
 
 

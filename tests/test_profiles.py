@@ -77,6 +77,9 @@ def _broken(tmp_path, edit):
     (lambda d: d["priors"]["compute"].update(int4=0.5), "priors.compute.int4: unknown key (did you mean int8?)"),
     (lambda d: d["priors"].pop("source"), "priors.source: missing"),
     (lambda d: d.update(model={"fits": {"fp32": {"compute": 1}}}), "model.fits.fp32.memory: missing"),
+    (lambda d: d.update(model={"fits": {"fp32": {"overheads": 1}}}),
+     "model.fits.fp32.overheads: unknown key (did you mean overhead?)"),
+    (lambda d: d.update(model={"fits": {"fp64": {}}}), "model.fits.fp64: 'fp64' is not one of"),
 ])
 def test_broken_profiles_name_file_and_field(tmp_path, edit, message):
     path = _broken(tmp_path, edit)
