@@ -180,8 +180,8 @@ class Profile:
     software: Software
     target: Target
     priors: Optional[Priors] = None
-    fits: dict = field(default_factory=dict)  # precision -> Fit
-    measured: list = field(default_factory=list)  # [Measured]
+    fits: dict[str, Fit] = field(default_factory=dict)  # by precision
+    measured: list[Measured] = field(default_factory=list)
 
     @property
     def user_copy(self) -> bool:
