@@ -212,7 +212,7 @@ def bench_one(path: Path, manifest: dict, backend: str, settings: bench.BenchSet
     summary = bench.summarize(measured.records, measured.wall_s, settings.batch)
     result = {
         "label": label or f"{manifest.get('variant', path.stem)} {precision} {backend}",
-        "target": str(path), "backend": backend, "precision": precision, "batch": settings.batch,
+        "target": str(path.resolve()), "backend": backend, "precision": precision, "batch": settings.batch,
         "variant": manifest.get("variant"), "phi": manifest.get("phi"), "resolution": manifest.get("resolution"),
         "mode": "end-to-end" if end_to_end else "inference",
         **summary,

@@ -532,42 +532,76 @@ def bench_command(target, backend, variants, precisions, batches, nms, baselines
 
 @cli.group()
 def profile() -> None:
-    """Latency profiles (profiles/*.yaml): list, check, and fit them to measurements.
+    """Latency profiles: list, check, and fit them to measurements.
 
+    \b
+    Shipped profiles live in the package's profiles/ folder; `profile fit` and self-calibration write
+    fitted copies to $EFFEDGE_PROFILE_DIR (default ~/.config/effedge/profiles), which are used first.
     \b
     Examples:
       effedge profile list
-      effedge profile fit cpu-local d0.json d1.json d2.json
+      effedge bench --variants d0,d1,d2 --precisions fp32 --json > bench.json
+      effedge profile fit cpu-local bench.json
     """
 
 
-@profile.command("list")
-def profile_list() -> None:
-    """Validate and list the shipped profiles."""
-    from effedge.profiles import all_profiles, load_profile
+def _model_summary(prof) -> str:
+    if not prof.fits:
+        return "priors" if prof.priors else "generic priors"
+    return ", ".join(f"{precision}: {'calibrated' if f.method == 'self-calibration' else 'fitted'} "
+                     f"({len(f.points)} pt)" for precision, f in prof.fits.items())
 
-    rows = []
-    for path in all_profiles():
-        p = load_profile(path)
-        rows.append([p.name, p.device.name, p.software.backend, f"{p.target.latency_ms:g}", p.target.percentile,
-                     p.target.precision, "fitted" if p.efficiency else "priors"])
-    _table("profiles", ["profile", "device", "backend", "budget ms", "percentile", "precision", "model"], rows)
+
+@profile.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def profile_list(as_json) -> None:
+    """Validate and list the profiles: shipped ones, and fitted copies in the user profile directory."""
+    from effedge.profiles import all_profiles, load_profile, user_profiles
+
+    shipped, user = all_profiles(), user_profiles()
+    rows = [(path, "shipped, overridden" if path.stem in {u.stem for u in user} else "shipped") for path in shipped]
+    rows += [(path, "user copy" if path.stem in {s.stem for s in shipped} else "user") for path in user]
+    profiles = [(load_profile(path), origin) for path, origin in rows]
+    if as_json:
+        _print_json([{"profile": p.name, "origin": origin, "path": str(p.path), "device": p.device.name,
+                      "backend": p.software.backend, "budget_ms": p.target.latency_ms,
+                      "percentile": p.target.percentile, "precision": p.target.precision,
+                      "priors_source": p.priors.source if p.priors else None,
+                      "fits": {k: f.model_dump() for k, f in p.fits.items()}} for p, origin in profiles])
+        return
+    _table("profiles", ["profile", "origin", "device", "backend", "budget ms", "percentile", "precision", "model"],
+           [[p.name, origin, p.device.name, p.software.backend, f"{p.target.latency_ms:g}", p.target.percentile,
+             p.target.precision, _model_summary(p)] for p, origin in profiles])
+    if user:
+        click.echo(f"user profiles: {user[0].parent}")
 
 
 @profile.command("fit")
 @click.argument("name")
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-def profile_fit(name, results) -> None:
-    """Fit profile NAME's efficiency factors to `effedge bench --json` RESULTS and store the measured points."""
-    from effedge.latency import fit_profile
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def profile_fit(name, results, as_json) -> None:
+    """Fit profile NAME to `effedge bench --json` RESULTS (per precision) and store the fit and the measured
+    points in a copy of the profile in the user profile directory (the shipped file is never changed)."""
+    from effedge.latency import FIT_TOLERANCE, TERMS, fit_profile
 
-    fitted, errors = fit_profile(name, list(results))
-    click.echo(f"fitted {name}: compute scale {fitted['compute_scale']:.3g}, memory scale "
-               f"{fitted['memory_scale']:.3g}, overhead {fitted['overhead_us']:.3g} µs/layer "
-               f"({fitted['fitted_on']} points, rms log error {fitted['fit_rms_log_error']:.3f})")
-    for variant, measured, predicted in errors:
-        click.echo(f"  {variant}: measured {measured:.2f} ms, model {predicted:.2f} ms "
-                   f"({(predicted / measured - 1) * 100:+.1f} %)")
+    report = fit_profile(name, list(results))
+    if as_json:
+        _print_json(report)
+        return
+    click.echo(f"wrote {report['written_to']}")
+    for precision, fitted in report["fits"].items():
+        weights = ", ".join(f"{term} ×{fitted[term]:.3g}" for term in TERMS)
+        click.echo(f"{report['profile']} {precision} ({len(fitted['points'])} points at {fitted['percentile']}): "
+                   f"weights {weights} on the prior roofline, within {fitted['shape_error']:.1%} of the points; "
+                   "per-point corrections make the fit reproduce them")
+        for point in fitted["points"]:
+            click.echo(f"  {point['label']}: measured {point['measured_ms']:.2f} ms, fit {point['predicted_ms']:.2f} "
+                       f"ms ({point['error'] * 100:+.1f} %), weighted roofline alone {point['roofline_ms']:.2f} ms")
+        if fitted["shape_error"] > FIT_TOLERANCE:
+            click.echo(f"note: the roofline's shape misses a point by {fitted['shape_error']:.0%}; between measured "
+                       "points the corrections interpolate, beyond them the nearest point's correction holds "
+                       "(a busy machine? bench again)", err=True)
 
 
 @cli.command("select")
@@ -580,6 +614,8 @@ def profile_fit(name, results) -> None:
 def select_command(profile_name, latency_ms, precision, step, verify, as_json) -> None:
     """Choose the largest EfficientDet (named or fractional φ) that meets a profile's latency budget.
 
+    An unfitted CPU profile (cpu-local) first calibrates itself by timing D0 and D1 on this machine (seconds,
+    once per precision); device profiles predict from published-measurement priors until fitted.
     \b
     Examples:
       effedge select --profile orin-nx-16gb
@@ -587,22 +623,26 @@ def select_command(profile_name, latency_ms, precision, step, verify, as_json) -
     """
     from dataclasses import asdict
 
-    from effedge.latency import select, verify_choice
+    from effedge.latency import calibrated, describe_model, select, verify_choice
     from effedge.profiles import load_profile
 
     prof = load_profile(profile_name)
+    precision = precision or prof.target.precision
+    prof = calibrated(prof, precision, log=_progress)
     candidates, choice = select(prof, latency_ms=latency_ms, precision=precision, step=step, log=_progress)
     budget = latency_ms or prof.target.latency_ms
-    verification = verify_choice(prof, candidates, choice, budget, precision or prof.target.precision,
-                                 log=_progress) if verify else None
+    note = describe_model(prof, precision)
+    verification = verify_choice(prof, candidates, choice, budget, precision, log=_progress) if verify else None
     if as_json:
-        _print_json({"profile": prof.name, "budget_ms": budget, "candidates": [asdict(c) for c in candidates],
+        _print_json({"profile": prof.name, "budget_ms": budget, "model": note,
+                     "candidates": [asdict(c) for c in candidates],
                      "choice": asdict(choice) if choice else None, "verification": verification})
         return
     _table(f"{prof.name}: budget {budget:g} ms at {prof.target.percentile} (margin {prof.target.margin:.0%})",
            ["candidate", "φ", "input", "GMACs", "ms", "source", "fits"],
            [[c.name, f"{c.phi:g}", c.resolution, f"{c.macs / 1e9:.2f}", f"{c.predicted_ms:.1f}", c.source,
              "yes" if c.fits else "no"] for c in candidates])
+    click.echo(note)
     click.echo(f"choice: {choice.name} (φ={choice.phi:g}, {choice.resolution}px)" if choice else
                "no candidate fits the budget")
     if verification:
