@@ -124,8 +124,16 @@ class ImageSet:
 
     def batches(self, paths: list[Path], size: tuple[int, int], input_format: str,
                 batch: int = 1) -> Iterator[np.ndarray]:
-        """Model-ready batches of the readable images among ``paths``; unreadable ones are recorded in
-        ``skipped``. A final partial batch is dropped only when the model has a fixed larger batch."""
+        """Model-ready batches of the readable images among ``paths`` (the last one may be smaller); unreadable
+        ones are recorded in ``skipped``."""
+        for images, real in self.padded_batches(paths, size, input_format, batch):
+            yield images[:real]
+
+    def padded_batches(self, paths: list[Path], size: tuple[int, int], input_format: str,
+                       batch: int) -> Iterator[tuple[np.ndarray, int]]:
+        """Batches of exactly ``batch`` images, for a model with a static batch, each with the number of real
+        images at its start. A last partial batch is filled up by repeating its own images: the model sees only
+        real data (so maxima are unchanged), and callers drop the repeats from their statistics."""
         pending = []
         for path in paths:
             try:
@@ -134,10 +142,25 @@ class ImageSet:
                 self.skipped.append((str(path.relative_to(self.root)), str(exc)))
                 continue
             if len(pending) == batch:
-                yield to_model_input(np.stack(pending), input_format)
+                yield to_model_input(np.stack(pending), input_format), batch
                 pending = []
-        if pending and batch == 1:
-            yield to_model_input(np.stack(pending), input_format)
+        if pending:
+            real = len(pending)
+            yield to_model_input(np.stack([pending[i % real] for i in range(batch)]), input_format), real
+
+    def require_readable(self) -> None:
+        """Fail fast, before any export or inference, when no calibration file is an image (only the headers
+        are read: files that are truncated further on are still skipped and counted while calibrating)."""
+        from PIL import Image
+
+        for path in self.calibration:
+            try:
+                with Image.open(path):
+                    return
+            except Exception:  # PIL raises many types for files that are not images
+                continue
+        raise EffedgeError(f"none of the {len(self.calibration)} calibration files in {self.root} is an image "
+                           f"(e.g. {self.calibration[0].relative_to(self.root)}); pass --calib with a folder of photos")
 
     def warnings(self, used: int) -> list[str]:
         notes = []

@@ -11,6 +11,13 @@ import click
 from effedge import __version__
 from effedge.errors import EffedgeError
 
+# effedge.calibrators' CALIB_METHODS and DEFAULT_METHOD, spelled out so that --help needs no numpy
+# (tests/test_calibrators.py checks they agree).
+CALIB_METHODS = ("entropy", "max", "percentile")
+DEFAULT_CALIB_METHOD = "percentile"
+CALIB_METHOD_HELP = ("How activation ranges are chosen: percentile of |x| (see --percentile; the best mAP on the "
+                     "reference model), max |x|, or entropy (TensorRT's KL-divergence threshold).")
+
 
 def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, allow_nan=False))  # strict JSON: no Infinity/NaN for scripts
@@ -236,8 +243,8 @@ def _print_precision_report(report: dict) -> None:
 @click.option("--calib-images", type=int, default=300, show_default=True,
               help="Calibration images taken (deterministic shuffled subset).")
 @click.option("--holdout", type=int, help="Held-out images for the fidelity report [default: 20%, at most 16].")
-@click.option("--calib-method", type=click.Choice(["entropy", "max", "percentile"]), default="entropy",
-              show_default=True)
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=DEFAULT_CALIB_METHOD, show_default=True,
+              help=CALIB_METHOD_HELP)
 @click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile.")
 @click.option("--fidelity-target", type=float, default=20.0, show_default=True,
               help="mixed: worst raw-output SQNR (dB) on held-out images to reach.")
@@ -283,8 +290,8 @@ def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, p
 @click.option("--input-format", type=click.Choice(["float", "uint8"]), default="float", show_default=True)
 @click.option("--calib", "calib_dir", type=click.Path(), help="Calibration images for int8/mixed [default: calib/].")
 @click.option("--calib-images", type=int, default=300, show_default=True)
-@click.option("--calib-method", type=click.Choice(["entropy", "max", "percentile"]), default="entropy",
-              show_default=True)
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=DEFAULT_CALIB_METHOD, show_default=True,
+              help=CALIB_METHOD_HELP)
 @click.option("--fidelity-target", type=float, default=20.0, show_default=True, help="mixed: SQNR target (dB).")
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx", "onnxruntime"]), default="auto",
               show_default=True, help="auto: TensorRT where it and a GPU are present, else ONNX Runtime on the CPU. "

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from effedge.artifacts import atomic_write, sha256_file, write_json
+from effedge.calibrators import DEFAULT_METHOD
 from effedge.errors import BackendUnavailable, EffedgeError
 from effedge.manifest import MANIFEST, cache_identity, read_manifest
 from effedge.scaling import EfficientDetSpec, resolve
@@ -43,7 +44,7 @@ class CompileConfig:
     input_format: str = "float"
     calib_dir: Optional[str] = None
     calib_images: Optional[int] = 300
-    calib_method: str = "entropy"
+    calib_method: str = DEFAULT_METHOD
     fidelity_target: float = 20.0
     backend: str = "auto"
     dla_core: Optional[int] = None
@@ -131,6 +132,13 @@ def compile_model(config: CompileConfig, out_dir: Optional[Union[str, Path]] = N
     if config.precision not in COMPILE_PRECISIONS:
         raise EffedgeError(f"unknown --precision {config.precision!r}; use one of {', '.join(COMPILE_PRECISIONS)}")
     spec = resolve(config.variant)
+    calib_hash = None
+    if config.precision != "fp32":  # fail fast: nothing is exported before the precision inputs are checked
+        _precision_options(config, opset=None).validate()
+        images = ImageSet.from_folder(config.calib_dir or DEFAULT_CALIB_DIR, count=config.calib_images)
+        if config.precision in ("int8", "mixed"):
+            images.require_readable()
+            calib_hash = images.content_hash()
     is_detector = isinstance(spec, EfficientDetSpec)
     backend = choose_backend(config.backend)
     log(f"backend: {backend.name} ({backend.reason})")
@@ -147,10 +155,6 @@ def compile_model(config: CompileConfig, out_dir: Optional[Union[str, Path]] = N
         from effedge.engine import check_nms
 
         check_nms(backend.capabilities, nms)  # before the export, not after minutes of work
-    calib_hash = None
-    if config.precision in ("int8", "mixed"):
-        calib_hash = ImageSet.from_folder(config.calib_dir or DEFAULT_CALIB_DIR,
-                                          count=config.calib_images).content_hash()
     key = _cache_key(config, backend, nms, calib_hash)
     out = Path(out_dir) if out_dir else Path("runs") / f"{spec.name}-{config.precision}-{backend.name}-{key[:8]}"
     start = time.perf_counter()
@@ -169,11 +173,19 @@ def compile_model(config: CompileConfig, out_dir: Optional[Union[str, Path]] = N
         raise
 
 
+def _precision_options(config: CompileConfig, opset: Optional[int]):
+    from effedge.precision import PrecisionOptions
+
+    return PrecisionOptions(precision=config.precision, calib_dir=Path(config.calib_dir) if config.calib_dir else None,
+                            calib_images=config.calib_images, method=config.calib_method,
+                            fidelity_target=config.fidelity_target, opset=opset)
+
+
 def _run_stages(config: CompileConfig, backend: BackendChoice, nms: str, key: str, out: Path, log, progress,
                 start: float) -> dict:
     from effedge.export import ExportOptions, export
     from effedge.nms import append_nms_tail
-    from effedge.precision import PrecisionOptions, convert
+    from effedge.precision import convert
 
     seconds: dict[str, float] = {}
     caps = backend.capabilities
@@ -191,10 +203,8 @@ def _run_stages(config: CompileConfig, backend: BackendChoice, nms: str, key: st
     if config.precision == "fp32":
         shutil.copyfile(out / "model.sim.onnx", out / precision_file)
     else:
-        convert(out / "model.sim.onnx", options=PrecisionOptions(
-            precision=config.precision, calib_dir=Path(config.calib_dir) if config.calib_dir else None,
-            calib_images=config.calib_images, method=config.calib_method, fidelity_target=config.fidelity_target,
-            opset=opset), log=log, **({"progress": progress} if progress else {}))
+        convert(out / "model.sim.onnx", options=_precision_options(config, opset), log=log,
+                **({"progress": progress} if progress else {}))
     seconds["precision"] = time.perf_counter() - clock
 
     if nms != "none":

@@ -19,6 +19,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -30,7 +31,7 @@ import numpy as np
 
 from effedge.artifacts import atomic_write, sha256_file, write_json
 from effedge.calib import DEFAULT_CALIB_DIR, ImageSet
-from effedge.calibrators import ALGORITHM_VERSION, CALIB_METHODS, RangeCollector
+from effedge.calibrators import ALGORITHM_VERSION, CALIB_METHODS, DEFAULT_METHOD, RangeCollector
 from effedge.errors import EffedgeError
 from effedge.manifest import MANIFEST, cache_identity
 
@@ -52,7 +53,7 @@ class PrecisionOptions:
     calib_dir: Optional[Path] = None  # default: the images shipped in calib/
     calib_images: Optional[int] = 300
     holdout: Optional[int] = None
-    method: str = "entropy"
+    method: str = DEFAULT_METHOD
     percentile: float = 99.99
     fidelity_target: float = 20.0  # dB, worst raw-output SQNR (mixed)
     opset: Optional[int] = None  # None: 19 (fp16 Q/DQ scales); ≤ 17 for TensorRT 8.5/8.6
@@ -67,6 +68,8 @@ class PrecisionOptions:
             raise EffedgeError(f"--percentile {self.percentile} must be in (50, 100]")
         if self.calib_images is not None and self.calib_images < 1:
             raise EffedgeError(f"--calib-images {self.calib_images}: use at least 1 (500+ recommended)")
+        if not math.isfinite(self.fidelity_target):
+            raise EffedgeError(f"--fidelity-target {self.fidelity_target} must be a number of dB, e.g. 20")
         if self.opset is not None and not 13 <= self.opset <= 21:
             raise EffedgeError(f"--opset {self.opset} is not supported for Q/DQ graphs; use 13–21")
 
@@ -178,7 +181,9 @@ def calibrate(source_model, tensors: list[str], images: ImageSet, inputs: ModelI
 
     The statistics are computed inside the graph, so ONNX Runtime returns small tensors only: each tensor's
     exact max and min (ReduceMax/ReduceMin), and for the histogram methods a spatially strided sample (Slice)
-    of at most :data:`CALIBRATION_SAMPLE` values per image.
+    of at most :data:`CALIBRATION_SAMPLE` values per image. A static-batch model gets its last batch filled up
+    with repeated images (:meth:`ImageSet.padded_batches`): repeats leave the maxima unchanged and are cut from
+    the samples, so every image counts once.
     """
     from onnx import TensorProto, helper, numpy_helper, shape_inference
 
@@ -214,17 +219,18 @@ def calibrate(source_model, tensors: list[str], images: ImageSet, inputs: ModelI
     names = [o for outs in fetch.values() for o in outs if o is not None]
     collectors = {name: RangeCollector() for name in tensors}
     used = 0
-    batches = images.batches(images.calibration, inputs.size, inputs.format, inputs.batch)
-    for batch in progress(batches, len(images.calibration) // inputs.batch, "calibrating"):
+    batches = images.padded_batches(images.calibration, inputs.size, inputs.format, inputs.batch)
+    for batch, real in progress(batches, -(-len(images.calibration) // inputs.batch), "calibrating"):
         values = dict(zip(names, session.run(names, {inputs.name: batch})))
         for name, (top, bottom, sample) in fetch.items():
             peak = max(float(values[top]), -float(values[bottom]))
-            collectors[name].update(values[sample] if sample else np.zeros(0, np.float32), peak=peak)
+            collectors[name].update(_real_images(values[sample], real, inputs.batch) if sample
+                                    else np.zeros(0, np.float32), peak=peak)
         for name in set(tensors) & graph_inputs:
-            collectors[name].update(batch)
-        used += batch.shape[0]
+            collectors[name].update(batch[:real])
+        used += real
     if used == 0:
-        raise EffedgeError(f"none of the {len(images.calibration)} calibration files could be read "
+        raise EffedgeError(f"none of the {len(images.calibration)} calibration files in {images.root} could be read "
                            f"(e.g. {images.skipped[0][0]}: {images.skipped[0][1]}); pass --calib with real images")
     return {name: float(c.threshold(method, percentile)) for name, c in collectors.items()}, used
 
@@ -244,26 +250,34 @@ def _read_calibration_cache(path: Path, tensors: list[str], log) -> Optional[dic
         return None
 
 
+def _real_images(values: np.ndarray, real: int, batch: int) -> np.ndarray:
+    """``values`` without the repeated images that fill up a last batch (tensors are batch-major)."""
+    return values[:real] if real < batch and values.ndim and values.shape[0] == batch else values
+
+
 # --- fidelity --------------------------------------------------------------------------------------------
 
-def _reference_outputs(source: Path, images: ImageSet, inputs: ModelInput) -> list[tuple[np.ndarray, dict]]:
+def _reference_outputs(source: Path, images: ImageSet, inputs: ModelInput) -> list[tuple[np.ndarray, int, dict]]:
+    """(batch, real images in it, fp32 outputs of the real images) for the held-out images."""
     session = _session(source)
     names = [o.name for o in session.get_outputs()]
-    return [(batch, dict(zip(names, session.run(names, {inputs.name: batch}))))
-            for batch in images.batches(images.holdout, inputs.size, inputs.format, inputs.batch)]
+    return [(batch, real, {name: _real_images(value, real, inputs.batch)
+                           for name, value in zip(names, session.run(names, {inputs.name: batch}))})
+            for batch, real in images.padded_batches(images.holdout, inputs.size, inputs.format, inputs.batch)]
 
 
-def measure_fidelity(model, references: list[tuple[np.ndarray, dict]], inputs: ModelInput,
+def measure_fidelity(model, references: list[tuple[np.ndarray, int, dict]], inputs: ModelInput,
                      score_threshold: float) -> dict:
     from effedge.fidelity import FidelityMeter
 
     session = _session(model)
     names = [o.name for o in session.get_outputs()]
     meter = FidelityMeter(score_threshold=score_threshold)
-    for batch, reference in references:
-        meter.update(reference, dict(zip(names, session.run(names, {inputs.name: batch}))))
+    for batch, real, reference in references:
+        outputs = session.run(names, {inputs.name: batch})
+        meter.update(reference, {name: _real_images(value, real, inputs.batch) for name, value in zip(names, outputs)})
     report = meter.report()
-    report["images"] = sum(batch.shape[0] for batch, _ in references)
+    report["images"] = sum(real for _, real, _ in references)
     return report
 
 
@@ -328,6 +342,8 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
     out = Path(out_dir) if out_dir else source.parent
     images = ImageSet.from_folder(options.calib_dir or DEFAULT_CALIB_DIR, count=options.calib_images,
                                   holdout=options.holdout)
+    if options.precision != "fp16":
+        images.require_readable()  # before the reference pass and the Q/DQ placement
     model_hash = sha256_file(source)
     seconds: dict[str, float] = {}
     report: dict = {"precision": options.precision, "source": source.name, "options": _jsonable(asdict(options))}

@@ -1,4 +1,5 @@
 """Calibration image source: formats, broken files, huge files, bad folders."""
+import re
 import subprocess
 import sys
 
@@ -122,3 +123,32 @@ def test_shipped_calibration_images_are_usable():
     images = ImageSet.from_folder(DEFAULT_CALIB_DIR)
     batches = list(images.batches(images.calibration + images.holdout, (128, 128), "uint8"))
     assert len(batches) == 8 and not images.skipped and batches[0].dtype == np.uint8
+
+
+def test_a_static_batch_larger_than_the_folder_is_filled_by_repeating_its_images(tmp_path):
+    """The shipped calib/ has 7 calibration images: a batch-8 model still gets them all, once each as real."""
+    images = ImageSet.from_folder(DEFAULT_CALIB_DIR)
+    assert len(images.calibration) == 7 and len(images.holdout) == 1
+    (batch, real), = images.padded_batches(images.calibration, (64, 64), "float", 8)
+    assert batch.shape == (8, 3, 64, 64) and real == 7
+    singles = np.concatenate(list(images.batches(images.calibration, (64, 64), "float")))
+    assert np.array_equal(batch[:7], singles) and np.array_equal(batch[7], singles[0])  # padding repeats
+    (held, held_real), = images.padded_batches(images.holdout, (64, 64), "float", 8)
+    assert held.shape[0] == 8 and held_real == 1
+
+
+def test_batches_of_a_larger_model_batch_keep_the_last_partial_one(tmp_path):
+    images = ImageSet.from_folder(_folder(tmp_path, 5), holdout=0)
+    padded = list(images.padded_batches(images.calibration, (32, 32), "uint8", 2))
+    assert [(b.shape[0], real) for b, real in padded] == [(2, 2), (2, 2), (2, 1)]
+    assert [b.shape[0] for b in images.batches(images.calibration, (32, 32), "uint8", 2)] == [2, 2, 1]
+
+
+def test_a_folder_of_junk_files_is_refused_from_the_headers(tmp_path):
+    for i in range(3):
+        (tmp_path / f"{i}.jpg").write_bytes(b"this is not a JPEG")
+    images = ImageSet.from_folder(tmp_path, holdout=0)
+    with pytest.raises(EffedgeError, match=re.escape(f"none of the 3 calibration files in {tmp_path} is an image")):
+        images.require_readable()
+    Image.fromarray(photo()).save(tmp_path / "3.jpg")  # one real photo is enough to go on
+    ImageSet.from_folder(tmp_path, holdout=0).require_readable()

@@ -145,7 +145,10 @@ def test_mixed_keeps_sensitive_blocks_until_the_target(workspace):
     assert len(mixed["sensitivity"]) >= 10 and all("gain_db" in s for s in mixed["sensitivity"])
     assert set(mixed["kept_fp16"]) == {s["group"] for s in mixed["sensitivity"] if s.get("kept_fp16")}
     assert mixed["qdq"]["convolutions_int8"] < 214
-    assert {g for g, _ in mixed["qdq"]["not_quantized_groups"]} == set(mixed["kept_fp16"])
+    # the convolutions left unquantized are those of the kept blocks (a block may have none, e.g. "other")
+    int8_graph = onnx.load(str(workspace[0] / "build" / "model.int8.onnx")).graph
+    conv_groups = {qdq.layer_group(n.name) for n in int8_graph.node if n.op_type == "Conv"}
+    assert {g for g, _ in mixed["qdq"]["not_quantized_groups"]} == set(mixed["kept_fp16"]) & conv_groups
     mixed_worst = min(mixed["fidelity"]["outputs"][k]["sqnr_db"] for k in ("class_logits", "box_regression"))
     assert mixed_worst > worst
 
@@ -154,8 +157,10 @@ def test_failed_calibration_leaves_no_cache_entry_or_artefact(tmp_path, monkeypa
     monkeypatch.setenv("EFFEDGE_CACHE_DIR", str(tmp_path / "cache"))
     broken = tmp_path / "broken"
     broken.mkdir()
-    for i in range(5):
-        (broken / f"{i}.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    for i in range(5):  # JPEG headers pass the up-front check, the image data is cut off
+        Image.fromarray(photo(seed=i)).save(broken / f"{i}.jpg")
+        data = (broken / f"{i}.jpg").read_bytes()
+        (broken / f"{i}.jpg").write_bytes(data[: len(data) // 2])
     build = tmp_path / "build"
     build.mkdir()
     source = workspace[0] / "build" / "model.sim.onnx"
@@ -206,3 +211,111 @@ def test_mixed_with_everything_kept_is_fp16(workspace):
     assert mixed["fidelity_target_met"] is False and "short of the 500.0 dB target" in mixed["warnings"][0]
     assert mixed["fidelity"]["outputs"]["box_regression"]["sqnr_db"] == pytest.approx(
         fp16["fidelity"]["outputs"]["box_regression"]["sqnr_db"], abs=3.0)
+
+
+def tiny_model(batch: int, size: int = 32, seed: int = 0) -> onnx.ModelProto:
+    """Two convolutions with a static batch: enough graph for calibration, placement and fidelity, in seconds."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    weights = [numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+               for name, shape in (("w1", (8, 3, 3, 3)), ("w2", (8, 8, 3, 3)))]
+    nodes = [helper.make_node("Conv", ["images", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["pool"], name="pool"),
+             helper.make_node("Flatten", ["pool"], ["features"], name="flatten")]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [batch, 8])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("method", ["max", "percentile", "entropy"])
+def test_static_batch_calibration_counts_every_image_once(tmp_path, method):
+    """5 images through a batch-4 model (one full batch, one filled up with repeats) give exactly the ranges
+    of a batch-1 model: the last image is used, and its repeats are not counted."""
+    from effedge.calib import ImageSet
+    from effedge.precision import calibrate
+
+    for i in range(5):
+        Image.fromarray(photo((48, 40), seed=i) // (1 if i < 4 else 3)).save(tmp_path / f"{i}.png")  # 4 darker
+    tensors = ["images", "r1"]
+    ranges = {}
+    for batch in (1, 4):
+        model = tiny_model(batch)
+        images = ImageSet.from_folder(tmp_path, holdout=0)
+        ranges[batch], used = calibrate(model, tensors, images, model_input(model), method=method,
+                                        percentile=99.0, progress=lambda items, total, text: items)
+        assert used == 5
+    assert ranges[4] == ranges[1]
+
+
+@pytest.mark.parametrize("precision", ["int8", "mixed"])
+def test_batch_8_with_the_shipped_images(tmp_path, monkeypatch, precision):
+    """calib/ has 8 photos, one held out: a batch-8 model calibrates on 7 and measures fidelity on 1."""
+    monkeypatch.setenv("EFFEDGE_CACHE_DIR", str(tmp_path / "cache"))
+    onnx.save(tiny_model(8), str(tmp_path / "model.sim.onnx"))
+    report = convert(tmp_path / "model.sim.onnx", options=PrecisionOptions(precision=precision))
+    assert report["calibration"]["images"] == 7 and report["fidelity"]["images"] == 1
+    assert report["fidelity"]["outputs"]["features"]["sqnr_db"] > 20
+    outputs = _run(tmp_path / f"model.{precision}.onnx", np.zeros((8, 3, 32, 32), np.float32))
+    assert outputs["features"].shape == (8, 8)
+
+
+def junk_folder(path):
+    path.mkdir()
+    for i in range(4):
+        (path / f"{i}.jpg").write_text("not a photo")
+    return path
+
+
+def test_convert_refuses_junk_images_before_any_inference(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFEDGE_CACHE_DIR", str(tmp_path / "cache"))
+    onnx.save(tiny_model(1), str(tmp_path / "model.sim.onnx"))
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("inference or placement started on a folder without images")
+
+    monkeypatch.setattr("effedge.precision._session", must_not_run)
+    monkeypatch.setattr("effedge.precision._modelopt", must_not_run)
+    with pytest.raises(EffedgeError, match="is an image"):
+        convert(tmp_path / "model.sim.onnx", options=PrecisionOptions(precision="int8",
+                                                                      calib_dir=junk_folder(tmp_path / "junk")))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"calib_dir": "JUNK"}, "calibration files in .*junk is an image"),
+    ({"calib_dir": "MISSING"}, "does not exist"),
+    ({"calib_method": "minmax"}, "unknown --calib-method 'minmax'"),
+    ({"calib_images": 0}, "--calib-images 0"),
+    ({"fidelity_target": float("nan"), "precision": "mixed"}, "--fidelity-target nan"),
+    ({"calib_dir": "MISSING", "precision": "fp16"}, "does not exist"),
+])
+def test_compile_checks_precision_inputs_before_exporting(tmp_path, monkeypatch, change, message):
+    from effedge.pipeline import CompileConfig, compile_model
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("exported before checking the precision inputs")
+
+    monkeypatch.setattr("effedge.export.export", must_not_run)
+    folders = {"JUNK": str(junk_folder(tmp_path / "junk")), "MISSING": str(tmp_path / "missing")}
+    change = {k: folders.get(v, v) if isinstance(v, str) else v for k, v in change.items()}
+    config = CompileConfig(**{"variant": "d0", "precision": "int8", "image_size": 128, "backend": "onnxruntime",
+                              **change})
+    with pytest.raises(EffedgeError, match=message):
+        compile_model(config, tmp_path / "build")
+    assert not (tmp_path / "build").exists()
+
+
+def test_compile_cli_junk_folder_is_one_line(tmp_path):
+    result = effedge_cli("compile", "--variant", "d0", "--precision", "int8", "--backend", "onnxruntime",
+                         "--calib", str(junk_folder(tmp_path / "junk")), "--out", str(tmp_path / "build"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: none of the 3 calibration files in ")  # 1 held out
+    assert f"{tmp_path / 'junk'} is an image" in lines[0] and "pass --calib with a folder of photos" in lines[0]
+    assert not (tmp_path / "build").exists()
