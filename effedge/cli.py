@@ -522,7 +522,8 @@ def bench_command(target, backend, variants, precisions, batches, nms, baselines
     for result in results:
         for note in result["warnings"]:
             click.echo(f"warning ({result['label']}): {note}", err=True)
-        click.echo(f"{result['label']} first run (not in the statistics): {first_run_text(result['first_run'])}")
+        if not markdown:  # the Markdown output stays a table
+            click.echo(f"{result['label']} first run (not in the statistics): {first_run_text(result['first_run'])}")
         if "stages_ms" in result:
             click.echo(f"{result['label']} stages (median ms): " + ", ".join(
                 f"{k} {v['median']:.2f}" for k, v in result["stages_ms"].items()))

@@ -110,6 +110,17 @@ def test_the_rtx_fake_is_removed_after_the_fixture():
     assert not isinstance(sys.modules.get("tensorrt_rtx"), FakeTensorRT)
 
 
+def test_without_tensorrt_rtx_the_fixture_skips_saying_why(pytestconfig, monkeypatch):
+    from trt_surface import TENSORRT_RTX, Flavour, NotInstalled, installed_surface
+
+    with pytest.raises(NotInstalled, match="no_such_bindings is missing"):
+        installed_surface(Flavour("no_such_bindings", TENSORRT_RTX.extension, TENSORRT_RTX.module))
+    plugin = pytestconfig.pluginmanager.get_plugin("trt_fixtures")
+    monkeypatch.setattr(plugin, "_rtx_surface", [NotInstalled("tensorrt_rtx is not installed")])
+    with pytest.raises(pytest.skip.Exception, match=r"^tensorrt_rtx is not installed \(pip install 'effedge\[rtx\]'"):
+        plugin.load_rtx_surface()
+
+
 # --- the runner -------------------------------------------------------------------------------------------------
 
 
