@@ -12,8 +12,11 @@ from typing import Callable, Optional
 import numpy as np
 
 from effedge import bench
+from effedge.engine.capabilities import PRODUCTS
 from effedge.errors import EffedgeError
 from effedge.manifest import MANIFEST, read_manifest, tool_versions
+
+ENGINE_BACKENDS = tuple(PRODUCTS)  # tensorrt, tensorrt-rtx: the runners of .engine files
 
 
 def resolve_target(target: str | Path) -> tuple[Path, dict]:
@@ -65,27 +68,38 @@ def _host_timed(infer: Callable[[], object]) -> Callable[[], bench.Iteration]:
     return step
 
 
+def auto_backend(path: Path, manifest: dict) -> str:
+    """The backend ``--backend auto`` benches ``path`` on: ONNX Runtime for ONNX files; for engines, the
+    TensorRT flavour that built them (the engine's build.json entry; full TensorRT where there is none)."""
+    from effedge.backends.tensorrt import engine_backend
+
+    return "onnxruntime" if path.suffix == ".onnx" else engine_backend(manifest, path)
+
+
 def make_runner(backend: str, path: Path, manifest: dict, settings: bench.BenchSettings):
     if backend == "onnxruntime":
         from effedge.backends.onnxruntime import OnnxRuntimeRunner
         from effedge.precision import ORT_QDQ_FP16_FIX
 
         if path.suffix != ".onnx":
-            raise EffedgeError("the onnxruntime backend runs .onnx files; bench the engine with --backend tensorrt")
+            raise EffedgeError(f"the onnxruntime backend runs .onnx files; bench the engine with --backend "
+                               f"{auto_backend(path, manifest)}")
         return OnnxRuntimeRunner(path, disabled_optimizers=ORT_QDQ_FP16_FIX)
-    if backend == "tensorrt":
-        from effedge.backends.tensorrt import TensorRTRunner
+    if backend in ENGINE_BACKENDS:
+        from effedge.backends.tensorrt import engine_runner
 
         if path.suffix == ".onnx":
-            raise EffedgeError("the tensorrt backend runs engines; build one first (effedge build MODEL.onnx)")
-        return TensorRTRunner(path, manifest=manifest, cuda_graph=settings.cuda_graph)
+            raise EffedgeError(f"the {backend} backend runs engines; build one first (effedge build MODEL.onnx "
+                               f"--backend {backend})")
+        return engine_runner(path, manifest, backend, cuda_graph=settings.cuda_graph)
     raise EffedgeError(f"unknown backend {backend!r}")
 
 
 def _tensorrt_step(runner, feed: dict, settings: bench.BenchSettings,
                    cleanup: contextlib.ExitStack) -> Callable[[], bench.Iteration]:
     """CUDA events around H2D, compute and D2H on the runner's stream; enqueue = host time of the launch.
-    The copies move the bytes of the current shapes only, as in inference."""
+    The copies move the bytes of the current shapes only, as in inference. Any TensorRT flavour's runner
+    (TensorRT, TensorRT-RTX: the same stream, buffers and steps)."""
     from effedge.backends import cuda
 
     events = {}
@@ -188,19 +202,24 @@ def bench_one(path: Path, manifest: dict, backend: str, settings: bench.BenchSet
     else:
         runner = make_runner(backend, path, manifest, settings)
         precision = _precision_of(path, manifest)
+    load_start = time.perf_counter()
     with runner, contextlib.ExitStack() as cleanup:
+        load_seconds = time.perf_counter() - load_start
         if end_to_end:
             if settings.batch != 1:
                 raise EffedgeError("end-to-end mode decodes one image per inference; use --batch 1")
             step = _end_to_end_step(runner, manifest, end_to_end, score_threshold)
         else:
             feed = _random_feed(runner, settings.batch)
-            if backend == "tensorrt":
+            if backend in ENGINE_BACKENDS:
                 step = _tensorrt_step(runner, feed, settings, cleanup)
             elif backend == "torch" and runner.device == "cuda":
                 step = _torch_cuda_step(runner, feed)
             else:
                 step = _host_timed(lambda: runner.infer(feed))
+        # The first inference after loading pays for lazy initialisation (TensorRT's first enqueue, a CUDA graph
+        # capture, ONNX Runtime's first run): reported as first_run, kept out of warm-up and statistics alike.
+        first = step()
         sampler = bench.TegrastatsSampler() if settings.energy and bench.TegrastatsSampler.available() else None
         if sampler:
             sampler.__enter__()
@@ -216,9 +235,10 @@ def bench_one(path: Path, manifest: dict, backend: str, settings: bench.BenchSet
         "variant": manifest.get("variant"), "phi": manifest.get("phi"), "resolution": manifest.get("resolution"),
         "mode": "end-to-end" if end_to_end else "inference",
         **summary,
-        "warnings": bench.warnings_for(summary),
+        "first_run": {"load_seconds": load_seconds, **runner.startup, "first_iteration_ms": first.latency},
+        "warnings": bench.warnings_for(summary) + runner.notes,
         "settings": {**bench.settings_dict(settings), "timing": (
-            "CUDA events (compute, H2D, D2H) + host clock" if backend == "tensorrt" or (
+            "CUDA events (compute, H2D, D2H) + host clock" if backend in ENGINE_BACKENDS or (
                 backend == "torch" and precision == "fp16") else "host clock (time.perf_counter)")},
         "versions": tool_versions(), "machine": {**bench.machine(), **bench.jetson_state()},
     }
@@ -226,6 +246,15 @@ def bench_one(path: Path, manifest: dict, backend: str, settings: bench.BenchSet
         energy = bench.energy_mj(sampler.samples, measured.start, measured.end)
         result["energy_mj_per_inference"] = energy / len(measured.records) if energy is not None else None
     return result
+
+
+def first_run_text(first_run: dict) -> str:
+    """``load 1.20 s (execution context and JIT 0.95 s, runtime cache none), first inference 14.2 ms``."""
+    text = f"load {first_run['load_seconds']:.2f} s"
+    if "runtime_cache" in first_run:  # TensorRT-RTX: the kernels are compiled when the context is created
+        text += (f" (execution context and JIT {first_run['context_seconds']:.2f} s, runtime cache "
+                 f"{first_run['runtime_cache']})")
+    return text + f", first inference {first_run['first_iteration_ms']:.1f} ms"
 
 
 def add_ratios(results: list[dict], reference_label: str) -> None:

@@ -440,8 +440,9 @@ def _split(value: str | None, cast=str) -> list:
 
 @cli.command("bench")
 @click.argument("target", required=False)
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt", "torch"]), default="auto",
-              show_default=True, help="auto: from the target (engine -> tensorrt, ONNX -> onnxruntime).")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt", "tensorrt-rtx", "torch"]),
+              default="auto", show_default=True, help="auto: from the target (ONNX -> onnxruntime; engine -> "
+              "tensorrt or tensorrt-rtx, whichever built it according to its build.json).")
 @click.option("--variants", help="Matrix: comma-separated variants (compiled through the cache), e.g. d0,d1.")
 @click.option("--precisions", default="fp32", show_default=True, help="Matrix: fp32,fp16,int8,mixed.")
 @click.option("--batch", "batches", default="1", show_default=True, help="Batch size(s), comma-separated.")
@@ -478,7 +479,7 @@ def bench_command(target, backend, variants, precisions, batches, nms, baselines
 
     from effedge import bench
     from effedge.bench_report import plot, rows, to_csv, to_markdown
-    from effedge.bench_targets import add_ratios, bench_matrix, bench_one, resolve_target
+    from effedge.bench_targets import add_ratios, auto_backend, bench_matrix, bench_one, first_run_text, resolve_target
     from effedge.calib import find_images
 
     batch_list = _split(batches, int)
@@ -493,7 +494,7 @@ def bench_command(target, backend, variants, precisions, batches, nms, baselines
                                progress=_rich_progress)
     elif target:
         path, manifest = resolve_target(target)
-        chosen = backend if backend != "auto" else ("onnxruntime" if path.suffix == ".onnx" else "tensorrt")
+        chosen = backend if backend != "auto" else auto_backend(path, manifest)
         results = []
         for batch in batch_list:
             run = dataclasses.replace(settings, batch=batch)
@@ -528,6 +529,8 @@ def bench_command(target, backend, variants, precisions, batches, nms, baselines
     for result in results:
         for note in result["warnings"]:
             click.echo(f"warning ({result['label']}): {note}", err=True)
+        if not markdown:  # the Markdown output stays a table
+            click.echo(f"{result['label']} first run (not in the statistics): {first_run_text(result['first_run'])}")
         if "stages_ms" in result:
             click.echo(f"{result['label']} stages (median ms): " + ", ".join(
                 f"{k} {v['median']:.2f}" for k, v in result["stages_ms"].items()))

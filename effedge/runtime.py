@@ -1,9 +1,10 @@
 """``Detector``: images in, boxes in original-image coordinates out, for an engine or an ONNX file.
 
 Preprocessing is the compiled model's own (letterbox to its input, normalization as compiled: see
-build.json), the backend follows the file (``.engine`` -> TensorRT, ``.onnx`` -> ONNX Runtime), and the
-graph's outputs decide the postprocessing: decoded boxes + scores get per-class NMS in NumPy; an
-EfficientNMS or ONNX NonMaxSuppression tail is read as is. Importing this module needs only NumPy.
+build.json), the backend follows the file (``.engine`` -> TensorRT, or TensorRT-RTX where the engine's
+build.json entry says so; ``.onnx`` -> ONNX Runtime), and the graph's outputs decide the postprocessing:
+decoded boxes + scores get per-class NMS in NumPy; an EfficientNMS or ONNX NonMaxSuppression tail is read as
+is. Importing this module needs only NumPy.
 """
 from __future__ import annotations
 
@@ -68,9 +69,9 @@ class Detector:
 
     def _make_runner(self):
         if self.path.suffix in (".engine", ".plan"):
-            from effedge.backends.tensorrt import TensorRTRunner
+            from effedge.backends.tensorrt import engine_runner
 
-            return TensorRTRunner(self.path, manifest=self.manifest)
+            return engine_runner(self.path, self.manifest)
         if self.path.suffix == ".onnx":
             from effedge.backends.onnxruntime import OnnxRuntimeRunner
             from effedge.precision import ORT_QDQ_FP16_FIX

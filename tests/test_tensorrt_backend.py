@@ -189,10 +189,11 @@ def test_runner_checks_the_manifest_before_deserializing(trt_fake, tmp_path, mon
     engine.write_bytes(b"plan")
     other = "8.6.1" if major(trt_fake) != 8 else "10.3.0"
     with pytest.raises(EffedgeError, match=f"built with TensorRT {other}, this machine has {trt_fake.__version__}"):
-        TensorRTRunner(engine, manifest={"engine": {"tensorrt": other}}).__enter__()
-    with pytest.raises(EffedgeError, match="compute capability 7.2, this GPU is 8.7"):
-        TensorRTRunner(engine, manifest={"engine": {"tensorrt": trt_fake.__version__,
-                                                    "compute_capability": "7.2"}}).__enter__()
+        TensorRTRunner(engine, manifest={"engines": {"model.engine": {"backend": "tensorrt", "version": other}}}
+                       ).__enter__()
+    with pytest.raises(EffedgeError, match=r"compute capability 7.2, this GPU \(Orin\) is 8.7"):
+        TensorRTRunner(engine, manifest={"engines": {"model.engine": {
+            "backend": "tensorrt", "version": trt_fake.__version__, "compute_capability": "7.2"}}}).__enter__()
     assert not trt_fake.calls_to("Runtime.deserialize_cuda_engine")
 
 

@@ -166,7 +166,8 @@ class _CopyEngineRunner(TensorRTRunner):
 
     def _import_module(self):
         return types.SimpleNamespace(
-            __version__="10.3.0", Logger=_Logger, TensorIOMode=types.SimpleNamespace(INPUT="INPUT"),
+            __name__="tensorrt", __version__="10.3.0", Logger=_Logger, init_libnvinfer_plugins=lambda logger, ns: True,
+            TensorIOMode=types.SimpleNamespace(INPUT="INPUT"),
             Runtime=lambda logger: types.SimpleNamespace(deserialize_cuda_engine=lambda data: _Engine(self)))
 
 

@@ -1,6 +1,8 @@
-"""A checked fake ``tensorrt`` module built from a real API surface (:func:`trt_surface.surface`).
+"""A checked fake ``tensorrt`` (or ``tensorrt_rtx``) module built from a real API surface
+(:func:`trt_surface.surface`, :func:`trt_surface.installed_surface`).
 
-``FakeTensorRT(surface)`` behaves like ``import tensorrt`` of that version, except that nothing runs:
+``FakeTensorRT(surface)`` behaves like ``import tensorrt`` of that version (``import tensorrt_rtx`` for a
+TensorRT-RTX surface: the fake takes the surface's module name), except that nothing runs:
 
 * module attributes, class attributes and enum members exist exactly when they exist in the real module;
   anything else raises ``AttributeError("tensorrt 11.4.0.106 has no attribute 'BuilderFlag.INT8'")``;
@@ -72,7 +74,7 @@ def _is_dunder(name: str) -> bool:
 def _describe(value: Any) -> str:
     kind = type(value)
     key = getattr(kind, "_fake_key", None)
-    return f"{value!r} (tensorrt.{key})" if key else f"{value!r} ({kind.__name__})"
+    return f"{value!r} ({kind._fake_trt.__name__}.{key})" if key else f"{value!r} ({kind.__name__})"
 
 
 class Call(tuple):
@@ -110,7 +112,7 @@ class _FakeMeta(type):
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         obj = super().__call__(*args, **kwargs)
         if not obj._fake_state.initialized:  # pybind11's check and message (naming the bound base class)
-            raise TypeError(f"tensorrt.{cls._fake_trt._keys(cls)[0]}.__init__() must be called when "
+            raise TypeError(f"{cls._fake_trt.__name__}.{cls._fake_trt._keys(cls)[0]}.__init__() must be called when "
                             "overriding __init__")
         return obj
 
@@ -145,7 +147,8 @@ class _FakeObject:
     __hash__ = object.__hash__
 
     def __repr__(self) -> str:
-        return f"<fake tensorrt {type(self)._fake_trt.trt_version} {type(self).__qualname__} at {id(self):#x}>"
+        trt = type(self)._fake_trt
+        return f"<fake {trt.__name__} {trt.trt_version} {type(self).__qualname__} at {id(self):#x}>"
 
 
 def _user_defined(obj: Any, name: str) -> bool:
@@ -166,8 +169,8 @@ class _FakeEnumMeta(type):
         for member in cls.__members__.values():
             if member.value == value:
                 return member
-        raise ValueError(f"tensorrt {cls._fake_trt.trt_version}: {cls.__qualname__} has no member with value "
-                         f"{value!r}")
+        raise ValueError(f"{cls._fake_trt.__name__} {cls._fake_trt.trt_version}: {cls.__qualname__} has no member "
+                         f"with value {value!r}")
 
 
 class _FakeEnumMember:
@@ -201,7 +204,7 @@ class _FakeEnumMember:
         return f"{type(self).__name__}.{self.name}"
 
     def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"tensorrt enum members are immutable ({self!r}.{name})")
+        raise AttributeError(f"{type(self)._fake_trt.__name__} enum members are immutable ({self!r}.{name})")
 
     def __getattr__(self, name: str) -> Any:  # other members of the enum class (DataType.itemsize)
         if name.startswith("_"):
@@ -222,13 +225,13 @@ class _Callable:
         owner = self._owner
         if self._needs_self is not None:  # Cls.method(obj, ...)
             if not args or not isinstance(args[0], self._needs_self):
-                raise TypeError(f"tensorrt {self._trt.trt_version}: {self._qualname}() needs a "
+                raise TypeError(f"{self._trt.__name__} {self._trt.trt_version}: {self._qualname}() needs a "
                                 f"{self._needs_self.__qualname__} instance as first argument")
             owner, args = args[0], args[1:]
         return self._trt._call(owner, self._qualname, self._member, args, kwargs)
 
     def __repr__(self) -> str:
-        return f"<fake tensorrt {self._trt.trt_version} {self._qualname}>"
+        return f"<fake {self._trt.__name__} {self._trt.trt_version} {self._qualname}>"
 
 
 class _PropertyRef:
@@ -256,9 +259,9 @@ class FakeTensorRT(types.ModuleType):
     """
 
     def __init__(self, surface: dict) -> None:
-        super().__init__("tensorrt")
+        super().__init__(surface["module_name"])  # tensorrt, or tensorrt_rtx
         self.__version__ = surface["version"]
-        self.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
+        self.__spec__ = importlib.machinery.ModuleSpec(self.__name__, None)
         self.trt_version: str = surface["version"]
         self.surface = surface
         self.calls: list[Call] = []
@@ -271,7 +274,7 @@ class FakeTensorRT(types.ModuleType):
         module = surface["module"]
         clashes = set(_API) & (set(module["classes"]) | set(module["functions"]) | set(module["constants"]))
         if clashes:
-            raise RuntimeError(f"tensorrt {self.trt_version} defines {sorted(clashes)}, used by FakeTensorRT")
+            raise RuntimeError(f"{self.__name__} {self.trt_version} defines {sorted(clashes)}, used by FakeTensorRT")
         for key in surface["classes"]:
             self._fake_class(key)
         for name, key in module["classes"].items():
@@ -283,8 +286,8 @@ class FakeTensorRT(types.ModuleType):
 
     def __getattr__(self, name: str) -> Any:  # module attributes the real module lacks
         if _is_dunder(name):
-            raise AttributeError(f"module 'tensorrt' has no attribute '{name}'")
-        raise AttributeError(f"tensorrt {self.trt_version} has no attribute '{name}'")
+            raise AttributeError(f"module '{self.__name__}' has no attribute '{name}'")
+        raise AttributeError(f"{self.__name__} {self.trt_version} has no attribute '{name}'")
 
     # ------------------------------------------------------------------ test-side API
 
@@ -300,7 +303,7 @@ class FakeTensorRT(types.ModuleType):
     def set_attr(self, target: str, value: Any, *, instance: Any = None) -> None:
         key, name, member = self._resolve_target(target, instance)
         if member["kind"] not in ("property", "static_property"):
-            raise ValueError(f"tensorrt {self.trt_version}: {target} is a {member['kind']}, not a property; "
+            raise ValueError(f"{self.__name__} {self.trt_version}: {target} is a {member['kind']}, not a property; "
                              "use set_return/set_handler for methods")
         value = self._coerce(value, member.get("type"), target)
         if instance is None:
@@ -326,7 +329,7 @@ class FakeTensorRT(types.ModuleType):
             return self._fake_classes[key]
         spec = self.surface["classes"][key]
         short = key.rsplit(".", 1)[-1]
-        namespace = {"_fake_trt": self, "_fake_key": key, "_fake_generated": True, "__module__": "tensorrt",
+        namespace = {"_fake_trt": self, "_fake_key": key, "_fake_generated": True, "__module__": self.__name__,
                      "__qualname__": key}
         if spec["kind"] == "enum":
             cls = _FakeEnumMeta(short, (_FakeEnumMember,), {**namespace, "__slots__": ()})
@@ -353,7 +356,7 @@ class FakeTensorRT(types.ModuleType):
         def __init__(obj: Any, *args: Any, **kwargs: Any) -> None:
             member = self._member(key, "__init__")
             if member is None:
-                raise TypeError(f"tensorrt {self.trt_version}: {key}: No constructor defined! (instances come "
+                raise TypeError(f"{self.__name__} {self.trt_version}: {key}: No constructor defined! (instances come "
                                 "from TensorRT calls; use trt_fake.make() in tests)")
             overload, bound = self._bind(f"{key}.__init__", member["overloads"], args, kwargs)
             self.calls.append(Call(f"{key}.__init__", args, kwargs, obj))
@@ -377,7 +380,7 @@ class FakeTensorRT(types.ModuleType):
 
     def _class_by_name(self, name: str) -> type:
         if name not in self._fake_classes:
-            raise AttributeError(f"tensorrt {self.trt_version} has no attribute '{name}'")
+            raise AttributeError(f"{self.__name__} {self.trt_version} has no attribute '{name}'")
         return self._fake_classes[name]
 
     def _member(self, key: str, name: str) -> Optional[dict]:
@@ -402,7 +405,7 @@ class FakeTensorRT(types.ModuleType):
         return [k.__dict__["_fake_key"] for k in cls.__mro__ if "_fake_generated" in k.__dict__]
 
     def _missing(self, key: str, name: str) -> AttributeError:
-        return AttributeError(f"tensorrt {self.trt_version} has no attribute '{key}.{name}'")
+        return AttributeError(f"{self.__name__} {self.trt_version} has no attribute '{key}.{name}'")
 
     def _class_attribute(self, cls: type, name: str) -> Any:
         key = self._keys(cls)[0]
@@ -434,7 +437,7 @@ class FakeTensorRT(types.ModuleType):
             return _Callable(self, f"{key}.{name}", member, owner=obj if kind == "method" else None)
         if kind == "property":
             if not member["getter"]:
-                raise AttributeError(f"tensorrt {self.trt_version}: property '{key}.{name}' is write-only")
+                raise AttributeError(f"{self.__name__} {self.trt_version}: property '{key}.{name}' is write-only")
             return self._property_value(obj, type(obj), name)
         return self._class_attribute(type(obj), name)
 
@@ -468,13 +471,13 @@ class FakeTensorRT(types.ModuleType):
                 return
             if member is None:
                 raise self._missing(key, name)
-            raise AttributeError(f"tensorrt {self.trt_version}: '{key}.{name}' is a {member['kind']}, not a "
+            raise AttributeError(f"{self.__name__} {self.trt_version}: '{key}.{name}' is a {member['kind']}, not a "
                                  "settable property")
         if not member["setter"]:
-            raise AttributeError(f"tensorrt {self.trt_version}: property '{key}.{name}' is read-only")
+            raise AttributeError(f"{self.__name__} {self.trt_version}: property '{key}.{name}' is read-only")
         reason = self._check(value, member["set_type"])
         if reason:
-            raise TypeError(f"tensorrt {self.trt_version}: {key}.{name} = {_describe(value)}: {reason}")
+            raise TypeError(f"{self.__name__} {self.trt_version}: {key}.{name} = {_describe(value)}: {reason}")
         self.calls.append(Call(f"{key}.{name}=", (value,), {}, obj))
         obj._fake_state.values[name] = self._coerce(value, member["set_type"], f"{key}.{name}")
 
@@ -489,7 +492,7 @@ class FakeTensorRT(types.ModuleType):
             shapes = [len(o["params"]) for o in member["overloads"]]
             if not any(_accepts(signature, count) for count in shapes):
                 texts = "; ".join(o["text"] for o in member["overloads"])
-                raise TypeError(f"{cls.__qualname__}.{name}{signature} overrides tensorrt {self.trt_version} "
+                raise TypeError(f"{cls.__qualname__}.{name}{signature} overrides {self.__name__} {self.trt_version} "
                                 f"{key}.{name}, which is called as {texts}")
 
     # ------------------------------------------------------------------ calls
@@ -530,7 +533,7 @@ class FakeTensorRT(types.ModuleType):
                 return overload, bound
             reasons.append(f"  {overload['text']}: {reason}")
         shown = ", ".join([_describe(a) for a in args] + [f"{k}={_describe(v)}" for k, v in kwargs.items()])
-        raise TypeError(f"tensorrt {self.trt_version}: {qualname}() got incompatible arguments ({shown}):\n"
+        raise TypeError(f"{self.__name__} {self.trt_version}: {qualname}() got incompatible arguments ({shown}):\n"
                         + "\n".join(reasons))
 
     def _bind_one(self, overload: dict, args: tuple, kwargs: dict) -> tuple[Optional[dict], str]:
@@ -563,6 +566,12 @@ class FakeTensorRT(types.ModuleType):
 
     # ------------------------------------------------------------------ types
 
+    def _class_key(self, annotation: Optional[str]) -> Optional[str]:
+        """``"Builder"`` for the annotation ``tensorrt.Builder`` (``tensorrt_rtx.Builder`` in a TensorRT-RTX
+        surface); None for annotations that are not one of the module's classes."""
+        prefix = f"{self.__name__}."
+        return annotation[len(prefix):] if annotation and annotation.startswith(prefix) else None
+
     def _check(self, value: Any, annotation: Optional[str]) -> Optional[str]:
         """None if pybind11 would accept ``value`` for ``annotation``, else why not."""
         if annotation is None:
@@ -572,8 +581,8 @@ class FakeTensorRT(types.ModuleType):
     def _check_parsed(self, value: Any, parsed: tuple) -> Optional[str]:
         head, args = parsed
         expected = f"expected {_unparse(parsed)}, got {_describe(value)}"
-        if head.startswith("tensorrt."):
-            cls = self._fake_classes.get(head[len("tensorrt."):])
+        if self._class_key(head) is not None:
+            cls = self._fake_classes.get(self._class_key(head))
             if cls is None or isinstance(value, cls):
                 return None
             if issubclass(cls, _FakeEnumMember):
@@ -631,7 +640,7 @@ class FakeTensorRT(types.ModuleType):
     def _user_implemented(self, annotation: Optional[str]) -> bool:
         """A callback interface users subclass (ILogger, IProfiler, IInt8Calibrator, ...): an I-class with a
         Python constructor."""
-        key = annotation[len("tensorrt."):] if annotation and annotation.startswith("tensorrt.") else ""
+        key = self._class_key(annotation) or ""
         spec = self.surface["classes"].get(key)
         return key.startswith("I") and spec is not None and "__init__" in spec["members"]
 
@@ -644,7 +653,7 @@ class FakeTensorRT(types.ModuleType):
             for overload in member["overloads"] if member else ():
                 params = overload["params"]
                 if len(params) == 1 and params[0]["kind"] != "keyword_only" and params[0]["type"] \
-                        and not params[0]["type"].startswith("tensorrt.") \
+                        and self._class_key(params[0]["type"]) is None \
                         and _parse_type(params[0]["type"])[0] not in _UNCHECKED_CONVERSION:
                     types_.append(params[0]["type"])
             self._fake_conversions[key] = tuple(types_)
@@ -671,7 +680,7 @@ class FakeTensorRT(types.ModuleType):
         if value is None or annotation is None:
             return value
         head, args = _parse_type(annotation)
-        cls = self._fake_classes.get(head[len("tensorrt."):]) if head.startswith("tensorrt.") else None
+        cls = self._fake_classes.get(self._class_key(head)) if self._class_key(head) is not None else None
         if cls is not None and issubclass(cls, bytearray) and not isinstance(value, cls):
             try:
                 return self._instance(cls, content=bytes(memoryview(value)))
@@ -679,7 +688,7 @@ class FakeTensorRT(types.ModuleType):
                 pass
         reason = self._check(value, annotation)
         if reason:
-            raise TypeError(f"tensorrt {self.trt_version}: {what} gives {annotation}: {reason}")
+            raise TypeError(f"{self.__name__} {self.trt_version}: {what} gives {annotation}: {reason}")
         if cls is not None and not isinstance(value, cls) and self._is_sequence_class(cls):
             return self._instance(cls, items=[int(v) for v in value])
         if head in _SEQUENCE and args:
@@ -694,8 +703,8 @@ class FakeTensorRT(types.ModuleType):
 
     def _default_parsed(self, parsed: tuple, for_property: bool) -> Any:
         head, args = parsed
-        if head.startswith("tensorrt."):
-            cls = self._fake_classes.get(head[len("tensorrt."):])
+        if self._class_key(head) is not None:
+            cls = self._fake_classes.get(self._class_key(head))
             if cls is None:
                 return None
             if issubclass(cls, _FakeEnumMember):
@@ -736,7 +745,7 @@ class FakeTensorRT(types.ModuleType):
             return value["literal"]
         if "enum" in value:
             return getattr(self._fake_classes[value["enum"]], value["member"])
-        raise ValueError(f"tensorrt {self.trt_version}: cannot rebuild the constant {value}")
+        raise ValueError(f"{self.__name__} {self.trt_version}: cannot rebuild the constant {value}")
 
     # ------------------------------------------------------------------ overrides
 
@@ -745,13 +754,13 @@ class FakeTensorRT(types.ModuleType):
         if not key:
             function = self.surface["module"]["functions"].get(name)
             if function is None or instance is not None:
-                raise AttributeError(f"tensorrt {self.trt_version} has no function '{name}'")
+                raise AttributeError(f"{self.__name__} {self.trt_version} has no function '{name}'")
             return "", name, {"kind": "function", **function}
         if key not in self._fake_classes:
             hint = f" (did you mean '{key[1:]}'?)" if key.startswith("I") and key[1:] in self._fake_classes else ""
-            raise AttributeError(f"tensorrt {self.trt_version} has no class '{key}'{hint}")
+            raise AttributeError(f"{self.__name__} {self.trt_version} has no class '{key}'{hint}")
         if instance is not None and key not in self._keys(type(instance)):
-            raise TypeError(f"{target}: {instance!r} is not a tensorrt.{key}")
+            raise TypeError(f"{target}: {instance!r} is not a {self.__name__}.{key}")
         member = self._member(key, name)
         if member is None:
             raise self._missing(key, name)
@@ -760,7 +769,7 @@ class FakeTensorRT(types.ModuleType):
     def _set_override(self, target: str, override: tuple, instance: Any) -> None:
         key, name, member = self._resolve_target(target, instance)
         if member["kind"] not in ("method", "staticmethod", "function"):
-            raise ValueError(f"tensorrt {self.trt_version}: {target} is a {member['kind']}; use set_attr")
+            raise ValueError(f"{self.__name__} {self.trt_version}: {target} is a {member['kind']}; use set_attr")
         if override[0] == "value":
             returns = [o["returns"] for o in member["overloads"]]
             override = ("value", self._coerce(override[1], returns[0] if len(set(returns)) == 1 else None, target))

@@ -1,4 +1,5 @@
-"""The real Python API surface of several TensorRT versions, extracted from NVIDIA's binding wheels.
+"""The real Python API surface of several TensorRT versions, extracted from NVIDIA's binding wheels, and of
+the installed TensorRT-RTX.
 
 TensorRT itself needs a GPU and NVIDIA's package index, but PyPI carries the small ``tensorrt*-bindings``
 wheels: the pybind11 module alone, linked against libnvinfer / libnvinfer_plugin / libnvonnxparser
@@ -10,6 +11,9 @@ Builder/Runtime fails (the factory returned nullptr), which is what :mod:`trt_fa
 ``surface(version)`` downloads the wheel, builds the stubs, dumps the module in a subprocess (one TensorRT
 per process: the sonames clash) and caches everything under ``$EFFEDGE_TEST_CACHE`` or
 ``~/.cache/effedge-tests/trt/<version>/``.
+
+TensorRT-RTX ships its libraries on PyPI and imports without a GPU, so ``installed_surface()`` describes the
+installed ``tensorrt_rtx`` as it is (no wheel, no stubs), in a subprocess too, once per test session.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,7 +39,25 @@ WHEELS = {
 }
 # Cached surfaces are reused only if written by this very file: any change to the extractor rebuilds them.
 EXTRACTOR_ID = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-BINDINGS_PACKAGE = "tensorrt_bindings"
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """Where one TensorRT product keeps its bindings, and the module name code imports them by."""
+
+    package: str  # the bindings package (its __init__ re-exports the extension and adds Python helpers)
+    extension: str  # the pybind11 extension module inside it
+    module: str  # the public module (``import tensorrt``); the surface names classes ``<module>.Builder``
+
+    @property
+    def bindings_prefix(self) -> str:
+        return f"{self.package}.{self.extension}."
+
+
+TENSORRT = Flavour(package="tensorrt_bindings", extension="tensorrt", module="tensorrt")
+TENSORRT_RTX = Flavour(package="tensorrt_rtx_bindings", extension="tensorrt_rtx", module="tensorrt_rtx")
+FLAVOURS = {flavour.module: flavour for flavour in (TENSORRT, TENSORRT_RTX)}
+BINDINGS_PACKAGE = TENSORRT.package
 
 # The C symbols tensorrt.so references (checked with `nm -D --undefined-only` on all four wheels; 8.6 has no
 # createNvOnnxParserRefitter_INTERNAL but an extra symbol is harmless). Factories return nullptr, which the
@@ -95,6 +118,10 @@ class WheelsUnavailable(RuntimeError):
     """The binding wheel could not be downloaded (no network / index unreachable): tests skip on this."""
 
 
+class NotInstalled(RuntimeError):
+    """The product described from its installation is not installed here: tests skip on this."""
+
+
 def cache_root() -> Path:
     env = os.environ.get("EFFEDGE_TEST_CACHE")
     return (Path(env) if env else Path.home() / ".cache" / "effedge-tests") / "trt"
@@ -117,7 +144,8 @@ def surface(version: str) -> dict:
         out = Path(tmp) / "surface.json"
         env = dict(os.environ, LD_BIND_NOW="1")  # a symbol missing from the stubs fails the import, not later
         # -I -S: no user/site packages, so a real tensorrt_libs wheel cannot be picked up instead of the stubs.
-        proc = subprocess.run([sys.executable, "-I", "-S", __file__, str(site), str(out), *map(str, stubs)],
+        proc = subprocess.run([sys.executable, "-I", "-S", __file__, TENSORRT.module, str(site), str(out),
+                               *map(str, stubs)],
                               capture_output=True, text=True, env=env, timeout=300)
         if proc.returncode != 0:
             raise RuntimeError(f"extracting the TensorRT {version} surface failed (exit {proc.returncode}):\n"
@@ -127,6 +155,23 @@ def surface(version: str) -> dict:
             raise RuntimeError(f"the {WHEELS[version]}=={version} wheel reports __version__ {data['version']}")
         os.replace(out, path)
     return data
+
+
+def installed_surface(flavour: Flavour = TENSORRT_RTX) -> dict:
+    """The API surface of the installed ``flavour.module`` (not cached on disk: a reinstall must show)."""
+    import importlib.util
+
+    if importlib.util.find_spec(flavour.package) is None:
+        raise NotInstalled(f"{flavour.module} is not installed (its bindings package {flavour.package} is missing)")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "surface.json"
+        # -I: the virtual environment's packages, not the user's site or PYTHONPATH.
+        proc = subprocess.run([sys.executable, "-I", __file__, flavour.module, "-", str(out)], capture_output=True,
+                              text=True, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"describing the installed {flavour.module} failed (exit {proc.returncode}):\n"
+                               f"{proc.stdout}{proc.stderr}")
+        return json.loads(out.read_text())
 
 
 def _python_tag() -> str:
@@ -207,7 +252,6 @@ def _move_into_place(staging: Path, target: Path) -> None:
 # Extractor: runs in the subprocess (stdlib only), with the stubs preloaded and the bindings imported.
 # ---------------------------------------------------------------------------------------------------------
 
-_PREFIX = f"{BINDINGS_PACKAGE}.tensorrt."
 _CPP_NAME = re.compile(r"\b(?:nvinfer1|nvonnxparser)::((?:\w+::)*\w+)")
 # C++ interface names the bindings expose under another Python name (IBuilder -> Builder is covered by
 # dropping the leading "I"; these are not).
@@ -216,7 +260,15 @@ _PARAM_KINDS = {"POSITIONAL_ONLY": "positional_only", "POSITIONAL_OR_KEYWORD": "
                 "VAR_POSITIONAL": "var_positional", "KEYWORD_ONLY": "keyword_only", "VAR_KEYWORD": "var_keyword"}
 
 
-def _resolve_cpp(name: str, classes: set) -> Optional[str]:
+@dataclass(frozen=True)
+class Names:
+    """What annotations are resolved against: the keys of the module's classes, and its flavour."""
+
+    classes: frozenset
+    flavour: Flavour
+
+
+def _resolve_cpp(name: str, classes: frozenset) -> Optional[str]:
     dotted = name.replace("::", ".")
     leaf = dotted.rsplit(".", 1)[-1]
     # nvinfer1::v_1_0::IErrorRecorder -> IErrorRecorder; ILogger::Severity -> ILogger.Severity
@@ -226,14 +278,16 @@ def _resolve_cpp(name: str, classes: set) -> Optional[str]:
     return None
 
 
-def normalize_type(text: str, classes: set) -> str:
-    """Annotation text with ``tensorrt_bindings.tensorrt.X`` shortened to ``tensorrt.X``, and C++ names the
-    docstring generator left unresolved (``nvinfer1::TensorIOMode``) mapped to their Python class."""
-    text = text.strip().replace(_PREFIX, "tensorrt.")
+def normalize_type(text: str, names: Names) -> str:
+    """Annotation text with ``tensorrt_bindings.tensorrt.X`` shortened to ``tensorrt.X`` (``tensorrt_rtx.X`` for
+    TensorRT-RTX), and C++ names the docstring generator left unresolved (``nvinfer1::TensorIOMode``) mapped to
+    their Python class."""
+    module = names.flavour.module
+    text = text.strip().replace(names.flavour.bindings_prefix, f"{module}.")
 
     def cpp(match: re.Match) -> str:
-        resolved = _resolve_cpp(match.group(1), classes)
-        return f"tensorrt.{resolved}" if resolved else match.group(0)
+        resolved = _resolve_cpp(match.group(1), names.classes)
+        return f"{module}.{resolved}" if resolved else match.group(0)
 
     return _CPP_NAME.sub(cpp, text)
 
@@ -274,7 +328,7 @@ def _matching_paren(text: str, open_index: int) -> int:
     raise ValueError(f"unbalanced signature: {text!r}")
 
 
-def parse_signature(line: str, classes: set, drop_self: bool) -> dict:
+def parse_signature(line: str, names: Names, drop_self: bool) -> dict:
     """One pybind11 signature line ``name(a: T, b: U = d) -> R`` as
     ``{"name", "text", "params": [{"name", "kind", "type", "default", "has_default"}], "returns"}``
     (``text`` is the line without ``self``, with types normalized)."""
@@ -282,7 +336,7 @@ def parse_signature(line: str, classes: set, drop_self: bool) -> dict:
     start = line.index("(")
     end = _matching_paren(line, start)
     rest = line[end + 1:].strip()
-    returns = normalize_type(rest[2:], classes) if rest.startswith("->") else None
+    returns = normalize_type(rest[2:], names) if rest.startswith("->") else None
     params, keyword_only = [], False
     for part in split_top_level(line[start + 1:end]):
         if part == "/":  # everything so far is positional-only
@@ -305,7 +359,7 @@ def parse_signature(line: str, classes: set, drop_self: bool) -> dict:
         else:
             kind = "positional_or_keyword"
         params.append({"name": name, "kind": kind,
-                       "type": normalize_type(annotation, classes) if annotation else None,
+                       "type": normalize_type(annotation, names) if annotation else None,
                        "default": default, "has_default": default is not None})
     if drop_self and params and params[0]["kind"] not in ("var_positional", "var_keyword"):
         params = params[1:]
@@ -320,7 +374,7 @@ def _param_text(param: dict) -> str:
     return text + (f" = {param['default']}" if param["has_default"] else "")
 
 
-def parse_pybind_doc(doc: Optional[str], classes: set, drop_self: bool) -> list[dict]:
+def parse_pybind_doc(doc: Optional[str], names: Names, drop_self: bool) -> list[dict]:
     """The overloads in a pybind11 docstring (one line per overload; ``Overloaded function.`` lists them
     numbered after a ``name(*args, **kwargs)`` header)."""
     lines = (doc or "").splitlines()
@@ -328,8 +382,8 @@ def parse_pybind_doc(doc: Optional[str], classes: set, drop_self: bool) -> list[
         return []
     if len(lines) > 1 and lines[1].strip() == "Overloaded function.":
         # Numbered lines; not matched on the name, which can differ (8.6 binds ErrorCode.__str__ as "name").
-        return [parse_signature(line, classes, drop_self) for line in lines if re.match(r"\d+\.\s+\w+\(", line)]
-    return [parse_signature(lines[0], classes, drop_self)]
+        return [parse_signature(line, names, drop_self) for line in lines if re.match(r"\d+\.\s+\w+\(", line)]
+    return [parse_signature(lines[0], names, drop_self)]
 
 
 def _python_signature(func: Any, drop_self: bool) -> list[dict]:
@@ -369,7 +423,7 @@ def _encode_value(value: Any, keys: dict) -> dict:
     return {"repr": repr(value)}
 
 
-def _describe_class(cls: type, keys: dict, classes: set) -> dict:
+def _describe_class(cls: type, keys: dict, names: Names) -> dict:
     enum = _is_enum(cls)
     members: dict = {}
     for name, raw in cls.__dict__.items():
@@ -384,20 +438,20 @@ def _describe_class(cls: type, keys: dict, classes: set) -> dict:
                 value = _encode_value(getattr(cls, name), keys)
             except Exception:  # a static getter needing the (stubbed) library
                 value = None
-            members[name] = {"kind": "static_property", "type": _getter_type(raw.fget, classes), "value": value}
+            members[name] = {"kind": "static_property", "type": _getter_type(raw.fget, names), "value": value}
         elif isinstance(raw, property):
             if dunder:
                 continue
             setter = raw.fset is not None
-            members[name] = {"kind": "property", "type": _getter_type(raw.fget, classes),
+            members[name] = {"kind": "property", "type": _getter_type(raw.fget, names),
                              "getter": raw.fget is not None,  # a few are write-only
-                             "setter": setter, "set_type": _setter_type(raw.fset, classes) if setter else None}
+                             "setter": setter, "set_type": _setter_type(raw.fset, names) if setter else None}
         elif kind == "instancemethod":
             members[name] = {"kind": "method", "python": False,
-                             "overloads": parse_pybind_doc(getattr(cls, name).__doc__, classes, True)}
+                             "overloads": parse_pybind_doc(getattr(cls, name).__doc__, names, True)}
         elif isinstance(raw, staticmethod):
             members[name] = {"kind": "staticmethod", "python": False,
-                             "overloads": parse_pybind_doc(raw.__func__.__doc__, classes, False)}
+                             "overloads": parse_pybind_doc(raw.__func__.__doc__, names, False)}
         elif kind == "function":  # attached in tensorrt_bindings/__init__.py (__enter__, __exit__)
             members[name] = {"kind": "method", "python": True, "overloads": _python_signature(raw, True)}
         elif isinstance(raw, type) and raw in keys:
@@ -415,41 +469,41 @@ def _describe_class(cls: type, keys: dict, classes: set) -> dict:
     return description
 
 
-def _accessor_signature(func: Any, classes: set) -> Optional[dict]:
+def _accessor_signature(func: Any, names: Names) -> Optional[dict]:
     """The signature of a pybind11 property getter/setter (``(arg0: Cls, arg1: T) -> R``); None for Python ones."""
     if type(func).__name__ not in ("builtin_function_or_method", "instancemethod"):
         return None
-    overloads = parse_pybind_doc(func.__doc__, classes, True)
+    overloads = parse_pybind_doc(func.__doc__, names, True)
     return overloads[0] if overloads else None
 
 
-def _getter_type(func: Any, classes: set) -> Optional[str]:
-    signature = _accessor_signature(func, classes)
+def _getter_type(func: Any, names: Names) -> Optional[str]:
+    signature = _accessor_signature(func, names)
     return signature["returns"] if signature else None
 
 
-def _setter_type(func: Any, classes: set) -> Optional[str]:
-    signature = _accessor_signature(func, classes)
+def _setter_type(func: Any, names: Names) -> Optional[str]:
+    signature = _accessor_signature(func, names)
     return signature["params"][-1]["type"] if signature and signature["params"] else None
 
 
-def _collect_classes(module: Any) -> dict:
+def _collect_classes(module: Any, package: str) -> dict:
     """Every class of the bindings, nested ones included, keyed ``Outer.Inner`` (their ``__qualname__``)."""
     keys: dict = {}
     pending = [value for value in vars(module).values() if isinstance(value, type)]
     while pending:
         cls = pending.pop()
-        if cls in keys or not cls.__module__.startswith(BINDINGS_PACKAGE):
+        if cls in keys or not cls.__module__.startswith(package):
             continue
         keys[cls] = cls.__qualname__
         pending.extend(value for value in vars(cls).values() if isinstance(value, type))
     return keys
 
 
-def _describe_module(module: Any) -> dict:
+def _describe_module(module: Any, flavour: Flavour) -> dict:
     """Layout::
 
-        {"extractor", "version", "python",
+        {"extractor", "version", "python", "module_name" (what code imports: tensorrt, tensorrt_rtx),
          "classes": {key: {"kind": "class"|"enum", "bases": [key], "buffer": bool,
                            "members": {name: member}, ("values": {name: int}, "arithmetic": bool)}},
          "module": {"classes": {name: key}, "functions": {name: {"python": bool, "overloads": [...]}},
@@ -463,10 +517,11 @@ def _describe_module(module: Any) -> dict:
 
     if not _has_buffer_protocol(bytes) or _has_buffer_protocol(int):
         raise RuntimeError(f"the buffer-protocol probe does not fit this Python's type layout ({sys.version})")
-    keys = _collect_classes(module)
-    classes = set(keys.values())
+    keys = _collect_classes(module, flavour.package)
+    names = Names(frozenset(keys.values()), flavour)
     surface_: dict = {"extractor": EXTRACTOR_ID, "version": module.__version__, "python": _python_tag(),
-                      "classes": {key: _describe_class(cls, keys, classes) for cls, key in sorted(
+                      "module_name": flavour.module,
+                      "classes": {key: _describe_class(cls, keys, names) for cls, key in sorted(
                           keys.items(), key=lambda item: item[1])},
                       "module": {"classes": {}, "functions": {}, "constants": {}}}
     top = surface_["module"]
@@ -477,7 +532,7 @@ def _describe_module(module: Any) -> dict:
             top["classes"][name] = keys[value]
         elif isinstance(value, types.BuiltinFunctionType):
             top["functions"][name] = {"python": False,
-                                      "overloads": parse_pybind_doc(value.__doc__, classes, False)}
+                                      "overloads": parse_pybind_doc(value.__doc__, names, False)}
         elif isinstance(value, types.FunctionType):
             top["functions"][name] = {"python": True, "overloads": _python_signature(value, False)}
         else:
@@ -485,16 +540,19 @@ def _describe_module(module: Any) -> dict:
     return surface_
 
 
-def _extractor_main(site: str, out: str, stubs: list[str]) -> None:
+def _extractor_main(module_name: str, site: str, out: str, stubs: list[str]) -> None:
+    """Describe ``module_name``'s bindings from ``site`` ("-": as installed) with ``stubs`` preloaded."""
     import ctypes
     import importlib
 
+    flavour = FLAVOURS[module_name]
     for stub in stubs:  # same sonames as the real libraries, so the loader reuses them for tensorrt.so
         ctypes.CDLL(stub, mode=ctypes.RTLD_GLOBAL)
-    sys.path.insert(0, site)
-    module = importlib.import_module(BINDINGS_PACKAGE)
-    Path(out).write_text(json.dumps(_describe_module(module), indent=1, sort_keys=False))
+    if site != "-":
+        sys.path.insert(0, site)
+    module = importlib.import_module(flavour.package)
+    Path(out).write_text(json.dumps(_describe_module(module, flavour), indent=1, sort_keys=False))
 
 
 if __name__ == "__main__":
-    _extractor_main(sys.argv[1], sys.argv[2], sys.argv[3:])
+    _extractor_main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:])

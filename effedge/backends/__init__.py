@@ -28,6 +28,8 @@ class Runner:
 
     def __init__(self) -> None:
         self.active = False
+        self.startup: dict = {}  # what starting cost, where the backend measures it (e.g. context_seconds)
+        self.notes: list[str] = []  # warnings that did not stop the run
 
     def __enter__(self) -> "Runner":
         self.activate()

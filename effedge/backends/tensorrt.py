@@ -1,10 +1,12 @@
 """TensorRT runner: deserializes an engine and runs it with set_tensor_address + execute_async_v3.
 
 Engines are built by :mod:`effedge.engine`; tests run this module against the real API surface of TensorRT
-8.6.1, 10.3.0, 10.13.3.9 and 11.4.0.106 (tests/test_tensorrt_backend.py).
+8.6.1, 10.3.0, 10.13.3.9 and 11.4.0.106 (tests/test_tensorrt_backend.py). The TensorRT-RTX runner
+(:mod:`effedge.backends.tensorrt_rtx`) is this runner on ``tensorrt_rtx``.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
@@ -12,7 +14,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from effedge.backends import Runner, TensorInfo, cuda
-from effedge.engine.capabilities import import_trt
+from effedge.engine.capabilities import PRODUCTS, capabilities_of, compute_capability_targets, import_trt
 from effedge.errors import BackendUnavailable, EffedgeError
 
 ENGINE_SUFFIX = ".engine"
@@ -44,18 +46,76 @@ def gpu_compute_capability() -> Optional[str]:
         return None
 
 
-def check_engine_compatible(manifest: Mapping, trt, compute_capability: Optional[str]) -> None:
-    """Refuse an engine built by another TensorRT or for another GPU (engines are not portable unless built
-    version- or hardware-compatible), before deserializing it."""
-    engine = manifest.get("engine") or {}
-    built_with = engine.get("tensorrt")
-    if built_with and built_with != trt.__version__ and not engine.get("options", {}).get("version_compatible"):
+def engine_entry(manifest: Mapping, engine_path: Path) -> Optional[Mapping]:
+    """The build.json entry ``effedge compile``/``effedge build`` wrote for this engine file (``engines[<file
+    name>]``), or None where there is none or it describes an earlier file: a recorded size that differs means
+    the engine was replaced since (rebuilt by another tool), and the entry says nothing about it."""
+    entry = (manifest.get("engines") or {}).get(engine_path.name)
+    if not entry:
+        return None
+    recorded = entry.get("bytes")
+    if recorded is not None and engine_path.is_file() and engine_path.stat().st_size != recorded:
+        return None
+    return entry
+
+
+def engine_backend(manifest: Mapping, engine_path: Path) -> str:
+    """"tensorrt-rtx" for an engine its build.json entry says TensorRT-RTX built, else "tensorrt"."""
+    entry = engine_entry(manifest, engine_path) or {}
+    return "tensorrt-rtx" if entry.get("backend") == "tensorrt-rtx" else "tensorrt"
+
+
+def engine_runner(engine_path: str | Path, manifest: Mapping, backend: Optional[str] = None, *,
+                  cuda_graph: bool = False) -> TensorRTRunner:
+    """The runner for an engine file: ``backend`` ("tensorrt" or "tensorrt-rtx"), or by default the one that
+    built it according to its build.json entry."""
+    engine_path = Path(engine_path)
+    if (backend or engine_backend(manifest, engine_path)) == "tensorrt-rtx":
+        from effedge.backends.tensorrt_rtx import TensorRTRTXRunner
+
+        return TensorRTRTXRunner(engine_path, manifest=manifest, cuda_graph=cuda_graph)
+    return TensorRTRunner(engine_path, manifest=manifest, cuda_graph=cuda_graph)
+
+
+def check_engine_compatible(entry: Optional[Mapping], trt, compute_capability: Optional[str], *,
+                            gpu_name: Optional[str] = None) -> None:
+    """Refuse, before deserializing, an engine that ``trt`` cannot run on this GPU, in one line saying what to
+    do. ``entry`` is the engine's own build.json entry (:func:`engine_entry`; None: nothing is known about the
+    engine, so only the GPU is checked).
+
+    Full TensorRT runs an engine with the version and on the GPU (compute capability) that built it, unless it
+    was built version- or hardware-compatible. TensorRT-RTX runs only on the compute capabilities it knows (it
+    refuses Hopper and Jetson Orin) and, where the engine was built for chosen targets, on those.
+    """
+    caps = capabilities_of(trt)
+    this_gpu = f"this GPU ({gpu_name})" if gpu_name else "this GPU"
+    if caps.compute_capability_targets and compute_capability:
+        supported = list(compute_capability_targets(trt))
+        if compute_capability not in supported:
+            raise EffedgeError(f"{caps.product} engines run on compute capability {', '.join(supported)}; "
+                               f"{this_gpu} is {compute_capability}: use --backend tensorrt (full TensorRT) on it")
+    if not entry:
+        return
+    built_by = entry.get("backend")
+    if built_by in PRODUCTS and built_by != caps.backend:
+        product = entry.get("product") or PRODUCTS[built_by][1]
+        raise EffedgeError(f"the engine was built with {product} {entry.get('version', '')}".rstrip()
+                           + f", which {caps.product} cannot run: use --backend {built_by}")
+    options = entry.get("options") or {}
+    if caps.compute_capability_targets:
+        targets = entry.get("compute_capabilities") or ["default"]
+        if "default" not in targets and compute_capability and compute_capability not in targets:
+            raise EffedgeError(f"the engine was built for compute capability {', '.join(targets)}; {this_gpu} is "
+                               f"{compute_capability}: rebuild it with effedge build --backend tensorrt-rtx "
+                               f"--compute-capability {compute_capability}")
+        return  # the TensorRT-RTX version is judged by Runtime.get_engine_validity, from the plan itself
+    built_with = entry.get("version")
+    if built_with and built_with != trt.__version__ and not options.get("version_compatible"):
         raise EffedgeError(f"the engine was built with TensorRT {built_with}, this machine has {trt.__version__}; "
                            "rebuild it here (effedge build)")
-    built_for = engine.get("compute_capability")
-    if built_for and compute_capability and built_for != compute_capability \
-            and not engine.get("options", {}).get("hardware_compatible"):
-        raise EffedgeError(f"the engine was built for a GPU of compute capability {built_for}, this GPU is "
+    built_for = entry.get("compute_capability")
+    if built_for and compute_capability and built_for != compute_capability and not options.get("hardware_compatible"):
+        raise EffedgeError(f"the engine was built for a GPU of compute capability {built_for}, {this_gpu} is "
                            f"{compute_capability}; rebuild it here (effedge build)")
 
 
@@ -81,7 +141,11 @@ class TensorRTRunner(Runner):
     execute_async_v3 on one stream, set_input_shape for a dynamic batch, and optionally a CUDA graph,
     re-captured when the input shapes change.
 
-    A runner for another flavour of TensorRT with the same Python API overrides :meth:`_import_module`.
+    A runner for another flavour of TensorRT with the same Python API overrides :meth:`_import_module` (and
+    :meth:`_check_plan`, :meth:`_create_context` for what that flavour adds).
+
+    After activation, ``startup`` holds what starting cost (``deserialize_seconds``, ``context_seconds``) and
+    ``notes`` what the user should know but that did not stop the run (warnings).
     """
 
     name = "tensorrt"
@@ -103,35 +167,52 @@ class TensorRTRunner(Runner):
         return import_tensorrt()
 
     def activate(self) -> None:
+        self.startup, self.notes = {}, []
         trt = self._import_module()
         api = cuda.load()
         if self.cuda_graph and not api.supports_graphs:
             raise BackendUnavailable(f"CUDA graphs need cuda-python ({api.library} has no stream capture): "
                                      f"{cuda.INSTALL_HINT}")
         device = cuda.device_info(0, api)
-        check_engine_compatible(self.manifest, trt, device.compute_capability)
+        check_engine_compatible(engine_entry(self.manifest, self.engine_path), trt, device.compute_capability,
+                                gpu_name=device.name)
         data = self.engine_path.read_bytes()
-        self.trt, self.cuda_api = trt, api
+        self.trt, self.cuda_api, self.caps = trt, api, capabilities_of(trt)
         self.logger = trt.Logger(trt.Logger.WARNING)
         # Full TensorRT keeps its bundled plugins (EfficientNMS, ...) in a library that must be registered
-        # before an engine using them is deserialized.
-        if hasattr(trt, "init_libnvinfer_plugins") and not trt.init_libnvinfer_plugins(self.logger, ""):
-            raise EffedgeError(f"TensorRT {trt.__version__} could not register its plugin library "
-                               "(libnvinfer_plugin); reinstall TensorRT")
+        # before an engine using them is deserialized; TensorRT-RTX has none.
+        if self.caps.plugins and not trt.init_libnvinfer_plugins(self.logger, ""):
+            raise EffedgeError(f"{self.caps.name} could not register its plugin library (libnvinfer_plugin); "
+                               "reinstall TensorRT")
         self.runtime = trt.Runtime(self.logger)
+        self._check_plan(data)
+        start = time.perf_counter()
         self.engine = self.runtime.deserialize_cuda_engine(data)
         if self.engine is None:
-            raise EffedgeError(f"{self.engine_path} is not a TensorRT {trt.__version__} engine (corrupt, truncated "
-                               "or built by another version); rebuild it with effedge build")
-        self.context = self.engine.create_execution_context()
+            raise EffedgeError(f"{self.engine_path} is not a {self.caps.name} engine (corrupt, truncated or built "
+                               "by another version); rebuild it with effedge build")
+        self.startup["deserialize_seconds"] = time.perf_counter() - start
         try:
+            self.stream = cuda.Stream(api=api)  # also makes the CUDA context current before the context is made
+            start = time.perf_counter()
+            self.context = self._create_context()
+            if self.context is None:
+                raise EffedgeError(f"{self.caps.name} could not create an execution context for {self.engine_path} "
+                                   "(see its log above; often too little free GPU memory)")
+            self.startup["context_seconds"] = time.perf_counter() - start
             self._allocate()
         except BaseException:
             self.deactivate()
             raise
 
+    def _check_plan(self, data: bytes) -> None:
+        """Refuse a serialized engine before deserializing it, where the flavour can tell (full TensorRT cannot:
+        :func:`check_engine_compatible` judges from build.json)."""
+
+    def _create_context(self):
+        return self.engine.create_execution_context()
+
     def _allocate(self) -> None:
-        self.stream = cuda.Stream(api=self.cuda_api)
         for index in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(index)
             is_input = self.engine.get_tensor_mode(name) == self.trt.TensorIOMode.INPUT
@@ -184,7 +265,7 @@ class TensorRTRunner(Runner):
         super().check_inputs(feed)
         for name, array in feed.items():
             if array.size > np.prod(self.tensors[name].max_shape):
-                raise EffedgeError(f"tensorrt: input '{name}' batch {array.shape[0]} exceeds the engine's maximum "
+                raise EffedgeError(f"{self.name}: input '{name}' batch {array.shape[0]} exceeds the engine's maximum "
                                    f"{self.tensors[name].max_shape[0]}")
 
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -212,13 +293,13 @@ class TensorRTRunner(Runner):
         for name, shape in shapes.items():
             tensor = self.tensors[name]
             if -1 in tensor.declared_shape and not self.context.set_input_shape(name, shape):
-                raise EffedgeError(f"tensorrt: input '{name}' shape {shape} is outside the engine's optimization "
+                raise EffedgeError(f"{self.name}: input '{name}' shape {shape} is outside the engine's optimization "
                                    f"profile (largest {tensor.max_shape})")
         outputs = {name: tuple(self.context.get_tensor_shape(name)) for name, t in self.tensors.items()
                    if not t.is_input}
         unknown = [name for name, shape in outputs.items() if -1 in shape]
         if unknown:
-            raise EffedgeError(f"tensorrt: outputs {unknown} have data-dependent shapes, which the runner does not "
+            raise EffedgeError(f"{self.name}: outputs {unknown} have data-dependent shapes, which the runner does not "
                                "support; export the model with fixed-size outputs (e.g. --nms efficientnms)")
         self._input_shapes, self._output_shapes = shapes, outputs
 
