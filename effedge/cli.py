@@ -8,10 +8,10 @@ from typing import Any
 
 import click
 
-from effedge import __version__
+import effedge
 from effedge.errors import EffedgeError
 
-# effedge.calibrators' CALIB_METHODS and DEFAULT_METHOD, spelled out so that --help needs no numpy
+# effedge.quantize.calibrators' CALIB_METHODS and DEFAULT_METHOD, spelled out so that --help needs no numpy
 # (tests/test_calibrators.py checks they agree).
 CALIB_METHODS = ("entropy", "max", "percentile")
 DEFAULT_CALIB_METHOD = "percentile"
@@ -48,7 +48,7 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="effedge")
+@click.version_option(effedge.__version__, prog_name="effedge")
 @click.option("--debug", is_flag=True, help="Show the full traceback of errors.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
@@ -76,7 +76,7 @@ def models(as_json: bool) -> None:
       effedge models
       effedge models --json | jq '.[] | select(.family=="efficientdet") | .macs'
     """
-    from effedge.zoo import model_table
+    from effedge.arch.zoo import model_table
 
     rows = model_table()
     if as_json:
@@ -101,7 +101,7 @@ def info(variant: str | None, phi: float | None, as_json: bool) -> None:
       effedge info d0
       effedge info --phi 1.5 --json
     """
-    from effedge.zoo import architecture
+    from effedge.arch.zoo import architecture
 
     if (variant is None) == (phi is None):
         raise click.UsageError("give a VARIANT or --phi, not both and not neither")
@@ -178,8 +178,8 @@ def export(variant, phi, weights, num_classes, pad, imgsz, batch, dynamic_batch,
       effedge export --variant d0 --weights tf_efficientdet_d0 --nms efficientnms
       effedge export --phi 1.5 --dynamic-batch 1:4:8 --input-format uint8 --out runs/phi1.5
     """
-    from effedge.export import ExportOptions, export as run_export
-    from effedge.scaling import resolve
+    from effedge.export.onnx_export import ExportOptions, export as run_export
+    from effedge.arch.scaling import resolve
 
     target = _variant_arg(variant, phi)
     options = ExportOptions(image_size=imgsz, batch=batch, dynamic_batch=_parse_dynamic_batch(dynamic_batch),
@@ -199,7 +199,7 @@ def export(variant, phi, weights, num_classes, pad, imgsz, batch, dynamic_batch,
 
 
 def _rich_progress(items, total: int, description: str):
-    """A progress bar on stderr for long library loops (effedge.precision.Progress)."""
+    """A progress bar on stderr for long library loops (effedge.quantize.convert.Progress)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -263,7 +263,7 @@ def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, p
     """
     from pathlib import Path
 
-    from effedge.precision import PrecisionOptions, convert
+    from effedge.quantize.convert import PrecisionOptions, convert
 
     options = PrecisionOptions(precision=precision, calib_dir=Path(calib_dir) if calib_dir else None,
                                calib_images=calib_images, holdout=holdout, method=calib_method,
@@ -322,11 +322,11 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
       effedge compile --phi 1.5 --precision fp16 --dynamic-batch 1:4:8 --backend tensorrt
       effedge compile --variant d0 --precision int8 --backend tensorrt-rtx --compute-capability 8.6,8.9
     """
-    from effedge.pipeline import CompileConfig, compile_model
+    from effedge.pipeline.compile import CompileConfig, compile_model
 
     if profile_name:
-        from effedge.latency import select
-        from effedge.profiles import load_profile
+        from effedge.plan.latency import select
+        from effedge.plan.profiles import load_profile
 
         if variant or phi is not None:
             raise click.UsageError("--profile chooses the variant; drop --variant/--phi")
@@ -390,7 +390,7 @@ def build_command(model, backend, compute_capabilities, out, dynamic_batch, dla_
     """
     from pathlib import Path
 
-    from effedge.pipeline import build_engine_file
+    from effedge.pipeline.compile import build_engine_file
 
     source = Path(model)
     if not source.is_file():
@@ -420,7 +420,7 @@ def doctor(as_json: bool) -> None:
     Example:
       effedge doctor
     """
-    from effedge.doctor import diagnose
+    from effedge.pipeline.doctor import diagnose
 
     report = diagnose()
     if as_json:
@@ -477,10 +477,10 @@ def bench_command(target, backend, variants, precisions, batches, nms, baselines
     """
     from pathlib import Path
 
-    from effedge import bench
-    from effedge.bench_report import plot, rows, to_csv, to_markdown
-    from effedge.bench_targets import add_ratios, auto_backend, bench_matrix, bench_one, first_run_text, resolve_target
-    from effedge.calib import find_images
+    from effedge.bench import harness as bench
+    from effedge.bench.report import plot, rows, to_csv, to_markdown
+    from effedge.bench.targets import add_ratios, auto_backend, bench_matrix, bench_one, first_run_text, resolve_target
+    from effedge.quantize.images import find_images
 
     batch_list = _split(batches, int)
     settings = bench.BenchSettings(warmup_s=warmup, min_iterations=iterations, min_duration_s=duration,
@@ -523,7 +523,7 @@ def bench_command(target, backend, variants, precisions, batches, nms, baselines
     if markdown:
         click.echo(to_markdown(results))
     else:
-        from effedge.bench_report import COLUMNS
+        from effedge.bench.report import COLUMNS
 
         _table("effedge bench", COLUMNS, rows(results))
     for result in results:
@@ -566,7 +566,7 @@ def _model_summary(prof) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def profile_list(as_json) -> None:
     """Validate and list the profiles: shipped ones, and fitted copies in the user profile directory."""
-    from effedge.profiles import all_profiles, load_profile, user_profiles
+    from effedge.plan.profiles import all_profiles, load_profile, user_profiles
 
     shipped, user = all_profiles(), user_profiles()
     rows = [(path, "shipped, overridden" if path.stem in {u.stem for u in user} else "shipped") for path in shipped]
@@ -593,7 +593,7 @@ def profile_list(as_json) -> None:
 def profile_fit(name, results, as_json) -> None:
     """Fit profile NAME to `effedge bench --json` RESULTS (per precision) and store the fit and the measured
     points in a copy of the profile in the user profile directory (the shipped file is never changed)."""
-    from effedge.latency import FIT_TOLERANCE, TERMS, fit_profile
+    from effedge.plan.latency import FIT_TOLERANCE, TERMS, fit_profile
 
     report = fit_profile(name, list(results))
     if as_json:
@@ -633,8 +633,8 @@ def select_command(profile_name, latency_ms, precision, step, verify, as_json) -
     """
     from dataclasses import asdict
 
-    from effedge.latency import calibrated, describe_model, select, verify_choice
-    from effedge.profiles import load_profile
+    from effedge.plan.latency import calibrated, describe_model, select, verify_choice
+    from effedge.plan.profiles import load_profile
 
     prof = load_profile(profile_name)
     precision = precision or prof.target.precision
@@ -680,8 +680,8 @@ def detect(model, images, out, score, iou, as_json) -> None:
     """
     from pathlib import Path
 
-    from effedge.artifacts import write_json
-    from effedge.runtime import Detector, draw
+    from effedge.io import write_json
+    from effedge.runtime.detector import Detector, draw
 
     out_dir = Path(out)
     with Detector(model, score_threshold=score, iou_threshold=iou) as detector:
@@ -715,8 +715,8 @@ def eval_command(model, images_dir, annotations, others, as_json) -> None:
       effedge eval runs/d0-fp32-…/model.fp32.onnx --images val/images --annotations val/instances.json
       effedge eval model.fp32.onnx --compare model.fp16.onnx --compare model.int8.onnx --images … --annotations …
     """
-    from effedge.evaluate import EVAL_SCORE_THRESHOLD, METRICS, evaluate
-    from effedge.runtime import Detector
+    from effedge.evaluate.coco import EVAL_SCORE_THRESHOLD, METRICS, evaluate
+    from effedge.runtime.detector import Detector
 
     rows = []
     for path in (model, *others):

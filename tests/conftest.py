@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tools"))  # the shapes dataset and reference training
 
 pytest_plugins = ["trt_fixtures"]  # the `trt_fake` fixture: real TensorRT API surfaces (tests/trt_fake.py)
 

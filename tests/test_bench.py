@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import effedge_cli
 
-from effedge import bench
+from effedge.bench import harness as bench
 
 # Representative lines of the tegrastats formats (JetPack 5/6): Orin NX / Orin Nano report the module input
 # VDD_IN; AGX Orin reports VDD_GPU_SOC, VDD_CPU_CV and VIN_SYS_5V0 (plus VDDQ_VDD2_1V8AO) instead.
@@ -90,7 +90,7 @@ def test_energy_integration():
 
 @pytest.fixture(scope="module")
 def small_build(tmp_path_factory):
-    from effedge.export import ExportOptions, export
+    from effedge.export.onnx_export import ExportOptions, export
 
     out = tmp_path_factory.mktemp("bench")
     export("d0", out, options=ExportOptions(image_size=128))
@@ -153,7 +153,7 @@ def _identity_onnx(path, batch):
 
 
 def test_static_batch_mismatch_is_refused(tmp_path):
-    from effedge.bench_targets import bench_one
+    from effedge.bench.targets import bench_one
     from effedge.errors import EffedgeError
 
     model = _identity_onnx(tmp_path / "m.onnx", 1)
@@ -166,7 +166,7 @@ def test_energy_is_integrated_over_the_measured_iterations_only(tmp_path, monkey
     """Constant 5 W: energy per inference = 5 W × measured time / measured iterations (warm-up excluded)."""
     import time
 
-    from effedge.bench_targets import bench_one
+    from effedge.bench.targets import bench_one
 
     class ConstantPower:
         samples = []
@@ -191,9 +191,9 @@ def test_energy_is_integrated_over_the_measured_iterations_only(tmp_path, monkey
 
 def test_matrix_on_the_torch_backend(small_build, monkeypatch):
     """--variants with --backend torch (offered by --help) benches PyTorch eager through the compile cache."""
-    import effedge.pipeline
-    from effedge.bench_targets import bench_matrix
-    from effedge.manifest import read_manifest
+    import effedge.pipeline.compile
+    from effedge.bench.targets import bench_matrix
+    from effedge.io import read_manifest
 
     compiled = []
 
@@ -201,7 +201,7 @@ def test_matrix_on_the_torch_backend(small_build, monkeypatch):
         compiled.append(config)
         return {**read_manifest(small_build), "compile": {"out_dir": str(small_build)}}
 
-    monkeypatch.setattr(effedge.pipeline, "compile_model", cached_compile)
+    monkeypatch.setattr(effedge.pipeline.compile, "compile_model", cached_compile)
     settings = bench.BenchSettings(warmup_s=0, min_iterations=2, min_duration_s=0)
     [result] = bench_matrix(["d0"], ["fp32"], [1], backend="torch", settings=settings)
     assert result["backend"] == "torch" and result["precision"] == "fp32" and result["iterations"] >= 2

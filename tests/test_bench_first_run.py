@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from effedge import bench
+from effedge.bench import harness as bench
 
 
 def _identity_onnx(path):
@@ -21,8 +21,8 @@ def _identity_onnx(path):
 
 
 def test_the_first_inference_is_reported_apart_from_the_statistics(tmp_path, monkeypatch):
-    import effedge.bench_targets as targets
-    from effedge.backends.onnxruntime import OnnxRuntimeRunner
+    import effedge.bench.targets as targets
+    from effedge.runtime.onnxruntime import OnnxRuntimeRunner
 
     now = [0.0]  # the clock bench_targets reads: loading takes 0.5 s, the first inference 100 ms, then 1 ms each
     monkeypatch.setattr(targets, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
@@ -48,7 +48,7 @@ def test_the_first_inference_is_reported_apart_from_the_statistics(tmp_path, mon
 
 
 def test_the_first_run_line():
-    from effedge.bench_targets import first_run_text
+    from effedge.bench.targets import first_run_text
 
     assert first_run_text({"load_seconds": 0.5, "first_iteration_ms": 100.0}) == \
         "load 0.50 s, first inference 100.0 ms"

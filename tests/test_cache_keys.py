@@ -3,13 +3,13 @@ import json
 
 import pytest
 
-from effedge import manifest as manifest_module
-from effedge import pipeline
-from effedge.pipeline import BackendChoice, CompileConfig
+from effedge.pipeline import manifest as manifest_module
+from effedge.pipeline import compile as pipeline
+from effedge.pipeline.compile import BackendChoice, CompileConfig
 
 
 def _key(config=CompileConfig(variant="d0")):
-    return pipeline._cache_key(config, BackendChoice("onnxruntime", "test"), "onnx", None)
+    return pipeline.cache_key(config, BackendChoice("onnxruntime", "test"), "onnx", None)
 
 
 @pytest.mark.parametrize("tool", ["torch", "onnx", "onnxsim", "onnxruntime", "nvidia-modelopt"])
@@ -29,31 +29,31 @@ def test_compile_key_changes_with_effedge_code(monkeypatch):
 
 def test_compile_key_changes_with_the_engine_version():
     config = CompileConfig(variant="d0")
-    keys = {pipeline._cache_key(config, BackendChoice("tensorrt-rtx", "t", version), "none", None)
+    keys = {pipeline.cache_key(config, BackendChoice("tensorrt-rtx", "t", version), "none", None)
             for version in ("1.7.1.116", "1.8.0.1")}
     assert len(keys) == 2
 
 
 def test_corrupt_calibration_cache_is_recomputed_with_a_warning(tmp_path):
-    from effedge.precision import _read_calibration_cache
+    from effedge.quantize.convert import read_calibration_cache
 
     path = tmp_path / "ranges.json"
     messages = []
     for broken in ("{not json", json.dumps({"amax": {"a": 1.0}}), json.dumps({"amax": {"b": 1.0}, "images": 3,
                                                                                 "skipped": []})):
         path.write_text(broken)
-        assert _read_calibration_cache(path, ["a"], messages.append) is None
+        assert read_calibration_cache(path, ["a"], messages.append) is None
     assert len(messages) == 3 and all("recalibrating" in m for m in messages)
     path.write_text(json.dumps({"amax": {"a": 1.0}, "images": 3, "skipped": []}))
-    assert _read_calibration_cache(path, ["a"], messages.append)["images"] == 3
+    assert read_calibration_cache(path, ["a"], messages.append)["images"] == 3
 
 
 def test_identical_outputs_give_strict_json():
     """An infinite SQNR is null with a reason: build.json and --json stay valid JSON (no Infinity)."""
     import numpy as np
 
-    from effedge.artifacts import write_json
-    from effedge.fidelity import FidelityMeter, min_sqnr
+    from effedge.io import write_json
+    from effedge.quantize.fidelity import FidelityMeter, min_sqnr
 
     meter = FidelityMeter(score_threshold=0.5)
     outputs = {"class_logits": np.ones((1, 4, 2), np.float32)}

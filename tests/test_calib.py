@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from effedge.calib import DEFAULT_CALIB_DIR, ImageSet, find_images, load_rgb
+from effedge.quantize.images import DEFAULT_CALIB_DIR, ImageSet, find_images
+from effedge.runtime.images import load_rgb
 from effedge.errors import EffedgeError
-from effedge.preprocess import MEAN_PIXEL, letterbox
+from effedge.runtime.preprocess import MEAN_PIXEL, letterbox
 
 
 def photo(size=(96, 64), seed=0) -> np.ndarray:
@@ -62,7 +63,7 @@ def test_huge_image_is_reduced_while_decoding(tmp_path):
     """A 10000×10000 image must not exhaust memory: decoded in a subprocess, peak RSS stays small."""
     path = tmp_path / "huge.jpg"
     Image.new("RGB", (10000, 10000), (200, 30, 30)).save(path, quality=50)
-    code = ("import resource, sys; from effedge.calib import load_rgb; from pathlib import Path; "
+    code = ("import resource, sys; from effedge.runtime.images import load_rgb; from pathlib import Path; "
             "a = load_rgb(Path(sys.argv[1]), (512, 512)); "
             "print(a.shape[0], a.shape[1], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
     height, width, peak_mb = map(int, subprocess.check_output([sys.executable, "-c", code, str(path)]).split())

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from effedge.calibrators import CALIB_METHODS, DEFAULT_METHOD, RangeCollector, entropy_threshold
+from effedge.quantize.calibrators import CALIB_METHODS, DEFAULT_METHOD, RangeCollector, entropy_threshold
 
 
 def growing_batches(seed=0, count=40, size=4000):
@@ -107,8 +107,8 @@ def test_zeros_then_values_and_non_finite_values():
 def test_default_method_is_percentile_everywhere():
     """The CLI spells the methods out (no numpy at --help): they and every default must agree."""
     from effedge import cli
-    from effedge.pipeline import CompileConfig
-    from effedge.precision import PrecisionOptions
+    from effedge.pipeline.compile import CompileConfig
+    from effedge.quantize.convert import PrecisionOptions
 
     assert DEFAULT_METHOD == "percentile"  # the best int8 mAP on the reference model (README)
     assert cli.CALIB_METHODS == CALIB_METHODS and cli.DEFAULT_CALIB_METHOD == DEFAULT_METHOD

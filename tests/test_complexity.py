@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from effedge.models import complexity, count_macs, count_params
-from effedge.scaling import EFFICIENTDETS, EFFICIENTNETS
+from effedge.arch.scaling import EFFICIENTDETS, EFFICIENTNETS
 
 PAPER = {  # params (M), MACs (B): Tan & Le 2019; Tan, Pang & Le 2020
     "b0": (5.3, 0.39), "b1": (7.8, 0.70), "b2": (9.2, 1.0), "b3": (12, 1.8), "b4": (19, 4.2), "b5": (30, 9.9),

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from cuda_fake import FakeCudaRuntime, api_enums, api_functions, cudaError_t
 from helpers import effedge_cli
 
-from effedge.backends import cuda
-from effedge.backends.tensorrt import TensorRTRunner, gpu_compute_capability
+from effedge.runtime import cuda
+from effedge.runtime.tensorrt import TensorRTRunner, gpu_compute_capability
 from effedge.errors import BackendUnavailable, EffedgeError
 
 
@@ -267,8 +267,8 @@ def test_runner_without_a_gpu_says_why_before_deserializing(trt_fake, monkeypatc
 
 @pytest.mark.parametrize("transfers, cuda_graph", [(True, False), (False, True)])
 def test_bench_times_the_runner_on_its_stream(trt_fake, cudart, tmp_path, transfers, cuda_graph):
-    from effedge.bench import BenchSettings
-    from effedge.bench_targets import bench_one
+    from effedge.bench.harness import BenchSettings
+    from effedge.bench.targets import bench_one
 
     _doubling_engine(trt_fake, cudart)
     settings = BenchSettings(warmup_s=0, min_iterations=3, min_duration_s=0, batch=2, cuda_graph=cuda_graph,
@@ -301,7 +301,7 @@ def test_doctor_says_why_there_is_no_gpu(monkeypatch):
 
 
 def test_doctor_finds_the_gpu_without_pycuda(monkeypatch, cudart):
-    from effedge.doctor import diagnose
+    from effedge.pipeline.doctor import diagnose
 
     monkeypatch.setitem(sys.modules, "pycuda", None)
     monkeypatch.setitem(sys.modules, "pycuda.driver", None)

@@ -172,7 +172,7 @@ def test_opset_newer_than_the_parser(trt_fake, tmp_path):
 
 def test_graph_info_from_manifest_matches_the_onnx(tmp_path):
     """`effedge build` on a device without the onnx package reads the graph facts from build.json."""
-    from effedge.export import ExportOptions, export
+    from effedge.export.onnx_export import ExportOptions, export
 
     manifest = export("d0", tmp_path, options=ExportOptions(image_size=128, dynamic_batch=(1, 2, 4)))
     from_file = GraphInfo.from_onnx(tmp_path / "model.sim.onnx")

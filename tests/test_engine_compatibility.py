@@ -8,7 +8,7 @@ import json
 import pytest
 from cuda_fake import FakeCudaRuntime
 
-from effedge.backends.tensorrt import TensorRTRunner, check_engine_compatible, engine_entry
+from effedge.runtime.tensorrt import TensorRTRunner, check_engine_compatible, engine_entry
 from effedge.errors import EffedgeError
 
 
@@ -94,7 +94,7 @@ def test_the_entries_effedge_build_writes_are_the_ones_checked(tmp_path):
     from onnx import helper
 
     from effedge.engine import import_trt
-    from effedge.pipeline import build_engine_file
+    from effedge.pipeline.compile import build_engine_file
 
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
                               [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8])],

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from effedge.errors import EffedgeError
-from effedge.evaluate import evaluate
-from effedge.runtime import Detections
-from effedge.synthetic import CATEGORIES, generate
+from effedge.evaluate.coco import evaluate
+from effedge.runtime.detector import Detections
+from shapes import CATEGORIES, generate
 
 pytest.importorskip("pycocotools", reason="pycocotools is not installed (pip install -e '.[test]')")
 
@@ -72,7 +72,7 @@ def test_bad_evaluation_inputs(dataset, tmp_path):
 
 
 def test_eval_cli_compares_models(dataset, tmp_path):
-    from effedge.export import ExportOptions, export
+    from effedge.export.onnx_export import ExportOptions, export
 
     out, annotations = dataset
     export("d0", tmp_path / "a", options=ExportOptions(image_size=128))

@@ -8,11 +8,11 @@ import torch
 from helpers import effedge_cli, randomize_
 
 from effedge import build_model
-from effedge.backends.onnxruntime import OnnxRuntimeRunner
-from effedge.export import ExportOptions, example_input, export
-from effedge.nms import batched_nms
-from effedge.preprocess import normalize
-from effedge.scaling import NAMED_VARIANTS
+from effedge.runtime.onnxruntime import OnnxRuntimeRunner
+from effedge.export.onnx_export import ExportOptions, example_input, export
+from effedge.runtime.nms import batched_nms
+from effedge.runtime.preprocess import normalize
+from effedge.arch.scaling import NAMED_VARIANTS
 
 FORBIDDEN = ("Pad", "BatchNormalization", "Div", "ReduceSum", "Unsqueeze", "Shape", "Gather", "ConstantOfShape")
 
@@ -73,8 +73,8 @@ def test_d0_parity_is_recorded_and_holds(d0_export):
 
 def test_decoded_boxes_follow_the_anchors(d0_export):
     """With zero regression the decoded boxes are the anchors themselves (x1, y1, x2, y2)."""
-    from effedge.anchors import anchors_for
-    from effedge.scaling import resolve
+    from effedge.arch.anchors import anchors_for
+    from effedge.arch.scaling import resolve
 
     out, _ = d0_export
     outputs = run(out / "model.sim.onnx", example_input((512, 512), 1, "float", seed=1))

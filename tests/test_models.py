@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from effedge import build_model
-from effedge.anchors import anchors_for
+from effedge.arch.anchors import anchors_for
 from effedge.errors import VariantError
 from effedge.models.bifpn import bifpn_nodes
 from effedge.models.layers import resolve_padding
-from effedge.scaling import resolve
+from effedge.arch.scaling import resolve
 
 
 def test_fractional_phi_builds_and_runs_forward():

@@ -32,7 +32,7 @@ def test_installed_package_finds_its_data_from_another_directory(wheel, tmp_path
     zipfile.ZipFile(wheel).extractall(site)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    probe = ("from effedge.calib import DEFAULT_CALIB_DIR, ImageSet; from effedge.profiles import load_profile; "
+    probe = ("from effedge.quantize.images import DEFAULT_CALIB_DIR, ImageSet; from effedge.plan.profiles import load_profile; "
              "print(DEFAULT_CALIB_DIR); print(len(ImageSet.from_folder(DEFAULT_CALIB_DIR).calibration)); "
              "print(load_profile('orin-nx-16gb').path)")
     result = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, capture_output=True, text=True,

@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 from helpers import effedge_cli
 
-from effedge.backends.onnxruntime import OnnxRuntimeRunner
-from effedge.backends.torch import TorchRunner
+from effedge.runtime.onnxruntime import OnnxRuntimeRunner
+from effedge.export import torch_runner
 from effedge.errors import EffedgeError
-from effedge.pipeline import CompileConfig, choose_backend, compile_model
-from effedge.precision import ORT_QDQ_FP16_FIX
+from effedge.pipeline.compile import CompileConfig, choose_backend, compile_model
 
 
 @pytest.fixture
@@ -43,8 +42,8 @@ def test_compile_fp32_runs_and_second_run_is_a_cache_hit(tmp_path, private_cache
         raise AssertionError("a cache hit re-ran a stage")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("effedge.export.export", must_not_run)
-        patch.setattr("effedge.precision.convert", must_not_run)
+        patch.setattr("effedge.export.onnx_export.export", must_not_run)
+        patch.setattr("effedge.quantize.convert.convert", must_not_run)
         second = compile_model(config, tmp_path / "build")
     assert second["compile"]["cache_hit"] is True
     assert second["compile"]["key"] == first["compile"]["key"]
@@ -66,8 +65,7 @@ def test_compile_int8_cli_on_cpu(tmp_path, private_cache):
     assert second.returncode == 0 and "cache hit" in second.stdout
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(out / "model.int8.onnx"), providers=["CPUExecutionProvider"],
-                                   disabled_optimizers=ORT_QDQ_FP16_FIX)
+    session = ort.InferenceSession(str(out / "model.int8.onnx"), providers=["CPUExecutionProvider"])
     assert session.run(None, {"images": np.zeros((1, 3, 128, 128), np.float32)})[0].shape[1] == 3
 
 
@@ -111,18 +109,18 @@ def test_doctor_reports_backends():
 
 
 def test_torch_runner_reproduces_the_onnx_export(tmp_path):
-    from effedge.export import ExportOptions, export
+    from effedge.export.onnx_export import ExportOptions, export
 
     manifest = export("d0", tmp_path, options=ExportOptions(image_size=128))
     images = np.random.default_rng(0).standard_normal((1, 3, 128, 128)).astype(np.float32)
-    with TorchRunner(manifest) as torch_runner, OnnxRuntimeRunner(tmp_path / "model.sim.onnx") as ort_runner:
-        a, b = torch_runner.infer({"images": images}), ort_runner.infer({"images": images})
+    with torch_runner(manifest) as torch_runner_, OnnxRuntimeRunner(tmp_path / "model.sim.onnx") as ort_runner:
+        a, b = torch_runner_.infer({"images": images}), ort_runner.infer({"images": images})
     assert set(a) == set(b)
     assert max(float(np.abs(a[k] - b[k]).max() / max(1.0, np.abs(b[k]).max())) for k in a) < 1e-4
 
 
 def test_runner_checks_inputs(tmp_path):
-    from effedge.export import ExportOptions, export
+    from effedge.export.onnx_export import ExportOptions, export
 
     export("d0", tmp_path, options=ExportOptions(image_size=128))
     with OnnxRuntimeRunner(tmp_path / "model.sim.onnx") as runner:

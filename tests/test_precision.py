@@ -10,10 +10,11 @@ from PIL import Image
 from test_calib import photo
 from test_export import random_weights
 
-from effedge import qdq
+from effedge.quantize import qdq
 from effedge.errors import EffedgeError
-from effedge.export import ExportOptions, export
-from effedge.precision import PrecisionOptions, _session, convert, model_input
+from effedge.export.onnx_export import ExportOptions, export
+from effedge.quantize.convert import PrecisionOptions, convert
+from effedge.runtime.onnxruntime import ort_session, model_input
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def _convert(workspace, precision, **extra):
 
 
 def _run(model_path, batch):
-    session = _session(model_path)
+    session = ort_session(model_path)
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, {"images": batch})))
 
@@ -78,7 +79,7 @@ def test_int8_graph_follows_the_qdq_rules(workspace):
     assert summary["convolutions_int8"] == 214 and summary["weights_per_channel_axis0"] == 214
     assert summary["zero_points_all_zero"]
     # runs in ONNX Runtime (with the Q/DQ + fp16 fix) and stays close to fp32 on a held-out photo
-    from effedge.calib import ImageSet
+    from effedge.quantize.images import ImageSet
 
     held_out = ImageSet.from_folder(workspace[1], count=10, holdout=4)
     image = next(held_out.batches(held_out.holdout, (128, 128), "float"))
@@ -94,7 +95,7 @@ def test_activation_scales_come_from_calibration(workspace):
     quantizers = qdq.activation_quantizers(model)
     q_node, _ = quantizers["images"][0]
     scale = float(numpy_helper.to_array([i for i in model.graph.initializer if i.name == q_node.input[1]][0]))
-    from effedge.calib import ImageSet
+    from effedge.quantize.images import ImageSet
 
     images = ImageSet.from_folder(workspace[1], count=10, holdout=4)
     batches = np.concatenate(list(images.batches(images.calibration, (128, 128), "float")))
@@ -104,7 +105,7 @@ def test_activation_scales_come_from_calibration(workspace):
 def test_fidelity_is_measured_not_assumed(workspace):
     report = _convert(workspace, "int8", calib_images=10)
     reported = report["fidelity"]["outputs"]["class_logits"]["sqnr_db"]
-    from effedge.calib import ImageSet
+    from effedge.quantize.images import ImageSet
 
     images = ImageSet.from_folder(workspace[1], count=10, holdout=4)
     signal = error = 0.0
@@ -124,8 +125,8 @@ def test_second_run_does_not_recalibrate(workspace):
         raise AssertionError("recalibrated or re-placed despite the cache")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("effedge.precision.calibrate", must_not_run)
-        patch.setattr("effedge.precision._modelopt", must_not_run)
+        patch.setattr("effedge.quantize.convert.calibrate", must_not_run)
+        patch.setattr("effedge.quantize.convert._modelopt", must_not_run)
         second = _convert(workspace, "int8", calib_images=8, method="percentile")
     assert first["calibration"]["cached"] is False and second["calibration"]["cached"] is True
     assert second["calibration"]["placement_cached"] is True
@@ -238,8 +239,8 @@ def tiny_model(batch: int, size: int = 32, seed: int = 0) -> onnx.ModelProto:
 def test_static_batch_calibration_counts_every_image_once(tmp_path, method):
     """5 images through a batch-4 model (one full batch, one filled up with repeats) give exactly the ranges
     of a batch-1 model: the last image is used, and its repeats are not counted."""
-    from effedge.calib import ImageSet
-    from effedge.precision import calibrate
+    from effedge.quantize.images import ImageSet
+    from effedge.quantize.convert import calibrate
 
     for i in range(5):
         Image.fromarray(photo((48, 40), seed=i) // (1 if i < 4 else 3)).save(tmp_path / f"{i}.png")  # 4 darker
@@ -280,8 +281,8 @@ def test_convert_refuses_junk_images_before_any_inference(tmp_path, monkeypatch)
     def must_not_run(*args, **kwargs):
         raise AssertionError("inference or placement started on a folder without images")
 
-    monkeypatch.setattr("effedge.precision._session", must_not_run)
-    monkeypatch.setattr("effedge.precision._modelopt", must_not_run)
+    monkeypatch.setattr("effedge.quantize.convert.ort_session", must_not_run)
+    monkeypatch.setattr("effedge.quantize.convert._modelopt", must_not_run)
     with pytest.raises(EffedgeError, match="is an image"):
         convert(tmp_path / "model.sim.onnx", options=PrecisionOptions(precision="int8",
                                                                       calib_dir=junk_folder(tmp_path / "junk")))
@@ -296,12 +297,12 @@ def test_convert_refuses_junk_images_before_any_inference(tmp_path, monkeypatch)
     ({"calib_dir": "MISSING", "precision": "fp16"}, "does not exist"),
 ])
 def test_compile_checks_precision_inputs_before_exporting(tmp_path, monkeypatch, change, message):
-    from effedge.pipeline import CompileConfig, compile_model
+    from effedge.pipeline.compile import CompileConfig, compile_model
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("exported before checking the precision inputs")
 
-    monkeypatch.setattr("effedge.export.export", must_not_run)
+    monkeypatch.setattr("effedge.export.onnx_export.export", must_not_run)
     folders = {"JUNK": str(junk_folder(tmp_path / "junk")), "MISSING": str(tmp_path / "missing")}
     change = {k: folders.get(v, v) if isinstance(v, str) else v for k, v in change.items()}
     config = CompileConfig(**{"variant": "d0", "precision": "int8", "image_size": 128, "backend": "onnxruntime",

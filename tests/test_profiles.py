@@ -12,9 +12,9 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from effedge import latency
-from effedge.latency import LayerCost, graph_costs, latency_terms, predict_ms
-from effedge.profiles import (PROFILE_DIR, ComputeEfficiency, Fit, Measured, Priors, ProfileError, all_profiles,
+from effedge.plan import latency
+from effedge.plan.latency import LayerCost, graph_costs, latency_terms, predict_ms
+from effedge.plan.profiles import (PROFILE_DIR, ComputeEfficiency, Fit, Measured, Priors, ProfileError, all_profiles,
                               load_profile)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -254,7 +254,7 @@ def test_unfitted_device_profile_says_so_and_how_to_fit(monkeypatch):
 
 
 def test_small_export_scales_to_the_full_graph(tmp_path):
-    from effedge.export import export
+    from effedge.export.onnx_export import export
 
     export("d0", tmp_path)
     full = graph_costs(onnx.load(str(tmp_path / "model.sim.onnx")), "fp32")
@@ -268,7 +268,7 @@ def test_small_export_scales_to_the_full_graph(tmp_path):
 def test_compile_with_a_profile_compiles_the_selected_model(monkeypatch):
     from click.testing import CliRunner
 
-    import effedge.pipeline
+    import effedge.pipeline.compile
     from effedge.cli import cli
 
     profile = load_profile("orin-nx-16gb")
@@ -283,7 +283,7 @@ def test_compile_with_a_profile_compiles_the_selected_model(monkeypatch):
         return {"variant": str(config.variant), "precision": config.precision, "backend": "tensorrt", "nms": "auto",
                 "compile": {"cache_hit": False, "total_seconds": 0.0, "deployable": "model.engine"}}
 
-    monkeypatch.setattr(effedge.pipeline, "compile_model", fake_compile)
+    monkeypatch.setattr(effedge.pipeline.compile, "compile_model", fake_compile)
     result = CliRunner().invoke(cli, ["compile", "--profile", "orin-nx-16gb"])
     assert result.exit_code == 0, result.output
     config = compiled["config"]
@@ -358,8 +358,8 @@ def test_profile_fit_names_a_missing_model(tmp_path):
 
 
 def test_bench_json_target_is_absolute(tmp_path, monkeypatch):
-    from effedge.bench import BenchSettings
-    from effedge.bench_targets import bench_one
+    from effedge.bench.harness import BenchSettings
+    from effedge.bench.targets import bench_one
 
     onnx.save(_tiny_graph(), str(tmp_path / "tiny.onnx"))
     monkeypatch.chdir(tmp_path)

@@ -14,11 +14,12 @@ from PIL import Image
 from test_calib import photo
 from test_export import random_weights
 
-from effedge import qdq
+from effedge.quantize import qdq
 from effedge.errors import EffedgeError
-from effedge.export import ExportOptions, export
-from effedge.pipeline import CompileConfig, build_engine_file, compile_model
-from effedge.precision import PrecisionOptions, _session, convert
+from effedge.export.onnx_export import ExportOptions, export
+from effedge.pipeline.compile import CompileConfig, build_engine_file, compile_model
+from effedge.quantize.convert import PrecisionOptions, convert
+from effedge.runtime.onnxruntime import ort_session
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
                                 reason="TensorRT-RTX is not installed (pip install 'effedge[rtx]'); its wheel "
@@ -100,7 +101,7 @@ def test_uint8_input_builds_and_runs_on_onnxruntime(workspace, precision):
     rtx_build(model)
     # The same graph on ONNX Runtime: uint8 NHWC in, the float graph's outputs (normalization inside).
     pixels = np.random.default_rng(0).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
-    session = _session(model)
+    session = ort_session(model)
     logits = session.run(["class_logits"], {"images": pixels})[0]
     assert logits.shape[0] == 1 and np.isfinite(logits).all()
 
@@ -189,9 +190,9 @@ def test_compile_writes_an_rtx_engine_and_records_it(workspace, tmp_path):
     ("onnx", "NonMaxSuppression .* cannot run on TensorRT-RTX"),
 ])
 def test_nms_tails_rtx_cannot_run_are_refused_before_export(tmp_path, monkeypatch, nms, message):
-    import effedge.export
+    import effedge.export.onnx_export
 
-    monkeypatch.setattr(effedge.export, "export", lambda *a, **k: pytest.fail("exported before refusing"))
+    monkeypatch.setattr(effedge.export.onnx_export, "export", lambda *a, **k: pytest.fail("exported before refusing"))
     with pytest.raises(EffedgeError, match=message):
         compile_model(CompileConfig(variant="d0", precision="fp16", backend="tensorrt-rtx", nms=nms), tmp_path / "b")
 

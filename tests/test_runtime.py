@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from effedge.errors import EffedgeError
-from effedge.runtime import Detector
+from effedge.runtime.detector import Detector
 
 
 def constant_detector(path, outputs: dict, batch=1, size=64, input_dtype=TensorProto.FLOAT):
@@ -100,7 +100,7 @@ def test_bad_input(tmp_path):
 
 
 def test_detector_on_a_real_export_and_the_cli(tmp_path):
-    from effedge.export import ExportOptions, export
+    from effedge.export.onnx_export import ExportOptions, export
 
     export("d0", tmp_path / "build", options=ExportOptions(image_size=128, nms="onnx", score_threshold=0.3))
     photo = tmp_path / "photo.png"

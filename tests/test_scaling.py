@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from effedge import scaling
+from effedge.arch import scaling
 from effedge.errors import VariantError
 
 # Published tables (Tan & Le 2019; Tan, Pang & Le 2020).

@@ -7,8 +7,8 @@ import types
 import numpy as np
 import pytest
 
-from effedge.backends import tensorrt as backend
-from effedge.backends.tensorrt import TensorRTRunner
+from effedge.runtime import tensorrt as backend
+from effedge.runtime.tensorrt import TensorRTRunner
 from effedge.errors import BackendUnavailable, EffedgeError
 
 STATIC = (("images", (1, 3, 128, 128)),)
@@ -207,8 +207,8 @@ def test_runtime_side_imports_without_torch_or_onnx():
     import subprocess
 
     code = ("import sys; sys.modules.update({m: None for m in ('torch', 'onnx', 'onnxruntime', 'modelopt', "
-            "'onnxsim', 'PIL')}); import effedge.cli, effedge.backends.tensorrt, effedge.preprocess, "
-            "effedge.nms, effedge.anchors, effedge.manifest; from click.testing import CliRunner; "
+            "'onnxsim', 'PIL')}); import effedge.cli, effedge.runtime.tensorrt, effedge.runtime.preprocess, "
+            "effedge.runtime.nms, effedge.arch.anchors, effedge.pipeline.manifest; from click.testing import CliRunner; "
             "r = CliRunner().invoke(effedge.cli.cli, ['build', '--help']); assert r.exit_code == 0, r.output; "
             "print('ok')")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"

@@ -8,8 +8,8 @@ import types
 import numpy as np
 import pytest
 
-from effedge.backends import cuda
-from effedge.backends.tensorrt import TensorRTRunner
+from effedge.runtime import cuda
+from effedge.runtime.tensorrt import TensorRTRunner
 from effedge.errors import BackendUnavailable, EffedgeError
 
 

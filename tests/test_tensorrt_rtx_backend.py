@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 from cuda_fake import FakeCudaRuntime
 
-from effedge.backends.tensorrt import TensorRTRunner, engine_backend, engine_runner
-from effedge.backends.tensorrt_rtx import TensorRTRTXRunner, runtime_cache_path
+from effedge.runtime.tensorrt import TensorRTRunner, engine_backend, engine_runner
+from effedge.runtime.tensorrt_rtx import TensorRTRTXRunner, runtime_cache_path
 from effedge.engine import capabilities_of
 from effedge.errors import EffedgeError
 
@@ -187,7 +187,7 @@ def test_a_rejected_cache_is_noted_and_replaced(rtx, cudart, tmp_path):
 
 
 def test_an_unwritable_cache_is_a_note_not_a_failure(rtx, cudart, tmp_path, monkeypatch):
-    import effedge.backends.tensorrt_rtx as module
+    import effedge.runtime.tensorrt_rtx as module
 
     def refuse(path, data):
         raise PermissionError(13, "Permission denied")
@@ -292,7 +292,7 @@ def test_the_engine_entry_chooses_the_runner(tmp_path):
 
 
 def test_the_detector_runs_an_rtx_engine_with_the_rtx_runner(rtx, cudart, tmp_path):
-    from effedge.runtime import Detector
+    from effedge.runtime.detector import Detector
 
     io = {"images": (rtx.TensorIOMode.INPUT, (1, 3, 32, 32)), "boxes": (rtx.TensorIOMode.OUTPUT, (1, 6, 4)),
           "scores": (rtx.TensorIOMode.OUTPUT, (1, 6, 3))}
@@ -315,8 +315,8 @@ def test_the_detector_runs_an_rtx_engine_with_the_rtx_runner(rtx, cudart, tmp_pa
 
 
 def test_bench_reports_the_first_run_apart(rtx, cudart, tmp_path):
-    from effedge.bench import BenchSettings
-    from effedge.bench_targets import bench_one
+    from effedge.bench.harness import BenchSettings
+    from effedge.bench.targets import bench_one
 
     _doubling_engine(rtx, cudart)
     engine = _engine_file(tmp_path)

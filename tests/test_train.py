@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from effedge.train import BACKGROUND, IGNORE, assign, detection_loss, encode, train
+from training import BACKGROUND, IGNORE, assign, detection_loss, encode, train
 
 
 def decode(deltas, anchors):
-    """The graph's decode (effedge.export), written out: (dy, dx, dh, dw) -> (y1, x1, y2, x2)."""
+    """The graph's decode (effedge.export.onnx_export), written out: (dy, dx, dh, dw) -> (y1, x1, y2, x2)."""
     ha, wa = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
     cy, cx = anchors[:, 0] + ha / 2 + deltas[:, 0] * ha, anchors[:, 1] + wa / 2 + deltas[:, 1] * wa
     h, w = np.exp(deltas[:, 2]) * ha, np.exp(deltas[:, 3]) * wa
@@ -53,7 +53,7 @@ def test_loss_rewards_the_right_answer():
 
 def test_tiny_training_run_learns_and_writes_loadable_weights(tmp_path):
     from effedge import build_model
-    from effedge.synthetic import generate
+    from shapes import generate
 
     annotations = generate(tmp_path / "data", 4, size=(128, 128), max_objects=2, seed=1)
     weights = train(tmp_path / "data" / "images", annotations, tmp_path / "run", image_size=128, epochs=6, batch=2,

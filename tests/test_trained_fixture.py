@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from effedge.export import ExportOptions, export
-from effedge.precision import PrecisionOptions, convert
-from effedge.runtime import Detector
-from effedge.synthetic import generate
-from effedge.train import iou_matrix
+from effedge.export.onnx_export import ExportOptions, export
+from effedge.quantize.convert import PrecisionOptions, convert
+from effedge.runtime.detector import Detector
+from shapes import generate
+from training import iou_matrix
 
 FIXTURE = Path(__file__).parent / "fixtures" / "shapes_d0_256.fp16.pth"
 

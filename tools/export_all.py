@@ -16,8 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from effedge import build_model  # noqa: E402
-from effedge.export import export  # noqa: E402
-from effedge.scaling import NAMED_VARIANTS  # noqa: E402
+from effedge.export.onnx_export import export  # noqa: E402
+from effedge.arch.scaling import NAMED_VARIANTS  # noqa: E402
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
 """
 import argparse
 
-from effedge.synthetic import generate
+from shapes import generate
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -23,9 +23,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from effedge import build_model  # noqa: E402
-from effedge.calib import DEFAULT_CALIB_DIR, ImageSet, find_images, load_rgb  # noqa: E402
-from effedge.export import export  # noqa: E402
-from effedge.precision import PrecisionOptions, convert, model_input  # noqa: E402
+from effedge.quantize.images import DEFAULT_CALIB_DIR, ImageSet, find_images
+from effedge.runtime.images import load_rgb  # noqa: E402
+from effedge.export.onnx_export import export  # noqa: E402
+from effedge.quantize.convert import PrecisionOptions, convert, model_input  # noqa: E402
 
 
 def make_images(folder: Path, count: int, seed: int = 0) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from effedge.models import complexity, count_macs, count_params
-from effedge.scaling import EFFICIENTDETS, NAMED_VARIANTS, resolve
+from effedge.arch.scaling import EFFICIENTDETS, NAMED_VARIANTS, resolve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 PAPER = {  # params (M), MACs (B), DESIGN.md §4

@@ -9,11 +9,11 @@ import argparse
 import json
 from pathlib import Path
 
-from effedge.evaluate import EVAL_SCORE_THRESHOLD, evaluate
-from effedge.export import ExportOptions, export
-from effedge.runtime import Detector
-from effedge.synthetic import generate
-from effedge.train import train
+from effedge.evaluate.coco import EVAL_SCORE_THRESHOLD, evaluate
+from effedge.export.onnx_export import ExportOptions, export
+from effedge.runtime.detector import Detector
+from shapes import generate
+from training import train
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from effedge.artifacts import atomic_write, write_json
+from effedge.io import atomic_write, write_json
 from effedge.engine import layers as layer_report
 from effedge.engine.capabilities import Capabilities, capabilities_of, compute_capability_targets, import_trt
 from effedge.errors import BackendUnavailable, EffedgeError

@@ -11,7 +11,7 @@ from effedge.models.checkpoint import KNOWN_CHECKPOINTS, Weights, load_weights
 from effedge.models.efficientdet import EfficientDet
 from effedge.models.efficientnet import EfficientNet
 from effedge.models.layers import PAD_MODES
-from effedge.scaling import EfficientDetSpec, ModelSpec, resolve
+from effedge.arch.scaling import EfficientDetSpec, ModelSpec, resolve
 
 __all__ = ["build_model", "EfficientDet", "EfficientNet", "input_size_for", "count_params", "count_macs",
            "complexity"]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from effedge.models.layers import ConvBn, MaxPool2d, PadMode, SeparableConv, Size
-from effedge.scaling import Fusion
+from effedge.arch.scaling import Fusion
 
 FUSION_EPS = 1e-4
 

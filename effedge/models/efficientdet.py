@@ -3,7 +3,7 @@
 ``forward`` returns ``(class_logits, box_regression)``, each a list over levels P_min..P_max of
 ``[B, A·C, H, W]`` and ``[B, A·4, H, W]`` (A anchors per location, C classes; channel index ``a·C + c``),
 the order of the reference implementation. Box regression is (dy, dx, dh, dw) relative to anchors
-(see :mod:`effedge.anchors`).
+(see :mod:`effedge.arch.anchors`).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 from effedge.models.bifpn import BiFpn
 from effedge.models.efficientnet import EfficientNet
 from effedge.models.layers import PadMode, SeparableConv, Size
-from effedge.scaling import EfficientDetSpec
+from effedge.arch.scaling import EfficientDetSpec
 
 HEAD_BN_EPS = 1e-3
 

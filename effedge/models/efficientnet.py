@@ -1,6 +1,6 @@
 """EfficientNet: stem, MBConv/depthwise-separable stages with squeeze-excite, optional classifier head.
 
-The network is decoded from a :class:`~effedge.scaling.EfficientNetSpec`; nothing here knows a variant.
+The network is decoded from a :class:`~effedge.arch.scaling.EfficientNetSpec`; nothing here knows a variant.
 Module names follow the layout of the reference checkpoints (timm ``tf_efficientnet_*``), so those load
 without renaming. Stochastic depth is a training regulariser and is not built: this is an inference network.
 """
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from effedge.models.layers import Conv2d, PadMode, Size
-from effedge.scaling import FEATURE_STAGES, EfficientNetSpec
+from effedge.arch.scaling import FEATURE_STAGES, EfficientNetSpec
 
 
 class SqueezeExcite(nn.Module):

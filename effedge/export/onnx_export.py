@@ -1,0 +1,306 @@
+"""PyTorch -> ONNX that TensorRT compiles well: static by construction, simplified, checked against PyTorch.
+
+Graph contract (detectors; ``N`` anchors, ``C`` classes):
+
+* input ``images``: NCHW float32 RGB normalized with ImageNet mean/std (``input_format="float"``), or NHWC
+  uint8 RGB 0–255 normalized inside the graph (``"uint8"``); see :mod:`effedge.runtime.preprocess`.
+* ``class_logits [B, N, C]`` and ``box_regression [B, N, 4]`` — the heads concatenated over levels in anchor
+  order (level, y, x, anchor); regression in (dx, dy, dw, dh) order (the box predictor's output channels are
+  permuted at export so decoding needs no gather);
+* ``boxes [B, N, 4]`` — decoded (x1, y1, x2, y2) in input pixels, anchors held as constants;
+* ``scores [B, N, C]`` — sigmoid of the logits;
+* optionally an NMS tail in place of these outputs (:mod:`effedge.export.nms_tail`).
+
+Classifiers (b0..b7) export ``logits [B, 1000]``.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from effedge.io import output_directory, publish, sha256_file, staging
+from effedge.errors import EffedgeError
+from effedge.pipeline.manifest import onnx_summary, tool_versions, write_manifest
+from effedge.export.nms_tail import NMS_TAILS, append_nms_tail
+from effedge.runtime.preprocess import INPUT_FORMATS, MEAN, MEAN_PIXEL, STD
+from effedge.arch.scaling import EfficientDetSpec, resolve
+
+PARITY_RTOL = 1e-4  # max |ONNX Runtime − PyTorch| ≤ 1e-4 × max(1, max |output|)
+OPSET_RANGE = (13, 21)
+RAW_ONNX, SIMPLIFIED_ONNX = "model.onnx", "model.sim.onnx"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    image_size: Optional[int] = None
+    batch: int = 1
+    dynamic_batch: Optional[tuple[int, int, int]] = None  # (min, opt, max)
+    opset: int = 17
+    nms: str = "none"
+    input_format: str = "float"
+    score_threshold: float = 0.05
+    iou_threshold: float = 0.5
+    max_detections: int = 100
+
+    def validate(self, is_detector: bool) -> None:
+        if self.dynamic_batch is not None:
+            low, opt, high = self.dynamic_batch
+            if not 1 <= low <= opt <= high:
+                raise EffedgeError(f"--dynamic-batch {low}:{opt}:{high} must satisfy 1 ≤ MIN ≤ OPT ≤ MAX")
+        elif self.batch < 1:
+            raise EffedgeError(f"--batch {self.batch} must be at least 1")
+        if not OPSET_RANGE[0] <= self.opset <= OPSET_RANGE[1]:
+            raise EffedgeError(f"--opset {self.opset} is not supported; use {OPSET_RANGE[0]}–{OPSET_RANGE[1]} "
+                               "(17 for TensorRT 8.5/8.6)")
+        if self.nms not in NMS_TAILS:
+            raise EffedgeError(f"unknown --nms {self.nms!r}; use one of {', '.join(NMS_TAILS)}")
+        if self.input_format not in INPUT_FORMATS:
+            raise EffedgeError(f"unknown input format {self.input_format!r}; use one of {', '.join(INPUT_FORMATS)}")
+        if not is_detector and self.nms != "none":
+            raise EffedgeError("--nms applies to detectors (d0..d7x, φ) only; classifiers export logits")
+        if not 0 <= self.score_threshold < 1 or not 0 < self.iou_threshold <= 1 or self.max_detections < 1:
+            raise EffedgeError("NMS options out of range: need 0 ≤ score threshold < 1, 0 < IoU threshold ≤ 1, "
+                               "max detections ≥ 1")
+
+    @property
+    def example_batch(self) -> int:
+        return self.dynamic_batch[1] if self.dynamic_batch else self.batch
+
+
+def deployable(model, input_format: str):
+    """Wrap a built model with the graph contract of this module (see the module docstring)."""
+    import torch
+    from torch import nn
+
+    from effedge.arch.anchors import anchors_for
+
+    class Normalize(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255)
+            self.register_buffer("inv_std", 1 / (torch.tensor(STD).view(1, 3, 1, 1) * 255))
+
+        def forward(self, images):
+            # Cast first: TensorRT's Transpose (and most layers) take no UInt8 input.
+            return (images.float().permute(0, 3, 1, 2) - self.mean) * self.inv_std
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.normalize = Normalize() if input_format == "uint8" else nn.Identity()
+            self.model = model
+
+        def forward(self, images):
+            return self.model(self.normalize(images))
+
+    class Detector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            spec = model.spec
+            self.normalize = Normalize() if input_format == "uint8" else nn.Identity()
+            self.model = copy.deepcopy(model)
+            # Per anchor the box predictor emits (dy, dx, dh, dw); reorder its output channels to (dx, dy, dw, dh).
+            predict = self.model.box_net.predict.conv_pw
+            order = torch.tensor([1, 0, 3, 2]).repeat(spec.num_anchors) + 4 * torch.arange(
+                spec.num_anchors).repeat_interleave(4)
+            with torch.no_grad():
+                predict.weight.copy_(predict.weight[order])
+                predict.bias.copy_(predict.bias[order])
+            height, width = model.image_size
+            self.level_cells = [-(-height // 2**lv) * -(-width // 2**lv)
+                                for lv in range(spec.min_level, spec.max_level + 1)]
+            self.num_classes = model.num_classes
+            anchors = torch.from_numpy(anchors_for(spec, (height, width)))  # (y1, x1, y2, x2)
+            sizes = torch.stack([anchors[:, 3] - anchors[:, 1], anchors[:, 2] - anchors[:, 0]], -1)
+            centers = torch.stack([anchors[:, 1] + anchors[:, 3], anchors[:, 0] + anchors[:, 2]], -1) / 2
+            self.register_buffer("anchor_sizes", sizes[None])
+            self.register_buffer("anchor_half_sizes", sizes[None] / 2)
+            self.register_buffer("anchor_centers", centers[None])
+
+        def _concat_levels(self, levels, width: int):
+            # [B, A·W, H, W'] per level -> [B, A·W, cells] -> concat -> [B, Σcells, A·W] -> [B, N, W].
+            # Python ints only: the graph gets constant shapes (batch as -1), no Shape arithmetic.
+            flat = [t.reshape(-1, t.shape[1], cells) for t, cells in zip(levels, self.level_cells)]
+            joined = torch.cat(flat, dim=2).transpose(1, 2)
+            return joined.reshape(-1, joined.shape[1] * joined.shape[2] // width, width)
+
+        def forward(self, images):
+            class_out, box_out = self.model(self.normalize(images))
+            class_logits = self._concat_levels(class_out, self.num_classes)
+            box_regression = self._concat_levels(box_out, 4)
+            shift, log_scale = box_regression.split(2, dim=-1)
+            centers = shift * self.anchor_sizes + self.anchor_centers
+            half_sizes = torch.exp(log_scale) * self.anchor_half_sizes
+            boxes = torch.cat([centers - half_sizes, centers + half_sizes], dim=-1)
+            return class_logits, box_regression, boxes, torch.sigmoid(class_logits)
+
+    wrapper = Detector() if isinstance(model.spec, EfficientDetSpec) else Classifier()
+    # Without this the tracer's forward records autograd state for every activation: 19 GB for D6 at 1280.
+    return wrapper.eval().requires_grad_(False)
+
+
+def torch_runner(manifest: dict, *, device: str = "cpu", half: bool = False, weights: Optional[object] = None):
+    """The PyTorch original of a build (rebuilt from its build.json: variant, input size, classes, padding,
+    weights, input format) as a runner with the same inputs and outputs as its ONNX export."""
+    from effedge.models import build_model
+    from effedge.runtime.base import TensorInfo
+    from effedge.runtime.torch import TorchRunner
+
+    recorded = manifest.get("weights")
+    weights = weights if weights is not None else None if recorded == "random" else recorded
+    if weights == "<state dict>":
+        raise EffedgeError("this build was exported from an in-memory state dict; pass weights= to rebuild it")
+    input_format = manifest.get("input", {}).get("format", "float")
+    height, width = manifest["resolution"]
+
+    def build_module():
+        model = build_model(manifest["variant"], weights=weights, num_classes=manifest.get("num_classes"),
+                            image_size=(height, width), pad=manifest.get("pad", "same"))
+        return deployable(model, input_format)
+
+    shape = ("batch", height, width, 3) if input_format == "uint8" else ("batch", 3, height, width)
+    inputs = [TensorInfo("images", shape, np.dtype(np.uint8 if input_format == "uint8" else np.float32))]
+    return TorchRunner(build_module, inputs, output_names(manifest.get("family") == "efficientdet"), device=device,
+                       half=half)
+
+
+def output_names(is_detector: bool) -> list[str]:
+    return ["class_logits", "box_regression", "boxes", "scores"] if is_detector else ["logits"]
+
+
+def example_input(image_size: tuple[int, int], batch: int, input_format: str, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if input_format == "uint8":
+        return rng.integers(0, 256, size=(batch, *image_size, 3), dtype=np.uint8)
+    return rng.standard_normal((batch, 3, *image_size)).astype(np.float32)
+
+
+def export(variant: Union[str, float], out_dir: Union[str, Path], *, weights: Optional[str] = None,
+           num_classes: Optional[int] = None, pad: str = "same", options: ExportOptions = ExportOptions(),
+           log: Callable[[str], None] = lambda message: None) -> dict:
+    """Export ``variant`` into ``out_dir`` (``model.onnx``, ``model.sim.onnx``, ``build.json``); returns the
+    manifest. Nothing is left in ``out_dir`` if any step fails."""
+    spec = resolve(variant)
+    is_detector = isinstance(spec, EfficientDetSpec)
+    options.validate(is_detector)
+
+    from effedge.models import input_size_for
+
+    input_size_for(spec, options.image_size)  # bad sizes fail before anything is written
+    with output_directory(out_dir) as out:
+        return _export(spec, out, weights=weights, num_classes=num_classes, pad=pad, options=options, log=log)
+
+
+def _export(spec, out: Path, *, weights, num_classes, pad, options: ExportOptions, log) -> dict:
+    import onnx
+    import torch
+
+    from effedge.models import build_model, count_macs, count_params
+    from effedge.export.simplify import check_parity, simplify_model
+
+    is_detector = isinstance(spec, EfficientDetSpec)
+
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+    log(f"building {spec.name}")
+    if weights is None:
+        log(f"warning: no --weights: {spec.name} gets random weights (fine for latency, meaningless detections)")
+    model = build_model(spec, weights=weights, num_classes=num_classes, image_size=options.image_size, pad=pad)
+    image_size = model.image_size
+    wrapper = deployable(model, options.input_format)
+    names = output_names(is_detector)
+    batch = options.example_batch
+    images = example_input(image_size, batch, options.input_format)
+    with torch.no_grad():
+        reference = wrapper(torch.from_numpy(images))
+    reference = reference if isinstance(reference, tuple) else (reference,)
+    expected = {name: t.numpy() for name, t in zip(names, reference)}
+    seconds["build"] = time.perf_counter() - clock
+
+    with staging(out) as stage:
+        clock = time.perf_counter()
+        log(f"exporting ONNX (opset {options.opset}, batch "
+            f"{'%d:%d:%d' % options.dynamic_batch if options.dynamic_batch else options.batch})")
+        dynamic_axes = ({name: {0: "batch"} for name in ["images", *names]} if options.dynamic_batch else None)
+        torch_export(wrapper, torch.from_numpy(images), stage / RAW_ONNX, names, options.opset, dynamic_axes)
+        raw = onnx.load(str(stage / RAW_ONNX))
+        seconds["export"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        log("simplifying")
+        simplified = simplify_model(raw)
+        onnx.save(simplified, str(stage / SIMPLIFIED_ONNX))
+        seconds["simplify"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        log("checking parity with PyTorch in ONNX Runtime")
+        parity = check_parity(stage / SIMPLIFIED_ONNX, {"images": images}, expected, PARITY_RTOL)
+        seconds["parity"] = time.perf_counter() - clock
+
+        if options.nms != "none":
+            log(f"appending the {options.nms} NMS tail")
+            final = append_nms_tail(simplified, options.nms, score_threshold=options.score_threshold,
+                                    iou_threshold=options.iou_threshold, max_detections=options.max_detections)
+            onnx.checker.check_model(final)
+            onnx.save(final, str(stage / SIMPLIFIED_ONNX))
+        else:
+            final = simplified
+
+        artefacts = {name: {"sha256": sha256_file(stage / name), "bytes": (stage / name).stat().st_size}
+                     for name in (RAW_ONNX, SIMPLIFIED_ONNX)}
+        with torch.device("meta"):
+            meta_model = build_model(spec, num_classes=num_classes, image_size=image_size, pad=pad)
+        manifest = {
+            "effedge_manifest": 1,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "variant": spec.name,
+            "family": spec.family,
+            "phi": spec.phi,
+            "resolution": list(image_size),
+            "num_classes": model.num_classes,
+            "pad": pad,
+            "weights": "random" if weights is None else (str(weights) if isinstance(weights, (str, Path))
+                                                         else "<state dict>"),
+            "precision": "fp32",
+            "input": {"name": "images", "format": options.input_format,
+                      "layout": "NHWC" if options.input_format == "uint8" else "NCHW",
+                      "mean": list(MEAN), "std": list(STD), "letterbox_fill": list(MEAN_PIXEL)},
+            "batch": ({"min": options.dynamic_batch[0], "opt": options.dynamic_batch[1],
+                       "max": options.dynamic_batch[2]} if options.dynamic_batch else {"static": options.batch}),
+            "export_options": asdict(options),
+            "params": count_params(meta_model),
+            "macs": count_macs(meta_model, image_size),
+            "graph": {"raw": onnx_summary(raw), "simplified": onnx_summary(final)},
+            "parity": [{"output": p.name, "max_abs_diff": p.max_abs_diff, "tolerance": p.tolerance,
+                        "scale": p.scale} for p in parity],
+            "stages_seconds": {k: round(v, 3) for k, v in seconds.items()},
+            "artifacts": artefacts,
+            "versions": tool_versions(),
+        }
+        if is_detector:
+            manifest["anchors"] = int(wrapper.anchor_centers.shape[1])
+            manifest["box_regression_order"] = "dx, dy, dw, dh"
+        publish(stage, out, [RAW_ONNX, SIMPLIFIED_ONNX])
+        write_manifest(out, manifest)
+    log(f"wrote {out / SIMPLIFIED_ONNX} ({manifest['graph']['simplified']['nodes']} nodes)")
+    return manifest
+
+
+def torch_export(wrapper, images, path: Path, names: list[str], opset: int, dynamic_axes) -> None:
+    import warnings
+
+    import torch
+
+    # The TorchScript exporter: the dynamo exporter needs onnxscript and writes opset 18 with external
+    # weights; this one gives opset 17 (TensorRT 8.5/8.6) in one file.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, (images,), str(path), opset_version=opset, dynamo=False,
+                          input_names=["images"], output_names=names, dynamic_axes=dynamic_axes,
+                          do_constant_folding=True)

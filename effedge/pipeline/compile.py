@@ -1,0 +1,294 @@
+"""``compile``: build → export → simplify → precision → NMS tail → engine, cached by content hash.
+
+The build directory (docs/architecture.md) is keyed by everything that determines its artefacts — variant and φ,
+weights (by content), input size and batch, NMS tail, precision and calibration (images by content),
+backend and TensorRT version/GPU — so an unchanged re-run is a cache hit that only verifies hashes.
+``backend="auto"`` uses TensorRT when it imports and sees a GPU, else ONNX Runtime on the CPU (whose
+deployable is the final ONNX graph).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+from effedge.io import atomic_write, sha256_file, write_json
+from effedge.quantize.calibrators import DEFAULT_METHOD
+from effedge.errors import BackendUnavailable, EffedgeError
+from effedge.io import MANIFEST, read_manifest
+from effedge.pipeline.manifest import cache_identity
+from effedge.arch.scaling import EfficientDetSpec, resolve
+
+BACKENDS = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime")
+ENGINE_BACKENDS = ("tensorrt", "tensorrt-rtx")
+COMPILE_PRECISIONS = ("fp32", "fp16", "int8", "mixed")
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    variant: Union[str, float]
+    precision: str = "fp16"
+    weights: Optional[str] = None
+    num_classes: Optional[int] = None
+    pad: str = "same"
+    image_size: Optional[int] = None
+    batch: int = 1
+    dynamic_batch: Optional[tuple[int, int, int]] = None
+    nms: str = "auto"  # auto: efficientnms on TensorRT, onnx on ONNX Runtime, none on TensorRT-RTX
+    score_threshold: float = 0.05
+    iou_threshold: float = 0.5
+    max_detections: int = 100
+    input_format: str = "float"
+    calib_dir: Optional[str] = None
+    calib_images: Optional[int] = 300
+    calib_method: str = DEFAULT_METHOD
+    fidelity_target: float = 20.0
+    backend: str = "auto"
+    dla_core: Optional[int] = None
+    workspace_mb: Optional[int] = None
+    optimization_level: Optional[int] = None
+    compute_capabilities: Optional[tuple[str, ...]] = None  # TensorRT-RTX targets ("8.6", …); None: its default
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    name: str  # "tensorrt" | "tensorrt-rtx" | "onnxruntime"
+    reason: str
+    version: Optional[str] = None  # TensorRT or TensorRT-RTX version
+    compute_capability: Optional[str] = None  # the GPU full TensorRT builds on
+
+    @property
+    def capabilities(self):
+        from effedge.engine import capabilities
+
+        return capabilities(self.name, self.version) if self.version else None
+
+
+def choose_backend(requested: str) -> BackendChoice:
+    from effedge.runtime import cuda
+    from effedge.engine import capabilities_of, import_trt
+
+    if requested not in BACKENDS:
+        raise EffedgeError(f"unknown --backend {requested!r}; use one of {', '.join(BACKENDS)}")
+    if requested == "onnxruntime":
+        return BackendChoice("onnxruntime", "requested")
+    if requested == "tensorrt-rtx":  # builds ahead of time for the targets asked for: no GPU needed here
+        caps = capabilities_of(import_trt("tensorrt-rtx"))
+        return BackendChoice("tensorrt-rtx", f"requested ({caps.name}, ahead-of-time build)", caps.version)
+    try:
+        caps = capabilities_of(import_trt("tensorrt"))
+    except BackendUnavailable:
+        if requested == "tensorrt":
+            raise
+        return BackendChoice("onnxruntime", "TensorRT is not installed here: using ONNX Runtime on the CPU")
+    try:
+        capability = cuda.device_info(0).compute_capability
+    except BackendUnavailable as exc:  # no CUDA bindings, driver or GPU: the message says which
+        if requested == "tensorrt":
+            raise EffedgeError(f"{caps.name} is installed but {exc}; engines must be built on the GPU that runs "
+                               "them (or use --backend tensorrt-rtx to build ahead of time)") from exc
+        return BackendChoice("onnxruntime", f"{exc}: using ONNX Runtime on the CPU")
+    return BackendChoice("tensorrt", f"{caps.name} and a GPU are available", caps.version, capability)
+
+
+def _weights_identity(weights: Optional[str]) -> Optional[str]:
+    if weights is None:
+        return None
+    path = Path(weights).expanduser()
+    return f"sha256:{sha256_file(path)}" if path.is_file() else str(weights)
+
+
+def cache_key(config: CompileConfig, backend: BackendChoice, nms: str, calib_hash: Optional[str]) -> str:
+    material = {**asdict(config), "variant": resolve(config.variant).name, "nms": nms, "weights":
+                _weights_identity(config.weights), "calib_dir": calib_hash, "backend": backend.name,
+                "engine_version": backend.version, "compute_capability": backend.compute_capability,
+                "tools": cache_identity("torch", "onnx", "onnxsim", "onnxruntime", "nvidia-modelopt")}
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _is_complete(out: Path, key: str) -> bool:
+    try:
+        manifest = read_manifest(out)
+    except EffedgeError:
+        return False
+    if manifest.get("compile", {}).get("key") != key:
+        return False
+    artefacts = manifest.get("artifacts", {})
+    deployable = manifest["compile"].get("deployable")
+    if deployable not in artefacts:
+        return False
+    return all((out / name).is_file() and sha256_file(out / name) == entry["sha256"]
+               for name, entry in artefacts.items())
+
+
+def compile_model(config: CompileConfig, out_dir: Optional[Union[str, Path]] = None, *, force: bool = False,
+                  log: Callable[[str], None] = lambda message: None, progress=None) -> dict:
+    """Run the whole pipeline; returns the build manifest (with ``compile.cache_hit``)."""
+    from effedge.quantize.images import DEFAULT_CALIB_DIR, ImageSet
+
+    if config.precision not in COMPILE_PRECISIONS:
+        raise EffedgeError(f"unknown --precision {config.precision!r}; use one of {', '.join(COMPILE_PRECISIONS)}")
+    spec = resolve(config.variant)
+    calib_hash = None
+    if config.precision != "fp32":  # fail fast: nothing is exported before the precision inputs are checked
+        _precision_options(config, opset=None).validate()
+        images = ImageSet.from_folder(config.calib_dir or DEFAULT_CALIB_DIR, count=config.calib_images)
+        if config.precision in ("int8", "mixed"):
+            images.require_readable()
+            calib_hash = images.content_hash()
+    is_detector = isinstance(spec, EfficientDetSpec)
+    backend = choose_backend(config.backend)
+    log(f"backend: {backend.name} ({backend.reason})")
+    if config.dla_core is not None and backend.name != "tensorrt":
+        raise EffedgeError("--dla needs the TensorRT backend on a Jetson with DLA cores")
+    if config.compute_capabilities and backend.name != "tensorrt-rtx":
+        raise EffedgeError("--compute-capability chooses TensorRT-RTX's targets; add --backend tensorrt-rtx")
+    nms = config.nms if config.nms != "auto" else (
+        "none" if not is_detector or backend.name == "tensorrt-rtx" else
+        "efficientnms" if backend.name == "tensorrt" else "onnx")
+    if nms == "efficientnms" and backend.name == "onnxruntime":
+        raise EffedgeError("--nms efficientnms is a TensorRT plugin that ONNX Runtime cannot run; use --nms onnx")
+    if backend.capabilities is not None:
+        from effedge.engine import check_nms
+
+        check_nms(backend.capabilities, nms)  # before the export, not after minutes of work
+    key = cache_key(config, backend, nms, calib_hash)
+    out = Path(out_dir) if out_dir else Path("runs") / f"{spec.name}-{config.precision}-{backend.name}-{key[:8]}"
+    start = time.perf_counter()
+    if not force and _is_complete(out, key):
+        manifest = read_manifest(out)
+        manifest["compile"].update(cache_hit=True, out_dir=str(out))
+        log(f"cache hit: {out} is up to date ({time.perf_counter() - start:.1f} s)")
+        return manifest
+
+    created = not out.exists()
+    try:
+        return _run_stages(config, backend, nms, key, out, log, progress, start)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)  # never leave a build directory that looks usable
+        raise
+
+
+def _precision_options(config: CompileConfig, opset: Optional[int]):
+    from effedge.quantize.convert import PrecisionOptions
+
+    return PrecisionOptions(precision=config.precision, calib_dir=Path(config.calib_dir) if config.calib_dir else None,
+                            calib_images=config.calib_images, method=config.calib_method,
+                            fidelity_target=config.fidelity_target, opset=opset)
+
+
+def _run_stages(config: CompileConfig, backend: BackendChoice, nms: str, key: str, out: Path, log, progress,
+                start: float) -> dict:
+    from effedge.export.onnx_export import ExportOptions, export
+    from effedge.export.nms_tail import append_nms_tail
+    from effedge.quantize.convert import convert
+
+    seconds: dict[str, float] = {}
+    caps = backend.capabilities
+    # TensorRT 8.5/8.6 parse up to opset 17: the precision graph then stays at 17 too (fp32 high precision)
+    opset = caps.max_onnx_opset if caps and caps.max_onnx_opset and caps.max_onnx_opset < 19 else None
+
+    clock = time.perf_counter()
+    export(config.variant, out, weights=config.weights, num_classes=config.num_classes, pad=config.pad,
+           options=ExportOptions(image_size=config.image_size, batch=config.batch, dynamic_batch=config.dynamic_batch,
+                                 opset=opset or 17, input_format=config.input_format), log=log)
+    seconds["export"] = time.perf_counter() - clock
+
+    precision_file = f"model.{config.precision}.onnx"
+    clock = time.perf_counter()
+    if config.precision == "fp32":
+        shutil.copyfile(out / "model.sim.onnx", out / precision_file)
+    else:
+        convert(out / "model.sim.onnx", options=_precision_options(config, opset), log=log,
+                **({"progress": progress} if progress else {}))
+    seconds["precision"] = time.perf_counter() - clock
+
+    if nms != "none":
+        import onnx
+
+        log(f"appending the {nms} NMS tail")
+        model = append_nms_tail(onnx.load(str(out / precision_file)), nms, score_threshold=config.score_threshold,
+                                iou_threshold=config.iou_threshold, max_detections=config.max_detections)
+        atomic_write(out / precision_file, model.SerializeToString())
+
+    manifest = read_manifest(out)
+    artifacts = manifest.setdefault("artifacts", {})
+    artifacts[precision_file] = {"sha256": sha256_file(out / precision_file),
+                                 "bytes": (out / precision_file).stat().st_size}
+    deployable = precision_file
+    if backend.name in ENGINE_BACKENDS:
+        from effedge.engine import BuildOptions, GraphInfo, build_engine
+        from effedge.io import cache_root
+
+        engine_file = f"model.{config.precision}.engine"
+        clock = time.perf_counter()
+        graph = GraphInfo.from_onnx(out / precision_file)
+        timing_cache = None
+        if caps.timing_cache:
+            timing_cache = cache_root() / "tensorrt" / f"{backend.version}-sm{backend.compute_capability}.timing.cache"
+            timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        report = build_engine(out / precision_file, out / engine_file, graph, BuildOptions(
+            workspace_mb=config.workspace_mb, timing_cache=timing_cache, batch=config.dynamic_batch,
+            optimization_level=config.optimization_level, dla_core=config.dla_core,
+            compute_capabilities=config.compute_capabilities), log=log, backend=backend.name)
+        if backend.compute_capability:
+            report["compute_capability"] = backend.compute_capability
+        manifest.setdefault("engines", {})[engine_file] = report
+        artifacts[engine_file] = {"sha256": sha256_file(out / engine_file), "bytes": (out / engine_file).stat().st_size}
+        seconds["engine"] = time.perf_counter() - clock
+        deployable = engine_file
+    manifest["precision"] = config.precision
+    manifest["backend"] = backend.name
+    manifest["nms"] = nms
+    manifest["compile"] = {"key": key, "config": asdict(config), "out_dir": str(out),
+                           "backend_reason": backend.reason, "deployable": deployable,
+                           "stages_seconds": {k: round(v, 2) for k, v in seconds.items()},
+                           "total_seconds": round(time.perf_counter() - start, 2), "cache_hit": False}
+    write_json(out / MANIFEST, manifest)  # the key is written last: only a finished build is a cache hit
+    log(f"compiled {out / deployable} in {time.perf_counter() - start:.1f} s")
+    return manifest
+
+
+def build_engine_file(source: Path, engine: Optional[Path] = None, *, backend: str = "tensorrt",
+                      compute_capabilities: Optional[tuple[str, ...]] = None,
+                      dynamic_batch: Optional[tuple[int, int, int]] = None, dla_core: Optional[int] = None,
+                      workspace_mb: Optional[int] = None, optimization_level: Optional[int] = None,
+                      timing_cache: Optional[Path] = None, version_compatible: bool = False,
+                      hardware_compatible: bool = False, log: Callable[[str], None] = lambda message: None) -> dict:
+    """The engine stage alone (``effedge build``): ``source`` ONNX -> ``engine`` (default: beside it), recorded
+    as ``engines[<engine file>]`` in the build.json of the engine's directory. Reads the graph facts from that
+    build.json where it describes ``source``, so a Jetson needs no onnx package."""
+    from effedge.runtime.tensorrt import gpu_compute_capability
+    from effedge.engine import BuildOptions, GraphInfo, build_engine
+
+    if backend not in ENGINE_BACKENDS:
+        raise EffedgeError(f"unknown engine backend {backend!r}; use one of {', '.join(ENGINE_BACKENDS)}")
+    engine = engine or source.with_suffix(".engine")
+    manifest_dir = engine.parent
+    manifest = read_manifest(manifest_dir) if (manifest_dir / MANIFEST).is_file() else {"effedge_manifest": 1}
+    same_dir = source.parent.resolve() == manifest_dir.resolve()
+    if same_dir and "graph" in manifest:  # no onnx package needed (a Jetson with only tensorrt + numpy)
+        graph = GraphInfo.from_manifest(manifest, source.name)
+    else:
+        graph = GraphInfo.from_onnx(source)
+    batch = manifest.get("batch", {}) if same_dir else {}
+    if dynamic_batch is None and "max" in batch:  # the profile the graph was exported for
+        dynamic_batch = (batch["min"], batch["opt"], batch["max"])
+    options = BuildOptions(workspace_mb=workspace_mb, timing_cache=timing_cache, batch=dynamic_batch,
+                           optimization_level=optimization_level, dla_core=dla_core,
+                           version_compatible=version_compatible, hardware_compatible=hardware_compatible,
+                           compute_capabilities=compute_capabilities)
+    report = build_engine(source, engine, graph, options, log=log, backend=backend)
+    if backend == "tensorrt":
+        report["compute_capability"] = gpu_compute_capability()
+    report["source"] = {"file": source.name if same_dir else str(source.resolve()), "sha256": sha256_file(source)}
+    report["file"] = engine.name
+    manifest.setdefault("engines", {})[engine.name] = report
+    manifest.setdefault("artifacts", {})[engine.name] = {"sha256": sha256_file(engine), "bytes": report["bytes"]}
+    write_json(manifest_dir / MANIFEST, manifest)
+    return report

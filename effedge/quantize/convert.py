@@ -1,0 +1,428 @@
+"""Precision in the graph: FP16, INT8 as explicit symmetric Q/DQ, and mixed INT8/FP16.
+
+* ``fp16`` — ModelOpt AutoCast: fp16 weights and activations, fp32 inputs/outputs.
+* ``int8`` — ModelOpt places Q/DQ the way TensorRT fuses (Conv inputs; weights per-channel on axis 0,
+  activations per-tensor, zero point 0; layers left unquantized run in fp16). effedge computes the activation
+  ranges itself in one streaming ONNX Runtime pass (:mod:`effedge.quantize.calibrators`) and writes them into the
+  graph. ModelOpt's placement depends only on the graph and effedge's ranges only on (model, images, method,
+  input shape), so both are cached: a re-run with the same inputs neither re-places nor recalibrates.
+* ``mixed`` — INT8, then a sensitivity pass over blocks (backbone stages, BiFPN layers, heads): each block is
+  tried in fp16 alone, then the most sensitive are kept in fp16, in order, until the worst raw-output SQNR on
+  held-out images reaches ``fidelity_target`` (dB).
+
+For TensorRT 8.5/8.6 (ONNX opset ≤ 17) pass ``opset=17``: the non-quantized part then stays fp32 (fp16 Q/DQ
+scales need opset 19) and TensorRT's precision flags do the rest.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+
+from effedge.io import atomic_write, cache_root, sha256_file, write_json
+from effedge.quantize.images import DEFAULT_CALIB_DIR, ImageSet
+from effedge.quantize.calibrators import ALGORITHM_VERSION, CALIB_METHODS, DEFAULT_METHOD, RangeCollector
+from effedge.errors import EffedgeError
+from effedge.io import MANIFEST
+from effedge.pipeline.manifest import cache_identity
+from effedge.runtime.onnxruntime import ort_session
+
+PRECISIONS = ("fp16", "int8", "mixed")
+SENSITIVITY_IMAGES = 4
+CALIBRATION_SAMPLE = 1 << 16  # values per tensor and image kept for the entropy/percentile histograms
+
+Progress = Callable[[Iterable, int, str], Iterable]
+
+
+def _no_progress(items: Iterable, total: int, description: str) -> Iterable:
+    return items
+
+
+@dataclass(frozen=True)
+class PrecisionOptions:
+    precision: str
+    calib_dir: Optional[Path] = None  # default: the images shipped in calib/
+    calib_images: Optional[int] = 300
+    holdout: Optional[int] = None
+    method: str = DEFAULT_METHOD
+    percentile: float = 99.99
+    fidelity_target: float = 20.0  # dB, worst raw-output SQNR (mixed)
+    opset: Optional[int] = None  # None: 19 (fp16 Q/DQ scales); ≤ 17 for TensorRT 8.5/8.6
+    score_threshold: float = 0.3  # detection agreement
+
+    def validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise EffedgeError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        if self.method not in CALIB_METHODS:
+            raise EffedgeError(f"unknown --calib-method {self.method!r}; use one of {', '.join(CALIB_METHODS)}")
+        if not 50 < self.percentile <= 100:
+            raise EffedgeError(f"--percentile {self.percentile} must be in (50, 100]")
+        if self.calib_images is not None and self.calib_images < 1:
+            raise EffedgeError(f"--calib-images {self.calib_images}: use at least 1 (500+ recommended)")
+        if not math.isfinite(self.fidelity_target):
+            raise EffedgeError(f"--fidelity-target {self.fidelity_target} must be a number of dB, e.g. 20")
+        if self.opset is not None and not 13 <= self.opset <= 21:
+            raise EffedgeError(f"--opset {self.opset} is not supported for Q/DQ graphs; use 13–21")
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    name: str
+    format: str  # "float" (NCHW normalized) or "uint8" (NHWC)
+    size: tuple[int, int]
+    batch: int
+
+
+def model_input(model) -> ModelInput:
+    from onnx import TensorProto
+
+    graph_input = model.graph.input[0]
+    tensor_type = graph_input.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    uint8 = tensor_type.elem_type == TensorProto.UINT8
+    height, width = (dims[1], dims[2]) if uint8 else (dims[2], dims[3])
+    if len(model.graph.input) != 1 or len(dims) != 4 or not height or not width:
+        raise EffedgeError("the model must have one image input with a static height and width "
+                           "(export it with effedge export)")
+    return ModelInput(graph_input.name, "uint8" if uint8 else "float", (height, width), dims[0] or 1)
+
+
+def _check_source(model, path: Path) -> None:
+    ops = {node.op_type for node in model.graph.node}
+    if "EfficientNMS_TRT" in ops or "NonMaxSuppression" in ops:
+        raise EffedgeError(f"{path.name} has an NMS tail; set the precision before adding NMS "
+                           "(export with --nms none; effedge compile does this for you)")
+    if "QuantizeLinear" in ops or any(i.data_type == 10 for i in model.graph.initializer):
+        raise EffedgeError(f"{path.name} already holds reduced precision; start from the fp32 model.sim.onnx")
+
+
+# --- ModelOpt: fp16 conversion and Q/DQ placement -------------------------------------------------------
+
+def _modelopt():
+    try:
+        from modelopt.onnx import logging_config
+        from modelopt.onnx.autocast import convert_to_f16
+        from modelopt.onnx.autocast import logging_config as autocast_logging
+        from modelopt.onnx.quantization import quantize
+    except ImportError as exc:
+        raise EffedgeError(f"NVIDIA ModelOpt is needed for fp16/int8 ({exc}); install the workstation extra: "
+                           "pip install -e '.[workstation]'") from exc
+    # ModelOpt logs to stdout at INFO (and about NVML on machines without a GPU): keep the CLI's output ours.
+    for module in (logging_config, autocast_logging):
+        module.configure_logging(level=logging.CRITICAL)
+    logging.getLogger("onnxscript").setLevel(logging.ERROR)
+    return convert_to_f16, quantize
+
+
+def to_fp16(model, opset: Optional[int] = None):
+    convert_to_f16, _ = _modelopt()
+    return convert_to_f16(model, keep_io_types=True, opset=opset)
+
+
+def place_qdq(source: Path, model_hash: str, inputs: ModelInput, opset: Optional[int], log) -> tuple[object, bool]:
+    """ModelOpt's Q/DQ placement for ``source`` (cached by model hash and target). Returns (model, cached)."""
+    import onnx
+
+    high_precision = "fp32" if opset is not None and opset < 19 else "fp16"
+    identity = json.dumps([model_hash, high_precision, opset, cache_identity("onnx", "nvidia-modelopt")])
+    key = hashlib.sha256(identity.encode()).hexdigest()[:32]
+    cached = cache_root() / "placement" / f"{key}.onnx"
+    if cached.is_file():
+        try:
+            return onnx.load(str(cached)), True
+        except Exception as exc:  # a truncated or foreign file: recompute it
+            log(f"warning: ignoring the unreadable cached Q/DQ placement {cached} ({str(exc).splitlines()[0]})")
+    _, quantize = _modelopt()
+    log("placing Q/DQ with NVIDIA ModelOpt (once per model; cached)")
+    shape = (inputs.batch, *inputs.size, 3) if inputs.format == "uint8" else (inputs.batch, 3, *inputs.size)
+    # Placement does not depend on the data; effedge replaces every activation scale afterwards.
+    dummy = (np.full(shape, 128, np.uint8) if inputs.format == "uint8" else np.zeros(shape, np.float32))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "placed.onnx"
+        quantize(str(source), quantize_mode="int8", calibration_data={inputs.name: dummy}, calibration_method="max",
+                 calibration_eps=["cpu"], high_precision_dtype=high_precision, output_path=str(out),
+                 log_level="CRITICAL")
+        model = onnx.load(str(out))
+    if opset is not None and opset < 19:
+        model = onnx.version_converter.convert_version(model, opset)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(cached, model.SerializeToString())
+    return model, False
+
+
+# --- calibration -----------------------------------------------------------------------------------------
+
+def calibrate(source_model, tensors: list[str], images: ImageSet, inputs: ModelInput, *, method: str,
+              percentile: float, progress: Progress) -> tuple[dict[str, float], int]:
+    """Ranges of ``tensors`` over the calibration images, from one streaming pass of the fp32 model.
+
+    The statistics are computed inside the graph, so ONNX Runtime returns small tensors only: each tensor's
+    exact max and min (ReduceMax/ReduceMin), and for the histogram methods a spatially strided sample (Slice)
+    of at most :data:`CALIBRATION_SAMPLE` values per image. A static-batch model gets its last batch filled up
+    with repeated images (:meth:`ImageSet.padded_batches`): repeats leave the maxima unchanged and are cut from
+    the samples, so every image counts once.
+    """
+    from onnx import TensorProto, helper, numpy_helper, shape_inference
+
+    augmented = shape_inference.infer_shapes(copy.deepcopy(source_model))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(augmented.graph.value_info) + list(augmented.graph.input)}
+    graph_inputs = {i.name for i in augmented.graph.input}
+    need_sample = method != "max"
+    fetch: dict[str, tuple[str, str, str | None]] = {}
+    for index, name in enumerate(t for t in tensors if t not in graph_inputs):
+        top, bottom = f"calib/{index}/max", f"calib/{index}/min"
+        augmented.graph.node.extend([
+            helper.make_node("ReduceMax", [name], [top], keepdims=0, name=top),
+            helper.make_node("ReduceMin", [name], [bottom], keepdims=0, name=bottom)])
+        outputs = [top, bottom]
+        sample = None
+        if need_sample:
+            sample = name
+            shape = shapes.get(name, [])
+            if len(shape) == 4 and all(shape[1:]):
+                step = max(1, round((shape[1] * shape[2] * shape[3] / CALIBRATION_SAMPLE) ** 0.5))
+                if step > 1:
+                    sample = f"calib/{index}/sample"
+                    constants = {f"{sample}/{k}": np.array(v, np.int64) for k, v in
+                                 {"starts": [0, 0], "ends": [shape[2], shape[3]], "axes": [2, 3],
+                                  "steps": [step, step]}.items()}
+                    augmented.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in constants.items())
+                    augmented.graph.node.append(helper.make_node("Slice", [name, *constants], [sample], name=sample))
+            outputs.append(sample)
+        augmented.graph.output.extend(helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs)
+        fetch[name] = (top, bottom, sample)
+    session = ort_session(augmented)
+    names = [o for outs in fetch.values() for o in outs if o is not None]
+    collectors = {name: RangeCollector() for name in tensors}
+    used = 0
+    batches = images.padded_batches(images.calibration, inputs.size, inputs.format, inputs.batch)
+    for batch, real in progress(batches, -(-len(images.calibration) // inputs.batch), "calibrating"):
+        values = dict(zip(names, session.run(names, {inputs.name: batch})))
+        for name, (top, bottom, sample) in fetch.items():
+            peak = max(float(values[top]), -float(values[bottom]))
+            collectors[name].update(_real_images(values[sample], real, inputs.batch) if sample
+                                    else np.zeros(0, np.float32), peak=peak)
+        for name in set(tensors) & graph_inputs:
+            collectors[name].update(batch[:real])
+        used += real
+    if used == 0:
+        raise EffedgeError(f"none of the {len(images.calibration)} calibration files in {images.root} could be read "
+                           f"(e.g. {images.skipped[0][0]}: {images.skipped[0][1]}); pass --calib with real images")
+    return {name: float(c.threshold(method, percentile)) for name, c in collectors.items()}, used
+
+
+def read_calibration_cache(path: Path, tensors: list[str], log) -> Optional[dict]:
+    """The cached ranges, or None when absent; a corrupt entry is reported and recomputed, never trusted."""
+    if not path.is_file():
+        return None
+    try:
+        cached = json.loads(path.read_text())
+        if set(cached["amax"]) != set(tensors) or not isinstance(cached["images"], int) \
+                or not all(isinstance(s, list) for s in cached["skipped"]):
+            raise ValueError("its contents do not match the graph")
+        return cached
+    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        log(f"warning: recalibrating: the cached ranges {path} are unusable ({exc})")
+        return None
+
+
+def _real_images(values: np.ndarray, real: int, batch: int) -> np.ndarray:
+    """``values`` without the repeated images that fill up a last batch (tensors are batch-major)."""
+    return values[:real] if real < batch and values.ndim and values.shape[0] == batch else values
+
+
+# --- fidelity --------------------------------------------------------------------------------------------
+
+def _reference_outputs(source: Path, images: ImageSet, inputs: ModelInput) -> list[tuple[np.ndarray, int, dict]]:
+    """(batch, real images in it, fp32 outputs of the real images) for the held-out images."""
+    session = ort_session(source)
+    names = [o.name for o in session.get_outputs()]
+    return [(batch, real, {name: _real_images(value, real, inputs.batch)
+                           for name, value in zip(names, session.run(names, {inputs.name: batch}))})
+            for batch, real in images.padded_batches(images.holdout, inputs.size, inputs.format, inputs.batch)]
+
+
+def measure_fidelity(model, references: list[tuple[np.ndarray, int, dict]], inputs: ModelInput,
+                     score_threshold: float) -> dict:
+    from effedge.quantize.fidelity import FidelityMeter
+
+    session = ort_session(model)
+    names = [o.name for o in session.get_outputs()]
+    meter = FidelityMeter(score_threshold=score_threshold)
+    for batch, real, reference in references:
+        outputs = session.run(names, {inputs.name: batch})
+        meter.update(reference, {name: _real_images(value, real, inputs.batch) for name, value in zip(names, outputs)})
+    report = meter.report()
+    report["images"] = sum(real for _, real, _ in references)
+    return report
+
+
+def _mixed_search(int8_model, references, inputs: ModelInput, target: float, score_threshold: float,
+                  log, progress: Progress) -> tuple[object, list[dict], float]:
+    """(model, per-block sensitivity, worst SQNR reached on the probe images)."""
+    from effedge.quantize.fidelity import finite_or_none, min_sqnr
+    from effedge.quantize.qdq import dequantize_nodes, layer_group
+
+    probe = references[:SENSITIVITY_IMAGES]
+    base = measure_fidelity(int8_model, probe, inputs, score_threshold)
+    # A block goes to fp16 whole: its convolutions and every other node with quantized inputs (residual Adds,
+    # pooling, resizing), or its activations would still be rounded to int8.
+    groups: dict[str, set[str]] = {}
+    for node in int8_model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and node.name:
+            groups.setdefault(layer_group(node.name), set()).add(node.name)
+
+    def with_fp16(names: set[str]):
+        candidate = copy.deepcopy(int8_model)
+        dequantize_nodes(candidate, names)
+        return candidate
+
+    sensitivity = []
+    for group in progress(list(groups), len(groups), "sensitivity"):
+        fidelity = min_sqnr(measure_fidelity(with_fp16(groups[group]), probe, inputs, score_threshold))
+        gain = fidelity - min_sqnr(base)
+        sensitivity.append({"group": group, "layers": len(groups[group]), "gain": gain,
+                            "sqnr_db_when_fp16": finite_or_none(fidelity), "gain_db": finite_or_none(gain)})
+    sensitivity.sort(key=lambda s: -s.pop("gain"))
+    kept: set[str] = set()
+    chosen, reached = int8_model, min_sqnr(base)
+    for entry in sensitivity:
+        if reached >= target:
+            break
+        kept |= groups[entry["group"]]
+        entry["kept_fp16"] = True
+        chosen = with_fp16(kept)
+        reached = min_sqnr(measure_fidelity(chosen, probe, inputs, score_threshold))
+        log(f"keeping {entry['group']} in fp16")
+    return chosen, sensitivity, reached
+
+
+# --- the stage -------------------------------------------------------------------------------------------
+
+def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options: PrecisionOptions,
+            log: Callable[[str], None] = lambda message: None, progress: Progress = _no_progress) -> dict:
+    """Write ``model.<precision>.onnx`` next to ``source`` (or into ``out_dir``) and record it in build.json;
+    returns the precision report."""
+    import onnx
+
+    options.validate()
+    source = Path(source)
+    if not source.is_file():
+        raise EffedgeError(f"model {source} not found; export one first (effedge export)")
+    try:
+        model = onnx.load(str(source))
+    except Exception as exc:
+        raise EffedgeError(f"cannot read {source} as ONNX: {str(exc).splitlines()[0]}") from exc
+    _check_source(model, source)
+    inputs = model_input(model)
+    out = Path(out_dir) if out_dir else source.parent
+    images = ImageSet.from_folder(options.calib_dir or DEFAULT_CALIB_DIR, count=options.calib_images,
+                                  holdout=options.holdout)
+    if options.precision != "fp16":
+        images.require_readable()  # before the reference pass and the Q/DQ placement
+    model_hash = sha256_file(source)
+    seconds: dict[str, float] = {}
+    report: dict = {"precision": options.precision, "source": source.name, "options": _jsonable(asdict(options))}
+
+    clock = time.perf_counter()
+    references = _reference_outputs(source, images, inputs)
+    seconds["reference"] = time.perf_counter() - clock
+
+    if options.precision == "fp16":
+        clock = time.perf_counter()
+        log("converting to fp16")
+        result = to_fp16(model, options.opset)
+        seconds["convert"] = time.perf_counter() - clock
+    else:
+        from effedge.quantize import qdq
+
+        clock = time.perf_counter()
+        placed, placement_cached = place_qdq(source, model_hash, inputs, options.opset, log)
+        seconds["placement"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        tensors = sorted(qdq.activation_quantizers(placed))
+        key_text = json.dumps([ALGORITHM_VERSION, model_hash, images.content_hash(), options.method, options.percentile,
+                               inputs.format, list(inputs.size), inputs.batch, tensors,
+                               cache_identity("onnx", "onnxruntime")])
+        cache_file = cache_root() / "calibration" / f"{hashlib.sha256(key_text.encode()).hexdigest()[:32]}.json"
+        cached = read_calibration_cache(cache_file, tensors, log)
+        if cached is not None:
+            amax, used, calibration_cached = cached["amax"], cached["images"], True
+            images.skipped = [tuple(s) for s in cached["skipped"]]
+            log(f"calibration: cache hit ({used} images, {options.method}), not recalibrating")
+        else:
+            log(f"calibrating on {len(images.calibration)} images ({options.method})")
+            amax, used = calibrate(model, tensors, images, inputs, method=options.method,
+                                   percentile=options.percentile, progress=progress)
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            write_json(cache_file, {"amax": amax, "images": used, "skipped": images.skipped})
+            calibration_cached = False
+        seconds["calibration"] = time.perf_counter() - clock
+        qdq.set_activation_ranges(placed, amax)
+        floored = qdq.repair_scales(placed)  # ModelOpt's weight scales: 0 for an all-zero output channel
+        result = placed
+        report["calibration"] = {
+            "method": options.method, "images": used, "skipped": len(images.skipped),
+            "skipped_examples": images.skipped[:5], "image_set_sha256": images.content_hash(),
+            "folder": str(images.root), "placement_cached": placement_cached, "cached": calibration_cached,
+            "tensors": len(amax),
+        }
+        for note in images.warnings(used):
+            log(f"warning: {note}")
+        if options.precision == "mixed":
+            clock = time.perf_counter()
+            log(f"mixed precision: searching for the blocks to keep in fp16 (target {options.fidelity_target} dB)")
+            result, sensitivity, reached = _mixed_search(placed, references, inputs, options.fidelity_target,
+                                                         options.score_threshold, log, progress)
+            report["sensitivity"] = sensitivity
+            report["kept_fp16"] = [s["group"] for s in sensitivity if s.get("kept_fp16")]
+            report["fidelity_target_met"] = bool(reached >= options.fidelity_target)
+            if not report["fidelity_target_met"]:
+                report["warnings"] = [f"mixed precision reached {reached:.1f} dB, short of the "
+                                      f"{options.fidelity_target} dB target, with every block in fp16: use "
+                                      "--precision fp32 or a lower --fidelity-target"]
+                log(f"warning: {report['warnings'][0]}")
+            seconds["sensitivity"] = time.perf_counter() - clock
+        report["qdq"] = {**qdq.summary(result), "weight_scales_floored": floored}
+        problems = qdq.invalid_scales(result)
+        if problems:  # a post-condition: TensorRT's importer would refuse the graph
+            raise EffedgeError(f"internal error: {len(problems)} Q/DQ scale(s) are not positive normal numbers "
+                               f"({problems[0]}); please report this with the model")
+
+    clock = time.perf_counter()
+    report["fidelity"] = measure_fidelity(result, references, inputs, options.score_threshold)
+    seconds["fidelity"] = time.perf_counter() - clock
+    report["holdout_images"] = [str(p.relative_to(images.root)) for p in images.holdout]
+
+    name = f"model.{options.precision}.onnx"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / name, result.SerializeToString())
+    report["file"] = name
+    report["sha256"] = sha256_file(out / name)
+    report["opset"] = max(o.version for o in result.opset_import if o.domain in ("", "ai.onnx"))
+    report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+    _record(out, report)
+    return report
+
+
+def _jsonable(options: dict) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+
+
+def _record(out: Path, report: dict) -> None:
+    path = out / MANIFEST
+    manifest = json.loads(path.read_text()) if path.is_file() else {"effedge_manifest": 1}
+    manifest.setdefault("precisions", {})[report["precision"]] = report
+    manifest.setdefault("artifacts", {})[report["file"]] = {"sha256": report["sha256"],
+                                                            "bytes": (out / report["file"]).stat().st_size}
+    write_json(path, manifest)

@@ -1,0 +1,124 @@
+"""Calibration images: a folder of photos -> preprocessed batches, exactly as the runtime prepares inputs.
+
+Files are found recursively (jpg, jpeg, png, bmp, webp, tif, tiff), sorted, shuffled with a fixed seed and
+split into held-out images (for the fidelity report, never used to calibrate) and calibration images. Each
+image is decoded with EXIF orientation applied, converted to 8-bit RGB (grayscale, RGBA, palette, CMYK,
+16-bit), reduced cheaply if huge, then letterboxed and normalized by :mod:`effedge.runtime.preprocess`. Files that
+cannot be decoded are skipped and counted.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from effedge import shipped_data
+from effedge.errors import EffedgeError
+from effedge.runtime.images import IMAGE_SUFFIXES, ImageDecodeError, load_rgb
+from effedge.runtime.preprocess import letterbox, to_model_input
+
+RECOMMENDED_IMAGES = 500
+FEW_IMAGES = 100
+DEFAULT_CALIB_DIR = shipped_data("calib")
+
+
+def find_images(folder: str | Path) -> list[Path]:
+    root = Path(folder).expanduser()
+    if not root.exists():
+        raise EffedgeError(f"calibration folder {root} does not exist; pass --calib with a folder of images")
+    if not root.is_dir():
+        raise EffedgeError(f"--calib {root} is not a folder; pass a folder of images")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise EffedgeError(f"no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) in {root}; "
+                           "pass --calib with a folder of images")
+    return files
+
+
+@dataclass
+class ImageSet:
+    """Calibration and held-out images of one folder, with what was skipped while reading them."""
+
+    root: Path
+    calibration: list[Path]
+    holdout: list[Path]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, *, count: int | None = None, holdout: int | None = None,
+                    seed: int = 0) -> "ImageSet":
+        """``count`` calibration images (default all but the held-out ones) and ``holdout`` held-out images
+        (default 20 %, between 1 and 16, none when the folder has a single image)."""
+        if count is not None and count < 1:
+            raise EffedgeError(f"--calib-images {count}: use at least 1 (500+ recommended)")
+        files = find_images(folder)
+        random.Random(seed).shuffle(files)
+        if holdout is None:
+            holdout = 0 if len(files) < 2 else min(16, max(1, len(files) // 5))
+        held, rest = files[:holdout], files[holdout:]
+        if not rest:
+            raise EffedgeError(f"{folder} has {len(files)} image(s), all held out for the fidelity report; "
+                               "add images or lower the hold-out")
+        return cls(Path(folder), rest[:count] if count else rest, held)
+
+    def content_hash(self) -> str:
+        """sha256 over the calibration files' names and bytes (what calibration results are keyed by)."""
+        digest = hashlib.sha256()
+        for path in self.calibration:
+            digest.update(str(path.relative_to(self.root)).encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()
+
+    def batches(self, paths: list[Path], size: tuple[int, int], input_format: str,
+                batch: int = 1) -> Iterator[np.ndarray]:
+        """Model-ready batches of the readable images among ``paths`` (the last one may be smaller); unreadable
+        ones are recorded in ``skipped``."""
+        for images, real in self.padded_batches(paths, size, input_format, batch):
+            yield images[:real]
+
+    def padded_batches(self, paths: list[Path], size: tuple[int, int], input_format: str,
+                       batch: int) -> Iterator[tuple[np.ndarray, int]]:
+        """Batches of exactly ``batch`` images, for a model with a static batch, each with the number of real
+        images at its start. A last partial batch is filled up by repeating its own images: the model sees only
+        real data (so maxima are unchanged), and callers drop the repeats from their statistics."""
+        pending = []
+        for path in paths:
+            try:
+                pending.append(letterbox(load_rgb(path, size), *size)[0])
+            except ImageDecodeError as exc:
+                self.skipped.append((str(path.relative_to(self.root)), str(exc)))
+                continue
+            if len(pending) == batch:
+                yield to_model_input(np.stack(pending), input_format), batch
+                pending = []
+        if pending:
+            real = len(pending)
+            yield to_model_input(np.stack([pending[i % real] for i in range(batch)]), input_format), real
+
+    def require_readable(self) -> None:
+        """Fail fast, before any export or inference, when no calibration file is an image (only the headers
+        are read: files that are truncated further on are still skipped and counted while calibrating)."""
+        from PIL import Image
+
+        for path in self.calibration:
+            try:
+                with Image.open(path):
+                    return
+            except Exception:  # PIL raises many types for files that are not images
+                continue
+        raise EffedgeError(f"none of the {len(self.calibration)} calibration files in {self.root} is an image "
+                           f"(e.g. {self.calibration[0].relative_to(self.root)}); pass --calib with a folder of photos")
+
+    def warnings(self, used: int) -> list[str]:
+        notes = []
+        if self.skipped:
+            notes.append(f"skipped {len(self.skipped)} unreadable file(s), e.g. {self.skipped[0][0]}: "
+                         f"{self.skipped[0][1]}")
+        if used < FEW_IMAGES:
+            notes.append(f"calibrated on only {used} image(s); use {RECOMMENDED_IMAGES}+ images from the "
+                         "deployment domain for production (--calib DIR)")
+        return notes

@@ -1,0 +1,187 @@
+"""``Detector``: images in, boxes in original-image coordinates out, for an engine or an ONNX file.
+
+Preprocessing is the compiled model's own (letterbox to its input, normalization as compiled: see
+build.json), the backend follows the file (``.engine`` -> TensorRT, or TensorRT-RTX where the engine's
+build.json entry says so; ``.onnx`` -> ONNX Runtime), and the graph's outputs decide the postprocessing:
+decoded boxes + scores get per-class NMS in NumPy; an EfficientNMS or ONNX NonMaxSuppression tail is read as
+is. Importing this module needs only NumPy.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from effedge.io import atomic_write
+from effedge.errors import EffedgeError
+from effedge.io import MANIFEST, read_manifest
+from effedge.runtime.preprocess import letterbox, to_model_input
+
+RAW_OUTPUTS = {"boxes", "scores"}
+EFFICIENTNMS_OUTPUTS = {"num_detections", "detection_boxes", "detection_scores", "detection_classes"}
+ONNX_NMS_OUTPUTS = {"selected_indices", "detection_boxes", "detection_scores"}
+
+Image = Union[str, Path, np.ndarray]
+
+
+@dataclass
+class Detections:
+    """Detections of one image: ``boxes [K, 4]`` (x1, y1, x2, y2 in original pixels), ``scores [K]``,
+    ``classes [K]`` (0-based class indices of the model's head), best first."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def to_list(self) -> list[dict]:
+        return [{"box": [round(float(v), 2) for v in box], "score": round(float(score), 4), "class": int(cls)}
+                for box, score, cls in zip(self.boxes, self.scores, self.classes)]
+
+
+class Detector:
+    """Run a compiled EfficientDet. Use as a context manager (or call ``close``).
+
+    >>> with Detector("runs/d0-fp16-tensorrt-…/model.fp16.engine") as detector:   # doctest: +SKIP
+    ...     detections = detector(["street.jpg"])[0]
+    """
+
+    def __init__(self, model: Union[str, Path], *, score_threshold: float = 0.3, iou_threshold: float = 0.5,
+                 max_detections: int = 100, manifest: Optional[dict] = None):
+        self.path = Path(model)
+        if not self.path.is_file():
+            raise EffedgeError(f"model {self.path} not found")
+        self.manifest = manifest if manifest is not None else (
+            read_manifest(self.path.parent) if (self.path.parent / MANIFEST).is_file() else {})
+        self.score_threshold, self.iou_threshold, self.max_detections = score_threshold, iou_threshold, max_detections
+        self.runner = self._make_runner()
+        self.runner.__enter__()
+        try:
+            self._configure()
+        except BaseException:
+            self.close()
+            raise
+
+    def _make_runner(self):
+        if self.path.suffix in (".engine", ".plan"):
+            from effedge.runtime.tensorrt import engine_runner
+
+            return engine_runner(self.path, self.manifest)
+        if self.path.suffix == ".onnx":
+            from effedge.runtime.onnxruntime import OnnxRuntimeRunner
+
+            return OnnxRuntimeRunner(self.path)
+        raise EffedgeError(f"{self.path.name}: expected a .engine or .onnx file")
+
+    def _configure(self) -> None:
+        inputs = self.runner.input_info()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise EffedgeError(f"{self.path.name} is not an effedge detector: it takes "
+                               f"{[(i.name, i.shape) for i in inputs]}, expected one image input")
+        self.input = inputs[0]
+        self.format = "uint8" if self.input.dtype == np.uint8 else "float"
+        shape = self.input.shape
+        height, width = (shape[1], shape[2]) if self.format == "uint8" else (shape[2], shape[3])
+        if not all(isinstance(d, int) and d > 0 for d in (height, width)):
+            raise EffedgeError(f"{self.path.name}: the input size {shape} is not static")
+        self.size = (height, width)
+        self.batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None  # None: dynamic
+        names = {o.name for o in self.runner.output_info()}
+        if EFFICIENTNMS_OUTPUTS <= names:
+            self.kind = "efficientnms"
+        elif ONNX_NMS_OUTPUTS <= names:
+            self.kind = "onnx_nms"
+        elif RAW_OUTPUTS <= names:
+            self.kind = "raw"
+        else:
+            raise EffedgeError(f"{self.path.name} has outputs {sorted(names)}; expected an effedge detector's "
+                               f"(boxes + scores, or an NMS tail: {sorted(EFFICIENTNMS_OUTPUTS)} or "
+                               f"{sorted(ONNX_NMS_OUTPUTS)})")
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.__exit__(None, None, None)
+            self.runner = None
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __call__(self, images: Sequence[Image]) -> list[Detections]:
+        if isinstance(images, (str, Path, np.ndarray)):
+            raise EffedgeError("Detector takes a list of images (paths or HWC uint8 RGB arrays)")
+        prepared = [self._prepare(image) for image in images]
+        chunk = self.batch or len(prepared) or 1
+        results = []
+        for start in range(0, len(prepared), chunk):
+            group = prepared[start:start + chunk]
+            canvases = np.stack([canvas for canvas, _, _ in group])
+            if self.batch and len(group) < self.batch:  # a static batch: pad with blank canvases
+                canvases = np.concatenate([canvases, np.repeat(canvases[-1:], self.batch - len(group), 0)])
+            outputs = self.runner.infer({self.input.name: to_model_input(canvases, self.format)})
+            for index, (_, scale, original) in enumerate(group):
+                results.append(self._detections(outputs, index, scale, original))
+        return results
+
+    def _prepare(self, image: Image):
+        if isinstance(image, (str, Path)):
+            from effedge.runtime.images import ImageDecodeError, load_rgb
+
+            if not Path(image).is_file():
+                raise EffedgeError(f"image {image} not found")
+            try:
+                image = load_rgb(Path(image), self.size)
+            except ImageDecodeError as exc:
+                raise EffedgeError(f"cannot decode {image}: {exc}") from exc
+        array = np.asarray(image)
+        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+            raise EffedgeError(f"images must be HWC uint8 RGB arrays, got {array.dtype} {array.shape}")
+        canvas, scale = letterbox(array, *self.size)
+        return canvas, scale, array.shape[:2]
+
+    def _detections(self, outputs: dict, index: int, scale: float, original: tuple[int, int]) -> Detections:
+        from effedge.runtime.nms import select_detections
+
+        if self.kind == "raw":
+            boxes, scores, classes = select_detections(
+                outputs["boxes"][index], outputs["scores"][index], score_threshold=self.score_threshold,
+                iou_threshold=self.iou_threshold, max_detections=self.max_detections)
+        elif self.kind == "efficientnms":
+            count = int(outputs["num_detections"][index, 0])
+            boxes = outputs["detection_boxes"][index, :count]
+            scores = outputs["detection_scores"][index, :count]
+            classes = outputs["detection_classes"][index, :count]
+        else:
+            mine = outputs["selected_indices"][:, 0] == index
+            boxes, scores = outputs["detection_boxes"][mine], outputs["detection_scores"][mine]
+            classes = outputs["selected_indices"][mine, 1]
+        keep = scores >= self.score_threshold
+        order = np.argsort(-scores[keep], kind="stable")[: self.max_detections]
+        boxes, scores, classes = boxes[keep][order], scores[keep][order], classes[keep][order]
+        height, width = original
+        boxes = np.clip(boxes / scale, 0, [width, height, width, height]).astype(np.float32)
+        return Detections(boxes, scores.astype(np.float32), classes.astype(np.int64))
+
+
+def draw(image_path: Path, detections: Detections, target: Path) -> None:
+    """Save ``image_path`` with its detections drawn (class index and score), written atomically."""
+    from PIL import Image, ImageDraw
+
+    from effedge.runtime.images import load_rgb
+
+    canvas = Image.fromarray(load_rgb(image_path))
+    pen = ImageDraw.Draw(canvas)
+    for box, score, cls in zip(detections.boxes, detections.scores, detections.classes):
+        colour = tuple(int(c) for c in np.random.default_rng(int(cls)).integers(64, 256, 3))
+        pen.rectangle([float(v) for v in box], outline=colour, width=2)
+        pen.text((float(box[0]) + 3, float(box[1]) + 2), f"{int(cls)} {score:.2f}", fill=colour)
+    image = io.BytesIO()
+    canvas.save(image, format="JPEG", quality=90)
+    atomic_write(target, image.getvalue())

@@ -1,0 +1,35 @@
+"""The package's rooms and rules: the runtime imports no stage, nobody imports another module's private names,
+the top level stays small."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "effedge"
+
+
+def test_runtime_imports_no_torch_onnx_or_modelopt():
+    code = ("import sys, effedge.runtime, effedge.runtime.tensorrt, effedge.runtime.tensorrt_rtx, "
+            "effedge.runtime.onnxruntime, effedge.runtime.cuda, effedge.runtime.torch; "
+            "print(sorted(m for m in ('torch', 'onnx', 'modelopt', 'onnxsim', 'effedge.models', 'effedge.export', "
+            "'effedge.quantize') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_runtime_modules_never_import_models_export_or_quantize():
+    for path in (PACKAGE / "runtime").glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"effedge\.(models|export|quantize|pipeline|plan|bench)\b", text), path.name
+
+
+def test_no_private_names_cross_modules():
+    offenders = [f"{path.relative_to(PACKAGE)}:{n}" for path in PACKAGE.rglob("*.py")
+                 for n, line in enumerate(path.read_text().splitlines(), 1)
+                 if re.search(r"from effedge[.a-z_]* import .*\b_[a-z]", line)]
+    assert offenders == []
+
+
+def test_top_level_holds_at_most_four_modules():
+    assert len(list(PACKAGE.glob("*.py"))) <= 4
