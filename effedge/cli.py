@@ -15,8 +15,8 @@ from effedge.errors import EffedgeError
 # (tests/test_calibrators.py checks they agree).
 CALIB_METHODS = ("entropy", "max", "percentile")
 DEFAULT_CALIB_METHOD = "percentile"
-CALIB_METHOD_HELP = ("How activation ranges are chosen: percentile of |x| (see --percentile; the best mAP on the "
-                     "reference model), max |x|, or entropy (TensorRT's KL-divergence threshold).")
+CALIB_METHOD_HELP = ("Activation ranges: percentile = the 99.99th percentile of |x| (best int8 mAP on the reference "
+                     "model), max = the largest |x|, entropy = TensorRT's KL-divergence threshold.")
 
 
 def _print_json(data: Any) -> None:

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 from helpers import effedge_cli
+from PIL import Image
 
 from effedge.runtime.onnxruntime import OnnxRuntimeRunner
 from effedge.export import torch_runner
@@ -82,9 +83,11 @@ def test_compile_tensorrt_without_tensorrt_fails_in_one_line(tmp_path):
 def test_failed_compile_leaves_no_build_directory(tmp_path, private_cache):
     broken = tmp_path / "images"
     broken.mkdir()
-    for i in range(3):
-        (broken / f"{i}.jpg").write_bytes(b"garbage")
-    with pytest.raises(EffedgeError, match="calibration files .* is an image"):
+    for i in range(3):  # readable JPEG headers (past the up-front check), image data cut off: fails mid-build
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 64, 3), np.uint8)).save(broken / f"{i}.jpg")
+        data = (broken / f"{i}.jpg").read_bytes()
+        (broken / f"{i}.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(EffedgeError, match="could be read"):
         compile_model(CompileConfig(variant="d0", precision="int8", image_size=128, calib_dir=str(broken)),
                       tmp_path / "build")
     assert not (tmp_path / "build").exists()

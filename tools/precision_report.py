@@ -23,8 +23,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from effedge import build_model  # noqa: E402
-from effedge.quantize.images import DEFAULT_CALIB_DIR, ImageSet, find_images
+from effedge.quantize.images import DEFAULT_CALIB_DIR, ImageSet, find_images  # noqa: E402
 from effedge.runtime.images import load_rgb  # noqa: E402
+from effedge.quantize.calibrators import DEFAULT_METHOD  # noqa: E402
 from effedge.export.onnx_export import export  # noqa: E402
 from effedge.quantize.convert import PrecisionOptions, convert, model_input  # noqa: E402
 
@@ -77,9 +78,10 @@ def main() -> None:
     images = ImageSet.from_folder(out / "images", count=args.images, holdout=16)
     fp32_seconds = time_fp32_forwards(source, images, args.images)
     rows = {}
-    for label, precision, method in [("fp16", "fp16", "entropy"), ("int8 entropy", "int8", "entropy"),
+    for label, precision, method in [("fp16", "fp16", DEFAULT_METHOD), ("int8 entropy", "int8", "entropy"),
                                      ("int8 max", "int8", "max"), ("int8 percentile", "int8", "percentile"),
-                                     ("mixed", "mixed", "entropy"), ("int8 entropy (re-run)", "int8", "entropy")]:
+                                     ("mixed", "mixed", DEFAULT_METHOD),
+                                     (f"int8 {DEFAULT_METHOD} (re-run)", "int8", DEFAULT_METHOD)]:
         start = time.perf_counter()
         report = convert(source, options=PrecisionOptions(precision=precision, calib_dir=out / "images",
                                                           calib_images=args.images, holdout=16, method=method))

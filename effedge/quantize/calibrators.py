@@ -90,8 +90,8 @@ def entropy_threshold(counts: np.ndarray, levels: int = LEVELS) -> int:
     """The number of bins of the |x| histogram ``counts`` to keep (the clipping threshold, in bins) with the
     smallest KL(P‖Q), as TensorRT's entropy calibration: P is the histogram cut after ``i`` bins with the outliers
     added to its last bin; Q quantizes the cut histogram *without* those outliers to ``levels`` levels and spreads
-    each level evenly over its non-empty bins. Every ``i`` from ``levels`` to ``counts.size`` is tried; ties go
-    to the largest ``i``.
+    each level evenly over its non-empty bins. Every ``i`` from ``levels`` to ``counts.size`` that keeps at least
+    half of the values is tried; ties go to the largest ``i``.
 
     The KL of all candidates is computed at once from prefix sums: within a level, Q is constant over the
     non-empty bins, so each level contributes (its P mass) × log(its Q value) and P's own entropy is a prefix
@@ -121,14 +121,17 @@ def entropy_threshold(counts: np.ndarray, levels: int = LEVELS) -> int:
     level_sums = cumulative[bounds[:, 1:]] - cumulative[bounds[:, :-1]]
     level_nonzero = cumulative_nonzero[bounds[:, 1:]] - cumulative_nonzero[bounds[:, :-1]]
     kept_mass = cumulative[kept]  # Q's total
-    q_value = np.where(level_sums > 0, level_sums / np.maximum(level_nonzero, 1) / kept_mass[:, None], 1.0)
+    q_value = np.where(level_sums > 0, level_sums / np.maximum(level_nonzero, 1) / np.maximum(kept_mass, 1.0)[:, None],
+                       1.0)
     p_mass = level_sums.copy()
     p_mass[:, -1] += outliers  # the outliers sit in the last bin, which belongs to the last level
     p_log_q = (p_mass * np.log(q_value)).sum(axis=1) / total
     kl = p_log_p - p_log_q
     # Outliers folded into an empty last bin, where Q is 0: P is not representable.
     kl[(last == 0) & (outliers > 0)] = np.inf
-    kl[kept_mass == 0] = np.inf
+    # A cut below the median leaves P mostly outliers, and a cut keeping a single occupied bin has KL 0 whatever
+    # it clips (an SE gate of the trained fixture, |x| in [0.046, 0.92], was cut at 0.047): not candidates.
+    kl[kept_mass < outliers] = np.inf
     if not np.isfinite(kl).any():
         return c.size
     return int(kept[len(kl) - 1 - np.argmin(kl[::-1])])

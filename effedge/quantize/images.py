@@ -4,7 +4,8 @@ Files are found recursively (jpg, jpeg, png, bmp, webp, tif, tiff), sorted, shuf
 split into held-out images (for the fidelity report, never used to calibrate) and calibration images. Each
 image is decoded with EXIF orientation applied, converted to 8-bit RGB (grayscale, RGBA, palette, CMYK,
 16-bit), reduced cheaply if huge, then letterboxed and normalized by :mod:`effedge.runtime.preprocess`. Files that
-cannot be decoded are skipped and counted.
+cannot be decoded are skipped and counted; a folder where no calibration file is an image is refused up front,
+from the headers. For a static-batch model, a last partial batch is filled up with repeats of its own images.
 """
 from __future__ import annotations
 
