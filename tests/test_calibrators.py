@@ -117,7 +117,7 @@ def test_zeros_then_values_and_non_finite_values():
 
 def test_default_method_is_percentile_everywhere():
     """The CLI spells the methods out (no numpy at --help): they and every default must agree."""
-    from effedge import cli
+    from effedge.cli import options as cli
     from effedge.pipeline.compile import CompileConfig
     from effedge.quantize.convert import PrecisionOptions
 

@@ -1,0 +1,110 @@
+"""effedge bench: trtexec-style benchmarks of one model or a matrix."""
+from __future__ import annotations
+
+import dataclasses
+import click
+
+from effedge.cli.main import cli
+from effedge.cli.options import print_json, table, progress, rich_progress, split_list
+
+
+@cli.command("bench")
+@click.argument("target", required=False)
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt", "tensorrt-rtx", "torch"]),
+              default="auto", show_default=True, help="auto: from the target (ONNX -> onnxruntime; engine -> "
+              "tensorrt or tensorrt-rtx, whichever built it according to its build.json).")
+@click.option("--variants", help="Matrix: comma-separated variants (compiled through the cache), e.g. d0,d1.")
+@click.option("--precisions", default="fp32", show_default=True, help="Matrix: fp32,fp16,int8,mixed.")
+@click.option("--batch", "batches", default="1", show_default=True, help="Batch size(s), comma-separated.")
+@click.option("--nms", type=click.Choice(["none", "onnx", "efficientnms", "auto"]), default="none",
+              show_default=True, help="Matrix: NMS tail compiled into the models.")
+@click.option("--baselines", is_flag=True, help="Also PyTorch eager and ONNX Runtime fp32, with speedups.")
+@click.option("--warmup", type=float, default=1.0, show_default=True, help="Warm-up seconds.")
+@click.option("--duration", type=float, default=3.0, show_default=True, help="Minimum measured seconds.")
+@click.option("--iterations", type=int, default=20, show_default=True, help="Minimum measured iterations.")
+@click.option("--cuda-graph", is_flag=True, help="TensorRT: replay a captured CUDA graph (default off).")
+@click.option("--no-transfers", is_flag=True, help="TensorRT: leave H2D/D2H copies out of the loop (default in).")
+@click.option("--end-to-end", "images_dir", type=click.Path(), help="Folder of images: time decode + letterbox + "
+              "inference + decode/NMS, per stage.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--markdown", is_flag=True, help="Print a Markdown table.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write the results as CSV.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write latency-vs-φ and "
+              "throughput-vs-latency plots (PNG).")
+def bench_command(target, backend, variants, precisions, batches, nms, baselines, warmup, duration, iterations,
+                  cuda_graph, no_transfers, images_dir, as_json, markdown, csv_path, plot_path) -> None:
+    """Benchmark TARGET (an engine, an ONNX file or a build directory) or a matrix of variants.
+
+    \b
+    Defaults: 1 s warm-up, then at least 20 iterations and 3 s; latency is host wall time
+    per inference (TensorRT adds CUDA-event H2D/compute/D2H and enqueue time).
+    \b
+    Examples:
+      effedge bench runs/d0-int8-onnxruntime-1a2b3c4d --baselines
+      effedge bench model.int8.engine --cuda-graph --json
+      effedge bench --variants d0,d1 --precisions fp32,fp16,int8 --csv bench.csv --plot bench.png
+      effedge bench runs/d0-fp16-tensorrt-… --end-to-end ~/images
+    """
+    from pathlib import Path
+
+    from effedge.bench import harness as bench
+    from effedge.bench.report import plot, rows, to_csv, to_markdown
+    from effedge.bench.targets import add_ratios, auto_backend, bench_matrix, bench_one, first_run_text, resolve_target
+    from effedge.quantize.images import find_images
+
+    batch_list = split_list(batches, int)
+    settings = bench.BenchSettings(warmup_s=warmup, min_iterations=iterations, min_duration_s=duration,
+                                   cuda_graph=cuda_graph, transfers=not no_transfers, batch=batch_list[0])
+    images = find_images(images_dir) if images_dir else None
+    if variants:
+        if target:
+            raise click.UsageError("give a TARGET or --variants, not both")
+        results = bench_matrix(split_list(variants), split_list(precisions), batch_list, backend=backend,
+                               settings=settings, nms=nms, baselines=baselines, log=progress,
+                               progress=rich_progress)
+    elif target:
+        path, manifest = resolve_target(target)
+        chosen = backend if backend != "auto" else auto_backend(path, manifest)
+        results = []
+        for batch in batch_list:
+            run = dataclasses.replace(settings, batch=batch)
+            progress(f"benchmarking {path.name} on {chosen}, batch {batch}")
+            results.append(bench_one(path, manifest, chosen, run, end_to_end=images))
+            if baselines:
+                if not manifest:
+                    raise click.UsageError("--baselines needs the build.json next to the target")
+                reference = bench_one(path, manifest, "torch", run, label=f"{manifest['variant']} torch eager b{batch}")
+                source = path.parent / "model.sim.onnx"
+                group = [reference, results[-1]]
+                if chosen != "onnxruntime" or path.name != source.name:
+                    group.append(bench_one(source, manifest, "onnxruntime", run,
+                                           label=f"{manifest['variant']} fp32 onnxruntime (baseline) b{batch}"))
+                add_ratios(group, reference["label"])
+                results.extend(group[:1] + group[2:])
+    else:
+        raise click.UsageError("give a TARGET (engine, ONNX file, build directory) or --variants")
+    if csv_path:
+        Path(csv_path).write_text(to_csv(results))
+    if plot_path:
+        plot(results, Path(plot_path))
+    if as_json:
+        print_json(results)
+        return
+    if markdown:
+        click.echo(to_markdown(results))
+    else:
+        from effedge.bench.report import COLUMNS
+
+        table("effedge bench", COLUMNS, rows(results))
+    for result in results:
+        for note in result["warnings"]:
+            click.echo(f"warning ({result['label']}): {note}", err=True)
+        if not markdown:  # the Markdown output stays a table
+            click.echo(f"{result['label']} first run (not in the statistics): {first_run_text(result['first_run'])}")
+        if "stages_ms" in result:
+            click.echo(f"{result['label']} stages (median ms): " + ", ".join(
+                f"{k} {v['median']:.2f}" for k, v in result["stages_ms"].items()))
+        for key, value in result.items():
+            reference = key.removeprefix("speedup_vs_")
+            if key.startswith("speedup_vs_") and result["backend"] != reference:
+                click.echo(f"{result['label']}: {value:.2f}× as fast as {reference} (median latency)")

@@ -1,0 +1,259 @@
+"""effedge export, quantize, compile, build: the stages, alone or in order."""
+from __future__ import annotations
+
+import click
+
+from effedge.cli.main import cli
+from effedge.cli.options import (CALIB_METHODS, DEFAULT_CALIB_METHOD, CALIB_METHOD_HELP, print_json, progress,
+                                 variant_arg, parse_dynamic_batch, rich_progress, split_list)
+
+
+@cli.command()
+@click.option("--variant", help="b0..b7, d0..d7x.")
+@click.option("--phi", type=float, help="Custom compound coefficient φ (0–7) instead of --variant.")
+@click.option("--weights", help="Checkpoint: .pth file, URL, or known name (tf_efficientdet_d0, …).")
+@click.option("--num-classes", type=int, help="Classes of the head (default 90 for detectors, 1000 for classifiers).")
+@click.option("--pad", type=click.Choice(["same", "symmetric"]), default="same", show_default=True,
+              help="Checkpoint layout: TF-ported (same) or PyTorch-trained (symmetric).")
+@click.option("--imgsz", type=int, help="Input size (square); default the variant's. Multiple of the largest stride.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
+@click.option("--dynamic-batch", metavar="MIN:OPT:MAX", help="Dynamic batch instead of --batch, e.g. 1:4:8.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (TensorRT 8.5/8.6 parse ≤ 17).")
+@click.option("--nms", type=click.Choice(["none", "onnx", "efficientnms"]), default="none", show_default=True,
+              help="NMS tail: none (decoded boxes + scores), onnx (NonMaxSuppression), efficientnms (TRT plugin).")
+@click.option("--input-format", type=click.Choice(["float", "uint8"]), default="float", show_default=True,
+              help="float: NCHW normalized; uint8: NHWC RGB 0-255, normalized in the graph.")
+@click.option("--score-threshold", type=float, default=0.05, show_default=True, help="NMS score threshold.")
+@click.option("--iou-threshold", type=float, default=0.5, show_default=True, help="NMS IoU threshold.")
+@click.option("--max-detections", type=int, default=100, show_default=True, help="NMS detections kept (K).")
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory [default: runs/<variant>].")
+@click.option("--json", "as_json", is_flag=True, help="Print the build manifest as JSON.")
+def export(variant, phi, weights, num_classes, pad, imgsz, batch, dynamic_batch, opset, nms, input_format,
+           score_threshold, iou_threshold, max_detections, out, as_json) -> None:
+    """Export a model to ONNX (simplified, checked against PyTorch) with a build.json manifest.
+
+    \b
+    Examples:
+      effedge export --variant d0
+      effedge export --variant d0 --weights tf_efficientdet_d0 --nms efficientnms
+      effedge export --phi 1.5 --dynamic-batch 1:4:8 --input-format uint8 --out runs/phi1.5
+    """
+    from effedge.export.onnx_export import ExportOptions, export as run_export
+    from effedge.arch.scaling import resolve
+
+    target = variant_arg(variant, phi)
+    options = ExportOptions(image_size=imgsz, batch=batch, dynamic_batch=parse_dynamic_batch(dynamic_batch),
+                            opset=opset, nms=nms, input_format=input_format, score_threshold=score_threshold,
+                            iou_threshold=iou_threshold, max_detections=max_detections)
+    out_dir = out or f"runs/{resolve(target).name}"
+    manifest = run_export(target, out_dir, weights=weights, num_classes=num_classes, pad=pad, options=options,
+                          log=progress)
+    if as_json:
+        print_json(manifest)
+        return
+    graph = manifest["graph"]["simplified"]
+    worst = max(manifest["parity"], key=lambda p: p["max_abs_diff"] / p["tolerance"])
+    click.echo(f"{out_dir}/model.sim.onnx: {manifest['variant']} {manifest['resolution'][0]}x"
+               f"{manifest['resolution'][1]}, opset {graph['opset']}, {graph['nodes']} nodes, "
+               f"parity max |Δ| {worst['max_abs_diff']:.2e} ({worst['output']})")
+
+
+
+def _print_precision_report(report: dict) -> None:
+    lines = [f"{report['file']}: {report['precision']}, opset {report['opset']}"]
+    calibration = report.get("calibration")
+    if calibration:
+        lines.append(f"calibration: {calibration['method']} on {calibration['images']} images"
+                     f"{' (cached)' if calibration['cached'] else ''}, {calibration['skipped']} skipped")
+    qdq = report.get("qdq")
+    if qdq:
+        lines.append(f"Q/DQ: {qdq['convolutions_int8']}/{qdq['convolutions']} convolutions int8, "
+                     f"{qdq['weights_per_channel_axis0']} per-channel weight quantizers (axis 0), "
+                     f"{qdq['activation_quantizers']} per-tensor activation quantizers")
+    if report.get("kept_fp16") is not None:
+        lines.append("kept in fp16: " + (", ".join(report["kept_fp16"]) or "nothing (int8 met the target)"))
+    fidelity = report["fidelity"]
+    for name, figures in fidelity["outputs"].items():
+        sqnr = "identical" if figures["sqnr_db"] is None else f"{figures['sqnr_db']:6.1f} dB"
+        lines.append(f"  {name:15s} SQNR {sqnr}  cosine {figures['cosine']:.6f}")
+    if "detections" in fidelity:
+        d = fidelity["detections"]
+        lines.append(f"  detections agree with fp32: F1 {d['f1']:.3f} (recall {d['recall']:.3f}, precision "
+                     f"{d['precision']:.3f}; {d['fp32']} fp32 detections ≥ {d['score_threshold']}) on "
+                     f"{fidelity['images']} held-out image(s)")
+    click.echo("\n".join(lines))
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--precision", type=click.Choice(["fp16", "int8", "mixed"]), required=True)
+@click.option("--calib", "calib_dir", type=click.Path(), help="Folder of calibration images [default: calib/].")
+@click.option("--calib-images", type=int, default=300, show_default=True,
+              help="Calibration images taken (deterministic shuffled subset).")
+@click.option("--holdout", type=int, help="Held-out images for the fidelity report [default: 20%, at most 16].")
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=DEFAULT_CALIB_METHOD, show_default=True,
+              help=CALIB_METHOD_HELP)
+@click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile.")
+@click.option("--fidelity-target", type=float, default=20.0, show_default=True,
+              help="mixed: worst raw-output SQNR (dB) on held-out images to reach.")
+@click.option("--opset", type=int, help="Target opset; 17 for TensorRT 8.5/8.6 (non-quantized part stays fp32).")
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory [default: the model's].")
+@click.option("--json", "as_json", is_flag=True, help="Print the precision report as JSON.")
+def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, percentile, fidelity_target, opset,
+             out, as_json) -> None:
+    """Write MODEL's precision into the graph: fp16, int8 (Q/DQ) or mixed int8/fp16.
+
+    \b
+    Examples:
+      effedge quantize runs/d0/model.sim.onnx --precision int8 --calib ~/images
+      effedge quantize runs/d0/model.sim.onnx --precision mixed --fidelity-target 25
+      effedge quantize runs/d0/model.sim.onnx --precision fp16
+    """
+    from pathlib import Path
+
+    from effedge.quantize.convert import PrecisionOptions, convert
+
+    options = PrecisionOptions(precision=precision, calib_dir=Path(calib_dir) if calib_dir else None,
+                               calib_images=calib_images, holdout=holdout, method=calib_method,
+                               percentile=percentile, fidelity_target=fidelity_target, opset=opset)
+    report = convert(model, out, options=options, log=progress, progress=rich_progress)
+    if as_json:
+        print_json(report)
+    else:
+        _print_precision_report(report)
+
+
+@cli.command("compile")
+@click.option("--variant", help="b0..b7, d0..d7x.")
+@click.option("--phi", type=float, help="Custom compound coefficient φ (0–7) instead of --variant.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "mixed"]), default="fp16", show_default=True)
+@click.option("--weights", help="Checkpoint: .pth file, URL, or known name (tf_efficientdet_d0, …).")
+@click.option("--num-classes", type=int, help="Classes of the head (default 90 / 1000).")
+@click.option("--pad", type=click.Choice(["same", "symmetric"]), default="same", show_default=True)
+@click.option("--imgsz", type=int, help="Input size (square); default the variant's.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
+@click.option("--dynamic-batch", metavar="MIN:OPT:MAX", help="Dynamic batch instead of --batch.")
+@click.option("--nms", type=click.Choice(["auto", "none", "onnx", "efficientnms"]), default="auto", show_default=True,
+              help="auto: efficientnms on TensorRT, onnx on ONNX Runtime, none on TensorRT-RTX (NMS in the Detector).")
+@click.option("--input-format", type=click.Choice(["float", "uint8"]), default="float", show_default=True)
+@click.option("--calib", "calib_dir", type=click.Path(), help="Calibration images for int8/mixed [default: calib/].")
+@click.option("--calib-images", type=int, default=300, show_default=True)
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=DEFAULT_CALIB_METHOD, show_default=True,
+              help=CALIB_METHOD_HELP)
+@click.option("--fidelity-target", type=float, default=20.0, show_default=True, help="mixed: SQNR target (dB).")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx", "onnxruntime"]), default="auto",
+              show_default=True, help="auto: TensorRT where it and a GPU are present, else ONNX Runtime on the CPU. "
+              "tensorrt-rtx builds ahead of time, also on a machine without a GPU.")
+@click.option("--compute-capability", "compute_capabilities", metavar="CC[,CC…]",
+              help="tensorrt-rtx: GPUs to build for, e.g. 8.6,8.9 [default: TensorRT-RTX's own set].")
+@click.option("--dla", "dla_core", type=int, help="Build for DLA core N (Jetson AGX Orin / Orin NX), GPU fallback on.")
+@click.option("--workspace", "workspace_mb", type=int, help="TensorRT workspace limit in MiB.")
+@click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), help="TensorRT builder optimization level.")
+@click.option("--out", type=click.Path(file_okay=False), help="Build directory [default: runs/<variant>-<precision>-…].")
+@click.option("--force", is_flag=True, help="Rebuild even when the cache says the build is up to date.")
+@click.option("--profile", "profile_name", help="Compile the model `effedge select` picks for this profile, "
+              "with its precision and batch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the build manifest as JSON.")
+def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, batch, dynamic_batch, nms,
+                    input_format, calib_dir, calib_images, calib_method, fidelity_target, backend,
+                    compute_capabilities, dla_core, workspace_mb, optimization_level, out, force, profile_name,
+                    as_json) -> None:
+    """Compile a model end to end: build, export, simplify, precision, NMS, engine.
+
+    \b
+    Uses TensorRT when it is installed and sees a GPU, else ONNX Runtime on the CPU
+    (the deployable is then the final ONNX graph). An unchanged re-run is a cache hit.
+    \b
+    Examples:
+      effedge compile --variant d0 --precision int8
+      effedge compile --variant d2 --precision mixed --calib ~/site-images --fidelity-target 25
+      effedge compile --phi 1.5 --precision fp16 --dynamic-batch 1:4:8 --backend tensorrt
+      effedge compile --variant d0 --precision int8 --backend tensorrt-rtx --compute-capability 8.6,8.9
+    """
+    from effedge.pipeline.compile import CompileConfig, compile_model
+
+    if profile_name:
+        from effedge.plan.latency import select
+        from effedge.plan.profiles import load_profile
+
+        if variant or phi is not None:
+            raise click.UsageError("--profile chooses the variant; drop --variant/--phi")
+        context = click.get_current_context()
+        explicit = [f"--{name.replace('_', '-')}" for name in ("precision", "batch")
+                    if context.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+        if explicit:  # the profile's choice was made for its own precision and batch
+            raise click.UsageError(f"--profile sets the precision and batch it was selected for; drop "
+                                   f"{' and '.join(explicit)}, or compile without --profile")
+        prof = load_profile(profile_name)
+        _, choice = select(prof, log=progress)
+        if choice is None:
+            raise click.ClickException(f"no candidate meets {prof.name}'s budget of {prof.target.latency_ms:g} ms")
+        progress(f"profile {prof.name}: compiling {choice.name} ({choice.predicted_ms:.1f} ms {choice.source})")
+        variant, phi, precision, batch = (choice.name if choice.name[0] == "d" else None,
+                                          None if choice.name[0] == "d" else choice.phi,
+                                          prof.target.precision, prof.target.batch)
+        backend = backend if backend != "auto" else prof.software.backend
+    config = CompileConfig(
+        variant=variant_arg(variant, phi), precision=precision, weights=weights, num_classes=num_classes, pad=pad,
+        image_size=imgsz, batch=batch, dynamic_batch=parse_dynamic_batch(dynamic_batch), nms=nms,
+        input_format=input_format, calib_dir=calib_dir, calib_images=calib_images, calib_method=calib_method,
+        fidelity_target=fidelity_target, backend=backend, dla_core=dla_core, workspace_mb=workspace_mb,
+        optimization_level=optimization_level,
+        compute_capabilities=tuple(split_list(compute_capabilities)) or None)
+    manifest = compile_model(config, out, force=force, log=progress, progress=rich_progress)
+    if as_json:
+        print_json(manifest)
+        return
+    info = manifest["compile"]
+    state = "cache hit" if info["cache_hit"] else f"built in {info['total_seconds']:.1f} s"
+    click.echo(f"{manifest['variant']} {manifest['precision']} on {manifest['backend']} (nms {manifest['nms']}): "
+               f"{state}\n  deployable: {info['deployable']}")
+
+
+@cli.command("build")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--backend", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt", show_default=True,
+              help="tensorrt-rtx builds ahead of time, also on a machine without a GPU.")
+@click.option("--compute-capability", "compute_capabilities", metavar="CC[,CC…]",
+              help="tensorrt-rtx: GPUs to build for, e.g. 8.6,8.9 [default: TensorRT-RTX's own set].")
+@click.option("--out", type=click.Path(dir_okay=False), help="Engine file [default: MODEL with .engine].")
+@click.option("--dynamic-batch", metavar="MIN:OPT:MAX", help="Profile for a dynamic batch dimension.")
+@click.option("--dla", "dla_core", type=int, help="DLA core (GPU fallback on).")
+@click.option("--workspace", "workspace_mb", type=int, help="Workspace limit in MiB.")
+@click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), help="Builder optimization level.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache file to load and update.")
+@click.option("--version-compatible", is_flag=True, help="Engine runs on later TensorRT versions too.")
+@click.option("--hardware-compatible", is_flag=True, help="Engine runs on any Ampere or newer GPU.")
+@click.option("--json", "as_json", is_flag=True, help="Print the engine's build.json entry as JSON.")
+def build_command(model, backend, compute_capabilities, out, dynamic_batch, dla_core, workspace_mb,
+                  optimization_level, timing_cache, version_compatible, hardware_compatible, as_json) -> None:
+    """Build an engine from MODEL.onnx (the engine stage alone, e.g. on a Jetson), recorded in the
+    build.json beside it (one entry per engine file).
+
+    \b
+    Examples:
+      effedge build runs/d0-int8/model.int8.onnx
+      effedge build model.fp16.onnx --dla 0 --timing-cache ~/.cache/orin.timing
+      effedge build model.fp16.onnx --backend tensorrt-rtx --compute-capability 8.9
+    """
+    from pathlib import Path
+
+    from effedge.pipeline.compile import build_engine_file
+
+    source = Path(model)
+    if not source.is_file():
+        raise click.UsageError(f"{source} does not exist")
+    report = build_engine_file(source, Path(out) if out else None, backend=backend,
+                               compute_capabilities=tuple(split_list(compute_capabilities)) or None,
+                               dynamic_batch=parse_dynamic_batch(dynamic_batch), dla_core=dla_core,
+                               workspace_mb=workspace_mb, optimization_level=optimization_level,
+                               timing_cache=Path(timing_cache) if timing_cache else None,
+                               version_compatible=version_compatible, hardware_compatible=hardware_compatible,
+                               log=progress)
+    if as_json:
+        print_json(report)
+        return
+    layers = report.get("layers") or {}
+    click.echo(f"{report['file']}: {report['product']} {report['version']}, {report['precision']}, built in "
+               f"{report['seconds']} s, {report['bytes'] / 2**20:.1f} MiB"
+               + (f", {layers['layers']} layers ({layers['reformat_layers']} reformat)" if layers.get("layers") else ""))

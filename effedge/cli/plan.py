@@ -1,0 +1,129 @@
+"""effedge profile list/fit, effedge select: latency profiles and model selection."""
+from __future__ import annotations
+
+import click
+
+from effedge.cli.main import cli
+from effedge.cli.options import print_json, table, progress
+
+
+@cli.group()
+def profile() -> None:
+    """Latency profiles: list, check, and fit them to measurements.
+
+    \b
+    Shipped profiles live in the package's profiles/ folder; `profile fit` and self-calibration write
+    fitted copies to $EFFEDGE_PROFILE_DIR (default ~/.config/effedge/profiles), which are used first.
+    \b
+    Examples:
+      effedge profile list
+      effedge bench --variants d0,d1,d2 --precisions fp32 --json > bench.json
+      effedge profile fit cpu-local bench.json
+    """
+
+
+def _model_summary(prof) -> str:
+    if not prof.fits:
+        return "priors" if prof.priors else "generic priors"
+    return ", ".join(f"{precision}: {'calibrated' if f.method == 'self-calibration' else 'fitted'} "
+                     f"({len(f.points)} pt)" for precision, f in prof.fits.items())
+
+
+@profile.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def profile_list(as_json) -> None:
+    """Validate and list the profiles: shipped ones, and fitted copies in the user profile directory."""
+    from effedge.plan.profiles import all_profiles, load_profile, user_profiles
+
+    shipped, user = all_profiles(), user_profiles()
+    rows = [(path, "shipped, overridden" if path.stem in {u.stem for u in user} else "shipped") for path in shipped]
+    rows += [(path, "user copy" if path.stem in {s.stem for s in shipped} else "user") for path in user]
+    profiles = [(load_profile(path), origin) for path, origin in rows]
+    if as_json:
+        print_json([{"profile": p.name, "origin": origin, "path": str(p.path), "device": p.device.name,
+                      "backend": p.software.backend, "budget_ms": p.target.latency_ms,
+                      "percentile": p.target.percentile, "precision": p.target.precision,
+                      "priors_source": p.priors.source if p.priors else None,
+                      "fits": {k: f.model_dump() for k, f in p.fits.items()}} for p, origin in profiles])
+        return
+    table("profiles", ["profile", "origin", "device", "backend", "budget ms", "percentile", "precision", "model"],
+           [[p.name, origin, p.device.name, p.software.backend, f"{p.target.latency_ms:g}", p.target.percentile,
+             p.target.precision, _model_summary(p)] for p, origin in profiles])
+    if user:
+        click.echo(f"user profiles: {user[0].parent}")
+
+
+@profile.command("fit")
+@click.argument("name")
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def profile_fit(name, results, as_json) -> None:
+    """Fit profile NAME to `effedge bench --json` RESULTS (per precision) and store the fit and the measured
+    points in a copy of the profile in the user profile directory (the shipped file is never changed)."""
+    from effedge.plan.latency import FIT_TOLERANCE, TERMS, fit_profile
+
+    report = fit_profile(name, list(results))
+    if as_json:
+        print_json(report)
+        return
+    click.echo(f"wrote {report['written_to']}")
+    for precision, fitted in report["fits"].items():
+        weights = ", ".join(f"{term} ×{fitted[term]:.3g}" for term in TERMS)
+        click.echo(f"{report['profile']} {precision} ({len(fitted['points'])} points at {fitted['percentile']}): "
+                   f"weights {weights} on the prior roofline, within {fitted['shape_error']:.1%} of the points; "
+                   "per-point corrections make the fit reproduce them")
+        for point in fitted["points"]:
+            click.echo(f"  {point['label']}: measured {point['measured_ms']:.2f} ms, fit {point['predicted_ms']:.2f} "
+                       f"ms ({point['error'] * 100:+.1f} %), weighted roofline alone {point['roofline_ms']:.2f} ms")
+        if fitted["shape_error"] > FIT_TOLERANCE:
+            click.echo(f"note: the roofline's shape misses a point by {fitted['shape_error']:.0%}; between measured "
+                       "points the corrections interpolate, beyond them the nearest point's correction holds "
+                       "(a busy machine? bench again)", err=True)
+
+
+@cli.command("select")
+@click.option("--profile", "profile_name", required=True, help="Profile name (profiles/NAME.yaml) or file.")
+@click.option("--latency-ms", type=float, help="Latency budget instead of the profile's.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "mixed"]), help="Instead of the profile's.")
+@click.option("--step", type=float, default=0.5, show_default=True, help="φ grid step for custom candidates.")
+@click.option("--verify", is_flag=True, help="Compile and benchmark the choice; step down while it misses.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def select_command(profile_name, latency_ms, precision, step, verify, as_json) -> None:
+    """Choose the largest EfficientDet (named or fractional φ) that meets a profile's latency budget.
+
+    An unfitted CPU profile (cpu-local) first calibrates itself by timing D0 and D1 on this machine (seconds,
+    once per precision); device profiles predict from published-measurement priors until fitted.
+    \b
+    Examples:
+      effedge select --profile orin-nx-16gb
+      effedge select --profile cpu-local --latency-ms 150 --verify
+    """
+    from dataclasses import asdict
+
+    from effedge.plan.latency import calibrated, describe_model, select, verify_choice
+    from effedge.plan.profiles import load_profile
+
+    prof = load_profile(profile_name)
+    precision = precision or prof.target.precision
+    prof = calibrated(prof, precision, log=progress)
+    candidates, choice = select(prof, latency_ms=latency_ms, precision=precision, step=step, log=progress)
+    budget = latency_ms or prof.target.latency_ms
+    note = describe_model(prof, precision)
+    verification = verify_choice(prof, candidates, choice, budget, precision, log=progress) if verify else None
+    if as_json:
+        print_json({"profile": prof.name, "budget_ms": budget, "model": note,
+                     "candidates": [asdict(c) for c in candidates],
+                     "choice": asdict(choice) if choice else None, "verification": verification})
+        return
+    table(f"{prof.name}: budget {budget:g} ms at {prof.target.percentile} (margin {prof.target.margin:.0%})",
+           ["candidate", "φ", "input", "GMACs", "ms", "source", "fits"],
+           [[c.name, f"{c.phi:g}", c.resolution, f"{c.macs / 1e9:.2f}", f"{c.predicted_ms:.1f}", c.source,
+             "yes" if c.fits else "no"] for c in candidates])
+    click.echo(note)
+    click.echo(f"choice: {choice.name} (φ={choice.phi:g}, {choice.resolution}px)" if choice else
+               "no candidate fits the budget")
+    if verification:
+        for step_result in verification["steps"]:
+            click.echo(f"  measured {step_result['name']}: {step_result['measured_ms']:.1f} ms "
+                       f"({'within' if step_result['within_budget'] else 'over'} {budget:g} ms)")
+        click.echo(f"verified choice: {verification['choice']}")
