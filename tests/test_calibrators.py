@@ -117,16 +117,17 @@ def test_zeros_then_values_and_non_finite_values():
 
 def test_default_method_is_percentile_everywhere():
     """The CLI spells the methods out (no numpy at --help): they and every default must agree."""
-    from effedge.cli import options as cli
+    from effedge.cli import cli
+    from effedge.cli import options
     from effedge.pipeline.compile import CompileConfig
     from effedge.quantize.convert import PrecisionOptions
 
     assert DEFAULT_METHOD == "percentile"  # the best int8 mAP on the reference model (README)
-    assert cli.CALIB_METHODS == CALIB_METHODS and cli.DEFAULT_CALIB_METHOD == DEFAULT_METHOD
+    assert options.CALIB_METHODS == CALIB_METHODS and options.DEFAULT_CALIB_METHOD == DEFAULT_METHOD
     assert PrecisionOptions(precision="int8").method == DEFAULT_METHOD
     assert CompileConfig(variant="d0").calib_method == DEFAULT_METHOD
     for command in ("compile", "quantize"):
-        option = next(p for p in cli.cli.commands[command].params if p.name == "calib_method")
+        option = next(p for p in cli.commands[command].params if p.name == "calib_method")
         assert option.default == DEFAULT_METHOD and option.help
 
 
