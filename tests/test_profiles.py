@@ -12,10 +12,11 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
+from effedge.pipeline import measure
 from effedge.plan import latency
 from effedge.plan.latency import LayerCost, graph_costs, latency_terms, predict_ms
-from effedge.plan.profiles import (PROFILE_DIR, ComputeEfficiency, Fit, Measured, Priors, ProfileError, all_profiles,
-                              load_profile)
+from effedge.plan.profiles import (PROFILE_DIR, ComputeEfficiency, Fit, Measured, Priors, ProfileError,
+                                   all_profiles, load_profile)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -200,13 +201,13 @@ def test_selection_on_constructed_costs(monkeypatch):
                                                                                        0, 0)])
     ms_per_gmac = predict_ms([LayerCost("conv", 1e9, 0, 0)], profile, "fp32")
     budget = ms_per_gmac * 4.2 / (1 - profile.target.margin)  # φ up to 3.2 fits
-    candidates, choice = latency.select(profile, latency_ms=budget, calibrate=False)
+    candidates, choice = latency.select(profile, latency_ms=budget)
     assert choice.phi == max(c.phi for c in candidates if (1 + c.phi) * ms_per_gmac <= budget * 0.9 + 1e-9)
     assert choice.phi == 3.0 and all(c.fits == (c.predicted_ms <= budget * 0.9) for c in candidates)
     profile.measured = [Measured(variant="d3", precision="fp32", batch=1, latency_ms=budget * 10)]
-    candidates, choice = latency.select(profile, latency_ms=budget, calibrate=False)  # measured overrides
+    candidates, choice = latency.select(profile, latency_ms=budget)  # measured overrides
     assert choice.name == "phi2.5" and next(c for c in candidates if c.name == "d3").source == "measured"
-    assert latency.select(profile, latency_ms=ms_per_gmac * 0.5, calibrate=False)[1] is None
+    assert latency.select(profile, latency_ms=ms_per_gmac * 0.5)[1] is None
 
 
 def test_unfitted_cpu_profile_calibrates_itself_once(monkeypatch, user_profile_dir):
@@ -219,11 +220,11 @@ def test_unfitted_cpu_profile_calibrates_itself_once(monkeypatch, user_profile_d
         timed.append((variant, precision))
         return on_this_cpu[variant]
 
-    monkeypatch.setattr(latency, "_time_reference", time_reference)
+    monkeypatch.setattr(measure, "time_reference", time_reference)
     profile = load_profile("cpu-local")
     shipped = profile.path.read_text()
     assert latency.needs_calibration(profile, "fp32")
-    candidates, choice = latency.select(profile, latency_ms=90)
+    candidates, choice = latency.select(measure.calibrated(profile, "fp32"), latency_ms=90)
     assert timed == [("d0", "fp32"), ("d1", "fp32")]
     by_name = {c.name: c for c in candidates}
     assert (by_name["d0"].predicted_ms, by_name["d1"].predicted_ms) == (30.0, 75.0)
@@ -236,17 +237,17 @@ def test_unfitted_cpu_profile_calibrates_itself_once(monkeypatch, user_profile_d
     assert 30.0 < by_name["phi0.5"].predicted_ms < 75.0  # interpolated between the timed points
     assert by_name["d2"].predicted_ms == pytest.approx(75.0 * 3 / 2, rel=1e-3)  # d1's correction holds beyond
     assert choice.name == "d1"  # measured 75 ms ≤ 0.9 · 90 ms; φ = 1.5 is predicted at 93.75 ms
-    latency.select(calibrated, latency_ms=90)
+    latency.select(measure.calibrated(calibrated, "fp32"), latency_ms=90)
     assert len(timed) == 2  # stored: not timed again
     assert "self-calibrated on d0 fp32 b1, d1 fp32 b1" in latency.describe_model(calibrated, "fp32")
     assert profile.path.read_text() == shipped
 
 
 def test_unfitted_device_profile_says_so_and_how_to_fit(monkeypatch):
-    monkeypatch.setattr(latency, "_time_reference", lambda *args: pytest.fail("a device profile cannot be timed "
+    monkeypatch.setattr(measure, "time_reference", lambda *args: pytest.fail("a device profile cannot be timed "
                                                                               "on this machine"))
     profile = load_profile("orin-nx-16gb")
-    assert latency.calibrated(profile, "int8") is profile
+    assert measure.calibrated(profile, "int8") is profile
     note = latency.describe_model(profile, "int8")
     assert "unfitted" in note and "MLPerf" in note
     assert "effedge bench --variants d0,d1,d2 --precisions int8 --json > bench.json" in note
@@ -373,7 +374,7 @@ def test_bench_json_target_is_absolute(tmp_path, monkeypatch):
 def test_self_calibration_on_this_cpu(tmp_path, monkeypatch, user_profile_dir):
     """The real thing: compile and time D0 and D1 on this CPU; the stored fit reproduces what was measured."""
     monkeypatch.setenv("EFFEDGE_CACHE_DIR", str(tmp_path / "cache"))
-    profile = latency.calibrated(load_profile("cpu-local"), "fp32")
+    profile = measure.calibrated(load_profile("cpu-local"), "fp32")
     assert profile.path.parent == user_profile_dir and [m.variant for m in profile.measured] == ["d0", "d1"]
     for point in profile.measured:
         costs = latency.candidate_costs(latency.resolve(point.variant), "fp32")

@@ -173,6 +173,7 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
     from effedge.pipeline.compile import CompileConfig, compile_model
 
     if profile_name:
+        from effedge.pipeline.measure import calibrated
         from effedge.plan.latency import select
         from effedge.plan.profiles import load_profile
 
@@ -185,6 +186,7 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
             raise click.UsageError(f"--profile sets the precision and batch it was selected for; drop "
                                    f"{' and '.join(explicit)}, or compile without --profile")
         prof = load_profile(profile_name)
+        prof = calibrated(prof, prof.target.precision, log=progress)
         _, choice = select(prof, log=progress)
         if choice is None:
             raise click.ClickException(f"no candidate meets {prof.name}'s budget of {prof.target.latency_ms:g} ms")

@@ -100,7 +100,8 @@ def select_command(profile_name, latency_ms, precision, step, verify, as_json) -
     """
     from dataclasses import asdict
 
-    from effedge.plan.latency import calibrated, describe_model, select, verify_choice
+    from effedge.pipeline.measure import calibrated, verify_choice
+    from effedge.plan.latency import describe_model, select
     from effedge.plan.profiles import load_profile
 
     prof = load_profile(profile_name)

@@ -9,7 +9,8 @@ in its weights, so the fit is a non-negative least-squares problem with no local
 weights as come within 5 % of the measured points (one point: one scale factor). Per-point corrections
 (measured ÷ weighted roofline) then make the fit reproduce every point it was fitted on; between points they
 are interpolated along the prior time, beyond them the nearest one holds. Measured points override
-predictions; an unfitted local-CPU profile calibrates itself by timing D0 and D1.
+predictions; an unfitted local-CPU profile calibrates itself by timing D0 and D1
+(:mod:`effedge.pipeline.measure`, which compiles and benchmarks: planning itself runs no stage).
 
 Candidates' graphs come from exports at the two smallest valid inputs (the largest stride and twice it):
 input sizes are multiples of the largest stride, so each layer's cost is a + b·(input area) — feature-map
@@ -255,15 +256,12 @@ def candidate_specs(step: float = 0.5) -> list[ModelSpec]:
 
 
 def select(profile: Profile, *, latency_ms: Optional[float] = None, precision: Optional[str] = None,
-           step: float = 0.5, calibrate: bool = True,
-           log=lambda message: None) -> tuple[list[Candidate], Optional[Candidate]]:
+           step: float = 0.5, log=lambda message: None) -> tuple[list[Candidate], Optional[Candidate]]:
     """Rank candidates by predicted latency at the profile's percentile; pick the largest (most MACs) that
-    fits ``(1 − margin) × budget``. Measured points in the profile override predictions. An unfitted
-    local-CPU profile is first calibrated on this machine (see ``calibrated``)."""
+    fits ``(1 − margin) × budget``. Measured points in the profile override predictions. (An unfitted
+    local-CPU profile can first be calibrated on this machine: ``effedge.pipeline.measure.calibrated``.)"""
     budget = latency_ms or profile.target.latency_ms
     precision = precision or profile.target.precision
-    if calibrate:
-        profile = calibrated(profile, precision, log=log)
     limit = budget * (1 - profile.target.margin)
     measured = {(m.variant, m.precision, m.batch): m.latency_ms for m in profile.measured}
     candidates = []
@@ -307,59 +305,6 @@ def needs_calibration(profile: Profile, precision: str) -> bool:
     """A CPU profile run by ONNX Runtime describes this machine, so it can be measured here and now."""
     return (profile.device.kind == "cpu" and profile.software.backend == "onnxruntime"
             and precision not in profile.fits)
-
-
-def _time_reference(variant: str, precision: str, batch: int, percentile: str, log) -> float:
-    """Compile ``variant`` at ``precision`` into the cache (once) and time it briefly on ONNX Runtime."""
-    from effedge.bench.harness import BenchSettings
-    from effedge.bench.targets import bench_one
-    from effedge.pipeline.compile import CompileConfig, compile_model
-    from effedge.io import cache_root
-
-    out = cache_root() / "calibration" / f"{variant}-{precision}-b{batch}"
-    manifest = compile_model(CompileConfig(variant=variant, precision=precision, batch=batch, nms="none",
-                                           backend="onnxruntime"), out_dir=out, log=log)
-    log(f"timing {variant} {precision} on this CPU")
-    settings = BenchSettings(warmup_s=0.5, min_iterations=15, min_duration_s=1.5, batch=batch, energy=False)
-    result = bench_one(out / manifest["compile"]["deployable"], manifest, "onnxruntime", settings)
-    for note in result["warnings"]:
-        log(f"warning ({variant}): {note}")
-    return result["latency_ms"][percentile]
-
-
-def calibrated(profile: Profile, precision: str, log=lambda message: None) -> Profile:
-    """``profile`` itself, or, for an unfitted local-CPU profile, the profile fitted to the two smallest
-    candidates (D0, D1) compiled and timed on this CPU: seconds, stored in the user profile directory with
-    the measured points, so it happens once per precision."""
-    import os
-    import time
-
-    from effedge.plan.profiles import Measured, load_profile, save_model, user_profile_dir
-
-    if not needs_calibration(profile, precision):
-        return profile
-    log(f"{profile.name} is unfitted for {precision}: calibrating on this CPU by timing "
-        f"{' and '.join(CALIBRATION_VARIANTS)} (once)")
-    load, cpus = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0, os.cpu_count() or 1
-    if load > 0.5 * cpus:  # other work competes for the cores ONNX Runtime uses: timings come out slow
-        log(f"warning: this machine is busy (load {load:.1f} on {cpus} CPUs), so the calibration may come out slow; "
-            f"to redo it later, delete {user_profile_dir() / (profile.name + '.yaml')}")
-    start, batch, points, labels = time.perf_counter(), profile.target.batch, [], []
-    measured = [m for m in profile.measured if not (m.variant in CALIBRATION_VARIANTS and m.precision == precision
-                                                    and m.batch == batch)]
-    for variant in CALIBRATION_VARIANTS:
-        ms = _time_reference(variant, precision, batch, profile.target.percentile, log)
-        spec = resolve(variant)
-        points.append((candidate_costs(spec, precision), ms))
-        labels.append(f"{variant} {precision} b{batch}")
-        measured.append(Measured(variant=variant, precision=precision, batch=batch,
-                                 resolution=[spec.resolution, spec.resolution], latency_ms=ms))
-    fitted = fit(points, profile, precision, batch, labels=labels, method="self-calibration")
-    path = save_model(profile, {**profile.fits, precision: fitted}, measured)
-    log(f"calibrated {profile.name} {precision} in {time.perf_counter() - start:.0f} s: " + ", ".join(
-        f"{label} {ms:.1f} ms" for label, (_, ms) in zip(labels, points)) + f" ({profile.target.percentile}); "
-        f"stored in {path}")
-    return load_profile(path)
 
 
 def _resolve_target(target: str, json_dir: Path) -> Path:
@@ -432,39 +377,3 @@ def fit_profile(name: str, result_files: list) -> dict:
             measured[(point.variant, point.precision, point.batch)] = point
     path = save_model(profile, fits, list(measured.values()))
     return {"profile": profile.name, "written_to": str(path), "fits": report}
-
-
-def verify_choice(profile: Profile, candidates: list[Candidate], choice: Optional[Candidate], budget: float,
-                  precision: str, log=lambda message: None) -> dict:
-    """Compile and benchmark the choice; while it misses the budget, step down to the next smaller candidate.
-    Also measures the next larger candidate, to show the budget is tight."""
-    from effedge.bench import harness as bench
-    from effedge.bench.targets import bench_one
-    from effedge.pipeline.compile import CompileConfig, compile_model
-
-    def measure(candidate: Candidate) -> float:
-        variant = candidate.name if candidate.name[0] == "d" else candidate.phi
-        manifest = compile_model(CompileConfig(variant=variant, precision=precision, batch=profile.target.batch,
-                                               nms="none", backend=profile.software.backend), log=log)
-        out = manifest["compile"]["out_dir"]
-        log(f"benchmarking {candidate.name}")
-        result = bench_one(Path(out) / manifest["compile"]["deployable"], manifest,
-                           manifest["backend"], bench.BenchSettings(batch=profile.target.batch, energy=False))
-        return result["latency_ms"][profile.target.percentile]
-
-    ordered = sorted(candidates, key=lambda c: c.macs)
-    steps = []
-    index = ordered.index(choice) if choice else -1
-    verified = None
-    while index >= 0:
-        ms = measure(ordered[index])
-        steps.append({"name": ordered[index].name, "measured_ms": ms, "within_budget": ms <= budget})
-        if ms <= budget:
-            verified = ordered[index].name
-            break
-        index -= 1
-    if verified and index + 1 < len(ordered):
-        larger = ordered[index + 1]
-        ms = measure(larger)
-        steps.append({"name": larger.name, "measured_ms": ms, "within_budget": ms <= budget, "next_larger": True})
-    return {"choice": verified, "steps": steps}
