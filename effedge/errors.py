@@ -9,6 +9,10 @@ class EffedgeError(Exception):
     """An error caused by the user's input or environment, with a message that says how to fix it."""
 
 
+class RunError(EffedgeError):
+    """The input was valid but the work failed at run time: a build, a CUDA call, a parity check (exit code 1)."""
+
+
 class VariantError(EffedgeError, ValueError):
     """Unknown variant name or an out-of-range compound coefficient."""
 

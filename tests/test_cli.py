@@ -54,3 +54,61 @@ def test_random_weights_are_announced_and_recorded(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "no --weights: b0 gets random weights" in result.stderr
     assert json.loads((tmp_path / "b0" / "build.json").read_text())["weights"] == "random"
+
+
+def _commands(group, prefix=""):
+    import click
+
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _commands(command, f"{prefix}{name} ")
+        else:
+            yield f"{prefix}{name}", command
+
+
+def test_every_option_has_help_and_every_reporting_command_has_json():
+    import click
+
+    for name, command in _commands(cli):
+        undocumented = [p.name for p in command.params if isinstance(p, click.Option) and not p.help]
+        assert undocumented == [], f"{name}: {undocumented}"
+        assert any(p.name == "as_json" for p in command.params), f"{name} has no --json"
+
+
+def test_one_name_for_one_thing_across_commands():
+    """Thresholds are --score-threshold/--iou-threshold everywhere; --nms defaults alike, so bench hits compile's
+    cache; --out is always a directory."""
+    import click
+
+    seen = {}
+    for name, command in _commands(cli):
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert not {"--score", "--iou"} & set(param.opts), name
+                if param.name == "nms":
+                    seen[name] = param.default
+                if param.name == "out":
+                    assert isinstance(param.type, click.Path) and not param.type.file_okay, name
+    assert set(seen.values()) == {"auto"} and {"export", "compile", "bench"} <= set(seen)
+
+
+def test_exit_codes_two_for_bad_input_one_for_run_failures(monkeypatch):
+    from effedge.cli.main import main
+    from effedge.errors import RunError
+
+    def run(args):
+        monkeypatch.setattr("sys.argv", ["effedge", *args])
+        try:
+            main()
+        except SystemExit as exit_:
+            return exit_.code
+        return 0
+
+    assert run(["info", "d9"]) == 2  # bad input
+    assert run(["models", "--no-such-option"]) == 2  # bad usage
+
+    def failing_doctor():
+        raise RunError("CUDA call cudaMalloc failed: cudaErrorMemoryAllocation (out of memory)")
+
+    monkeypatch.setattr("effedge.pipeline.doctor.diagnose", failing_doctor)
+    assert run(["doctor"]) == 1  # valid input, failed at run time

@@ -129,16 +129,18 @@ def test_uint8_input_normalizes_in_the_graph(tmp_path):
 def test_onnx_nms_tail_matches_reference_nms(tmp_path):
     weights = random_weights("d0", 128, seed=7)
     nms_options = dict(image_size=128, score_threshold=0.6, iou_threshold=0.5, max_detections=20)
-    export("d0", tmp_path / "raw", weights=weights, options=ExportOptions(**nms_options))
     export("d0", tmp_path / "nms", weights=weights, options=ExportOptions(nms="onnx", **nms_options))
+    # one export, two graphs: model.sim.onnx stays tail-free (quantize takes it), model.fp32.onnx has the tail
+    assert not {n.op_type for n in onnx.load(str(tmp_path / "nms" / "model.sim.onnx")).graph.node} & {
+        "NonMaxSuppression", "EfficientNMS_TRT"}
     images = example_input((128, 128), 2, "float", seed=8)
     images = np.concatenate([images[:1]] * 1 + [images[1:]])
     raw = {k: [] for k in ("boxes", "scores")}
     for i in range(2):  # the static-batch-1 raw model, image by image
-        out = run(tmp_path / "raw" / "model.sim.onnx", images[i:i + 1])
+        out = run(tmp_path / "nms" / "model.sim.onnx", images[i:i + 1])
         raw["boxes"].append(out["boxes"][0])
         raw["scores"].append(out["scores"][0])
-    detections = [run(tmp_path / "nms" / "model.sim.onnx", images[i:i + 1]) for i in range(2)]
+    detections = [run(tmp_path / "nms" / "model.fp32.onnx", images[i:i + 1]) for i in range(2)]
     total = 0
     for i, det in enumerate(detections):
         expected = batched_nms(raw["boxes"][i], raw["scores"][i], score_threshold=0.6, iou_threshold=0.5,
@@ -158,7 +160,7 @@ def test_efficientnms_tail_is_the_documented_plugin_node(tmp_path):
     export("d0", tmp_path, weights=random_weights("d0", 128),
            options=ExportOptions(image_size=128, nms="efficientnms", score_threshold=0.3, iou_threshold=0.45,
                                  max_detections=50))
-    model = onnx.load(str(tmp_path / "model.sim.onnx"))
+    model = onnx.load(str(tmp_path / "model.fp32.onnx"))
     onnx.checker.check_model(model)
     [node] = [n for n in model.graph.node if n.op_type == "EfficientNMS_TRT"]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}

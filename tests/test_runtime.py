@@ -105,15 +105,15 @@ def test_detector_on_a_real_export_and_the_cli(tmp_path):
     export("d0", tmp_path / "build", options=ExportOptions(image_size=128, nms="onnx", score_threshold=0.3))
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 160, 3), dtype=np.uint8)).save(photo)
-    with Detector(tmp_path / "build" / "model.sim.onnx") as detector:
+    with Detector(tmp_path / "build" / "model.fp32.onnx") as detector:
         [found] = detector([photo])
     assert (found.boxes[:, 2] <= 160).all() and (found.boxes[:, 3] <= 90).all() and (found.scores >= 0.3).all()
-    result = subprocess.run([sys.executable, "-m", "effedge", "detect", str(tmp_path / "build" / "model.sim.onnx"),
+    result = subprocess.run([sys.executable, "-m", "effedge", "detect", str(tmp_path / "build" / "model.fp32.onnx"),
                              str(photo), "--out", str(tmp_path / "out"), "--json"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     [entry] = json.loads(result.stdout)
     assert len(entry["detections"]) == len(found)
     assert Image.open(tmp_path / "out" / "photo.jpg").size == (160, 90)
-    bad = subprocess.run([sys.executable, "-m", "effedge", "detect", str(tmp_path / "build" / "model.sim.onnx"),
+    bad = subprocess.run([sys.executable, "-m", "effedge", "detect", str(tmp_path / "build" / "model.fp32.onnx"),
                           str(tmp_path / "nope.jpg")], capture_output=True, text=True)
     assert bad.returncode == 2 and "not found" in bad.stderr and "Traceback" not in bad.stderr

@@ -294,7 +294,7 @@ def _torch_matrix(variants: list[str], precisions: list[str], batches: list[int]
 
 
 def bench_matrix(variants: list[str], precisions: list[str], batches: list[int], *, backend: str,
-                 settings: bench.BenchSettings, nms: str = "none", baselines: bool = False,
+                 settings: bench.BenchSettings, nms: str = "auto", baselines: bool = False,
                  log: Callable[[str], None] = lambda message: None, progress=None) -> list[dict]:
     """Compile what is missing (through the compile cache), then bench every combination; with
     ``baselines``, also PyTorch eager and ONNX Runtime fp32 of each variant, and speedups against eager."""

@@ -16,8 +16,9 @@ from effedge.cli.options import print_json, table, progress, rich_progress, spli
 @click.option("--variants", help="Matrix: comma-separated variants (compiled through the cache), e.g. d0,d1.")
 @click.option("--precisions", default="fp32", show_default=True, help="Matrix: fp32,fp16,int8,mixed.")
 @click.option("--batch", "batches", default="1", show_default=True, help="Batch size(s), comma-separated.")
-@click.option("--nms", type=click.Choice(["none", "onnx", "efficientnms", "auto"]), default="none",
-              show_default=True, help="Matrix: NMS tail compiled into the models.")
+@click.option("--nms", type=click.Choice(["auto", "none", "onnx", "efficientnms"]), default="auto",
+              show_default=True, help="Matrix: NMS tail compiled into the models (auto: as compile picks it, so the "
+              "matrix reuses compile's cache).")
 @click.option("--baselines", is_flag=True, help="Also PyTorch eager and ONNX Runtime fp32, with speedups.")
 @click.option("--warmup", type=float, default=1.0, show_default=True, help="Warm-up seconds.")
 @click.option("--duration", type=float, default=3.0, show_default=True, help="Minimum measured seconds.")

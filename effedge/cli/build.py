@@ -19,8 +19,9 @@ from effedge.cli.options import (CALIB_METHODS, DEFAULT_CALIB_METHOD, CALIB_METH
 @click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
 @click.option("--dynamic-batch", metavar="MIN:OPT:MAX", help="Dynamic batch instead of --batch, e.g. 1:4:8.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (TensorRT 8.5/8.6 parse ≤ 17).")
-@click.option("--nms", type=click.Choice(["none", "onnx", "efficientnms"]), default="none", show_default=True,
-              help="NMS tail: none (decoded boxes + scores), onnx (NonMaxSuppression), efficientnms (TRT plugin).")
+@click.option("--nms", type=click.Choice(["auto", "none", "onnx", "efficientnms"]), default="auto", show_default=True,
+              help="NMS tail in model.fp32.onnx: none (decoded boxes + scores), onnx (NonMaxSuppression), "
+              "efficientnms (TRT plugin); auto: what compile picks for this machine's backend.")
 @click.option("--input-format", type=click.Choice(["float", "uint8"]), default="float", show_default=True,
               help="float: NCHW normalized; uint8: NHWC RGB 0-255, normalized in the graph.")
 @click.option("--score-threshold", type=float, default=0.05, show_default=True, help="NMS score threshold.")
@@ -41,7 +42,11 @@ def export(variant, phi, weights, num_classes, pad, imgsz, batch, dynamic_batch,
     from effedge.export.onnx_export import ExportOptions, export as run_export
     from effedge.arch.scaling import resolve
 
+    from effedge.pipeline.compile import choose_backend, resolve_nms
+
     target = variant_arg(variant, phi)
+    if nms == "auto":
+        nms = resolve_nms(nms, choose_backend("auto").name, resolve(target).family == "efficientdet")
     options = ExportOptions(image_size=imgsz, batch=batch, dynamic_batch=parse_dynamic_batch(dynamic_batch),
                             opset=opset, nms=nms, input_format=input_format, score_threshold=score_threshold,
                             iou_threshold=iou_threshold, max_detections=max_detections)
@@ -86,7 +91,8 @@ def _print_precision_report(report: dict) -> None:
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--precision", type=click.Choice(["fp16", "int8", "mixed"]), required=True)
+@click.option("--precision", type=click.Choice(["fp16", "int8", "mixed"]), required=True,
+              help="fp16 (fp32 I/O), int8 (Q/DQ, calibrated) or mixed (int8 with the most sensitive blocks in fp16).")
 @click.option("--calib", "calib_dir", type=click.Path(), help="Folder of calibration images [default: calib/].")
 @click.option("--calib-images", type=int, default=300, show_default=True,
               help="Calibration images taken (deterministic shuffled subset).")
@@ -126,18 +132,26 @@ def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, p
 @cli.command("compile")
 @click.option("--variant", help="b0..b7, d0..d7x.")
 @click.option("--phi", type=float, help="Custom compound coefficient φ (0–7) instead of --variant.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "mixed"]), default="fp16", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "mixed"]), default="fp16", show_default=True,
+              help="Precision written into the graph (int8 and mixed calibrate on --calib images).")
 @click.option("--weights", help="Checkpoint: .pth file, URL, or known name (tf_efficientdet_d0, …).")
 @click.option("--num-classes", type=int, help="Classes of the head (default 90 / 1000).")
-@click.option("--pad", type=click.Choice(["same", "symmetric"]), default="same", show_default=True)
+@click.option("--pad", type=click.Choice(["same", "symmetric"]), default="same", show_default=True,
+              help="Checkpoint layout: TF-ported (same) or PyTorch-trained (symmetric).")
 @click.option("--imgsz", type=int, help="Input size (square); default the variant's.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
 @click.option("--dynamic-batch", metavar="MIN:OPT:MAX", help="Dynamic batch instead of --batch.")
 @click.option("--nms", type=click.Choice(["auto", "none", "onnx", "efficientnms"]), default="auto", show_default=True,
               help="auto: efficientnms on TensorRT, onnx on ONNX Runtime, none on TensorRT-RTX (NMS in the Detector).")
-@click.option("--input-format", type=click.Choice(["float", "uint8"]), default="float", show_default=True)
+@click.option("--input-format", type=click.Choice(["float", "uint8"]), default="float", show_default=True,
+              help="float: NCHW normalized; uint8: NHWC RGB pixels, normalized inside the graph.")
+@click.option("--opset", type=int, help="ONNX opset [default: 17 for the export; the precision graph 19, or 17 for "
+              "TensorRT 8.5/8.6].")
 @click.option("--calib", "calib_dir", type=click.Path(), help="Calibration images for int8/mixed [default: calib/].")
-@click.option("--calib-images", type=int, default=300, show_default=True)
+@click.option("--calib-images", type=int, default=300, show_default=True,
+              help="Calibration images taken (deterministic shuffled subset).")
+@click.option("--holdout", type=int, help="Held-out images for the fidelity report [default: 20%, at most 16].")
+@click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile.")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=DEFAULT_CALIB_METHOD, show_default=True,
               help=CALIB_METHOD_HELP)
 @click.option("--fidelity-target", type=float, default=20.0, show_default=True, help="mixed: SQNR target (dB).")
@@ -155,8 +169,8 @@ def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, p
               "with its precision and batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build manifest as JSON.")
 def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, batch, dynamic_batch, nms,
-                    input_format, calib_dir, calib_images, calib_method, fidelity_target, backend,
-                    compute_capabilities, dla_core, workspace_mb, optimization_level, out, force, profile_name,
+                    input_format, opset, calib_dir, calib_images, holdout, percentile, calib_method,
+                    fidelity_target, backend, compute_capabilities, dla_core, workspace_mb, optimization_level, out, force, profile_name,
                     as_json) -> None:
     """Compile a model end to end: build, export, simplify, precision, NMS, engine.
 
@@ -198,8 +212,8 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
     config = CompileConfig(
         variant=variant_arg(variant, phi), precision=precision, weights=weights, num_classes=num_classes, pad=pad,
         image_size=imgsz, batch=batch, dynamic_batch=parse_dynamic_batch(dynamic_batch), nms=nms,
-        input_format=input_format, calib_dir=calib_dir, calib_images=calib_images, calib_method=calib_method,
-        fidelity_target=fidelity_target, backend=backend, dla_core=dla_core, workspace_mb=workspace_mb,
+        input_format=input_format, opset=opset, calib_dir=calib_dir, calib_images=calib_images, holdout=holdout,
+        percentile=percentile, calib_method=calib_method, fidelity_target=fidelity_target, backend=backend, dla_core=dla_core, workspace_mb=workspace_mb,
         optimization_level=optimization_level,
         compute_capabilities=tuple(split_list(compute_capabilities)) or None)
     manifest = compile_model(config, out, force=force, log=progress, progress=rich_progress)
@@ -218,7 +232,8 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
               help="tensorrt-rtx builds ahead of time, also on a machine without a GPU.")
 @click.option("--compute-capability", "compute_capabilities", metavar="CC[,CC…]",
               help="tensorrt-rtx: GPUs to build for, e.g. 8.6,8.9 [default: TensorRT-RTX's own set].")
-@click.option("--out", type=click.Path(dir_okay=False), help="Engine file [default: MODEL with .engine].")
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory for MODEL's .engine and its build.json "
+              "entry [default: MODEL's directory].")
 @click.option("--dynamic-batch", metavar="MIN:OPT:MAX", help="Profile for a dynamic batch dimension.")
 @click.option("--dla", "dla_core", type=int, help="DLA core (GPU fallback on).")
 @click.option("--workspace", "workspace_mb", type=int, help="Workspace limit in MiB.")
@@ -245,7 +260,10 @@ def build_command(model, backend, compute_capabilities, out, dynamic_batch, dla_
     source = Path(model)
     if not source.is_file():
         raise click.UsageError(f"{source} does not exist")
-    report = build_engine_file(source, Path(out) if out else None, backend=backend,
+    engine = Path(out) / source.with_suffix(".engine").name if out else None
+    if engine is not None:
+        engine.parent.mkdir(parents=True, exist_ok=True)
+    report = build_engine_file(source, engine, backend=backend,
                                compute_capabilities=tuple(split_list(compute_capabilities)) or None,
                                dynamic_batch=parse_dynamic_batch(dynamic_batch), dla_core=dla_core,
                                workspace_mb=workspace_mb, optimization_level=optimization_level,

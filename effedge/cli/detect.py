@@ -12,16 +12,17 @@ from effedge.cli.options import print_json, table, progress, rich_progress
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--out", type=click.Path(file_okay=False), default="runs/detect", show_default=True,
               help="Folder for annotated images and detections.json.")
-@click.option("--score", type=float, default=0.3, show_default=True, help="Score threshold.")
-@click.option("--iou", type=float, default=0.5, show_default=True, help="NMS IoU threshold (graphs without NMS).")
+@click.option("--score-threshold", type=float, default=0.3, show_default=True, help="Score threshold.")
+@click.option("--iou-threshold", type=float, default=0.5, show_default=True,
+              help="NMS IoU threshold (graphs without an NMS tail).")
 @click.option("--json", "as_json", is_flag=True, help="Print the detections as JSON.")
-def detect(model, images, out, score, iou, as_json) -> None:
+def detect(model, images, out, score_threshold, iou_threshold, as_json) -> None:
     """Detect objects in IMAGES with MODEL (an engine or ONNX file) and draw them.
 
     \b
     Examples:
       effedge detect runs/d0-fp16-onnxruntime-…/model.fp16.onnx street.jpg park.png
-      effedge detect model.int8.engine photos/*.jpg --score 0.5 --out annotated
+      effedge detect model.int8.engine photos/*.jpg --score-threshold 0.5 --out annotated
     """
     from pathlib import Path
 
@@ -29,7 +30,7 @@ def detect(model, images, out, score, iou, as_json) -> None:
     from effedge.runtime.detector import Detector, draw
 
     out_dir = Path(out)
-    with Detector(model, score_threshold=score, iou_threshold=iou) as detector:
+    with Detector(model, score_threshold=score_threshold, iou_threshold=iou_threshold) as detector:
         results = detector([Path(p) for p in images])
     out_dir.mkdir(parents=True, exist_ok=True)
     report = []

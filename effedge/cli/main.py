@@ -6,7 +6,7 @@ import sys
 import click
 
 import effedge
-from effedge.errors import EffedgeError
+from effedge.errors import EffedgeError, RunError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -36,10 +36,10 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except EffedgeError as exc:
+    except EffedgeError as exc:  # 2: bad usage or input (as click's usage errors); 1: a failure at run time
         if debug:
             raise
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(1 if isinstance(exc, RunError) else 2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Optional
 from effedge.io import atomic_write, write_json
 from effedge.engine import layers as layer_report
 from effedge.engine.capabilities import Capabilities, capabilities_of, compute_capability_targets, import_trt
-from effedge.errors import BackendUnavailable, EffedgeError
+from effedge.errors import BackendUnavailable, EffedgeError, RunError
 
 NMS_OPS = {"EfficientNMS_TRT": "efficientnms", "NonMaxSuppression": "onnx"}
 
@@ -218,7 +218,7 @@ def build_engine(onnx_path: Path, engine_path: Path, graph: GraphInfo, options: 
     atomic_write(log_path, "\n".join(build_log.lines).encode())
     if serialized is None:
         errors = build_log.errors()
-        raise EffedgeError(f"{caps.name} could not build the engine: {errors[-1] if errors else 'no reason given'} "
+        raise RunError(f"{caps.name} could not build the engine: {errors[-1] if errors else 'no reason given'} "
                            f"(full log: {log_path})")
     plan = bytes(serialized)
     atomic_write(engine_path, plan)

@@ -34,6 +34,7 @@ from effedge.arch.scaling import EfficientDetSpec, resolve
 PARITY_RTOL = 1e-4  # max |ONNX Runtime − PyTorch| ≤ 1e-4 × max(1, max |output|)
 OPSET_RANGE = (13, 21)
 RAW_ONNX, SIMPLIFIED_ONNX = "model.onnx", "model.sim.onnx"
+TAILED_ONNX = "model.fp32.onnx"  # the simplified graph with its NMS tail (model.sim.onnx stays tail-free)
 
 
 @dataclass(frozen=True)
@@ -248,12 +249,11 @@ def _export(spec, out: Path, *, weights, num_classes, pad, options: ExportOption
             final = append_nms_tail(simplified, options.nms, score_threshold=options.score_threshold,
                                     iou_threshold=options.iou_threshold, max_detections=options.max_detections)
             onnx.checker.check_model(final)
-            onnx.save(final, str(stage / SIMPLIFIED_ONNX))
-        else:
-            final = simplified
+            onnx.save(final, str(stage / TAILED_ONNX))
+        files = [RAW_ONNX, SIMPLIFIED_ONNX] + ([TAILED_ONNX] if options.nms != "none" else [])
 
         artefacts = {name: {"sha256": sha256_file(stage / name), "bytes": (stage / name).stat().st_size}
-                     for name in (RAW_ONNX, SIMPLIFIED_ONNX)}
+                     for name in files}
         with torch.device("meta"):
             meta_model = build_model(spec, num_classes=num_classes, image_size=image_size, pad=pad)
         manifest = {
@@ -276,7 +276,9 @@ def _export(spec, out: Path, *, weights, num_classes, pad, options: ExportOption
             "export_options": asdict(options),
             "params": count_params(meta_model),
             "macs": count_macs(meta_model, image_size),
-            "graph": {"raw": onnx_summary(raw), "simplified": onnx_summary(final)},
+            "graph": {"raw": onnx_summary(raw), "simplified": onnx_summary(simplified),
+                      **({"tailed": onnx_summary(final)} if options.nms != "none" else {})},
+            "nms": options.nms,
             "parity": [{"output": p.name, "max_abs_diff": p.max_abs_diff, "tolerance": p.tolerance,
                         "scale": p.scale} for p in parity],
             "stages_seconds": {k: round(v, 3) for k, v in seconds.items()},
@@ -286,9 +288,10 @@ def _export(spec, out: Path, *, weights, num_classes, pad, options: ExportOption
         if is_detector:
             manifest["anchors"] = int(wrapper.anchor_centers.shape[1])
             manifest["box_regression_order"] = "dx, dy, dw, dh"
-        publish(stage, out, [RAW_ONNX, SIMPLIFIED_ONNX])
+        publish(stage, out, files)
         write_manifest(out, manifest)
-    log(f"wrote {out / SIMPLIFIED_ONNX} ({manifest['graph']['simplified']['nodes']} nodes)")
+    log(f"wrote {out / SIMPLIFIED_ONNX} ({manifest['graph']['simplified']['nodes']} nodes)"
+        + (f" and {out / TAILED_ONNX} with the {options.nms} NMS tail" if options.nms != "none" else ""))
     return manifest
 
 

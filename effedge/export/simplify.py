@@ -13,10 +13,10 @@ from typing import Mapping
 
 import numpy as np
 
-from effedge.errors import EffedgeError
+from effedge.errors import RunError
 
 
-class ParityError(EffedgeError):
+class ParityError(RunError):
     """ONNX Runtime's outputs differ from PyTorch's beyond tolerance."""
 
 
@@ -29,7 +29,7 @@ def simplify_model(model):
 
     simplified, ok = onnxsim.simplify(model)
     if not ok:
-        raise EffedgeError("onnxsim could not validate the simplified graph; try another onnxsim version "
+        raise RunError("onnxsim could not validate the simplified graph; try another onnxsim version "
                            "and report the model")
     constants_to_initializers(simplified.graph)
     fold_scales_into_convs(simplified.graph)

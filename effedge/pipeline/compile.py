@@ -46,7 +46,10 @@ class CompileConfig:
     calib_dir: Optional[str] = None
     calib_images: Optional[int] = 300
     calib_method: str = DEFAULT_METHOD
+    percentile: float = 99.99
+    holdout: Optional[int] = None
     fidelity_target: float = 20.0
+    opset: Optional[int] = None  # None: 17 for the export; the precision graph 19, or 17 for TensorRT 8.5/8.6
     backend: str = "auto"
     dla_core: Optional[int] = None
     workspace_mb: Optional[int] = None
@@ -135,7 +138,7 @@ def compile_model(config: CompileConfig, out_dir: Optional[Union[str, Path]] = N
     spec = resolve(config.variant)
     calib_hash = None
     if config.precision != "fp32":  # fail fast: nothing is exported before the precision inputs are checked
-        _precision_options(config, opset=None).validate()
+        _precision_options(config, opset=config.opset).validate()
         images = ImageSet.from_folder(config.calib_dir or DEFAULT_CALIB_DIR, count=config.calib_images)
         if config.precision in ("int8", "mixed"):
             images.require_readable()
@@ -147,15 +150,16 @@ def compile_model(config: CompileConfig, out_dir: Optional[Union[str, Path]] = N
         raise EffedgeError("--dla needs the TensorRT backend on a Jetson with DLA cores")
     if config.compute_capabilities and backend.name != "tensorrt-rtx":
         raise EffedgeError("--compute-capability chooses TensorRT-RTX's targets; add --backend tensorrt-rtx")
-    nms = config.nms if config.nms != "auto" else (
-        "none" if not is_detector or backend.name == "tensorrt-rtx" else
-        "efficientnms" if backend.name == "tensorrt" else "onnx")
+    nms = resolve_nms(config.nms, backend.name, is_detector)
     if nms == "efficientnms" and backend.name == "onnxruntime":
         raise EffedgeError("--nms efficientnms is a TensorRT plugin that ONNX Runtime cannot run; use --nms onnx")
-    if backend.capabilities is not None:
+    caps = backend.capabilities
+    if caps is not None:
         from effedge.engine import check_nms
 
-        check_nms(backend.capabilities, nms)  # before the export, not after minutes of work
+        check_nms(caps, nms)  # before the export, not after minutes of work
+        if config.opset and caps.max_onnx_opset and config.opset > caps.max_onnx_opset:
+            raise EffedgeError(f"--opset {config.opset}: {caps.name} parses ONNX up to opset {caps.max_onnx_opset}")
     key = cache_key(config, backend, nms, calib_hash)
     out = Path(out_dir) if out_dir else Path("runs") / f"{spec.name}-{config.precision}-{backend.name}-{key[:8]}"
     start = time.perf_counter()
@@ -174,12 +178,22 @@ def compile_model(config: CompileConfig, out_dir: Optional[Union[str, Path]] = N
         raise
 
 
+def resolve_nms(nms: str, backend: str, is_detector: bool) -> str:
+    """``auto``: the tail the backend runs — EfficientNMS_TRT on TensorRT, ONNX NonMaxSuppression on ONNX
+    Runtime, none on TensorRT-RTX (no plugins, no NMS layer: the Detector runs NMS) and for classifiers."""
+    if nms != "auto":
+        return nms
+    if not is_detector or backend == "tensorrt-rtx":
+        return "none"
+    return "efficientnms" if backend == "tensorrt" else "onnx"
+
+
 def _precision_options(config: CompileConfig, opset: Optional[int]):
     from effedge.quantize.convert import PrecisionOptions
 
     return PrecisionOptions(precision=config.precision, calib_dir=Path(config.calib_dir) if config.calib_dir else None,
-                            calib_images=config.calib_images, method=config.calib_method,
-                            fidelity_target=config.fidelity_target, opset=opset)
+                            calib_images=config.calib_images, holdout=config.holdout, method=config.calib_method,
+                            percentile=config.percentile, fidelity_target=config.fidelity_target, opset=opset)
 
 
 def _run_stages(config: CompileConfig, backend: BackendChoice, nms: str, key: str, out: Path, log, progress,
@@ -191,7 +205,8 @@ def _run_stages(config: CompileConfig, backend: BackendChoice, nms: str, key: st
     seconds: dict[str, float] = {}
     caps = backend.capabilities
     # TensorRT 8.5/8.6 parse up to opset 17: the precision graph then stays at 17 too (fp32 high precision)
-    opset = caps.max_onnx_opset if caps and caps.max_onnx_opset and caps.max_onnx_opset < 19 else None
+    opset = config.opset or (caps.max_onnx_opset if caps and caps.max_onnx_opset and caps.max_onnx_opset < 19
+                             else None)
 
     clock = time.perf_counter()
     export(config.variant, out, weights=config.weights, num_classes=config.num_classes, pad=config.pad,

@@ -31,7 +31,7 @@ import numpy as np
 from effedge.io import atomic_write, cache_root, sha256_file, write_json
 from effedge.quantize.images import DEFAULT_CALIB_DIR, ImageSet
 from effedge.quantize.calibrators import ALGORITHM_VERSION, CALIB_METHODS, DEFAULT_METHOD, RangeCollector
-from effedge.errors import EffedgeError
+from effedge.errors import EffedgeError, RunError
 from effedge.io import MANIFEST
 from effedge.pipeline.manifest import cache_identity
 from effedge.runtime.onnxruntime import ort_session
@@ -396,7 +396,7 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
         report["qdq"] = {**qdq.summary(result), "weight_scales_floored": floored}
         problems = qdq.invalid_scales(result)
         if problems:  # a post-condition: TensorRT's importer would refuse the graph
-            raise EffedgeError(f"internal error: {len(problems)} Q/DQ scale(s) are not positive normal numbers "
+            raise RunError(f"internal error: {len(problems)} Q/DQ scale(s) are not positive normal numbers "
                                f"({problems[0]}); please report this with the model")
 
     clock = time.perf_counter()

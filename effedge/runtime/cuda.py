@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
-from effedge.errors import BackendUnavailable, EffedgeError
+from effedge.errors import BackendUnavailable, EffedgeError, RunError
 
 INSTALL_HINT = ("pip install cuda-python (a major version the driver supports: 'cuda-python==12.*' on "
                 "JetPack 6), or pycuda")
@@ -86,7 +86,7 @@ class _CudaPythonApi:
             return NoCudaDevice(f"{NO_GPU}: {_UNAVAILABLE[name]} ({call}: {name})")
         _, description = self.rt.cudaGetErrorString(error)
         text = description.decode() if isinstance(description, bytes) else str(description)
-        return EffedgeError(f"CUDA call {call} failed: {name} ({text})")
+        return RunError(f"CUDA call {call} failed: {name} ({text})")
 
     def device_info(self, index: int) -> DeviceInfo:
         count = self._check("cudaGetDeviceCount", self.rt.cudaGetDeviceCount())
@@ -185,7 +185,7 @@ class _PyCudaApi:
         try:
             return function(*args)
         except self.driver.Error as exc:
-            raise EffedgeError(f"CUDA call {call} failed: {exc}") from exc
+            raise RunError(f"CUDA call {call} failed: {exc}") from exc
 
     def _context(self) -> None:
         if not self._has_context:  # allocations and streams need a context; device_info does not

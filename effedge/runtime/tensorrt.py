@@ -16,7 +16,7 @@ import numpy as np
 from effedge.runtime import cuda
 from effedge.runtime.base import Runner, TensorInfo
 from effedge.engine.capabilities import PRODUCTS, capabilities_of, compute_capability_targets, import_trt
-from effedge.errors import BackendUnavailable, EffedgeError
+from effedge.errors import BackendUnavailable, EffedgeError, RunError
 
 ENGINE_SUFFIX = ".engine"
 
@@ -183,7 +183,7 @@ class TensorRTRunner(Runner):
         # Full TensorRT keeps its bundled plugins (EfficientNMS, ...) in a library that must be registered
         # before an engine using them is deserialized; TensorRT-RTX has none.
         if self.caps.plugins and not trt.init_libnvinfer_plugins(self.logger, ""):
-            raise EffedgeError(f"{self.caps.name} could not register its plugin library (libnvinfer_plugin); "
+            raise RunError(f"{self.caps.name} could not register its plugin library (libnvinfer_plugin); "
                                "reinstall TensorRT")
         self.runtime = trt.Runtime(self.logger)
         self._check_plan(data)
@@ -198,7 +198,7 @@ class TensorRTRunner(Runner):
             start = time.perf_counter()
             self.context = self._create_context()
             if self.context is None:
-                raise EffedgeError(f"{self.caps.name} could not create an execution context for {self.engine_path} "
+                raise RunError(f"{self.caps.name} could not create an execution context for {self.engine_path} "
                                    "(see its log above; often too little free GPU memory)")
             self.startup["context_seconds"] = time.perf_counter() - start
             self._allocate()
@@ -335,7 +335,7 @@ class TensorRTRunner(Runner):
 
     def _execute(self, when: str) -> None:
         if not self.context.execute_async_v3(self.stream.handle):
-            raise EffedgeError(f"TensorRT execute_async_v3 failed{when} (see the TensorRT log above)")
+            raise RunError(f"TensorRT execute_async_v3 failed{when} (see the TensorRT log above)")
 
     def _destroy_graph(self) -> None:
         if self._graph is not None:
