@@ -4,7 +4,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import torch
+
+from effedge import build_model
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -31,3 +34,16 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def effedge_cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run the real console entry point (its error handling included) in a subprocess."""
     return subprocess.run([sys.executable, "-m", "effedge", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def random_weights(variant, image_size=None, seed=0) -> dict:
+    """A state dict of ``variant`` with realistic random values (see :func:`randomize_`)."""
+    return randomize_(build_model(variant, image_size=image_size), seed).state_dict()
+
+
+def photo(size=(96, 64), seed=0) -> np.ndarray:
+    """A photo-like HWC uint8 RGB image: gradients plus noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size[1], 0:size[0]]
+    base = np.stack([xx * 255 / size[0], yy * 255 / size[1], (xx + yy) % 256], -1)
+    return np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)

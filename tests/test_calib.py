@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import photo
 from PIL import Image
 
 from effedge.quantize.images import DEFAULT_CALIB_DIR, ImageSet, find_images
@@ -13,11 +14,6 @@ from effedge.errors import EffedgeError
 from effedge.runtime.preprocess import MEAN_PIXEL, letterbox
 
 
-def photo(size=(96, 64), seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size[1], 0:size[0]]
-    base = np.stack([xx * 255 / size[0], yy * 255 / size[1], (xx + yy) % 256], -1)
-    return np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
 
 
 def test_modes_are_converted_to_rgb8(tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import effedge_cli, randomize_
+from helpers import effedge_cli, random_weights
 
 from effedge import build_model
 from effedge.runtime.onnxruntime import OnnxRuntimeRunner
@@ -17,8 +17,6 @@ from effedge.arch.scaling import NAMED_VARIANTS
 FORBIDDEN = ("Pad", "BatchNormalization", "Div", "ReduceSum", "Unsqueeze", "Shape", "Gather", "ConstantOfShape")
 
 
-def random_weights(variant, image_size=None, seed=0):
-    return randomize_(build_model(variant, image_size=image_size), seed).state_dict()
 
 
 def run(path, images):

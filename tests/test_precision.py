@@ -7,8 +7,7 @@ import pytest
 from helpers import effedge_cli
 from onnx import numpy_helper
 from PIL import Image
-from test_calib import photo
-from test_export import random_weights
+from helpers import photo, random_weights
 
 from effedge.quantize import qdq
 from effedge.errors import EffedgeError
