@@ -30,6 +30,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from effedge import shipped_data
 from effedge.errors import EffedgeError
+from effedge.io import atomic_write
 
 PROFILE_DIR = shipped_data("profiles")
 PERCENTILES = ("median", "p90", "p95", "p99")
@@ -288,9 +289,7 @@ def save_model(profile: Profile, fits: dict, measured: list) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     header = (f"# effedge latency profile {profile.name} with a model fitted on this machine (effedge profile fit or\n"
               f"# self-calibration). Delete this file to return to the shipped profile.\n")
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-    tmp.replace(target)
+    atomic_write(target, header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return target
 
 
