@@ -12,8 +12,8 @@ from helpers import photo, random_weights
 from effedge.quantize import qdq
 from effedge.errors import EffedgeError
 from effedge.export.onnx_export import ExportOptions, export
-from effedge.quantize.convert import PrecisionOptions, convert
-from effedge.runtime.onnxruntime import ort_session, model_input
+from effedge.quantize.convert import PrecisionOptions, convert, model_input
+from effedge.runtime.onnxruntime import ort_session
 
 
 @pytest.fixture(scope="module")
