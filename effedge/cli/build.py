@@ -4,20 +4,12 @@ from __future__ import annotations
 import click
 
 from effedge.cli.main import cli
-from effedge.cli.options import (CALIB_METHODS, DEFAULT_CALIB_METHOD, CALIB_METHOD_HELP, print_json, progress,
+from effedge.cli.options import (model_options, CALIB_METHODS, DEFAULT_CALIB_METHOD, CALIB_METHOD_HELP, print_json, progress,
                                  variant_arg, parse_dynamic_batch, rich_progress, split_list)
 
 
 @cli.command()
-@click.option("--variant", help="b0..b7, d0..d7x.")
-@click.option("--phi", type=float, help="Custom compound coefficient φ (0–7) instead of --variant.")
-@click.option("--weights", help="Checkpoint: .pth file, URL, or known name (tf_efficientdet_d0, …).")
-@click.option("--num-classes", type=int, help="Classes of the head (default 90 for detectors, 1000 for classifiers).")
-@click.option("--pad", type=click.Choice(["same", "symmetric"]), default="same", show_default=True,
-              help="Checkpoint layout: TF-ported (same) or PyTorch-trained (symmetric).")
-@click.option("--imgsz", type=int, help="Input size (square); default the variant's. Multiple of the largest stride.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
-@click.option("--dynamic-batch", metavar="MIN:OPT:MAX", help="Dynamic batch instead of --batch, e.g. 1:4:8.")
+@model_options
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (TensorRT 8.5/8.6 parse ≤ 17).")
 @click.option("--nms", type=click.Choice(["auto", "none", "onnx", "efficientnms"]), default="auto", show_default=True,
               help="NMS tail in model.fp32.onnx: none (decoded boxes + scores), onnx (NonMaxSuppression), "
@@ -130,17 +122,9 @@ def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, p
 
 
 @cli.command("compile")
-@click.option("--variant", help="b0..b7, d0..d7x.")
-@click.option("--phi", type=float, help="Custom compound coefficient φ (0–7) instead of --variant.")
+@model_options
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "mixed"]), default="fp16", show_default=True,
               help="Precision written into the graph (int8 and mixed calibrate on --calib images).")
-@click.option("--weights", help="Checkpoint: .pth file, URL, or known name (tf_efficientdet_d0, …).")
-@click.option("--num-classes", type=int, help="Classes of the head (default 90 / 1000).")
-@click.option("--pad", type=click.Choice(["same", "symmetric"]), default="same", show_default=True,
-              help="Checkpoint layout: TF-ported (same) or PyTorch-trained (symmetric).")
-@click.option("--imgsz", type=int, help="Input size (square); default the variant's.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
-@click.option("--dynamic-batch", metavar="MIN:OPT:MAX", help="Dynamic batch instead of --batch.")
 @click.option("--nms", type=click.Choice(["auto", "none", "onnx", "efficientnms"]), default="auto", show_default=True,
               help="auto: efficientnms on TensorRT, onnx on ONNX Runtime, none on TensorRT-RTX (NMS in the Detector).")
 @click.option("--input-format", type=click.Choice(["float", "uint8"]), default="float", show_default=True,

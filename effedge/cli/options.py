@@ -79,3 +79,24 @@ def rich_progress(items, total: int, description: str):
 def split_list(value: str | None, cast=str) -> list:
     return [cast(part.strip()) for part in value.split(",") if part.strip()] if value else []
 
+
+_MODEL_OPTIONS = (
+    click.option("--variant", help="b0..b7, d0..d7x."),
+    click.option("--phi", type=float, help="Custom compound coefficient φ (0–7) instead of --variant."),
+    click.option("--weights", help="Checkpoint: .pth file, URL, or known name (tf_efficientdet_d0, …)."),
+    click.option("--num-classes", type=int, help="Classes of the head (default 90 for detectors, 1000 for "
+                 "classifiers)."),
+    click.option("--pad", type=click.Choice(["same", "symmetric"]), default="same", show_default=True,
+                 help="Checkpoint layout: TF-ported (same) or PyTorch-trained (symmetric)."),
+    click.option("--imgsz", type=int, help="Input size (square); default the variant's. Multiple of the largest "
+                 "stride."),
+    click.option("--batch", type=int, default=1, show_default=True, help="Static batch size."),
+    click.option("--dynamic-batch", metavar="MIN:OPT:MAX", help="Dynamic batch instead of --batch, e.g. 1:4:8."),
+)
+
+
+def model_options(command):
+    """The options that name and shape a model (export and compile take the same ones)."""
+    for option in reversed(_MODEL_OPTIONS):
+        command = option(command)
+    return command
