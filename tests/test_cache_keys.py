@@ -35,7 +35,7 @@ def test_compile_key_changes_with_the_engine_version():
 
 
 def test_corrupt_calibration_cache_is_recomputed_with_a_warning(tmp_path):
-    from effedge.quantize.convert import read_calibration_cache
+    from effedge.quantize.precision import read_calibration_cache
 
     path = tmp_path / "ranges.json"
     messages = []

@@ -120,7 +120,7 @@ def test_default_method_is_percentile_everywhere():
     from effedge.cli import cli
     from effedge.cli import options
     from effedge.pipeline.compile import CompileConfig
-    from effedge.quantize.convert import PrecisionOptions
+    from effedge.quantize.precision import PrecisionOptions
 
     assert DEFAULT_METHOD == "percentile"  # the best int8 mAP on the reference model (README)
     assert options.CALIB_METHODS == CALIB_METHODS and options.DEFAULT_CALIB_METHOD == DEFAULT_METHOD

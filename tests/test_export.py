@@ -216,4 +216,7 @@ def test_cli_export_writes_the_build_directory(tmp_path):
     assert result.returncode == 0, result.stderr
     manifest = json.loads(result.stdout)
     assert manifest["variant"] == "d0" and manifest["resolution"] == [128, 128]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["build.json", "model.onnx", "model.sim.onnx"]
+    # --nms auto: the tail compile would use on this machine (onnx on ONNX Runtime), beside the tail-free graph
+    assert manifest["nms"] == "onnx"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build.json", "model.fp32.onnx", "model.onnx",
+                                                          "model.sim.onnx"]

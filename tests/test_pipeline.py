@@ -44,7 +44,7 @@ def test_compile_fp32_runs_and_second_run_is_a_cache_hit(tmp_path, private_cache
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("effedge.export.onnx_export.export", must_not_run)
-        patch.setattr("effedge.quantize.convert.convert", must_not_run)
+        patch.setattr("effedge.quantize.precision.convert", must_not_run)
         second = compile_model(config, tmp_path / "build")
     assert second["compile"]["cache_hit"] is True
     assert second["compile"]["key"] == first["compile"]["key"]

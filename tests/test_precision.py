@@ -12,7 +12,7 @@ from helpers import photo, random_weights
 from effedge.quantize import qdq
 from effedge.errors import EffedgeError
 from effedge.export.onnx_export import ExportOptions, export
-from effedge.quantize.convert import PrecisionOptions, convert, model_input
+from effedge.quantize.precision import PrecisionOptions, convert, model_input
 from effedge.runtime.onnxruntime import ort_session
 
 
@@ -124,8 +124,8 @@ def test_second_run_does_not_recalibrate(workspace):
         raise AssertionError("recalibrated or re-placed despite the cache")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("effedge.quantize.convert.calibrate", must_not_run)
-        patch.setattr("effedge.quantize.convert._modelopt", must_not_run)
+        patch.setattr("effedge.quantize.precision.calibrate", must_not_run)
+        patch.setattr("effedge.quantize.precision._modelopt", must_not_run)
         second = _convert(workspace, "int8", calib_images=8, method="percentile")
     assert first["calibration"]["cached"] is False and second["calibration"]["cached"] is True
     assert second["calibration"]["placement_cached"] is True
@@ -197,7 +197,7 @@ def test_quantize_cli_refuses_a_missing_model_and_nms_tails(tmp_path, workspace)
     result = effedge_cli("quantize", str(tmp_path / "x.onnx"), "--precision", "fp16")
     assert result.returncode == 2 and "not found" in result.stderr
     export("d0", tmp_path / "tail", options=ExportOptions(image_size=128, nms="efficientnms"))
-    result = effedge_cli("quantize", str(tmp_path / "tail" / "model.sim.onnx"), "--precision", "fp16")
+    result = effedge_cli("quantize", str(tmp_path / "tail" / "model.fp32.onnx"), "--precision", "fp16")
     assert result.returncode == 2 and "has an NMS tail" in result.stderr
 
 
@@ -239,7 +239,7 @@ def test_static_batch_calibration_counts_every_image_once(tmp_path, method):
     """5 images through a batch-4 model (one full batch, one filled up with repeats) give exactly the ranges
     of a batch-1 model: the last image is used, and its repeats are not counted."""
     from effedge.quantize.images import ImageSet
-    from effedge.quantize.convert import calibrate
+    from effedge.quantize.precision import calibrate
 
     for i in range(5):
         Image.fromarray(photo((48, 40), seed=i) // (1 if i < 4 else 3)).save(tmp_path / f"{i}.png")  # 4 darker
@@ -280,8 +280,8 @@ def test_convert_refuses_junk_images_before_any_inference(tmp_path, monkeypatch)
     def must_not_run(*args, **kwargs):
         raise AssertionError("inference or placement started on a folder without images")
 
-    monkeypatch.setattr("effedge.quantize.convert.ort_session", must_not_run)
-    monkeypatch.setattr("effedge.quantize.convert._modelopt", must_not_run)
+    monkeypatch.setattr("effedge.quantize.precision.ort_session", must_not_run)
+    monkeypatch.setattr("effedge.quantize.precision._modelopt", must_not_run)
     with pytest.raises(EffedgeError, match="is an image"):
         convert(tmp_path / "model.sim.onnx", options=PrecisionOptions(precision="int8",
                                                                       calib_dir=junk_folder(tmp_path / "junk")))

@@ -17,7 +17,7 @@ from effedge.quantize import qdq
 from effedge.errors import EffedgeError
 from effedge.export.onnx_export import ExportOptions, export
 from effedge.pipeline.compile import CompileConfig, build_engine_file, compile_model
-from effedge.quantize.convert import PrecisionOptions, convert
+from effedge.quantize.precision import PrecisionOptions, convert
 from effedge.runtime.onnxruntime import ort_session
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from effedge.export.onnx_export import ExportOptions, export
-from effedge.quantize.convert import PrecisionOptions, convert
+from effedge.quantize.precision import PrecisionOptions, convert
 from effedge.runtime.detector import Detector
 from shapes import generate
 from training import iou_matrix

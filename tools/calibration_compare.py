@@ -26,7 +26,7 @@ from effedge import qdq  # noqa: E402
 from effedge.artifacts import sha256_file  # noqa: E402
 from effedge.quantize.images import ImageSet  # noqa: E402
 from effedge.quantize.calibrators import SAMPLE_SIZE, RangeCollector  # noqa: E402
-from effedge.quantize.convert import calibrate, model_input, place_qdq  # noqa: E402
+from effedge.quantize.precision import calibrate, model_input, place_qdq  # noqa: E402
 
 PERCENTILE = 99.99
 ORT_ENTROPY_BINS = 4096

@@ -27,7 +27,7 @@ from effedge.quantize.images import DEFAULT_CALIB_DIR, ImageSet, find_images  # 
 from effedge.runtime.images import load_rgb  # noqa: E402
 from effedge.quantize.calibrators import DEFAULT_METHOD  # noqa: E402
 from effedge.export.onnx_export import export  # noqa: E402
-from effedge.quantize.convert import PrecisionOptions, convert, model_input  # noqa: E402
+from effedge.quantize.precision import PrecisionOptions, convert, model_input  # noqa: E402
 
 
 def make_images(folder: Path, count: int, seed: int = 0) -> None:

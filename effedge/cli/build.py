@@ -109,7 +109,7 @@ def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, p
     """
     from pathlib import Path
 
-    from effedge.quantize.convert import PrecisionOptions, convert
+    from effedge.quantize.precision import PrecisionOptions, convert
 
     options = PrecisionOptions(precision=precision, calib_dir=Path(calib_dir) if calib_dir else None,
                                calib_images=calib_images, holdout=holdout, method=calib_method,

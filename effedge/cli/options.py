@@ -64,7 +64,7 @@ def parse_dynamic_batch(value: str | None) -> tuple[int, int, int] | None:
 
 
 def rich_progress(items, total: int, description: str):
-    """A progress bar on stderr for long library loops (effedge.quantize.convert.Progress)."""
+    """A progress bar on stderr for long library loops (effedge.quantize.precision.Progress)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -189,7 +189,7 @@ def resolve_nms(nms: str, backend: str, is_detector: bool) -> str:
 
 
 def _precision_options(config: CompileConfig, opset: Optional[int]):
-    from effedge.quantize.convert import PrecisionOptions
+    from effedge.quantize.precision import PrecisionOptions
 
     return PrecisionOptions(precision=config.precision, calib_dir=Path(config.calib_dir) if config.calib_dir else None,
                             calib_images=config.calib_images, holdout=config.holdout, method=config.calib_method,
@@ -200,7 +200,7 @@ def _run_stages(config: CompileConfig, backend: BackendChoice, nms: str, key: st
                 start: float) -> dict:
     from effedge.export.onnx_export import ExportOptions, export
     from effedge.export.nms_tail import append_nms_tail
-    from effedge.quantize.convert import convert
+    from effedge.quantize.precision import convert
 
     seconds: dict[str, float] = {}
     caps = backend.capabilities
