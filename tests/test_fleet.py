@@ -211,6 +211,21 @@ def test_ctrl_c_keeps_finished_cells_whole_and_runs_the_rest_later(first_sweep, 
     assert resumed.stats["cached"] == 1 and resumed.stats["device_tasks"] == 7
 
 
+def test_cli_ctrl_c_exits_130_in_one_line_and_writes_no_output(first_sweep, fresh_results, tmp_path):
+    results = fleet_dir() / "results"
+    sweep = subprocess.Popen([sys.executable, "-m", "effedge", "sweep", str(EXAMPLE), "--csv", str(tmp_path / "s.csv")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (results.is_dir() and any(results.iterdir())):
+        time.sleep(0.05)
+    sweep.send_signal(signal.SIGINT)  # as Ctrl-C does, once the first cell is cached
+    _, stderr = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130
+    assert stderr.strip().splitlines()[-1].startswith("error: interrupted: ") and "Traceback" not in stderr
+    assert not (tmp_path / "s.csv").exists()
+    assert all(json.loads(f.read_text())["status"] == "ok" for f in results.iterdir())  # only whole cells
+
+
 def test_csv_has_device_node_and_attempt_for_every_cell(first_sweep, tmp_path):
     from effedge.fleet import write_outputs
 
@@ -292,6 +307,14 @@ def test_in_process_path_needs_no_ray(first_sweep):
 
 
 # --- on Ray ------------------------------------------------------------------------------------------------
+
+def test_an_unreachable_head_fails_in_one_line(first_sweep, fresh_results):
+    pytest.importorskip("ray", reason=RAY_MISSING)
+    run = effedge_cli("sweep", str(EXAMPLE), "--ray", "127.0.0.1:1", timeout=120)  # nothing listens on port 1
+    assert run.returncode == 2
+    assert run.stderr.strip() == ("error: cannot reach the Ray head at 127.0.0.1:1 (Connection refused); start it "
+                                  "there with `ray start --head`, or use --ray local")
+
 
 @pytest.fixture(scope="module")
 def ray_cluster(module_cache):
@@ -376,10 +399,13 @@ def test_ctrl_c_on_ray_cancels_outstanding_tasks(ray_cluster, fresh_results):
     assert all(json.loads(f.read_text())["status"] == "ok" for f in (fleet_dir() / "results").iterdir())
 
 
-def test_cli_sweep_on_local_ray_returns_every_cell_with_device_and_node(ray_cluster):
+def test_cli_sweep_on_local_ray_returns_every_cell_with_device_and_node(fresh_results):
+    """The acceptance command: its own local cluster, started and stopped by the sweep."""
     pytest.importorskip("ray", reason=RAY_MISSING)
     run = effedge_cli("sweep", str(EXAMPLE), "--ray", "local", "--json", timeout=600)
     assert run.returncode == 0, run.stderr
-    cells = json.loads(run.stdout)["cells"]
-    assert len(cells) == 8 and all(c["device"] in ("cpu-a", "cpu-b") and c["node"] == platform.node()
-                                   and c["attempt"] >= 1 for c in cells)
+    report = json.loads(run.stdout)
+    assert report["executor"] == "ray (local)" and report["stats"]["device_tasks"] == 8
+    assert len(report["cells"]) == 8 and all(
+        c["node"] == platform.node() and c["attempt"] == 1 and c["ray_resources"] == {c["device"]: 1.0}
+        for c in report["cells"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from typing import Callable
 
@@ -26,6 +27,7 @@ from effedge.fleet.plan import Cell, HostJob, bench_settings_for
 from effedge.fleet.sweep import SweepTracker, reason_of
 
 POLL_S = 0.5  # ray.wait timeout: how often progress and the cluster's devices are looked at
+CONNECT_TIMEOUT_S = 5.0
 
 
 def _host_task(job: HostJob, key: str) -> tuple[dict, dict]:
@@ -43,6 +45,18 @@ def _device_task(cell: Cell, payload: dict, settings, run_id: str) -> dict:
     return {**result, "ray_node_id": context.get_node_id(), "ray_resources": context.get_assigned_resources()}
 
 
+def _check_reachable(address: str) -> None:
+    """Fail in seconds on a head that is not there (Ray itself keeps retrying for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise EffedgeError(f"--ray {address!r}: give local, auto or the head's HOST:PORT (e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise EffedgeError(f"cannot reach the Ray head at {address} ({exc.strerror or exc}); start it there with "
+                           "`ray start --head`, or use --ray local") from exc
+
+
 def connect(address: str, resources: dict[str, float]) -> bool:
     """Join or start Ray; True if this call started it (and so must shut it down)."""
     if ray.is_initialized():  # e.g. a test's cluster, or a caller that configured Ray itself
@@ -51,6 +65,8 @@ def connect(address: str, resources: dict[str, float]) -> bool:
     if address == "local":
         ray.init(address="local", num_cpus=os.cpu_count(), resources=resources, **options)
         return True
+    if address != "auto":
+        _check_reachable(address)
     try:
         ray.init(address=address, **options)
     except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -62,9 +78,8 @@ def connect(address: str, resources: dict[str, float]) -> bool:
 class _Driver:
     def __init__(self, tracker: SweepTracker):
         self.tracker = tracker
-        faults = tracker.spec.faults
-        self.faults = faults
-        self.host = ray.remote(_host_task).options(num_cpus=1, num_returns=2, max_retries=faults.retries)
+        self.faults = tracker.spec.faults
+        self.host = ray.remote(_host_task).options(num_cpus=1, num_returns=2, max_retries=self.faults.retries)
         self.device = ray.remote(_device_task)
         self.meta_refs: dict = {}  # description ref -> job
         self.payload_refs: dict[HostJob, object] = {}

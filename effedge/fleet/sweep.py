@@ -97,12 +97,11 @@ class SweepTracker:
         self.keys = {job: job.key() for job in self.jobs}
         self.states = {cell.id: _CellState(cell) for cell in cells}
         self.artefacts: dict[HostJob, dict] = {}
-        self.host_submitted: set[HostJob] = set()
         self.host_finished: set[HostJob] = set()
         self.streak: dict[str, int] = defaultdict(int)
-        self.given_up: set[str] = set()
         self.stats = {"host_tasks": 0, "device_tasks": 0, "cells": len(cells), "cached": 0, "done": 0, "failed": 0}
         self._resume()
+        self.host_total = len(self.jobs_to_run())
 
     def _resume(self) -> None:
         for job in self.jobs:
@@ -152,7 +151,6 @@ class SweepTracker:
     # --- events ---------------------------------------------------------------------------------------------
 
     def host_task_submitted(self, job: HostJob) -> None:
-        self.host_submitted.add(job)
         self.stats["host_tasks"] += 1
 
     def device_task_submitted(self, cell: Cell) -> None:
@@ -216,7 +214,6 @@ class SweepTracker:
         return self.give_up(device, f"not run: {device} failed {limit} cells in a row (last: {reason})")
 
     def give_up(self, device: str, reason: str) -> list[Cell]:
-        self.given_up.add(device)
         cells = [s.cell for s in self.states.values() if s.cell.device.name == device and s.status not in FINAL]
         for cell in cells:
             self._fail(cell, reason)
@@ -250,7 +247,7 @@ class SweepTracker:
                 ready[state.cell.device.name] += 1
         for name, count in ready.items():  # a device runs one task at a time: with work ready, it runs one
             devices[name].running = max(devices[name].running, min(1, count))
-        return SweepStatus(devices, len(self.host_finished), len(self.host_submitted), event)
+        return SweepStatus(devices, len(self.host_finished), self.host_total, event)
 
     def _update(self, event: str) -> None:
         self.progress(self.status(event))
@@ -289,24 +286,26 @@ def run_sweep(spec: SweepSpec, *, ray: Optional[str] = None, fit: bool = False,
     each device's profile is fitted from its own results afterwards."""
     if fit:
         check_fittable(spec)
+    if ray is not None:
+        try:
+            from effedge.fleet.ray_executor import run_on_ray
+        except ModuleNotFoundError as exc:
+            if exc.name != "ray":
+                raise
+            raise EffedgeError("--ray needs Ray: pip install 'effedge[fleet]' (or run without --ray, in this "
+                               "process)") from exc
     tracker = SweepTracker(spec, fit=fit, progress=progress)
+    executor = "in-process" if ray is None else f"ray ({ray})"
     start = time.perf_counter()
     try:
-        if ray is None:
+        if not tracker.jobs_to_run():
+            log("every cell is cached: nothing to run")
+        elif ray is None:
             from effedge.fleet.local import run_in_process
 
             run_in_process(tracker, log)
-            executor = "in-process"
         else:
-            try:
-                from effedge.fleet.ray_executor import run_on_ray
-            except ModuleNotFoundError as exc:
-                if exc.name != "ray":
-                    raise
-                raise EffedgeError("--ray needs Ray: pip install 'effedge[fleet]' (or run without --ray, in this "
-                                   "process)") from exc
             run_on_ray(tracker, ray, log)
-            executor = f"ray ({ray})"
     except KeyboardInterrupt:
         raise SweepInterrupted(f"interrupted: {tracker.done_count()} of {len(tracker.states)} cells ended (finished "
                                "ones are cached); run the sweep again to run the rest") from None
