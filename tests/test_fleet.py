@@ -294,6 +294,45 @@ def test_device_stage_refuses_a_damaged_graph(first_sweep, tmp_path, monkeypatch
     assert not list((tmp_path / "device-cache").rglob("*.onnx"))
 
 
+def test_tensorrt_device_builds_its_engine_on_the_device_once(first_sweep, tmp_path, monkeypatch):
+    """Wiring of the TensorRT device path (no TensorRT here): the engine is built in the device's cache from the
+    shipped graph, the engine is what gets benched, and a later cell of the same graph reuses it."""
+    import effedge.bench_targets
+    import effedge.pipeline
+    from effedge.artifacts import sha256_file, write_json
+    from effedge.fleet.device import run_device_stage
+    from effedge.fleet.host import run_host_stage
+    from effedge.manifest import read_manifest
+
+    spec = load_sweep(EXAMPLE)
+    job, cell = make_plan(spec)[0][0], make_plan(spec)[1][0]
+    _, payload = run_host_stage(job, job.key())
+    builds, benched = [], []
+
+    def build(source, engine, *, backend, log):  # records what effedge build records in build.json
+        builds.append((source, engine, backend))
+        engine.write_bytes(b"plan of " + source.read_bytes()[:16])
+        manifest = read_manifest(engine.parent)
+        manifest.setdefault("engines", {})[engine.name] = {"version": None, "source": {"sha256": sha256_file(source)}}
+        manifest.setdefault("artifacts", {})[engine.name] = {"sha256": sha256_file(engine)}
+        write_json(engine.parent / "build.json", manifest)
+
+    def bench(path, manifest, backend, settings, label):
+        benched.append((path, backend))
+        return {"latency_ms": {"median": 1.0}}
+
+    monkeypatch.setattr(effedge.pipeline, "build_engine_file", build)
+    monkeypatch.setattr(effedge.bench_targets, "bench_one", bench)
+    monkeypatch.setenv("EFFEDGE_CACHE_DIR", str(tmp_path / "jetson-cache"))
+    jetson = dataclasses.replace(cell, device=dataclasses.replace(cell.device, name="jetson", backend="tensorrt"))
+    first = run_device_stage(jetson, payload, spec.bench, "run-1")
+    second = run_device_stage(jetson, payload, spec.bench, "run-2")
+    workdir = tmp_path / "jetson-cache" / "fleet" / "devices" / "jetson" / payload["sha256"][:24]
+    assert builds == [(workdir / "model.fp32.onnx", workdir / "model.fp32.engine", "tensorrt")]
+    assert benched == [(workdir / "model.fp32.engine", "tensorrt")] * 2
+    assert first["engine"]["built"] and not second["engine"]["built"]
+
+
 def test_in_process_path_needs_no_ray(first_sweep):
     code = ("import sys; sys.modules['ray'] = None; from effedge.fleet import load_sweep, run_sweep; "
             f"r = run_sweep(load_sweep({str(EXAMPLE)!r})); print(len(r.cells), r.stats['cached'])")
