@@ -5,6 +5,7 @@ the whole module."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import pickle
@@ -278,6 +279,11 @@ def test_device_stage_runs_without_torch_or_onnx(first_sweep, tmp_path):
     env = {**os.environ, "EFFEDGE_CACHE_DIR": str(tmp_path / "device-cache")}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert run.stdout.strip() == "cpu-a ok 1", run.stderr
+    if importlib.util.find_spec("ray") is not None:  # what a Ray worker on the device imports for its task
+        code = ("import sys; sys.modules.update({m: None for m in ('torch', 'onnx', 'modelopt', 'onnxsim', 'PIL')}); "
+                "import effedge.fleet.ray_executor; print('ok')")
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert run.stdout.strip() == "ok", run.stderr
 
 
 def test_device_stage_refuses_a_damaged_graph(first_sweep, tmp_path, monkeypatch):
