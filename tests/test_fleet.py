@@ -242,7 +242,8 @@ def test_csv_has_device_node_and_attempt_for_every_cell(first_sweep, tmp_path):
     assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_fit_fits_each_device_profile_from_its_own_results(first_sweep, tmp_path):
+def test_fit_fits_each_device_profile_from_its_own_results(first_sweep, tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFEDGE_PROFILE_DIR", str(tmp_path / "fitted"))  # fits go to the user profile directory
     source = load_sweep(EXAMPLE).path.parent.parent / "profiles" / "cpu-local.yaml"
     for name in ("a", "b"):
         shutil.copy(source, tmp_path / f"{name}.yaml")
@@ -252,10 +253,16 @@ def test_fit_fits_each_device_profile_from_its_own_results(first_sweep, tmp_path
     import yaml
 
     for device, name in zip(devices, "ab"):
-        stored = yaml.safe_load((tmp_path / f"{name}.yaml").read_text())["model"]
+        assert report.fits[device.name]["written_to"] == str(tmp_path / "fitted" / f"{name}.yaml")
+        stored = yaml.safe_load((tmp_path / "fitted" / f"{name}.yaml").read_text())["model"]
         mine = [c for c in report.cells if c["device"] == device.name]
         assert sorted(m["latency_ms"] for m in stored["measured"]) == sorted(c["latency_ms"]["median"] for c in mine)
-        assert stored["efficiency"]["fitted_on"] == 4 == report.fits[device.name]["fitted"]["fitted_on"]
+        precisions = {c["precision"] for c in mine}
+        assert set(stored["fits"]) == precisions == set(report.fits[device.name]["fitted"])
+        for precision in precisions:  # each fit reproduces its own device's points
+            points = report.fits[device.name]["fitted"][precision]["points"]
+            assert len(points) == sum(c["precision"] == precision for c in mine)
+            assert all(abs(p["error"]) <= 0.05 for p in points)
 
 
 def test_fit_refuses_devices_sharing_a_profile():

@@ -47,8 +47,9 @@ def sweep_command(sweep_file, ray_address, as_json, csv_path, plot_path, fit) ->
               fleet.rows(report))
         for device, result in report.fits.items():
             fitted = result["fitted"]
-            click.echo(f"fitted {result['profile']} ({device}): compute scale {fitted['compute_scale']:.3g}, "
-                       f"{fitted['fitted_on']} points" if fitted else f"{device}: not fitted ({result['reason']})")
+            click.echo(f"fitted {result['profile']} ({device}) for " + ", ".join(
+                f"{precision} on {len(fit['points'])} points" for precision, fit in fitted.items())
+                + f": {result['written_to']}" if fitted else f"{device}: not fitted ({result['reason']})")
     if report.failed:
         click.echo(f"error: {len(report.failed)} of {len(report.cells)} cells failed (reasons in the results)",
                    err=True)

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from effedge.bench.harness import report as bench_report
+from effedge.bench import report as bench_report
 from effedge.io import atomic_write
 from effedge.errors import EffedgeError
 from effedge.fleet.spec import SweepSpec
@@ -83,8 +83,7 @@ def fit_profiles(spec: SweepSpec, report: SweepReport, tracker: SweepTracker) ->
         with tempfile.TemporaryDirectory() as tmp:
             results_file = Path(tmp) / f"{device.name}.json"
             results_file.write_text(json.dumps(points))
-            fitted, errors = fit_profile(device.profile, [str(results_file)])
-        fits[device.name] = {"profile": device.profile, "fitted": fitted, "points": [
-            {"model": label, "measured_ms": measured_ms, "model_ms": model_ms}
-            for label, measured_ms, model_ms in errors]}
+            fitted = fit_profile(device.profile, [str(results_file)])
+        # per precision: the fit and each point's measured and reproduced latency; written to the user profiles
+        fits[device.name] = {"profile": device.profile, "fitted": fitted["fits"], "written_to": fitted["written_to"]}
     return fits
