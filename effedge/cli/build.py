@@ -245,8 +245,6 @@ def build_command(model, backend, compute_capabilities, out, dynamic_batch, dla_
     if not source.is_file():
         raise click.UsageError(f"{source} does not exist")
     engine = Path(out) / source.with_suffix(".engine").name if out else None
-    if engine is not None:
-        engine.parent.mkdir(parents=True, exist_ok=True)
     report = build_engine_file(source, engine, backend=backend,
                                compute_capabilities=tuple(split_list(compute_capabilities)) or None,
                                dynamic_batch=parse_dynamic_batch(dynamic_batch), dla_core=dla_core,

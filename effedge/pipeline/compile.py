@@ -285,6 +285,11 @@ def build_engine_file(source: Path, engine: Optional[Path] = None, *, backend: s
         raise EffedgeError(f"unknown engine backend {backend!r}; use one of {', '.join(ENGINE_BACKENDS)}")
     engine = engine or source.with_suffix(".engine")
     manifest_dir = engine.parent
+    try:
+        manifest_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EffedgeError(f"cannot create {manifest_dir} for the engine: {exc.strerror or exc}; choose another "
+                           "--out") from exc
     manifest = read_manifest(manifest_dir) if (manifest_dir / MANIFEST).is_file() else {"effedge_manifest": 1}
     same_dir = source.parent.resolve() == manifest_dir.resolve()
     if same_dir and "graph" in manifest:  # no onnx package needed (a Jetson with only tensorrt + numpy)
