@@ -212,3 +212,12 @@ def test_build_records_one_entry_per_engine(workspace):
     engines = json.loads((source.parent / "build.json").read_text())["engines"]
     assert engines["model.sm8.6.engine"]["compute_capabilities"] == ["8.6"]
     assert engines["model.sm8.9.engine"]["compute_capabilities"] == ["8.9"]
+
+
+def test_engine_into_a_new_directory(workspace, tmp_path):
+    """--out names a directory that need not exist yet; the engine and its build.json entry land there."""
+    source = exported(workspace, "d0")
+    report = build_engine_file(source, tmp_path / "new" / "dir" / "model.engine", backend="tensorrt-rtx")
+    recorded = json.loads((tmp_path / "new" / "dir" / "build.json").read_text())["engines"]["model.engine"]
+    assert recorded["bytes"] == report["bytes"] == (tmp_path / "new" / "dir" / "model.engine").stat().st_size
+    assert recorded["source"]["file"] == str(source.resolve())  # another directory: the full path
