@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from cuda_fake import FakeCudaRuntime, api_enums, api_functions, cudaError_t
 from helpers import effedge_cli
+from trt_fixtures import declare_engine_io, doubling_execute
 
 from effedge.runtime import cuda
 from effedge.runtime.tensorrt import TensorRTRunner, gpu_compute_capability
@@ -181,34 +182,14 @@ MAX_BATCH = 8
 def _doubling_engine(trt, cudart, *, fail_in_capture=False):
     """An engine images (N, 4) -> scores (N, 4) = 2 * images, N dynamic up to MAX_BATCH; execute_async_v3
     enqueues the arithmetic on the stream through device memory (so a CUDA graph captures it)."""
-    io = {"images": (trt.TensorIOMode.INPUT, (-1, 4)), "scores": (trt.TensorIOMode.OUTPUT, (-1, 4))}
-    order = list(io)
     batch = {}
-    trt.set_attr("ICudaEngine.num_io_tensors", 2)
-    trt.set_handler("ICudaEngine.get_tensor_name", lambda engine, i: order[i])
-    trt.set_handler("ICudaEngine.get_tensor_mode", lambda engine, name: io[name][0])
-    trt.set_handler("ICudaEngine.get_tensor_shape", lambda engine, name: io[name][1])
-    trt.set_handler("ICudaEngine.get_tensor_dtype", lambda engine, name: trt.DataType.FLOAT)
+    declare_engine_io(trt, {"images": (trt.TensorIOMode.INPUT, (-1, 4)), "scores": (trt.TensorIOMode.OUTPUT, (-1, 4))})
     trt.set_handler("ICudaEngine.get_tensor_profile_shape",
                     lambda engine, name, index: [(1, 4), (4, 4), (MAX_BATCH, 4)])
     trt.set_handler("IExecutionContext.set_input_shape",
                     lambda context, name, shape: batch.__setitem__("n", tuple(shape)[0]) or True)
     trt.set_handler("IExecutionContext.get_tensor_shape", lambda context, name: (batch["n"], 4))
-
-    def execute(context, stream):
-        if fail_in_capture and cudart.is_capturing(stream):
-            return False
-        address = {c.args[0]: c.args[1] for c in trt.calls_to("IExecutionContext.set_tensor_address")}
-        nbytes = batch["n"] * 4 * 4
-
-        def double():
-            out = cudart.view(address["scores"], nbytes).view(np.float32)
-            out[:] = 2 * cudart.view(address["images"], nbytes).view(np.float32)
-
-        cudart.enqueue(stream, double)
-        return True
-
-    trt.set_handler("IExecutionContext.execute_async_v3", execute)
+    doubling_execute(trt, cudart, lambda: batch["n"], fail_in_capture=fail_in_capture)
 
 
 def _engine_file(tmp_path):

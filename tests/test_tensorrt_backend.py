@@ -7,6 +7,8 @@ import types
 import numpy as np
 import pytest
 
+from trt_fixtures import declare_engine_io
+
 from effedge.runtime import tensorrt as backend
 from effedge.runtime.tensorrt import TensorRTRunner
 from effedge.errors import BackendUnavailable, EffedgeError
@@ -103,12 +105,7 @@ class FakePycuda:
 def _engine_io(trt, dynamic=False):
     io = {"images": (trt.TensorIOMode.INPUT, (-1 if dynamic else 2, 4)),
           "scores": (trt.TensorIOMode.OUTPUT, (-1 if dynamic else 2, 3))}
-    order = list(io)
-    trt.set_attr("ICudaEngine.num_io_tensors", 2)
-    trt.set_handler("ICudaEngine.get_tensor_name", lambda engine, i: order[i])
-    trt.set_handler("ICudaEngine.get_tensor_mode", lambda engine, name: io[name][0])
-    trt.set_handler("ICudaEngine.get_tensor_shape", lambda engine, name: io[name][1])
-    trt.set_handler("ICudaEngine.get_tensor_dtype", lambda engine, name: trt.DataType.FLOAT)
+    declare_engine_io(trt, io)
     trt.set_handler("ICudaEngine.get_tensor_profile_shape", lambda engine, name, index: [(1, 4), (2, 4), (4, 4)])
     current = {}
     trt.set_handler("IExecutionContext.set_input_shape",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from cuda_fake import FakeCudaRuntime
+from trt_fixtures import declare_engine_io, doubling_execute
 
 from effedge.runtime.tensorrt import TensorRTRunner, engine_backend, engine_runner
 from effedge.runtime.tensorrt_rtx import TensorRTRTXRunner, runtime_cache_path
@@ -35,26 +36,9 @@ def cudart(monkeypatch):
 def _doubling_engine(trt, cudart):
     """A static engine images (2, 4) -> scores (2, 4) = 2 * images, computed on the stream in device memory."""
     io = {"images": (trt.TensorIOMode.INPUT, (BATCH, 4)), "scores": (trt.TensorIOMode.OUTPUT, (BATCH, 4))}
-    order = list(io)
-    trt.set_attr("ICudaEngine.num_io_tensors", 2)
-    trt.set_handler("ICudaEngine.get_tensor_name", lambda engine, i: order[i])
-    trt.set_handler("ICudaEngine.get_tensor_mode", lambda engine, name: io[name][0])
-    trt.set_handler("ICudaEngine.get_tensor_shape", lambda engine, name: io[name][1])
-    trt.set_handler("ICudaEngine.get_tensor_dtype", lambda engine, name: trt.DataType.FLOAT)
+    declare_engine_io(trt, io)
     trt.set_handler("IExecutionContext.get_tensor_shape", lambda context, name: io[name][1])
-
-    def execute(context, stream):
-        address = {c.args[0]: c.args[1] for c in trt.calls_to("IExecutionContext.set_tensor_address")}
-        nbytes = BATCH * 4 * 4
-
-        def double():
-            out = cudart.view(address["scores"], nbytes).view(np.float32)
-            out[:] = 2 * cudart.view(address["images"], nbytes).view(np.float32)
-
-        cudart.enqueue(stream, double)
-        return True
-
-    trt.set_handler("IExecutionContext.execute_async_v3", execute)
+    doubling_execute(trt, cudart, lambda: BATCH)
 
 
 def _engine_file(tmp_path, name="model.fp16.engine"):

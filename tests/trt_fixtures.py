@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Iterator, Union
 
+import numpy as np
 import pytest
 from trt_fake import FakeTensorRT
 from trt_surface import TRT_VERSIONS, NotInstalled, WheelsUnavailable, installed_surface, surface
@@ -85,3 +86,32 @@ def trt_fake(request: pytest.FixtureRequest) -> Iterator[FakeTensorRT]:
 def rtx_fake() -> Iterator[FakeTensorRT]:
     """A checked fake of the installed ``tensorrt_rtx`` (its real classes and signatures)."""
     yield from _installed(FakeTensorRT(load_rtx_surface()))
+
+
+def declare_engine_io(trt, io: dict) -> None:
+    """Make every ICudaEngine of the fake ``trt`` declare ``io``: {name: (TensorIOMode, shape)}, float32."""
+    order = list(io)
+    trt.set_attr("ICudaEngine.num_io_tensors", len(order))
+    trt.set_handler("ICudaEngine.get_tensor_name", lambda engine, i: order[i])
+    trt.set_handler("ICudaEngine.get_tensor_mode", lambda engine, name: io[name][0])
+    trt.set_handler("ICudaEngine.get_tensor_shape", lambda engine, name: io[name][1])
+    trt.set_handler("ICudaEngine.get_tensor_dtype", lambda engine, name: trt.DataType.FLOAT)
+
+
+def doubling_execute(trt, cudart, rows, *, fail_in_capture: bool = False) -> None:
+    """execute_async_v3 of the fake ``trt`` enqueues scores = 2 * images (``rows()`` rows of 4 floats) on the
+    stream through the fake CUDA runtime's device memory, so copies and CUDA graphs carry real data."""
+    def execute(context, stream):
+        if fail_in_capture and cudart.is_capturing(stream):
+            return False
+        address = {c.args[0]: c.args[1] for c in trt.calls_to("IExecutionContext.set_tensor_address")}
+        nbytes = rows() * 4 * 4
+
+        def double():
+            out = cudart.view(address["scores"], nbytes).view(np.float32)
+            out[:] = 2 * cudart.view(address["images"], nbytes).view(np.float32)
+
+        cudart.enqueue(stream, double)
+        return True
+
+    trt.set_handler("IExecutionContext.execute_async_v3", execute)
