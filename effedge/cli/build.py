@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 
 from effedge.cli.main import cli
-from effedge.cli.options import (model_options, CALIB_METHODS, DEFAULT_CALIB_METHOD, CALIB_METHOD_HELP, print_json, progress,
-                                 variant_arg, parse_dynamic_batch, rich_progress, split_list)
+from effedge.cli.options import (CALIB_METHOD_HELP, CALIB_METHODS, DEFAULT_CALIB_METHOD, model_options,
+                                 parse_dynamic_batch, print_json, progress, rich_progress, split_list, variant_arg)
 
 
 @cli.command()
@@ -146,16 +146,18 @@ def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, p
               help="tensorrt-rtx: GPUs to build for, e.g. 8.6,8.9 [default: TensorRT-RTX's own set].")
 @click.option("--dla", "dla_core", type=int, help="Build for DLA core N (Jetson AGX Orin / Orin NX), GPU fallback on.")
 @click.option("--workspace", "workspace_mb", type=int, help="TensorRT workspace limit in MiB.")
-@click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), help="TensorRT builder optimization level.")
-@click.option("--out", type=click.Path(file_okay=False), help="Build directory [default: runs/<variant>-<precision>-…].")
+@click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5),
+              help="TensorRT builder optimization level.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Build directory [default: runs/<variant>-<precision>-…].")
 @click.option("--force", is_flag=True, help="Rebuild even when the cache says the build is up to date.")
 @click.option("--profile", "profile_name", help="Compile the model `effedge select` picks for this profile, "
               "with its precision and batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build manifest as JSON.")
 def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, batch, dynamic_batch, nms,
                     input_format, opset, calib_dir, calib_images, holdout, percentile, calib_method,
-                    fidelity_target, backend, compute_capabilities, dla_core, workspace_mb, optimization_level, out, force, profile_name,
-                    as_json) -> None:
+                    fidelity_target, backend, compute_capabilities, dla_core, workspace_mb, optimization_level,
+                    out, force, profile_name, as_json) -> None:
     """Compile a model end to end: build, export, simplify, precision, NMS, engine.
 
     \b
@@ -197,8 +199,8 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
         variant=variant_arg(variant, phi), precision=precision, weights=weights, num_classes=num_classes, pad=pad,
         image_size=imgsz, batch=batch, dynamic_batch=parse_dynamic_batch(dynamic_batch), nms=nms,
         input_format=input_format, opset=opset, calib_dir=calib_dir, calib_images=calib_images, holdout=holdout,
-        percentile=percentile, calib_method=calib_method, fidelity_target=fidelity_target, backend=backend, dla_core=dla_core, workspace_mb=workspace_mb,
-        optimization_level=optimization_level,
+        percentile=percentile, calib_method=calib_method, fidelity_target=fidelity_target, backend=backend,
+        dla_core=dla_core, workspace_mb=workspace_mb, optimization_level=optimization_level,
         compute_capabilities=tuple(split_list(compute_capabilities)) or None)
     manifest = compile_model(config, out, force=force, log=progress, progress=rich_progress)
     if as_json:
@@ -258,4 +260,5 @@ def build_command(model, backend, compute_capabilities, out, dynamic_batch, dla_
     layers = report.get("layers") or {}
     click.echo(f"{report['file']}: {report['product']} {report['version']}, {report['precision']}, built in "
                f"{report['seconds']} s, {report['bytes'] / 2**20:.1f} MiB"
-               + (f", {layers['layers']} layers ({layers['reformat_layers']} reformat)" if layers.get("layers") else ""))
+               + (f", {layers['layers']} layers ({layers['reformat_layers']} reformat)" if layers.get("layers")
+                  else ""))
