@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,18 @@ REFERENCE_MISSING = (
 
 def _reference_installed() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("timm", "effdet", "omegaconf"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_user_directories(tmp_path_factory):
+    """No test writes to the user's real profile or cache directories (subprocesses inherit these too)."""
+    patcher = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("user")
+    for variable, name in (("EFFEDGE_PROFILE_DIR", "profiles"), ("EFFEDGE_CACHE_DIR", "cache")):
+        if variable not in os.environ:
+            patcher.setenv(variable, str(root / name))
+    yield
+    patcher.undo()
 
 
 @pytest.fixture(scope="session")
