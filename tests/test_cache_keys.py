@@ -48,7 +48,7 @@ def test_corrupt_calibration_cache_is_recomputed_with_a_warning(tmp_path):
     assert read_calibration_cache(path, ["a"], messages.append)["images"] == 3
 
 
-def test_identical_outputs_give_strict_json():
+def test_identical_outputs_give_strict_json(tmp_path):
     """An infinite SQNR is null with a reason: build.json and --json stay valid JSON (no Infinity)."""
     import numpy as np
 
@@ -64,4 +64,5 @@ def test_identical_outputs_give_strict_json():
     assert min_sqnr(report) == float("inf")
     json.dumps(report, allow_nan=False)
     with pytest.raises(ValueError):  # the writer refuses NaN/Infinity instead of writing invalid JSON
-        write_json(__import__("pathlib").Path("/nonexistent-dir/x.json"), {"x": float("inf")})
+        write_json(tmp_path / "x.json", {"x": float("inf")})
+    assert list(tmp_path.iterdir()) == []  # and leaves nothing behind

@@ -94,12 +94,17 @@ def test_dynamic_batch_without_a_profile_is_refused(trt_fake, tmp_path):
     assert not trt_fake.calls_to("Builder.build_serialized_network")
 
 
-def test_nms_tails_the_version_lacks_are_refused_before_parsing(trt_fake, tmp_path):
-    report = _build(trt_fake, tmp_path, "fp16")  # full TensorRT has both the plugin and the NMS layer
-    assert report["precision"] == "fp16"
+def test_nms_tails_build_where_the_version_has_them_and_are_refused_where_not(trt_fake, tmp_path):
+    from effedge.engine import capabilities, check_nms
+
+    _build(trt_fake, tmp_path, "fp16")  # stages the fake's return values
     onnx_path = tmp_path / "model.onnx"
-    for nms in ("efficientnms", "onnx"):
+    for nms in ("efficientnms", "onnx"):  # full TensorRT has the plugin and the NMS layer: the build goes ahead
+        before = len(trt_fake.calls_to("Builder.build_serialized_network"))
         build_engine(onnx_path, tmp_path / "model.engine", GraphInfo(17, "fp16", STATIC, nms))
+        assert len(trt_fake.calls_to("Builder.build_serialized_network")) == before + 1
+        with pytest.raises(EffedgeError, match="TensorRT-RTX"):  # TensorRT-RTX has neither
+            check_nms(capabilities("tensorrt-rtx", "1.7.1.116"), nms)
 
 
 def test_dynamic_batch_gets_an_optimization_profile(trt_fake, tmp_path):
