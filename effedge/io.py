@@ -76,7 +76,7 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
-MANIFEST = "build.json"  # what a build directory holds and how it was made (effedge.pipeline.manifest)
+MANIFEST = "build.json"  # what a build directory holds and how it was made (effedge.provenance)
 
 
 def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:

@@ -205,7 +205,7 @@ def test_runtime_side_imports_without_torch_or_onnx():
 
     code = ("import sys; sys.modules.update({m: None for m in ('torch', 'onnx', 'onnxruntime', 'modelopt', "
             "'onnxsim', 'PIL')}); import effedge.cli, effedge.runtime.tensorrt, effedge.runtime.preprocess, "
-            "effedge.runtime.nms, effedge.arch.anchors, effedge.pipeline.manifest; from click.testing import CliRunner; "
+            "effedge.runtime.nms, effedge.arch.anchors, effedge.provenance; from click.testing import CliRunner; "
             "r = CliRunner().invoke(effedge.cli.cli, ['build', '--help']); assert r.exit_code == 0, r.output; "
             "print('ok')")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"

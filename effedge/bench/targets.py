@@ -15,7 +15,7 @@ from effedge.bench import harness as bench
 from effedge.engine.capabilities import PRODUCTS
 from effedge.errors import EffedgeError
 from effedge.io import MANIFEST, read_manifest
-from effedge.pipeline.manifest import tool_versions
+from effedge.provenance import tool_versions
 
 ENGINE_BACKENDS = tuple(PRODUCTS)  # tensorrt, tensorrt-rtx: the runners of .engine files
 

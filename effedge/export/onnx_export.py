@@ -26,7 +26,7 @@ import numpy as np
 
 from effedge.io import output_directory, publish, sha256_file, staging
 from effedge.errors import EffedgeError
-from effedge.pipeline.manifest import onnx_summary, tool_versions, write_manifest
+from effedge.provenance import onnx_summary, tool_versions, write_manifest
 from effedge.export.nms_tail import NMS_TAILS, append_nms_tail
 from effedge.runtime.preprocess import INPUT_FORMATS, MEAN, MEAN_PIXEL, STD
 from effedge.arch.scaling import EfficientDetSpec, resolve

@@ -20,7 +20,7 @@ from effedge.bench.harness import BenchSettings
 from effedge.errors import EffedgeError
 from effedge.fleet.plan import Cell, fleet_dir, result_key
 from effedge.io import MANIFEST, read_manifest
-from effedge.pipeline.manifest import tool_versions
+from effedge.provenance import tool_versions
 
 
 def attempts_file(run_id: str, cell: Cell) -> Path:

@@ -62,7 +62,7 @@ class HostJob:
     def key(self) -> str:
         """What determines the artefact: the compile configuration, the calibration images by content,
         effedge's code and the versions of the tools that export and convert."""
-        from effedge.pipeline.manifest import cache_identity
+        from effedge.provenance import cache_identity
 
         calib = None
         if self.precision in ("int8", "mixed"):

@@ -20,7 +20,7 @@ from effedge.io import atomic_write, sha256_file, write_json
 from effedge.quantize.calibrators import DEFAULT_METHOD
 from effedge.errors import BackendUnavailable, EffedgeError
 from effedge.io import MANIFEST, read_manifest
-from effedge.pipeline.manifest import cache_identity
+from effedge.provenance import cache_identity
 from effedge.arch.scaling import EfficientDetSpec, resolve
 
 BACKENDS = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime")

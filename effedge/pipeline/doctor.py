@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib.util
 
 from effedge.errors import EffedgeError
-from effedge.pipeline.manifest import tool_versions
+from effedge.provenance import tool_versions
 
 
 def _missing(*modules: str) -> list[str]:

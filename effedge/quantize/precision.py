@@ -33,7 +33,7 @@ from effedge.quantize.images import DEFAULT_CALIB_DIR, ImageSet
 from effedge.quantize.calibrators import ALGORITHM_VERSION, CALIB_METHODS, DEFAULT_METHOD, RangeCollector
 from effedge.errors import EffedgeError, RunError
 from effedge.io import MANIFEST
-from effedge.pipeline.manifest import cache_identity
+from effedge.provenance import cache_identity
 from effedge.runtime.onnxruntime import ort_session
 
 PRECISIONS = ("fp16", "int8", "mixed")

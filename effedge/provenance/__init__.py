@@ -1,4 +1,5 @@
-"""``build.json``: what a build directory holds and how it was made."""
+"""Provenance below every stage: ``build.json`` writing, tool versions, effedge's code fingerprint and the
+identity every cache key holds."""
 from __future__ import annotations
 
 import collections
@@ -30,7 +31,7 @@ def tool_versions() -> dict[str, str | None]:
 @functools.lru_cache(maxsize=None)
 def code_fingerprint() -> str:
     """A hash of effedge's own source: cached artefacts made by other code are never reused."""
-    root = Path(__file__).parent
+    root = Path(__file__).resolve().parent.parent  # the whole effedge package, not this room alone
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
