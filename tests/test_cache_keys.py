@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from effedge.pipeline import manifest as manifest_module
+from effedge import provenance as manifest_module
 from effedge.pipeline import compile as pipeline
 from effedge.pipeline.compile import BackendChoice, CompileConfig
 
