@@ -44,6 +44,19 @@ def staging(out_dir: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def private_tempdir() -> Iterator[Path]:
+    """A temp folder that, while open, is also where libraries' own temp files go (ModelOpt's intermediate
+    ``tmp*.onnx`` from ``mkstemp``), removed with all of it on any exit, Ctrl-C included. Sets the process-wide
+    ``tempfile.tempdir``: for single-threaded stages only."""
+    with tempfile.TemporaryDirectory(prefix="effedge-") as tmp:
+        previous, tempfile.tempdir = tempfile.tempdir, tmp
+        try:
+            yield Path(tmp)
+        finally:
+            tempfile.tempdir = previous
+
+
 def publish(stage: Path, out_dir: Path, names: list[str]) -> None:
     """Move finished files from the staging folder into ``out_dir`` (atomic per file, same filesystem)."""
     for name in names:

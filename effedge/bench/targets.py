@@ -20,13 +20,19 @@ from effedge.provenance import tool_versions
 ENGINE_BACKENDS = tuple(PRODUCTS)  # tensorrt, tensorrt-rtx: the runners of .engine files
 
 
-def resolve_target(target: str | Path) -> tuple[Path, dict]:
-    """(model file, manifest) for an engine, an ONNX file or a build directory."""
+def resolve_target(target: str | Path, backend: str = "auto") -> tuple[Path, dict]:
+    """(model file, manifest) for an engine, an ONNX file or a build directory (whose deployable, or for
+    ``backend`` onnxruntime the ONNX model the deployable engine was built from)."""
     path = Path(target)
     if path.is_dir():
         manifest = read_manifest(path)
-        deployable = manifest.get("compile", {}).get("deployable") or "model.sim.onnx"
-        return path / deployable, manifest
+        deployable = path / (manifest.get("compile", {}).get("deployable") or "model.sim.onnx")
+        if backend == "onnxruntime" and deployable.suffix != ".onnx":
+            deployable = deployable.with_suffix(".onnx")
+            if not deployable.is_file():
+                raise EffedgeError(f"{path} holds no {deployable.name} for ONNX Runtime; drop --backend to bench "
+                                   "its engine")
+        return deployable, manifest
     if not path.is_file():
         raise EffedgeError(f"bench target {path} not found: give an engine, an ONNX file or a build directory")
     if path.suffix not in (".onnx", ".engine", ".plan"):
@@ -158,10 +164,13 @@ def _torch_cuda_step(runner, feed: dict) -> Callable[[], bench.Iteration]:
 
 def _end_to_end_step(runner, manifest: dict, images: list[Path], score_threshold: float):
     """Decode → letterbox → normalize → inference → decode/NMS of one file per iteration, per stage."""
-    from effedge.runtime.images import load_rgb
+    from effedge.runtime.images import ImageDecodeError, load_rgb
     from effedge.runtime.nms import select_detections
     from effedge.runtime.preprocess import letterbox, to_model_input
 
+    if "resolution" not in manifest:
+        raise EffedgeError("--end-to-end letterboxes to the model's resolution from the build.json beside it; "
+                           "bench a build directory or a model inside one")
     size = tuple(manifest["resolution"])
     input_format = manifest.get("input", {}).get("format", "float")
     name = runner.input_info()[0].name
@@ -170,7 +179,10 @@ def _end_to_end_step(runner, manifest: dict, images: list[Path], score_threshold
     def step() -> bench.Iteration:
         path = next(cycle)
         marks = [time.perf_counter()]
-        pixels = load_rgb(path, size)
+        try:
+            pixels = load_rgb(path, size)
+        except ImageDecodeError as exc:
+            raise EffedgeError(f"cannot decode {path}: {exc}; remove it from the --end-to-end folder") from exc
         marks.append(time.perf_counter())
         canvas, _ = letterbox(pixels, *size)
         batch = to_model_input(canvas[None], input_format)

@@ -5,7 +5,8 @@ import dataclasses
 import click
 
 from effedge.cli.main import cli
-from effedge.cli.options import print_json, table, progress, rich_progress, split_list
+from effedge.cli.options import (FiniteFloatRange, ImageFolder, IntList, MAX_BATCH, print_json, progress,
+                                 rich_progress, split_list, table)
 
 
 @cli.command("bench")
@@ -15,17 +16,18 @@ from effedge.cli.options import print_json, table, progress, rich_progress, spli
               "tensorrt or tensorrt-rtx, whichever built it according to its build.json).")
 @click.option("--variants", help="Matrix: comma-separated variants (compiled through the cache), e.g. d0,d1.")
 @click.option("--precisions", default="fp32", show_default=True, help="Matrix: fp32,fp16,int8,mixed.")
-@click.option("--batch", "batches", default="1", show_default=True, help="Batch size(s), comma-separated.")
+@click.option("--batch", "batches", type=IntList(1, MAX_BATCH), default="1", show_default=True,
+              help="Batch size(s), comma-separated.")
 @click.option("--nms", type=click.Choice(["auto", "none", "onnx", "efficientnms"]), default="auto",
               show_default=True, help="Matrix: NMS tail compiled into the models (auto: as compile picks it, so the "
               "matrix reuses compile's cache).")
 @click.option("--baselines", is_flag=True, help="Also PyTorch eager and ONNX Runtime fp32, with speedups.")
-@click.option("--warmup", type=float, default=1.0, show_default=True, help="Warm-up seconds.")
-@click.option("--duration", type=float, default=3.0, show_default=True, help="Minimum measured seconds.")
-@click.option("--iterations", type=int, default=20, show_default=True, help="Minimum measured iterations.")
+@click.option("--warmup", type=FiniteFloatRange(0, 3600), default=1.0, show_default=True, help="Warm-up seconds.")
+@click.option("--duration", type=FiniteFloatRange(0, 3600), default=3.0, show_default=True, help="Minimum measured seconds.")
+@click.option("--iterations", type=click.IntRange(1, 10_000_000), default=20, show_default=True, help="Minimum measured iterations.")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay a captured CUDA graph (default off).")
 @click.option("--no-transfers", is_flag=True, help="TensorRT: leave H2D/D2H copies out of the loop (default in).")
-@click.option("--end-to-end", "images_dir", type=click.Path(), help="Folder of images: time decode + letterbox + "
+@click.option("--end-to-end", "images_dir", type=ImageFolder(), help="Folder of images: time decode + letterbox + "
               "inference + decode/NMS, per stage.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--markdown", is_flag=True, help="Print a Markdown table.")
@@ -53,21 +55,20 @@ def bench_command(target, backend, variants, precisions, batches, nms, baselines
     from effedge.bench.targets import add_ratios, auto_backend, bench_matrix, bench_one, first_run_text, resolve_target
     from effedge.quantize.images import find_images
 
-    batch_list = split_list(batches, int)
     settings = bench.BenchSettings(warmup_s=warmup, min_iterations=iterations, min_duration_s=duration,
-                                   cuda_graph=cuda_graph, transfers=not no_transfers, batch=batch_list[0])
+                                   cuda_graph=cuda_graph, transfers=not no_transfers, batch=batches[0])
     images = find_images(images_dir) if images_dir else None
     if variants:
         if target:
             raise click.UsageError("give a TARGET or --variants, not both")
-        results = bench_matrix(split_list(variants), split_list(precisions), batch_list, backend=backend,
+        results = bench_matrix(split_list(variants), split_list(precisions), batches, backend=backend,
                                settings=settings, nms=nms, baselines=baselines, log=progress,
                                progress=rich_progress)
     elif target:
-        path, manifest = resolve_target(target)
+        path, manifest = resolve_target(target, backend)
         chosen = backend if backend != "auto" else auto_backend(path, manifest)
         results = []
-        for batch in batch_list:
+        for batch in batches:
             run = dataclasses.replace(settings, batch=batch)
             progress(f"benchmarking {path.name} on {chosen}, batch {batch}")
             results.append(bench_one(path, manifest, chosen, run, end_to_end=images))

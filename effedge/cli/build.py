@@ -4,21 +4,25 @@ from __future__ import annotations
 import click
 
 from effedge.cli.main import cli
-from effedge.cli.options import (CALIB_METHOD_HELP, CALIB_METHODS, DEFAULT_CALIB_METHOD, model_options,
-                                 parse_dynamic_batch, print_json, progress, rich_progress, split_list, variant_arg)
+from effedge.cli.options import (CALIB_METHOD_HELP, CALIB_METHODS, DEFAULT_CALIB_METHOD, OPSET_RANGE, DynamicBatch,
+                                 FiniteFloatRange, ImageFolder, InputFile, model_options, print_json,
+                                 progress, rich_progress, split_list, threshold, variant_arg)
 
 
 @cli.command()
 @model_options
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (TensorRT 8.5/8.6 parse ≤ 17).")
+@click.option("--opset", type=click.IntRange(*OPSET_RANGE), default=17, show_default=True,
+              help="ONNX opset (TensorRT 8.5/8.6 parse ≤ 17).")
 @click.option("--nms", type=click.Choice(["auto", "none", "onnx", "efficientnms"]), default="auto", show_default=True,
               help="NMS tail in model.fp32.onnx: none (decoded boxes + scores), onnx (NonMaxSuppression), "
               "efficientnms (TRT plugin); auto: what compile picks for this machine's backend.")
 @click.option("--input-format", type=click.Choice(["float", "uint8"]), default="float", show_default=True,
               help="float: NCHW normalized; uint8: NHWC RGB 0-255, normalized in the graph.")
-@click.option("--score-threshold", type=float, default=0.05, show_default=True, help="NMS score threshold.")
-@click.option("--iou-threshold", type=float, default=0.5, show_default=True, help="NMS IoU threshold.")
-@click.option("--max-detections", type=int, default=100, show_default=True, help="NMS detections kept (K).")
+@click.option("--score-threshold", type=threshold(zero_ok=True, one_ok=False), default=0.05, show_default=True,
+              help="NMS score threshold.")
+@click.option("--iou-threshold", type=threshold(zero_ok=False, one_ok=True), default=0.5, show_default=True,
+              help="NMS IoU threshold.")
+@click.option("--max-detections", type=click.IntRange(1, 10_000), default=100, show_default=True, help="NMS detections kept (K).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory [default: runs/<variant>].")
 @click.option("--json", "as_json", is_flag=True, help="Print the build manifest as JSON.")
 def export(variant, phi, weights, num_classes, pad, imgsz, batch, dynamic_batch, opset, nms, input_format,
@@ -39,7 +43,7 @@ def export(variant, phi, weights, num_classes, pad, imgsz, batch, dynamic_batch,
     target = variant_arg(variant, phi)
     if nms == "auto":
         nms = resolve_nms(nms, choose_backend("auto").name, resolve(target).family == "efficientdet")
-    options = ExportOptions(image_size=imgsz, batch=batch, dynamic_batch=parse_dynamic_batch(dynamic_batch),
+    options = ExportOptions(image_size=imgsz, batch=batch, dynamic_batch=dynamic_batch,
                             opset=opset, nms=nms, input_format=input_format, score_threshold=score_threshold,
                             iou_threshold=iou_threshold, max_detections=max_detections)
     out_dir = out or f"runs/{resolve(target).name}"
@@ -82,19 +86,19 @@ def _print_precision_report(report: dict) -> None:
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=InputFile("onnx"))
 @click.option("--precision", type=click.Choice(["fp16", "int8", "mixed"]), required=True,
               help="fp16 (fp32 I/O), int8 (Q/DQ, calibrated) or mixed (int8 with the most sensitive blocks in fp16).")
-@click.option("--calib", "calib_dir", type=click.Path(), help="Folder of calibration images [default: calib/].")
-@click.option("--calib-images", type=int, default=300, show_default=True,
+@click.option("--calib", "calib_dir", type=ImageFolder(), help="Folder of calibration images [default: calib/].")
+@click.option("--calib-images", type=click.IntRange(1), default=300, show_default=True,
               help="Calibration images taken (deterministic shuffled subset).")
-@click.option("--holdout", type=int, help="Held-out images for the fidelity report [default: 20%, at most 16].")
+@click.option("--holdout", type=click.IntRange(0), help="Held-out images for the fidelity report [default: 20%, at most 16].")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=DEFAULT_CALIB_METHOD, show_default=True,
               help=CALIB_METHOD_HELP)
-@click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile.")
-@click.option("--fidelity-target", type=float, default=20.0, show_default=True,
+@click.option("--percentile", type=FiniteFloatRange(50, 100, min_open=True), default=99.99, show_default=True, help="For --calib-method percentile.")
+@click.option("--fidelity-target", type=FiniteFloatRange(0, 200), default=20.0, show_default=True,
               help="mixed: worst raw-output SQNR (dB) on held-out images to reach.")
-@click.option("--opset", type=int, help="Target opset; 17 for TensorRT 8.5/8.6 (non-quantized part stays fp32).")
+@click.option("--opset", type=click.IntRange(*OPSET_RANGE), help="Target opset; 17 for TensorRT 8.5/8.6 (non-quantized part stays fp32).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory [default: the model's].")
 @click.option("--json", "as_json", is_flag=True, help="Print the precision report as JSON.")
 def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, percentile, fidelity_target, opset,
@@ -129,23 +133,23 @@ def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, p
               help="auto: efficientnms on TensorRT, onnx on ONNX Runtime, none on TensorRT-RTX (NMS in the Detector).")
 @click.option("--input-format", type=click.Choice(["float", "uint8"]), default="float", show_default=True,
               help="float: NCHW normalized; uint8: NHWC RGB pixels, normalized inside the graph.")
-@click.option("--opset", type=int, help="ONNX opset [default: 17 for the export; the precision graph 19, or 17 for "
+@click.option("--opset", type=click.IntRange(*OPSET_RANGE), help="ONNX opset [default: 17 for the export; the precision graph 19, or 17 for "
               "TensorRT 8.5/8.6].")
-@click.option("--calib", "calib_dir", type=click.Path(), help="Calibration images for int8/mixed [default: calib/].")
-@click.option("--calib-images", type=int, default=300, show_default=True,
+@click.option("--calib", "calib_dir", type=ImageFolder(), help="Calibration images for int8/mixed [default: calib/].")
+@click.option("--calib-images", type=click.IntRange(1), default=300, show_default=True,
               help="Calibration images taken (deterministic shuffled subset).")
-@click.option("--holdout", type=int, help="Held-out images for the fidelity report [default: 20%, at most 16].")
-@click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile.")
+@click.option("--holdout", type=click.IntRange(0), help="Held-out images for the fidelity report [default: 20%, at most 16].")
+@click.option("--percentile", type=FiniteFloatRange(50, 100, min_open=True), default=99.99, show_default=True, help="For --calib-method percentile.")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=DEFAULT_CALIB_METHOD, show_default=True,
               help=CALIB_METHOD_HELP)
-@click.option("--fidelity-target", type=float, default=20.0, show_default=True, help="mixed: SQNR target (dB).")
+@click.option("--fidelity-target", type=FiniteFloatRange(0, 200), default=20.0, show_default=True, help="mixed: SQNR target (dB).")
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx", "onnxruntime"]), default="auto",
               show_default=True, help="auto: TensorRT where it and a GPU are present, else ONNX Runtime on the CPU. "
               "tensorrt-rtx builds ahead of time, also on a machine without a GPU.")
 @click.option("--compute-capability", "compute_capabilities", metavar="CC[,CC…]",
               help="tensorrt-rtx: GPUs to build for, e.g. 8.6,8.9 [default: TensorRT-RTX's own set].")
-@click.option("--dla", "dla_core", type=int, help="Build for DLA core N (Jetson AGX Orin / Orin NX), GPU fallback on.")
-@click.option("--workspace", "workspace_mb", type=int, help="TensorRT workspace limit in MiB.")
+@click.option("--dla", "dla_core", type=click.IntRange(0, 1), help="Build for DLA core N (Jetson AGX Orin / Orin NX), GPU fallback on.")
+@click.option("--workspace", "workspace_mb", type=click.IntRange(1), help="TensorRT workspace limit in MiB.")
 @click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5),
               help="TensorRT builder optimization level.")
 @click.option("--out", type=click.Path(file_okay=False),
@@ -197,7 +201,7 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
         backend = backend if backend != "auto" else prof.software.backend
     config = CompileConfig(
         variant=variant_arg(variant, phi), precision=precision, weights=weights, num_classes=num_classes, pad=pad,
-        image_size=imgsz, batch=batch, dynamic_batch=parse_dynamic_batch(dynamic_batch), nms=nms,
+        image_size=imgsz, batch=batch, dynamic_batch=dynamic_batch, nms=nms,
         input_format=input_format, opset=opset, calib_dir=calib_dir, calib_images=calib_images, holdout=holdout,
         percentile=percentile, calib_method=calib_method, fidelity_target=fidelity_target, backend=backend,
         dla_core=dla_core, workspace_mb=workspace_mb, optimization_level=optimization_level,
@@ -213,16 +217,16 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
 
 
 @cli.command("build")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=InputFile("onnx"))
 @click.option("--backend", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt", show_default=True,
               help="tensorrt-rtx builds ahead of time, also on a machine without a GPU.")
 @click.option("--compute-capability", "compute_capabilities", metavar="CC[,CC…]",
               help="tensorrt-rtx: GPUs to build for, e.g. 8.6,8.9 [default: TensorRT-RTX's own set].")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory for MODEL's .engine and its build.json "
               "entry [default: MODEL's directory].")
-@click.option("--dynamic-batch", metavar="MIN:OPT:MAX", help="Profile for a dynamic batch dimension.")
-@click.option("--dla", "dla_core", type=int, help="DLA core (GPU fallback on).")
-@click.option("--workspace", "workspace_mb", type=int, help="Workspace limit in MiB.")
+@click.option("--dynamic-batch", type=DynamicBatch(), help="Profile for a dynamic batch dimension.")
+@click.option("--dla", "dla_core", type=click.IntRange(0, 1), help="DLA core (GPU fallback on).")
+@click.option("--workspace", "workspace_mb", type=click.IntRange(1), help="Workspace limit in MiB.")
 @click.option("--opt-level", "optimization_level", type=click.IntRange(0, 5), help="Builder optimization level.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache file to load and update.")
 @click.option("--version-compatible", is_flag=True, help="Engine runs on later TensorRT versions too.")
@@ -239,21 +243,22 @@ def build_command(model, backend, compute_capabilities, out, dynamic_batch, dla_
       effedge build model.fp16.onnx --dla 0 --timing-cache ~/.cache/orin.timing
       effedge build model.fp16.onnx --backend tensorrt-rtx --compute-capability 8.9
     """
+    import contextlib
     from pathlib import Path
 
+    from effedge.io import output_directory
     from effedge.pipeline.compile import build_engine_file
 
     source = Path(model)
-    if not source.is_file():
-        raise click.UsageError(f"{source} does not exist")
     engine = Path(out) / source.with_suffix(".engine").name if out else None
-    report = build_engine_file(source, engine, backend=backend,
-                               compute_capabilities=tuple(split_list(compute_capabilities)) or None,
-                               dynamic_batch=parse_dynamic_batch(dynamic_batch), dla_core=dla_core,
-                               workspace_mb=workspace_mb, optimization_level=optimization_level,
-                               timing_cache=Path(timing_cache) if timing_cache else None,
-                               version_compatible=version_compatible, hardware_compatible=hardware_compatible,
-                               log=progress)
+    with output_directory(out) if out else contextlib.nullcontext():  # a refused build leaves no empty --out
+        report = build_engine_file(source, engine, backend=backend,
+                                   compute_capabilities=tuple(split_list(compute_capabilities)) or None,
+                                   dynamic_batch=dynamic_batch, dla_core=dla_core,
+                                   workspace_mb=workspace_mb, optimization_level=optimization_level,
+                                   timing_cache=Path(timing_cache) if timing_cache else None,
+                                   version_compatible=version_compatible, hardware_compatible=hardware_compatible,
+                                   log=progress)
     if as_json:
         print_json(report)
         return

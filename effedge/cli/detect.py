@@ -4,16 +4,16 @@ from __future__ import annotations
 import click
 
 from effedge.cli.main import cli
-from effedge.cli.options import print_json, table, progress, rich_progress
+from effedge.cli.options import ImageFolder, InputFile, print_json, progress, rich_progress, table, threshold
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=InputFile("model"))
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--out", type=click.Path(file_okay=False), default="runs/detect", show_default=True,
               help="Folder for annotated images and detections.json.")
-@click.option("--score-threshold", type=float, default=0.3, show_default=True, help="Score threshold.")
-@click.option("--iou-threshold", type=float, default=0.5, show_default=True,
+@click.option("--score-threshold", type=threshold(zero_ok=True, one_ok=False), default=0.3, show_default=True, help="Score threshold.")
+@click.option("--iou-threshold", type=threshold(zero_ok=False, one_ok=True), default=0.5, show_default=True,
               help="NMS IoU threshold (graphs without an NMS tail).")
 @click.option("--json", "as_json", is_flag=True, help="Print the detections as JSON.")
 def detect(model, images, out, score_threshold, iou_threshold, as_json) -> None:
@@ -47,10 +47,10 @@ def detect(model, images, out, score_threshold, iou_threshold, as_json) -> None:
 
 
 @cli.command("eval")
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--images", "images_dir", required=True, type=click.Path(file_okay=False), help="Image folder.")
-@click.option("--annotations", required=True, type=click.Path(dir_okay=False), help="COCO instances JSON.")
-@click.option("--compare", "others", multiple=True, type=click.Path(dir_okay=False),
+@click.argument("model", type=InputFile("model"))
+@click.option("--images", "images_dir", required=True, type=ImageFolder(), help="Image folder.")
+@click.option("--annotations", required=True, type=InputFile("json"), help="COCO instances JSON.")
+@click.option("--compare", "others", multiple=True, type=InputFile("model"),
               help="More models (e.g. other precisions) to evaluate into the same table; repeat the option.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def eval_command(model, images_dir, annotations, others, as_json) -> None:

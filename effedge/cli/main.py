@@ -29,10 +29,14 @@ def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     debug = "--debug" in sys.argv[1:]
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="effedge", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # one line, as every other refusal; --help has the usage
+        command = exc.ctx.command_path if exc.ctx else "effedge"
+        click.echo(f"error: {exc.format_message()} (see '{command} --help')", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from effedge.cli.main import cli
-from effedge.cli.options import print_json, human, table
+from effedge.cli.options import PHI_RANGE, FiniteFloatRange, human, print_json, table
 
 
 @cli.command()
@@ -35,7 +35,7 @@ def models(as_json: bool) -> None:
 
 @cli.command()
 @click.argument("variant", required=False)
-@click.option("--phi", type=float, help="Custom compound coefficient φ (0–7) instead of a named variant.")
+@click.option("--phi", type=FiniteFloatRange(*PHI_RANGE), help="Custom compound coefficient φ (0–7) instead of a named variant.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info(variant: str | None, phi: float | None, as_json: bool) -> None:
     """Print the full scaled architecture of VARIANT (b0..b7, d0..d7x) or of --phi X.

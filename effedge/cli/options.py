@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 from typing import Any
 
 import click
@@ -53,14 +55,137 @@ def variant_arg(variant: str | None, phi: float | None) -> str | float:
     return variant if variant is not None else phi
 
 
-def parse_dynamic_batch(value: str | None) -> tuple[int, int, int] | None:
-    if value is None:
-        return None
-    try:
-        low, opt, high = (int(part) for part in value.split(":"))
-    except ValueError:
-        raise click.BadParameter(f"'{value}' is not MIN:OPT:MAX, e.g. 1:4:8", param_hint="--dynamic-batch")
-    return low, opt, high
+# --- ranges: every numeric option is checked where it is parsed, before any stage starts ------------------
+# Spelled out so that --help needs neither numpy nor torch (tests/test_cli_validation.py checks they agree with
+# effedge.arch.scaling.PHI_RANGE, effedge.export.onnx_export.OPSET_RANGE and the Q/DQ opsets of quantize).
+PHI_RANGE = (0.0, 7.0)
+OPSET_RANGE = (13, 21)
+MAX_BATCH = 1024  # beyond any edge deployment; keeps a typo (--batch 10000) from allocating for minutes
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan and ±inf (FloatRange lets nan through: every comparison is false)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return number
+
+
+class IntList(click.ParamType):
+    """Comma-separated integers within [min, max], e.g. ``--batch 1,4,8``."""
+
+    name = "integer list"
+
+    def __init__(self, min: int, max: int | None = None) -> None:
+        self.min, self.max = min, max
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            numbers = [int(part) for part in str(value).split(",") if part.strip()]
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of integers, e.g. 1,4,8", param, ctx)
+        if not numbers:
+            self.fail("give at least one integer, e.g. 1", param, ctx)
+        for number in numbers:
+            if number < self.min or (self.max is not None and number > self.max):
+                bound = f"{self.min}–{self.max}" if self.max is not None else f"≥ {self.min}"
+                self.fail(f"{number} is not in the range {bound}", param, ctx)
+        return numbers
+
+
+class DynamicBatch(click.ParamType):
+    """A dynamic-batch profile MIN:OPT:MAX with 1 ≤ MIN ≤ OPT ≤ MAX ≤ :data:`MAX_BATCH`."""
+
+    name = "MIN:OPT:MAX"
+    min, max = 1, MAX_BATCH
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            low, opt, high = (int(part) for part in str(value).split(":"))
+        except ValueError:
+            self.fail(f"{value!r} is not MIN:OPT:MAX, e.g. 1:4:8", param, ctx)
+        if not self.min <= low <= opt <= high <= self.max:
+            self.fail(f"{value} must satisfy {self.min} ≤ MIN ≤ OPT ≤ MAX ≤ {self.max}", param, ctx)
+        return low, opt, high
+
+
+def batch_size():
+    return click.IntRange(1, MAX_BATCH)
+
+
+def threshold(*, zero_ok: bool, one_ok: bool) -> FiniteFloatRange:
+    """A score or IoU threshold in [0, 1], ends open as the NMS needs them."""
+    return FiniteFloatRange(0.0, 1.0, min_open=not zero_ok, max_open=not one_ok)
+
+
+# --- file inputs: missing, empty or of the wrong kind is refused in one line before any work -------------------
+
+_KINDS = {"onnx": (".onnx",), "engine": (".engine", ".plan"), "model": (".onnx", ".engine", ".plan"),
+          "json": (".json",), "yaml": (".yaml", ".yml")}
+_KIND_NAMES = {"onnx": "an ONNX model (.onnx)", "engine": "a TensorRT engine (.engine, .plan)",
+               "model": "an ONNX model or an engine (.onnx, .engine, .plan)", "json": "a JSON file (.json)",
+               "yaml": "a YAML file (.yaml)"}
+
+
+def looks_like_onnx(path: Path) -> bool:
+    """An ONNX ModelProto starts with its ir_version field (tag 0x08): protobuf writes fields in number order."""
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x08"
+
+
+class InputFile(click.Path):
+    """An existing, non-empty file of one kind (``onnx``, ``engine``, ``model``, ``json``, ``yaml``)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(dir_okay=False)
+        self.kind = kind
+
+    def convert(self, value, param, ctx):
+        path = Path(super().convert(value, param, ctx)).expanduser()
+        if not path.exists():
+            self.fail(f"{path} not found", param, ctx)
+        if path.suffix.lower() not in _KINDS[self.kind]:
+            self.fail(f"{path} is not {_KIND_NAMES[self.kind]}", param, ctx)
+        if path.stat().st_size == 0:
+            self.fail(f"{path} is empty (an interrupted write?); produce it again", param, ctx)
+        if path.suffix.lower() == ".onnx" and not looks_like_onnx(path):
+            self.fail(f"{path} is not an ONNX model (corrupt, or another kind of file)", param, ctx)
+        if self.kind == "json":
+            try:
+                json.loads(path.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                self.fail(f"{path} is not valid JSON ({getattr(exc, 'msg', exc)})", param, ctx)
+        return str(path)
+
+
+# effedge.runtime.images.IMAGE_SUFFIXES (no numpy at parse time; tests/test_cli_validation.py checks they agree)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class ImageFolder(click.Path):
+    """An existing folder holding at least one image file (by suffix; decoding happens in the work)."""
+
+    name = "folder"
+
+    def __init__(self) -> None:
+        super().__init__(file_okay=False)
+
+    def convert(self, value, param, ctx):
+        path = Path(super().convert(value, param, ctx)).expanduser()
+        if not path.exists():
+            self.fail(f"{path} does not exist", param, ctx)
+        if not path.is_dir():
+            self.fail(f"{path} is not a folder of images", param, ctx)
+        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*") if p.is_file()):
+            self.fail(f"no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) in {path}", param, ctx)
+        return str(path)
+
 
 
 def rich_progress(items, total: int, description: str):
@@ -82,16 +207,17 @@ def split_list(value: str | None, cast=str) -> list:
 
 _MODEL_OPTIONS = (
     click.option("--variant", help="b0..b7, d0..d7x."),
-    click.option("--phi", type=float, help="Custom compound coefficient φ (0–7) instead of --variant."),
+    click.option("--phi", type=FiniteFloatRange(*PHI_RANGE),
+                 help="Custom compound coefficient φ (0–7) instead of --variant."),
     click.option("--weights", help="Checkpoint: .pth file, URL, or known name (tf_efficientdet_d0, …)."),
-    click.option("--num-classes", type=int, help="Classes of the head (default 90 for detectors, 1000 for "
+    click.option("--num-classes", type=click.IntRange(1, 100_000), help="Classes of the head (default 90 for detectors, 1000 for "
                  "classifiers)."),
     click.option("--pad", type=click.Choice(["same", "symmetric"]), default="same", show_default=True,
                  help="Checkpoint layout: TF-ported (same) or PyTorch-trained (symmetric)."),
-    click.option("--imgsz", type=int, help="Input size (square); default the variant's. Multiple of the largest "
+    click.option("--imgsz", type=click.IntRange(32, 4096), help="Input size (square); default the variant's. Multiple of the largest "
                  "stride."),
-    click.option("--batch", type=int, default=1, show_default=True, help="Static batch size."),
-    click.option("--dynamic-batch", metavar="MIN:OPT:MAX", help="Dynamic batch instead of --batch, e.g. 1:4:8."),
+    click.option("--batch", type=batch_size(), default=1, show_default=True, help="Static batch size."),
+    click.option("--dynamic-batch", type=DynamicBatch(), help="Dynamic batch instead of --batch, e.g. 1:4:8."),
 )
 
 

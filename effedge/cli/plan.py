@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from effedge.cli.main import cli
-from effedge.cli.options import print_json, table, progress
+from effedge.cli.options import PHI_RANGE, FiniteFloatRange, InputFile, print_json, progress, table
 
 
 @cli.group()
@@ -55,7 +55,7 @@ def profile_list(as_json) -> None:
 
 @profile.command("fit")
 @click.argument("name")
-@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("results", nargs=-1, required=True, type=InputFile("json"))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def profile_fit(name, results, as_json) -> None:
     """Fit profile NAME to `effedge bench --json` RESULTS (per precision) and store the fit and the measured
@@ -83,9 +83,9 @@ def profile_fit(name, results, as_json) -> None:
 
 @cli.command("select")
 @click.option("--profile", "profile_name", required=True, help="Profile name (profiles/NAME.yaml) or file.")
-@click.option("--latency-ms", type=float, help="Latency budget instead of the profile's.")
+@click.option("--latency-ms", type=FiniteFloatRange(0, 1e6, min_open=True), help="Latency budget instead of the profile's.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "mixed"]), help="Instead of the profile's.")
-@click.option("--step", type=float, default=0.5, show_default=True, help="φ grid step for custom candidates.")
+@click.option("--step", type=FiniteFloatRange(0, PHI_RANGE[1], min_open=True), default=0.5, show_default=True, help="φ grid step for custom candidates.")
 @click.option("--verify", is_flag=True, help="Compile and benchmark the choice; step down while it misses.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def select_command(profile_name, latency_ms, precision, step, verify, as_json) -> None:
@@ -98,31 +98,47 @@ def select_command(profile_name, latency_ms, precision, step, verify, as_json) -
       effedge select --profile orin-nx-16gb
       effedge select --profile cpu-local --latency-ms 150 --verify
     """
+    import sys
     from dataclasses import asdict
 
+    from effedge.errors import EffedgeError
+    from effedge.pipeline.compile import choose_backend
     from effedge.pipeline.measure import calibrated, verify_choice
     from effedge.plan.latency import describe_model, select
     from effedge.plan.profiles import load_profile
 
     prof = load_profile(profile_name)
+    if verify:  # it compiles and measures here: refuse before calibrating or costing anything
+        try:
+            choose_backend(prof.software.backend)
+        except EffedgeError as exc:  # the cause, without compile's --backend advice (select has no --backend)
+            raise EffedgeError(f"--verify measures on this machine, which cannot run {prof.name}'s backend "
+                               f"({exc.__cause__ or exc}); run it on the device, or drop --verify") from exc
     precision = precision or prof.target.precision
     prof = calibrated(prof, precision, log=progress)
     candidates, choice = select(prof, latency_ms=latency_ms, precision=precision, step=step, log=progress)
     budget = latency_ms or prof.target.latency_ms
     note = describe_model(prof, precision)
     verification = verify_choice(prof, candidates, choice, budget, precision, log=progress) if verify else None
+    nothing_fits = (f"error: no candidate meets {budget:g} ms on {prof.name} at {precision}; raise --latency-ms "
+                    "or choose a faster --precision")
     if as_json:
         print_json({"profile": prof.name, "budget_ms": budget, "model": note,
                      "candidates": [asdict(c) for c in candidates],
                      "choice": asdict(choice) if choice else None, "verification": verification})
+        if choice is None:
+            click.echo(nothing_fits, err=True)
+            sys.exit(1)
         return
     table(f"{prof.name}: budget {budget:g} ms at {prof.target.percentile} (margin {prof.target.margin:.0%})",
            ["candidate", "φ", "input", "GMACs", "ms", "source", "fits"],
            [[c.name, f"{c.phi:g}", c.resolution, f"{c.macs / 1e9:.2f}", f"{c.predicted_ms:.1f}", c.source,
              "yes" if c.fits else "no"] for c in candidates])
     click.echo(note)
-    click.echo(f"choice: {choice.name} (φ={choice.phi:g}, {choice.resolution}px)" if choice else
-               "no candidate fits the budget")
+    if choice is None:
+        click.echo(nothing_fits, err=True)
+        sys.exit(1)
+    click.echo(f"choice: {choice.name} (φ={choice.phi:g}, {choice.resolution}px)")
     if verification:
         for step_result in verification["steps"]:
             click.echo(f"  measured {step_result['name']}: {step_result['measured_ms']:.1f} ms "

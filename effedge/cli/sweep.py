@@ -6,11 +6,11 @@ import sys
 import click
 
 from effedge.cli.main import cli
-from effedge.cli.options import print_json, progress, table
+from effedge.cli.options import InputFile, print_json, progress, table
 
 
 @cli.command("sweep")
-@click.argument("sweep_file", type=click.Path(dir_okay=False))
+@click.argument("sweep_file", type=InputFile("yaml"))
 @click.option("--ray", "ray_address", metavar="auto|local|ADDRESS",
               help="Run on Ray: local (a cluster on this machine, one resource per device), auto (the running "
                    "cluster) or a head ADDRESS. Default: in this process, on this machine.")

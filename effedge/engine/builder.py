@@ -37,7 +37,12 @@ class GraphInfo:
         except ImportError:  # a device without onnx: ask for the manifest instead
             raise BackendUnavailable("reading ONNX needs the 'onnx' package; install it or build from a "
                                      "directory with build.json") from None
-        model = onnx.load(str(path), load_external_data=False)
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # protobuf's DecodeError: a truncated or foreign file
+            raise EffedgeError(f"cannot read {path} as ONNX ({exc}); export it again") from exc
+        if not model.graph.input:
+            raise EffedgeError(f"{path} holds no ONNX graph; export it again")
         opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
         ops = {n.op_type for n in model.graph.node}
         has_fp16 = any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)

@@ -94,8 +94,8 @@ def import_trt(backend: str = "tensorrt") -> ModuleType:
         how = ("pip install 'effedge[rtx]' (TensorRT-RTX builds engines for RTX GPUs, also on a CPU-only machine)"
                if backend == "tensorrt-rtx" else
                "on Jetson it comes with JetPack, on desktop from NVIDIA's index (pip install tensorrt)")
-        raise BackendUnavailable(f"{product} is not installed (Python module '{module_name}'): {how}; or use "
-                                 "--backend onnxruntime") from exc
+        # No backend advice here: which alternative exists depends on the command (compile's choose_backend adds it).
+        raise BackendUnavailable(f"{product} is not installed (Python module '{module_name}'): {how}") from exc
 
 
 def capabilities_of(trt: ModuleType) -> Capabilities:

@@ -33,7 +33,7 @@ def evaluate(detect: Callable[[Sequence[Path]], list], images_dir: str | Path, a
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             ground_truth = COCO(str(annotations))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as exc:  # pycocotools asserts the format
         raise EffedgeError(f"{annotations} is not a COCO instances file ({exc})") from exc
     records = ground_truth.loadImgs(ground_truth.getImgIds())
     missing = [r["file_name"] for r in records if not (images_dir / r["file_name"]).is_file()]

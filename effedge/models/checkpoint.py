@@ -98,7 +98,8 @@ def read_state_dict(weights: Weights) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}; "
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]  # an empty file raises with no message
+            raise CheckpointError(f"cannot read checkpoint {path}: {reason}; "
                                   "is it a PyTorch .pth file?") from exc
     for key in _WRAPPER_KEYS:
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):

@@ -84,9 +84,10 @@ def choose_backend(requested: str) -> BackendChoice:
         return BackendChoice("tensorrt-rtx", f"requested ({caps.name}, ahead-of-time build)", caps.version)
     try:
         caps = capabilities_of(import_trt("tensorrt"))
-    except BackendUnavailable:
+    except BackendUnavailable as exc:
         if requested == "tensorrt":
-            raise
+            raise BackendUnavailable(f"{exc}; or use --backend onnxruntime (the CPU) or --backend tensorrt-rtx "
+                                     "(ahead of time)") from exc
         return BackendChoice("onnxruntime", "TensorRT is not installed here: using ONNX Runtime on the CPU")
     try:
         capability = cuda.device_info(0).compute_capability

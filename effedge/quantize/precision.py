@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import math
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-from effedge.io import atomic_write, cache_root, sha256_file, write_json
+from effedge.io import atomic_write, cache_root, private_tempdir, sha256_file, write_json
 from effedge.quantize.images import DEFAULT_CALIB_DIR, ImageSet
 from effedge.quantize.calibrators import ALGORITHM_VERSION, CALIB_METHODS, DEFAULT_METHOD, RangeCollector
 from effedge.errors import EffedgeError, RunError
@@ -146,8 +145,8 @@ def place_qdq(source: Path, model_hash: str, inputs: ModelInput, opset: Optional
     shape = (inputs.batch, *inputs.size, 3) if inputs.format == "uint8" else (inputs.batch, 3, *inputs.size)
     # Placement does not depend on the data; effedge replaces every activation scale afterwards.
     dummy = (np.full(shape, 128, np.uint8) if inputs.format == "uint8" else np.zeros(shape, np.float32))
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "placed.onnx"
+    with private_tempdir() as tmp:  # ModelOpt's own tmp*.onnx go there too, and go with it
+        out = tmp / "placed.onnx"
         quantize(str(source), quantize_mode="int8", calibration_data={inputs.name: dummy}, calibration_method="max",
                  calibration_eps=["cpu"], high_precision_dtype=high_precision, output_path=str(out),
                  log_level="CRITICAL")
@@ -323,6 +322,8 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
         model = onnx.load(str(source))
     except Exception as exc:
         raise EffedgeError(f"cannot read {source} as ONNX: {str(exc).splitlines()[0]}") from exc
+    if not model.graph.input:
+        raise EffedgeError(f"{source} holds no ONNX graph; export it again")
     _check_source(model, source)
     inputs = model_input(model)
     out = Path(out_dir) if out_dir else source.parent

@@ -78,7 +78,7 @@ class _CudaPythonApi:
             _, runtime = self.rt.cudaRuntimeGetVersion()
             if not driver:
                 return NoCudaDevice(f"{NO_GPU}: no NVIDIA driver found ({call}: {name}); install the driver, or "
-                                    "run on the CPU with --backend onnxruntime")
+                                    "run the model's .onnx file on the CPU (ONNX Runtime)")
             return NoCudaDevice(f"{NO_GPU}: the NVIDIA driver supports CUDA {_cuda_version(driver)}, older than "
                                 f"the CUDA {_cuda_version(runtime)} of {self.library}; pip install "
                                 f"'cuda-python=={driver // 1000}.*'")
