@@ -34,7 +34,7 @@ def test_typo_gives_one_line_with_a_suggestion_and_no_traceback():
 
 
 def test_debug_shows_the_traceback():
-    result = effedge_cli("--debug", "info", "--phi", "-1")
+    result = effedge_cli("--debug", "info", "d9")  # (--phi -1 is now refused by its range, before the library)
     assert result.returncode != 0 and "Traceback" in result.stderr and "VariantError" in result.stderr
 
 
