@@ -28,10 +28,17 @@ def test_auto_backend_without_tensorrt_is_onnxruntime_and_says_why():
         choose_backend("tensorrt")
 
 
-def test_compile_fp32_runs_and_second_run_is_a_cache_hit(tmp_path, private_cache):
+def test_compile_fp32_runs_and_second_run_is_a_cache_hit(tmp_path, private_cache, monkeypatch):
+    from effedge.arch import scaling
+
     messages = []
+    lookups = []
+    lookup = scaling._lookup
+    monkeypatch.setattr(scaling, "_lookup", lambda variant: lookups.append(variant) or lookup(variant))
     config = CompileConfig(variant="d0", precision="fp32", image_size=128, score_threshold=0.3)
     first = compile_model(config, tmp_path / "build", log=messages.append)
+    assert lookups == ["d0"]  # resolved once at compile's entry, the spec passed on to export and models
+    monkeypatch.undo()
     assert first["backend"] == "onnxruntime" and first["nms"] == "onnx"
     assert any(m.startswith("backend: onnxruntime") for m in messages)
     deployable = tmp_path / "build" / first["compile"]["deployable"]

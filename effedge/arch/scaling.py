@@ -262,11 +262,18 @@ def efficientdet_for_phi(phi: float) -> EfficientDetSpec:
     )
 
 
-def resolve(variant: Union[str, float, int]) -> ModelSpec:
-    """A named variant ("b0".."b7", "d0".."d7x") or a φ (float, or a numeric string) -> its spec.
+def resolve(variant: Union[str, float, int, ModelSpec]) -> ModelSpec:
+    """A named variant ("b0".."b7", "d0".."d7x") or a φ (float, or a numeric string) -> its spec; a spec is
+    returned as it is, so a caller resolves once and passes the spec on.
 
     A φ means a custom EfficientDet; use :func:`efficientnet_for_phi` for a custom classifier.
     """
+    if isinstance(variant, (EfficientNetSpec, EfficientDetSpec)):
+        return variant
+    return _lookup(variant)
+
+
+def _lookup(variant: Union[str, float, int]) -> ModelSpec:
     if isinstance(variant, bool):
         raise VariantError(f"unknown variant {variant!r}; use b0..b7, d0..d7x or a number φ")
     if isinstance(variant, (int, float)):

@@ -63,7 +63,7 @@ def _backbone_arch(spec: EfficientNetSpec, image_size: int) -> dict[str, Any]:
 
 def architecture(variant: Union[str, float, ModelSpec]) -> dict[str, Any]:
     """The full scaled architecture of a variant (``effedge info``)."""
-    spec = variant if hasattr(variant, "name") else resolve(variant)
+    spec = resolve(variant)
     arch = summary(spec)
     arch["backbone_stages"] = _backbone_arch(spec.backbone if isinstance(spec, EfficientDetSpec) else spec,
                                              spec.resolution)

@@ -29,7 +29,7 @@ from effedge.errors import EffedgeError
 from effedge.provenance import onnx_summary, tool_versions, write_manifest
 from effedge.export.nms_tail import NMS_TAILS, append_nms_tail
 from effedge.runtime.preprocess import INPUT_FORMATS, MEAN, MEAN_PIXEL, STD
-from effedge.arch.scaling import EfficientDetSpec, resolve
+from effedge.arch.scaling import EfficientDetSpec, ModelSpec, resolve
 
 PARITY_RTOL = 1e-4  # max |ONNX Runtime − PyTorch| ≤ 1e-4 × max(1, max |output|)
 OPSET_RANGE = (13, 21)
@@ -182,7 +182,7 @@ def example_input(image_size: tuple[int, int], batch: int, input_format: str, se
     return rng.standard_normal((batch, 3, *image_size)).astype(np.float32)
 
 
-def export(variant: Union[str, float], out_dir: Union[str, Path], *, weights: Optional[str] = None,
+def export(variant: Union[str, float, ModelSpec], out_dir: Union[str, Path], *, weights: Optional[str] = None,
            num_classes: Optional[int] = None, pad: str = "same", options: ExportOptions = ExportOptions(),
            log: Callable[[str], None] = lambda message: None) -> dict:
     """Export ``variant`` into ``out_dir`` (``model.onnx``, ``model.sim.onnx``, ``build.json``); returns the

@@ -47,7 +47,7 @@ def build_model(variant: Union[str, float, ModelSpec], *, weights: Weights | Non
         image_size: input size the padding is resolved for; default the variant's resolution.
         pad: "same" (TF 'same', the tf_* checkpoints) or "symmetric" (the PyTorch-trained efficientdet_d*).
     """
-    spec = variant if isinstance(variant, (EfficientDetSpec,)) or hasattr(variant, "stages") else resolve(variant)
+    spec = resolve(variant)
     if isinstance(weights, str) and weights in KNOWN_CHECKPOINTS:
         known = KNOWN_CHECKPOINTS[weights]
         if known.variant != spec.name:
@@ -89,7 +89,7 @@ def count_macs(model: nn.Module, image_size: tuple[int, int]) -> int:
 def complexity(variant: Union[str, float, ModelSpec], image_size: Union[int, tuple[int, int], None] = None,
                num_classes: int | None = None) -> tuple[int, int]:
     """(params, MACs) of a variant, counted on a weightless ("meta") instance: fast even for D7x."""
-    spec = variant if hasattr(variant, "name") else resolve(variant)
+    spec = resolve(variant)
     size = input_size_for(spec, image_size)
     with torch.device("meta"):
         model = build_model(spec, image_size=size, num_classes=num_classes)

@@ -21,7 +21,7 @@ from effedge.quantize.calibrators import DEFAULT_METHOD
 from effedge.errors import BackendUnavailable, EffedgeError
 from effedge.io import MANIFEST, read_manifest
 from effedge.provenance import cache_identity
-from effedge.arch.scaling import EfficientDetSpec, resolve
+from effedge.arch.scaling import EfficientDetSpec, ModelSpec, resolve
 
 BACKENDS = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime")
 ENGINE_BACKENDS = ("tensorrt", "tensorrt-rtx")
@@ -106,8 +106,9 @@ def _weights_identity(weights: Optional[str]) -> Optional[str]:
     return f"sha256:{sha256_file(path)}" if path.is_file() else str(weights)
 
 
-def cache_key(config: CompileConfig, backend: BackendChoice, nms: str, calib_hash: Optional[str]) -> str:
-    material = {**asdict(config), "variant": resolve(config.variant).name, "nms": nms, "weights":
+def cache_key(config: CompileConfig, backend: BackendChoice, nms: str, calib_hash: Optional[str],
+              spec: Optional[ModelSpec] = None) -> str:
+    material = {**asdict(config), "variant": (spec or resolve(config.variant)).name, "nms": nms, "weights":
                 _weights_identity(config.weights), "calib_dir": calib_hash, "backend": backend.name,
                 "engine_version": backend.version, "compute_capability": backend.compute_capability,
                 "tools": cache_identity("torch", "onnx", "onnxsim", "onnxruntime", "nvidia-modelopt")}
@@ -161,7 +162,7 @@ def compile_model(config: CompileConfig, out_dir: Optional[Union[str, Path]] = N
         check_nms(caps, nms)  # before the export, not after minutes of work
         if config.opset and caps.max_onnx_opset and config.opset > caps.max_onnx_opset:
             raise EffedgeError(f"--opset {config.opset}: {caps.name} parses ONNX up to opset {caps.max_onnx_opset}")
-    key = cache_key(config, backend, nms, calib_hash)
+    key = cache_key(config, backend, nms, calib_hash, spec)
     out = Path(out_dir) if out_dir else Path("runs") / f"{spec.name}-{config.precision}-{backend.name}-{key[:8]}"
     start = time.perf_counter()
     if not force and _is_complete(out, key):
@@ -172,7 +173,7 @@ def compile_model(config: CompileConfig, out_dir: Optional[Union[str, Path]] = N
 
     created = not out.exists()
     try:
-        return _run_stages(config, backend, nms, key, out, log, progress, start)
+        return _run_stages(config, spec, backend, nms, key, out, log, progress, start)
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)  # never leave a build directory that looks usable
@@ -197,7 +198,7 @@ def _precision_options(config: CompileConfig, opset: Optional[int]):
                             percentile=config.percentile, fidelity_target=config.fidelity_target, opset=opset)
 
 
-def _run_stages(config: CompileConfig, backend: BackendChoice, nms: str, key: str, out: Path, log, progress,
+def _run_stages(config: CompileConfig, spec: ModelSpec, backend: BackendChoice, nms: str, key: str, out: Path, log, progress,
                 start: float) -> dict:
     from effedge.export.onnx_export import ExportOptions, export
     from effedge.export.nms_tail import append_nms_tail
@@ -210,7 +211,7 @@ def _run_stages(config: CompileConfig, backend: BackendChoice, nms: str, key: st
                              else None)
 
     clock = time.perf_counter()
-    export(config.variant, out, weights=config.weights, num_classes=config.num_classes, pad=config.pad,
+    export(spec, out, weights=config.weights, num_classes=config.num_classes, pad=config.pad,
            options=ExportOptions(image_size=config.image_size, batch=config.batch, dynamic_batch=config.dynamic_batch,
                                  opset=opset or 17, input_format=config.input_format), log=log)
     seconds["export"] = time.perf_counter() - clock
