@@ -125,8 +125,10 @@ def test_copies_move_the_requested_bytes(cudart):
     source.array[:] = np.arange(8, dtype=np.float32)
     cuda.copy_htod_async(device, source.array, 12, stream)  # the first 3 floats only
     cuda.copy_dtoh_async(target.array, device, 32, stream)
+    assert np.isnan(target.array).all() and cudart.copied == []  # queued: nothing has moved yet
     stream.synchronize()
-    np.testing.assert_array_equal(target.array, [0, 1, 2, 0, 0, 0, 0, 0])
+    nan = np.nan  # the rest of the device buffer was never written: poison
+    np.testing.assert_array_equal(target.array, [0, 1, 2, nan, nan, nan, nan, nan])
     assert cudart.copied == [("htod", 12), ("dtoh", 32)]
     with pytest.raises(ValueError, match="copy of 36 bytes"):
         cuda.copy_htod_async(device, source.array, 36, stream)
@@ -140,8 +142,11 @@ def test_events_time_the_work_between_them(cudart):
     stream = cuda.Stream()
     begin, end = cuda.Event(), cuda.Event()
     begin.record(stream)
+    cudart.enqueue(stream.handle, lambda: None)  # a kernel: kernel_ms of GPU time
     end.record(stream)
-    assert end.elapsed_ms(begin) == 0.25  # the fake's clock: one tick between the two records
+    error, _ = cudart.cudaEventElapsedTime(begin.native, end.native)
+    assert error == cudaError_t.cudaErrorNotReady  # the GPU has not got there yet
+    assert end.elapsed_ms(begin) == cudart.gpu.kernel_ms  # elapsed_ms waits for the end event
     begin.close(), end.close(), stream.close()
     assert cudart.live()["events"] == 0
 
@@ -155,6 +160,7 @@ def test_graph_replays_the_captured_work(cudart):
     for value in (1, 2):
         host.array[:] = value
         graph.launch(stream)
+        stream.synchronize()
         assert (cudart.view(device.address, 16).view(np.int32) == value).all()
     graph.destroy()
     assert cudart.live()["graphs"] == cudart.live()["graph_execs"] == 0
@@ -256,15 +262,62 @@ def test_bench_times_the_runner_on_its_stream(trt_fake, cudart, tmp_path, transf
                              transfers=transfers, energy=False)
     result = bench_one(_engine_file(tmp_path), {}, "tensorrt", settings)
     assert result["iterations"] == 3
-    assert result["compute_ms"]["median"] == 0.25  # events around the launch: one fake clock tick
+    assert result["compute_ms"]["median"] == cudart.gpu.kernel_ms  # events around the launch: the kernel's time
     moved = [label for label, nbytes in cudart.copied if nbytes == 2 * 4 * 4]
     assert len(moved) == len(cudart.copied)  # the batch's bytes, never the whole buffers
     if transfers:  # inputs once before the loop, then both ways on the first run and every iteration
         assert moved == ["htod"] + ["htod", "dtoh"] * (1 + 3)
-        assert result["h2d_ms"]["median"] == result["d2h_ms"]["median"] == 0.25
+        assert result["h2d_ms"]["median"] == result["d2h_ms"]["median"] == cudart.gpu.copy_ms
     else:
         assert moved == ["htod"] and "h2d_ms" not in result
     assert cudart.live() == {"memory": 0, "streams": 0, "events": 0, "graphs": 0, "graph_execs": 0}
+
+
+def test_bench_latency_waits_for_the_gpu(trt_fake, cudart, tmp_path, monkeypatch):
+    """The host latency of an iteration spans its GPU work: the host clock stops only after the stream is
+    synchronized. (The fake's GPU time passes only when the host waits, and counts on its host clock: a latency
+    taken before the wait would be shorter than the GPU's own H2D + compute + D2H.)"""
+    import time
+
+    from effedge.bench.harness import BenchSettings
+    from effedge.bench.targets import bench_one
+
+    _doubling_engine(trt_fake, cudart)
+    monkeypatch.setattr(time, "perf_counter", cudart.host_clock)
+    settings = BenchSettings(warmup_s=0, min_iterations=3, min_duration_s=0, batch=2, energy=False)
+    result = bench_one(_engine_file(tmp_path), {}, "tensorrt", settings)
+    gpu_ms = result["h2d_ms"]["min"] + result["compute_ms"]["min"] + result["d2h_ms"]["min"]
+    assert gpu_ms == 2 * cudart.gpu.copy_ms + cudart.gpu.kernel_ms
+    assert result["latency_ms"]["min"] >= gpu_ms
+    assert result["first_run"]["first_iteration_ms"] >= gpu_ms
+
+
+def test_results_are_copies_that_outlive_the_next_inference_and_the_runner(trt_fake, cudart, tmp_path):
+    """infer() returns arrays of its own: the next inference reuses the page-locked buffers, and deactivation
+    frees them (the fake poisons freed and reused memory)."""
+    _doubling_engine(trt_fake, cudart)
+    first, second = _images(2, seed=1), _images(2, seed=2)
+    with TensorRTRunner(_engine_file(tmp_path)) as runner:
+        kept = runner.infer({"images": first})["scores"]
+        np.testing.assert_array_equal(runner.infer({"images": second})["scores"], 2 * second)
+        np.testing.assert_array_equal(kept, 2 * first)
+    np.testing.assert_array_equal(kept, 2 * first)
+    with TensorRTRunner(_engine_file(tmp_path)) as runner:  # reuses the freed blocks: they come back poisoned
+        assert len(cudart.freed) < 4
+        np.testing.assert_array_equal(runner.infer({"images": second})["scores"], 2 * second)
+    np.testing.assert_array_equal(kept, 2 * first)
+
+
+def test_freed_and_new_memory_is_poison(cudart):
+    host = cuda.PinnedBuffer(4, np.float32)
+    assert np.isnan(host.array).all()  # never written: garbage, not zeros
+    host.array[:] = 1.0
+    stale = host.array
+    host.free()
+    assert np.isnan(stale).all()  # a view kept past free() reads garbage
+    again = cuda.PinnedBuffer(4, np.float32)  # the same block again, poisoned
+    assert again.array.ctypes.data == stale.ctypes.data and np.isnan(again.array).all()
+    again.free()
 
 
 # --- doctor -------------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import json
 import pytest
 from cuda_fake import FakeCudaRuntime
 
-from effedge.runtime.tensorrt import TensorRTRunner, check_engine_compatible, engine_entry
+from effedge.runtime.engine_manifest import check_engine_compatible, engine_entry
+from effedge.runtime.tensorrt import TensorRTRunner
 from effedge.errors import EffedgeError
 
 
