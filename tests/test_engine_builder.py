@@ -199,7 +199,9 @@ def test_dla_misuse_is_one_clear_error(trt_fake, tmp_path, cores, precision, inp
 
 
 def test_compatibility_options(trt_fake, tmp_path):
-    _build(trt_fake, tmp_path, "fp16", version_compatible=True, hardware_compatible=True)
+    report = _build(trt_fake, tmp_path, "fp16", version_compatible=True, hardware_compatible=True)
+    # the layer report deserializes the version-compatible plan: only with host code allowed
+    assert report["layers"]["layers"] == 1 and trt_fake.calls_to("Runtime.engine_host_code_allowed=")
     assert "VERSION_COMPATIBLE" in _set_flags(trt_fake)
     assert trt_fake.calls_to("IBuilderConfig.hardware_compatibility_level=")[0][1] == (
         trt_fake.HardwareCompatibilityLevel.AMPERE_PLUS,)

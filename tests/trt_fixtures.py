@@ -86,6 +86,9 @@ class FakeEngines:
         trt.set_handler("Builder.build_serialized_network", self._build)
         trt.set_handler("Runtime.deserialize_cuda_engine", self._deserialize)
         trt.set_handler("ICudaEngine.create_execution_context", self._create_context)
+        self._inspected: dict[int, Any] = {}  # id(inspector) -> engine
+        trt.set_handler("ICudaEngine.create_engine_inspector", self._create_inspector)
+        trt.set_handler("EngineInspector.get_engine_information", self._engine_information)
 
     def _create_network(self, builder, flags: int = 0, **kwargs) -> Any:
         network = self.trt.make("INetworkDefinition")
@@ -128,6 +131,16 @@ class FakeEngines:
         if self.cuda is not None:
             self.engine_contexts[id(engine)] = self.cuda.runtime_context()
         return engine
+
+    def _create_inspector(self, engine) -> Any:
+        inspector = self.trt.make("EngineInspector")
+        self._inspected[id(inspector)] = engine
+        return inspector
+
+    def _engine_information(self, inspector, format) -> str:
+        """One layer per parsed file: enough for a layer report to be read from the plan that was built."""
+        plan = self.plans.get(id(self._inspected.get(id(inspector))), {})
+        return json.dumps({"Layers": [f"layers of {path}" for path in plan.get("onnx", [])]})
 
     def _create_context(self, engine, *args, **kwargs) -> Any:
         if self.cuda is not None and self.cuda.current() is not self.engine_contexts[id(engine)]:

@@ -259,7 +259,7 @@ def build_engine(onnx_path: Path, engine_path: Path, graph: GraphInfo, options: 
     if targets is not None:
         report["compute_capabilities"] = targets
     if options.layer_report:
-        report["layers"] = _layer_report(trt, logger, plan, build_log, engine_path)
+        report["layers"] = _layer_report(trt, logger, plan, build_log, engine_path, options.version_compatible)
     return report
 
 
@@ -279,11 +279,15 @@ def _set_compute_capabilities(trt, config, wanted: Optional[tuple[str, ...]]) ->
     return list(wanted)
 
 
-def _layer_report(trt, logger, plan: bytes, build_log: BuildLog, engine_path: Path) -> dict:
+def _layer_report(trt, logger, plan: bytes, build_log: BuildLog, engine_path: Path,
+                  version_compatible: bool) -> dict:
     """Layer count and reformat layers from the engine inspector; the JSON goes to ``<engine>.layers.json``."""
     report = None
     if _can_deserialize(trt, logger, plan):
-        engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+        runtime = trt.Runtime(logger)
+        if version_compatible:  # such a plan deserializes only with host code allowed (it carries its runtime)
+            runtime.engine_host_code_allowed = True
+        engine = runtime.deserialize_cuda_engine(plan)
         if engine is not None:
             text = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
             atomic_write(engine_path.with_suffix(".layers.json"), text.encode())
