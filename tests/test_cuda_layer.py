@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from cuda_fake import FakeCudaRuntime, api_enums, api_functions, cudaError_t
 from helpers import effedge_cli
-from trt_fixtures import declare_engine_io, doubling_execute
+from trt_fixtures import declare_engine_io, doubling_execute, nms_layer_execute
 
 from effedge.runtime import cuda
 from effedge.runtime.tensorrt import TensorRTRunner, gpu_compute_capability
@@ -318,6 +318,91 @@ def test_freed_and_new_memory_is_poison(cudart):
     again = cuda.PinnedBuffer(4, np.float32)  # the same block again, poisoned
     assert again.array.ctypes.data == stale.ctypes.data and np.isnan(again.array).all()
     again.free()
+
+
+# --- outputs of data-dependent shape (TensorRT's NMS layer, --nms onnx) -------------------------------------
+
+NMS_INPUT = (1, 32, 32, 3)  # uint8 NHWC, as compiled with --input-format uint8
+CANDIDATES = 12  # the fake NMS looks at the first 12 input bytes: each above 127 is a detection
+
+
+def _nms_engine(trt, cudart):
+    """An engine with the ONNX NonMaxSuppression tail: images -> selected_indices [M, 3], detection_boxes [M, 4],
+    detection_scores [M], M decided by the data (the first CANDIDATES bytes above 127; anchor a gets the box
+    (a, a, a + 8, a + 8), score value / 255, class a % 3)."""
+    index_type = "INT64" if "INT64" in trt.DataType.__members__ else "INT32"  # 8.6 has no INT64 tensors
+    declare_engine_io(trt, {"images": (trt.TensorIOMode.INPUT, NMS_INPUT),
+                            "selected_indices": (trt.TensorIOMode.OUTPUT, (-1, 3)),
+                            "detection_boxes": (trt.TensorIOMode.OUTPUT, (-1, 4)),
+                            "detection_scores": (trt.TensorIOMode.OUTPUT, (-1,))},
+                      {"images": "UINT8", "selected_indices": index_type})
+    trt.set_handler("IExecutionContext.get_tensor_shape", lambda context, name: {
+        "images": NMS_INPUT, "selected_indices": (-1, 3), "detection_boxes": (-1, 4), "detection_scores": (-1,)}[name])
+    index_dtype = np.int64 if index_type == "INT64" else np.int32
+
+    def detect(images):
+        anchors = np.flatnonzero(images.reshape(-1)[:CANDIDATES] > 127)
+        return {"selected_indices": np.stack([np.zeros_like(anchors), anchors % 3, anchors], 1).astype(index_dtype),
+                "detection_boxes": np.stack([anchors, anchors, anchors + 8, anchors + 8], 1).astype(np.float32),
+                "detection_scores": (images.reshape(-1)[anchors] / 255).astype(np.float32)}
+
+    nms_layer_execute(trt, cudart, NMS_INPUT, np.uint8, detect)
+    return detect
+
+
+def _nms_image(bright: list[int]) -> np.ndarray:
+    image = np.zeros(NMS_INPUT[1:], np.uint8)
+    image.reshape(-1)[bright] = 200
+    return image
+
+
+def test_outputs_of_data_dependent_shape_run_through_an_output_allocator(trt_fake, cudart, tmp_path):
+    """The NMS layer's outputs have no size until the engine ran: the runner gives each an IOutputAllocator,
+    copies back as many rows as TensorRT reported, and keeps up as that number grows and shrinks."""
+    detect = _nms_engine(trt_fake, cudart)
+    with TensorRTRunner(_engine_file(tmp_path)) as runner:
+        assert {info.name: info.shape for info in runner.output_info()}["selected_indices"] == (-1, 3)
+        for bright in ([1, 4], [0, 2, 5, 7, 9, 11], [3], []):
+            images = _nms_image(bright)[None]
+            outputs = runner.infer({"images": images})
+            expected = detect(images)
+            assert set(outputs) == set(expected)
+            for name, array in expected.items():
+                np.testing.assert_array_equal(outputs[name], array)
+                assert outputs[name].dtype == array.dtype
+    allocators = [c.args[0] for c in trt_fake.calls_to("IExecutionContext.set_output_allocator")]
+    assert sorted(allocators) == ["detection_boxes", "detection_scores", "selected_indices"]
+    assert cudart.live() == {"memory": 0, "streams": 0, "events": 0, "graphs": 0, "graph_execs": 0}
+
+
+def test_the_detector_reads_the_nms_layer_tail(trt_fake, cudart, tmp_path):
+    from effedge.runtime import Detector
+
+    _nms_engine(trt_fake, cudart)
+    with Detector(_engine_file(tmp_path), score_threshold=0.3) as detector:
+        assert detector.kind == "onnx_nms"
+        first, second = detector([_nms_image([0, 4, 8]), _nms_image([5])])
+    # anchors 0, 4, 8 -> class a % 3, box (a, a, a + 8, a + 8) in model pixels (the 32x32 image is not rescaled)
+    assert sorted(first.classes.tolist()) == [0, 1, 2] and len(second) == 1
+    np.testing.assert_array_equal(second.boxes, [[5, 5, 13, 13]])
+    assert second.classes.tolist() == [2] and second.scores.tolist() == [np.float32(200 / 255)]
+
+
+def test_bench_runs_the_nms_layer_tail(trt_fake, cudart, tmp_path):
+    from effedge.bench.harness import BenchSettings
+    from effedge.bench.targets import bench_one
+
+    _nms_engine(trt_fake, cudart)
+    settings = BenchSettings(warmup_s=0, min_iterations=3, min_duration_s=0, batch=1, energy=False)
+    result = bench_one(_engine_file(tmp_path), {}, "tensorrt", settings)
+    assert result["iterations"] == 3 and result["d2h_ms"]["median"] > 0
+
+
+def test_cuda_graphs_refuse_outputs_of_data_dependent_shape(trt_fake, cudart, tmp_path):
+    _nms_engine(trt_fake, cudart)
+    with TensorRTRunner(_engine_file(tmp_path), cuda_graph=True) as runner:
+        with pytest.raises(EffedgeError, match="data-dependent shape .* cannot be captured in a CUDA graph"):
+            runner.infer({"images": _nms_image([1])[None]})
 
 
 # --- doctor -------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 import pytest
@@ -197,14 +197,50 @@ def rtx_fake() -> Iterator[FakeTensorRT]:
     yield from _installed(FakeTensorRT(load_rtx_surface()))
 
 
-def declare_engine_io(trt, io: dict) -> None:
-    """Make every ICudaEngine of the fake ``trt`` declare ``io``: {name: (TensorIOMode, shape)}, float32."""
+def declare_engine_io(trt, io: dict, dtypes: Optional[dict] = None) -> None:
+    """Make every ICudaEngine of the fake ``trt`` declare ``io``: {name: (TensorIOMode, shape)}, float32 unless
+    ``dtypes`` ({name: DataType member name}) says otherwise."""
     order = list(io)
     trt.set_attr("ICudaEngine.num_io_tensors", len(order))
     trt.set_handler("ICudaEngine.get_tensor_name", lambda engine, i: order[i])
     trt.set_handler("ICudaEngine.get_tensor_mode", lambda engine, name: io[name][0])
     trt.set_handler("ICudaEngine.get_tensor_shape", lambda engine, name: io[name][1])
-    trt.set_handler("ICudaEngine.get_tensor_dtype", lambda engine, name: trt.DataType.FLOAT)
+    trt.set_handler("ICudaEngine.get_tensor_dtype",
+                    lambda engine, name: getattr(trt.DataType, (dtypes or {}).get(name, "FLOAT")))
+
+
+def nms_layer_execute(trt, cudart, images_shape: tuple, images_dtype: type,
+                      detect: Callable[[np.ndarray], dict]) -> None:
+    """execute_async_v3 of an engine ending in TensorRT's NMS layer: outputs of data-dependent shape. As TensorRT
+    does, it waits for the stream (the sizes depend on the data), asks each output's IOutputAllocator for memory
+    (``reallocate_output`` on 8.6, ``reallocate_output_async`` from 10.x, as the class's docstring says), queues
+    the results into that memory and reports the shapes with ``notify_shape``; an output without an allocator,
+    or a null pointer from one, fails the execution. ``detect(images)`` gives {output name: array}."""
+    sync_api = "reallocate_output" in trt.surface["classes"]["IOutputAllocator"]["members"]
+
+    def execute(context, stream):
+        cudart.run_pending(stream)
+        address = {c.args[0]: c.args[1] for c in trt.calls_to("IExecutionContext.set_tensor_address")
+                   if c.target is context}
+        allocators = {c.args[0]: c.args[1] for c in trt.calls_to("IExecutionContext.set_output_allocator")
+                      if c.target is context}
+        nbytes = int(np.prod(images_shape)) * np.dtype(images_dtype).itemsize
+        images = cudart.view(address["images"], nbytes).view(images_dtype).reshape(images_shape)
+        for name, result in detect(images).items():
+            if name not in allocators:
+                return False  # "no output allocator for a data-dependent output"
+            allocator, data = allocators[name], np.ascontiguousarray(result)
+            pointer = (allocator.reallocate_output(name, None, data.nbytes, 256) if sync_api else
+                       allocator.reallocate_output_async(name, None, data.nbytes, 256, stream))
+            if not pointer:
+                return False
+            target = cudart.view(int(pointer), data.nbytes)
+            cudart.enqueue(stream, lambda target=target, data=data: target.__setitem__(slice(None),
+                                                                                       data.view(np.uint8).reshape(-1)))
+            allocator.notify_shape(name, trt.Dims(list(data.shape)))
+        return True
+
+    trt.set_handler("IExecutionContext.execute_async_v3", execute)
 
 
 def doubling_execute(trt, cudart, rows, *, fail_in_capture: bool = False) -> None:
