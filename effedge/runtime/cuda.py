@@ -2,7 +2,8 @@
 page-locked host buffers, async copies and CUDA graphs.
 
 Built on cuda-python (``cuda-bindings``: wheels for x86-64 and aarch64, no compiler needed); pycuda is used
-where only it is installed (it has no stream capture, so no CUDA graphs there). Every CUDA return code is
+where only it is installed (it has no stream capture, so no CUDA graphs there, and no implicit context:
+:class:`PrimaryContext` makes the CUDA runtime's, which TensorRT uses, current). Every CUDA return code is
 checked: a missing driver or GPU raises :class:`NoCudaDevice` saying why, any other failure an
 :class:`~effedge.errors.EffedgeError` naming the call and the CUDA error. Only numpy is imported at import
 time; the bindings are imported by :func:`load`.
