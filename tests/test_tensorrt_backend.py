@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 from cuda_fake import FakePycuda
-from trt_fixtures import FakeEngines, declare_engine_io, engines_of
+from trt_fixtures import declare_engine_io, engines_of
 
 from effedge.runtime import tensorrt as backend
 from effedge.runtime.tensorrt import TensorRTRunner
