@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from cuda_fake import FakeCudaRuntime, api_enums, api_functions, cudaError_t
 from helpers import effedge_cli
-from trt_fixtures import declare_engine_io, doubling_execute
+from trt_fixtures import declare_engine_io, doubling_execute, nms_layer_execute
 
 from effedge.runtime import cuda
 from effedge.runtime.tensorrt import TensorRTRunner, gpu_compute_capability
@@ -125,8 +125,10 @@ def test_copies_move_the_requested_bytes(cudart):
     source.array[:] = np.arange(8, dtype=np.float32)
     cuda.copy_htod_async(device, source.array, 12, stream)  # the first 3 floats only
     cuda.copy_dtoh_async(target.array, device, 32, stream)
+    assert np.isnan(target.array).all() and cudart.copied == []  # queued: nothing has moved yet
     stream.synchronize()
-    np.testing.assert_array_equal(target.array, [0, 1, 2, 0, 0, 0, 0, 0])
+    nan = np.nan  # the rest of the device buffer was never written: poison
+    np.testing.assert_array_equal(target.array, [0, 1, 2, nan, nan, nan, nan, nan])
     assert cudart.copied == [("htod", 12), ("dtoh", 32)]
     with pytest.raises(ValueError, match="copy of 36 bytes"):
         cuda.copy_htod_async(device, source.array, 36, stream)
@@ -140,8 +142,11 @@ def test_events_time_the_work_between_them(cudart):
     stream = cuda.Stream()
     begin, end = cuda.Event(), cuda.Event()
     begin.record(stream)
+    cudart.enqueue(stream.handle, lambda: None)  # a kernel: kernel_ms of GPU time
     end.record(stream)
-    assert end.elapsed_ms(begin) == 0.25  # the fake's clock: one tick between the two records
+    error, _ = cudart.cudaEventElapsedTime(begin.native, end.native)
+    assert error == cudaError_t.cudaErrorNotReady  # the GPU has not got there yet
+    assert end.elapsed_ms(begin) == cudart.gpu.kernel_ms  # elapsed_ms waits for the end event
     begin.close(), end.close(), stream.close()
     assert cudart.live()["events"] == 0
 
@@ -155,6 +160,7 @@ def test_graph_replays_the_captured_work(cudart):
     for value in (1, 2):
         host.array[:] = value
         graph.launch(stream)
+        stream.synchronize()
         assert (cudart.view(device.address, 16).view(np.int32) == value).all()
     graph.destroy()
     assert cudart.live()["graphs"] == cudart.live()["graph_execs"] == 0
@@ -256,15 +262,147 @@ def test_bench_times_the_runner_on_its_stream(trt_fake, cudart, tmp_path, transf
                              transfers=transfers, energy=False)
     result = bench_one(_engine_file(tmp_path), {}, "tensorrt", settings)
     assert result["iterations"] == 3
-    assert result["compute_ms"]["median"] == 0.25  # events around the launch: one fake clock tick
+    assert result["compute_ms"]["median"] == cudart.gpu.kernel_ms  # events around the launch: the kernel's time
     moved = [label for label, nbytes in cudart.copied if nbytes == 2 * 4 * 4]
     assert len(moved) == len(cudart.copied)  # the batch's bytes, never the whole buffers
     if transfers:  # inputs once before the loop, then both ways on the first run and every iteration
         assert moved == ["htod"] + ["htod", "dtoh"] * (1 + 3)
-        assert result["h2d_ms"]["median"] == result["d2h_ms"]["median"] == 0.25
+        assert result["h2d_ms"]["median"] == result["d2h_ms"]["median"] == cudart.gpu.copy_ms
     else:
         assert moved == ["htod"] and "h2d_ms" not in result
     assert cudart.live() == {"memory": 0, "streams": 0, "events": 0, "graphs": 0, "graph_execs": 0}
+
+
+def test_bench_latency_waits_for_the_gpu(trt_fake, cudart, tmp_path, monkeypatch):
+    """The host latency of an iteration spans its GPU work: the host clock stops only after the stream is
+    synchronized. (The fake's GPU time passes only when the host waits, and counts on its host clock: a latency
+    taken before the wait would be shorter than the GPU's own H2D + compute + D2H.)"""
+    import time
+
+    from effedge.bench.harness import BenchSettings
+    from effedge.bench.targets import bench_one
+
+    _doubling_engine(trt_fake, cudart)
+    monkeypatch.setattr(time, "perf_counter", cudart.host_clock)
+    settings = BenchSettings(warmup_s=0, min_iterations=3, min_duration_s=0, batch=2, energy=False)
+    result = bench_one(_engine_file(tmp_path), {}, "tensorrt", settings)
+    gpu_ms = result["h2d_ms"]["min"] + result["compute_ms"]["min"] + result["d2h_ms"]["min"]
+    assert gpu_ms == 2 * cudart.gpu.copy_ms + cudart.gpu.kernel_ms
+    assert result["latency_ms"]["min"] >= gpu_ms
+    assert result["first_run"]["first_iteration_ms"] >= gpu_ms
+
+
+def test_results_are_copies_that_outlive_the_next_inference_and_the_runner(trt_fake, cudart, tmp_path):
+    """infer() returns arrays of its own: the next inference reuses the page-locked buffers, and deactivation
+    frees them (the fake poisons freed and reused memory)."""
+    _doubling_engine(trt_fake, cudart)
+    first, second = _images(2, seed=1), _images(2, seed=2)
+    with TensorRTRunner(_engine_file(tmp_path)) as runner:
+        kept = runner.infer({"images": first})["scores"]
+        np.testing.assert_array_equal(runner.infer({"images": second})["scores"], 2 * second)
+        np.testing.assert_array_equal(kept, 2 * first)
+    np.testing.assert_array_equal(kept, 2 * first)
+    with TensorRTRunner(_engine_file(tmp_path)) as runner:  # reuses the freed blocks: they come back poisoned
+        assert len(cudart.freed) < 4
+        np.testing.assert_array_equal(runner.infer({"images": second})["scores"], 2 * second)
+    np.testing.assert_array_equal(kept, 2 * first)
+
+
+def test_freed_and_new_memory_is_poison(cudart):
+    host = cuda.PinnedBuffer(4, np.float32)
+    assert np.isnan(host.array).all()  # never written: garbage, not zeros
+    host.array[:] = 1.0
+    stale = host.array
+    host.free()
+    assert np.isnan(stale).all()  # a view kept past free() reads garbage
+    again = cuda.PinnedBuffer(4, np.float32)  # the same block again, poisoned
+    assert again.array.ctypes.data == stale.ctypes.data and np.isnan(again.array).all()
+    again.free()
+
+
+# --- outputs of data-dependent shape (TensorRT's NMS layer, --nms onnx) -------------------------------------
+
+NMS_INPUT = (1, 32, 32, 3)  # uint8 NHWC, as compiled with --input-format uint8
+CANDIDATES = 12  # the fake NMS looks at the first 12 input bytes: each above 127 is a detection
+
+
+def _nms_engine(trt, cudart):
+    """An engine with the ONNX NonMaxSuppression tail: images -> selected_indices [M, 3], detection_boxes [M, 4],
+    detection_scores [M], M decided by the data (the first CANDIDATES bytes above 127; anchor a gets the box
+    (a, a, a + 8, a + 8), score value / 255, class a % 3)."""
+    index_type = "INT64" if "INT64" in trt.DataType.__members__ else "INT32"  # 8.6 has no INT64 tensors
+    declare_engine_io(trt, {"images": (trt.TensorIOMode.INPUT, NMS_INPUT),
+                            "selected_indices": (trt.TensorIOMode.OUTPUT, (-1, 3)),
+                            "detection_boxes": (trt.TensorIOMode.OUTPUT, (-1, 4)),
+                            "detection_scores": (trt.TensorIOMode.OUTPUT, (-1,))},
+                      {"images": "UINT8", "selected_indices": index_type})
+    trt.set_handler("IExecutionContext.get_tensor_shape", lambda context, name: {
+        "images": NMS_INPUT, "selected_indices": (-1, 3), "detection_boxes": (-1, 4), "detection_scores": (-1,)}[name])
+    index_dtype = np.int64 if index_type == "INT64" else np.int32
+
+    def detect(images):
+        anchors = np.flatnonzero(images.reshape(-1)[:CANDIDATES] > 127)
+        return {"selected_indices": np.stack([np.zeros_like(anchors), anchors % 3, anchors], 1).astype(index_dtype),
+                "detection_boxes": np.stack([anchors, anchors, anchors + 8, anchors + 8], 1).astype(np.float32),
+                "detection_scores": (images.reshape(-1)[anchors] / 255).astype(np.float32)}
+
+    nms_layer_execute(trt, cudart, NMS_INPUT, np.uint8, detect)
+    return detect
+
+
+def _nms_image(bright: list[int]) -> np.ndarray:
+    image = np.zeros(NMS_INPUT[1:], np.uint8)
+    image.reshape(-1)[bright] = 200
+    return image
+
+
+def test_outputs_of_data_dependent_shape_run_through_an_output_allocator(trt_fake, cudart, tmp_path):
+    """The NMS layer's outputs have no size until the engine ran: the runner gives each an IOutputAllocator,
+    copies back as many rows as TensorRT reported, and keeps up as that number grows and shrinks."""
+    detect = _nms_engine(trt_fake, cudart)
+    with TensorRTRunner(_engine_file(tmp_path)) as runner:
+        assert {info.name: info.shape for info in runner.output_info()}["selected_indices"] == (-1, 3)
+        for bright in ([1, 4], [0, 2, 5, 7, 9, 11], [3], []):
+            images = _nms_image(bright)[None]
+            outputs = runner.infer({"images": images})
+            expected = detect(images)
+            assert set(outputs) == set(expected)
+            for name, array in expected.items():
+                np.testing.assert_array_equal(outputs[name], array)
+                assert outputs[name].dtype == array.dtype
+    allocators = [c.args[0] for c in trt_fake.calls_to("IExecutionContext.set_output_allocator")]
+    assert sorted(allocators) == ["detection_boxes", "detection_scores", "selected_indices"]
+    assert cudart.live() == {"memory": 0, "streams": 0, "events": 0, "graphs": 0, "graph_execs": 0}
+
+
+def test_the_detector_reads_the_nms_layer_tail(trt_fake, cudart, tmp_path):
+    from effedge.runtime import Detector
+
+    _nms_engine(trt_fake, cudart)
+    with Detector(_engine_file(tmp_path), score_threshold=0.3) as detector:
+        assert detector.kind == "onnx_nms"
+        first, second = detector([_nms_image([0, 4, 8]), _nms_image([5])])
+    # anchors 0, 4, 8 -> class a % 3, box (a, a, a + 8, a + 8) in model pixels (the 32x32 image is not rescaled)
+    assert sorted(first.classes.tolist()) == [0, 1, 2] and len(second) == 1
+    np.testing.assert_array_equal(second.boxes, [[5, 5, 13, 13]])
+    assert second.classes.tolist() == [2] and second.scores.tolist() == [np.float32(200 / 255)]
+
+
+def test_bench_runs_the_nms_layer_tail(trt_fake, cudart, tmp_path):
+    from effedge.bench.harness import BenchSettings
+    from effedge.bench.targets import bench_one
+
+    _nms_engine(trt_fake, cudart)
+    settings = BenchSettings(warmup_s=0, min_iterations=3, min_duration_s=0, batch=1, energy=False)
+    result = bench_one(_engine_file(tmp_path), {}, "tensorrt", settings)
+    assert result["iterations"] == 3 and result["d2h_ms"]["median"] > 0
+
+
+def test_cuda_graphs_refuse_outputs_of_data_dependent_shape(trt_fake, cudart, tmp_path):
+    _nms_engine(trt_fake, cudart)
+    with TensorRTRunner(_engine_file(tmp_path), cuda_graph=True) as runner:
+        with pytest.raises(EffedgeError, match="data-dependent shape .* cannot be captured in a CUDA graph"):
+            runner.infer({"images": _nms_image([1])[None]})
 
 
 # --- doctor -------------------------------------------------------------------------------------------------

@@ -2,8 +2,11 @@
 (the `trt_fake` fixture: every attribute, property and call is checked against that version's real classes and
 signatures; tests/trt_fake.py). Real TensorRT-RTX builds are in tests/test_rtx_build.py."""
 import json
+import sys
 
 import pytest
+from trt_fake import FakeTensorRT
+from trt_fixtures import FakeEngines, load_surface
 
 from effedge.engine import BuildOptions, GraphInfo, build_engine
 from effedge.errors import EffedgeError
@@ -23,11 +26,15 @@ def names(calls):
 def _build(fake, tmp_path, precision="fp32", inputs=STATIC, **options):
     onnx_path = tmp_path / "model.onnx"
     onnx_path.write_bytes(b"onnx")
-    fake.set_return("Builder.build_serialized_network", b"serialized-plan")
     fake.set_return("EngineInspector.get_engine_information", json.dumps({"Layers": ["conv"]}))
     report = build_engine(onnx_path, tmp_path / "model.engine", GraphInfo(17, precision, inputs),
                           BuildOptions(**options))
     return report
+
+
+def _plan(tmp_path) -> dict:
+    """What the fake builder serialized into the engine file: the network and config it was given."""
+    return FakeEngines.read((tmp_path / "model.engine").read_bytes())
 
 
 def _set_flags(fake):
@@ -56,7 +63,10 @@ def test_network_and_precision_flags_per_version(trt_fake, tmp_path, precision):
         assert network == 0 and not {"FP16", "INT8"} & set(flags)
     assert not [c for c in trt.calls if "int8_calibrator" in c[0]]
     assert (report["product"], report["version"]) == ("TensorRT", trt.__version__)
-    assert (tmp_path / "model.engine").read_bytes() == b"serialized-plan"
+    plan = _plan(tmp_path)  # the engine was built from this network, with these flags, from model.onnx
+    assert plan["network_flags"] == network and plan["builder_flags"] == flags
+    assert plan["onnx"] == [str(tmp_path / "model.onnx")] and plan["profiles"] == []
+    assert report["bytes"] == (tmp_path / "model.engine").stat().st_size
     assert json.loads((tmp_path / "model.layers.json").read_text()) == {"Layers": ["conv"]}
     assert (report["layers"]["layers"], report["layers"]["reformat_layers"]) == (1, 0)
     assert (tmp_path / "model.build.log").exists()
@@ -77,6 +87,10 @@ def test_workspace_level_profiling_and_timing_cache(trt_fake, tmp_path):
     order = names(trt.calls)
     assert order.index("IBuilderConfig.set_timing_cache") < order.index("Builder.build_serialized_network")
     assert cache.read_bytes() == b"updated-cache"  # reused by the next build
+    plan = _plan(tmp_path)
+    assert plan["properties"]["builder_optimization_level"] == 5
+    assert plan["properties"]["profiling_verbosity"] == "DETAILED"
+    assert plan["memory_pools"] == {"WORKSPACE": 512 << 20}
 
 
 def test_plugins_are_registered_before_parsing(trt_fake, tmp_path):
@@ -113,6 +127,54 @@ def test_dynamic_batch_gets_an_optimization_profile(trt_fake, tmp_path):
     assert shape[1][0] == "images"
     assert [tuple(d) for d in shape[1][1:]] == [(1, 3, 128, 128), (4, 3, 128, 128), (8, 3, 128, 128)]
     assert len(trt_fake.calls_to("IBuilderConfig.add_optimization_profile")) == 1
+    assert _plan(tmp_path)["profiles"] == [{"images": [[1, 3, 128, 128], [4, 3, 128, 128], [8, 3, 128, 128]]}]
+
+
+@pytest.mark.parametrize("batch", [(0, 1, 4), (2, 1, 4), (1, 8, 4), (-1, 2, 4)])
+def test_an_impossible_batch_profile_is_refused_before_building(trt_fake, tmp_path, batch):
+    with pytest.raises(EffedgeError, match=r"--dynamic-batch .*: the profile must be 1 <= MIN <= OPT <= MAX") as error:
+        _build(trt_fake, tmp_path, "fp16", inputs=DYNAMIC, batch=batch)
+    assert "\n" not in str(error.value)
+    assert not trt_fake.calls_to("Builder.__init__") and not list(tmp_path.glob("model.*.*")) + list(
+        tmp_path.glob("*.engine"))
+
+
+def test_a_batch_profile_for_a_static_graph_is_refused(trt_fake, tmp_path):
+    """The option would otherwise be dropped silently and a batch-1 engine written."""
+    with pytest.raises(EffedgeError, match=r"needs a graph with a dynamic batch dimension, this one has a static "
+                                           r"batch of 1; re-export it with --dynamic-batch"):
+        _build(trt_fake, tmp_path, "fp16", inputs=STATIC, batch=(1, 4, 8))
+    assert not trt_fake.calls_to("Builder.__init__") and not (tmp_path / "model.engine").exists()
+
+
+def test_a_profile_tensorrt_rejects_stops_the_build(trt_fake, tmp_path):
+    """add_optimization_profile returns -1 for a profile TensorRT finds invalid: refused, not built without it."""
+    trt_fake.set_return("IBuilderConfig.add_optimization_profile", -1)
+    with pytest.raises(EffedgeError, match=r"refused the optimization profile --dynamic-batch 1:4:8 for model.onnx"):
+        _build(trt_fake, tmp_path, "fp16", inputs=DYNAMIC, batch=(1, 4, 8))
+    assert not trt_fake.calls_to("Builder.build_serialized_network") and not (tmp_path / "model.engine").exists()
+
+
+@pytest.fixture
+def trt85(monkeypatch):
+    """TensorRT 8.5.2 (JetPack 5.1): 8.6's API minus what 8.6 added. No 8.5 binding wheel exists, so this is the
+    8.6.1 surface under 8.5's version: the build must refuse 8.6's options before touching the API at all."""
+    fake = FakeTensorRT(load_surface("8.6.1"))
+    fake.__version__ = "8.5.2.2"
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    return fake
+
+
+@pytest.mark.parametrize("option, value, flag", [("optimization_level", 3, "--opt-level"),
+                                                 ("hardware_compatible", True, "--hardware-compatible"),
+                                                 ("version_compatible", True, "--version-compatible")])
+def test_options_from_8_6_are_refused_on_8_5(trt85, tmp_path, option, value, flag):
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(b"onnx")
+    with pytest.raises(EffedgeError, match=f"^{flag} needs TensorRT 8.6 or newer, TensorRT 8.5.2.2 does not have it; "
+                                           f"drop {flag}$"):
+        build_engine(onnx_path, tmp_path / "model.engine", GraphInfo(17, "fp16", STATIC), BuildOptions(**{option: value}))
+    assert not trt85.calls_to("Builder.__init__") and not (tmp_path / "model.engine").exists()
 
 
 def test_dla_with_gpu_fallback(trt_fake, tmp_path):
@@ -137,10 +199,15 @@ def test_dla_misuse_is_one_clear_error(trt_fake, tmp_path, cores, precision, inp
 
 
 def test_compatibility_options(trt_fake, tmp_path):
-    _build(trt_fake, tmp_path, "fp16", version_compatible=True, hardware_compatible=True)
+    report = _build(trt_fake, tmp_path, "fp16", version_compatible=True, hardware_compatible=True)
+    # the layer report deserializes the version-compatible plan: only with host code allowed
+    assert report["layers"]["layers"] == 1 and trt_fake.calls_to("Runtime.engine_host_code_allowed=")
     assert "VERSION_COMPATIBLE" in _set_flags(trt_fake)
     assert trt_fake.calls_to("IBuilderConfig.hardware_compatibility_level=")[0][1] == (
         trt_fake.HardwareCompatibilityLevel.AMPERE_PLUS,)
+    plan = _plan(tmp_path)
+    assert "VERSION_COMPATIBLE" in plan["builder_flags"]
+    assert plan["properties"]["hardware_compatibility_level"] == "AMPERE_PLUS"
 
 
 def test_parser_errors_name_the_node(trt_fake, tmp_path):

@@ -6,7 +6,7 @@ from effedge.errors import EffedgeError
 
 
 @pytest.mark.parametrize("backend, version, series", [
-    ("tensorrt", "8.5.2.2", "8.5/8.6"), ("tensorrt", "8.6.1", "8.5/8.6"), ("tensorrt", "10.3.0", "10.x"),
+    ("tensorrt", "8.5.2.2", "8.5"), ("tensorrt", "8.6.1", "8.6"), ("tensorrt", "8.6.2", "8.6"), ("tensorrt", "10.3.0", "10.x"),
     ("tensorrt", "10.13.3.9", "10.x"), ("tensorrt", "11.4.0.106", "11.x"), ("tensorrt-rtx", "1.7.1.116", "RTX 1.x"),
 ])
 def test_supported_releases(backend, version, series):
@@ -25,6 +25,29 @@ def test_what_each_release_can_do():
     assert not (rtx.plugins or rtx.nms_layer or rtx.timing_cache or rtx.dla or rtx.calibrators)
     assert rtx.compute_capability_targets and rtx.runtime_cache
     assert all(c.plugins and c.nms_layer and c.timing_cache for c in (trt8, trt10, trt11))
+    assert all(c.output_allocator for c in (trt8, trt10, trt11))  # the NMS layer's data-dependent outputs run
+
+
+def test_8_5_lacks_what_8_6_added():
+    """JetPack 5.1's TensorRT 8.5 has no builder_optimization_level, hardware_compatibility_level,
+    VERSION_COMPATIBLE or engine_host_code_allowed: its row says so (8.6 and later have them)."""
+    trt85 = capabilities("tensorrt", "8.5.2.2")
+    assert not (trt85.optimization_level or trt85.hardware_compatibility or trt85.version_compatibility)
+    for version in ("8.6.1", "10.3.0", "11.4.0.106"):
+        row = capabilities("tensorrt", version)
+        assert row.optimization_level and row.hardware_compatibility and row.version_compatibility
+    assert (trt85.explicit_batch_flag, trt85.precision_flags, trt85.max_onnx_opset) == (True, True, 17)
+
+
+def test_onnx_nms_is_refused_before_building_where_there_is_no_output_allocator():
+    from dataclasses import replace
+
+    from effedge.engine import check_nms
+
+    without = replace(capabilities("tensorrt", "10.3.0"), output_allocator=False)
+    with pytest.raises(EffedgeError, match=r"no IOutputAllocator .* \(--nms onnx\); use --nms efficientnms"):
+        check_nms(without, "onnx")
+    check_nms(capabilities("tensorrt", "10.3.0"), "onnx")  # the full releases run it
 
 
 @pytest.mark.parametrize("backend, version, message", [

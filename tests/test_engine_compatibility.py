@@ -8,7 +8,8 @@ import json
 import pytest
 from cuda_fake import FakeCudaRuntime
 
-from effedge.runtime.tensorrt import TensorRTRunner, check_engine_compatible, engine_entry
+from effedge.runtime.engine_manifest import check_engine_compatible, engine_entry
+from effedge.runtime.tensorrt import TensorRTRunner
 from effedge.errors import EffedgeError
 
 
@@ -114,3 +115,37 @@ def test_the_entries_effedge_build_writes_are_the_ones_checked(tmp_path):
     with pytest.raises(EffedgeError, match=r"built for compute capability 8.9; this GPU \(NVIDIA GeForce RTX 3090\) "
                                            "is 8.6"):
         check_engine_compatible(ada, trt, "8.6", gpu_name="NVIDIA GeForce RTX 3090")
+
+
+def _relu_onnx(path):
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("version_compatible", [True, False])
+def test_a_version_compatible_build_loads_with_host_code_allowed(trt_fake, orin, tmp_path, version_compatible):
+    """A --version-compatible plan carries its own runtime: TensorRT deserializes it only with
+    Runtime.engine_host_code_allowed set (the fake refuses it otherwise, as TensorRT does). The runner reads
+    from the engine's build.json entry that it is one, and allows host code for such plans only."""
+    from effedge.io import read_manifest
+    from effedge.pipeline.compile import build_engine_file
+
+    report = build_engine_file(_relu_onnx(tmp_path / "model.onnx"), version_compatible=version_compatible)
+    engine = tmp_path / report["file"]
+    built = len(trt_fake.calls)
+    with TensorRTRunner(engine, manifest=read_manifest(tmp_path)):
+        pass
+    order = [c.name for c in trt_fake.calls[built:]]
+    assert order.count("Runtime.engine_host_code_allowed=") == (1 if version_compatible else 0)
+    if version_compatible:
+        assert order.index("Runtime.engine_host_code_allowed=") < order.index("Runtime.deserialize_cuda_engine")
+        with pytest.raises(EffedgeError, match="is not a TensorRT .* engine"):  # without build.json: refused
+            TensorRTRunner(engine, manifest={}).__enter__()

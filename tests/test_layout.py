@@ -33,3 +33,44 @@ def test_no_private_names_cross_modules():
 
 def test_top_level_holds_at_most_four_modules():
     assert len(list(PACKAGE.glob("*.py"))) <= 4
+
+
+def _module_imports(stage: str) -> dict[str, set[str]]:
+    """{module: the effedge modules it imports anywhere (in functions too)} for the modules of ``stage``; ``from
+    package import name`` counts as the submodule where ``name`` is one, else as the package."""
+    import ast
+
+    def module_name(path: Path) -> str:
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    known = {module_name(path) for path in PACKAGE.rglob("*.py")}
+    graph = {}
+    for path in (PACKAGE / stage).glob("*.py"):
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    targets.add(f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in known else node.module)
+        graph[module_name(path)] = {t for t in targets if t in known}
+    return graph
+
+
+def test_runtime_and_engine_have_no_import_cycles():
+    """A runner module never imports what imports it (the TensorRT-RTX runner subclasses the TensorRT one; the
+    factory choosing between them lives apart)."""
+    graph = {**_module_imports("runtime"), **_module_imports("engine")}
+    cycles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        for target in sorted(graph.get(module, ())):
+            if target in path:
+                cycles.append(" -> ".join(path[path.index(target):] + [target]))
+            elif target in graph:
+                visit(target, path + [target])
+
+    for module in sorted(graph):
+        visit(module, [module])
+    assert cycles == []

@@ -2,12 +2,11 @@
 11.4.0.106 (the `trt_fake` fixture: every attribute, property and call is checked against that version's real
 classes and signatures; tests/trt_fake.py). The builder's tests are in tests/test_engine_builder.py."""
 import sys
-import types
 
 import numpy as np
 import pytest
-
-from trt_fixtures import declare_engine_io
+from cuda_fake import FakePycuda
+from trt_fixtures import declare_engine_io, engines_of
 
 from effedge.runtime import tensorrt as backend
 from effedge.runtime.tensorrt import TensorRTRunner
@@ -27,82 +26,10 @@ def major(fake) -> int:
 # --- runtime -------------------------------------------------------------------------------------------
 
 
-class FakePycuda:
-    """pycuda.driver double: host arrays stand in for device memory, so copies are real. Installing it
-    hides cuda-python, so effedge's CUDA layer takes its pycuda path."""
-
-    def __init__(self):
-        self.copies = []
-        self.allocations = []
-        self.host_allocations = []
-
-    def install(self, monkeypatch):
-        driver = types.ModuleType("pycuda.driver")
-        fake = self
-
-        class Allocation:
-            def __init__(self, nbytes):
-                self.buffer = np.zeros(nbytes, np.uint8)
-                fake.allocations.append(self)
-
-            def __int__(self):
-                return 0x10000 + 0x1000 * fake.allocations.index(self)
-
-            def free(self):
-                self.freed = True
-
-        class HostAllocation:  # what a page-locked array's .base is
-            def __init__(self, count, dtype):
-                self.memory = np.zeros(count, dtype)
-                self.__array_interface__ = self.memory.__array_interface__
-                fake.host_allocations.append(self)
-
-            def free(self):
-                self.freed = True
-
-        def pagelocked_empty(count, dtype):
-            return np.asarray(HostAllocation(count, dtype))
-
-        def device(address):
-            return next(a for a in fake.allocations if int(a) == address).buffer
-
-        class Stream:
-            handle = 0xABC
-
-            def synchronize(self):
-                fake.copies.append("sync")
-
-        class Device:
-            count = staticmethod(lambda: 1)
-
-            def __init__(self, index):
-                pass
-
-            compute_capability = staticmethod(lambda: (8, 7))
-            name = staticmethod(lambda: "Orin")
-            total_memory = staticmethod(lambda: 8 << 30)
-
-        driver.Error = type("Error", (Exception,), {})
-        driver.init = lambda: None
-        driver.Device = Device
-        driver.pagelocked_empty = pagelocked_empty
-        driver.mem_alloc = Allocation
-        driver.Stream = Stream
-        driver.memcpy_htod_async = lambda dev, host, stream: (
-            device(dev).__setitem__(slice(0, host.nbytes), host.view(np.uint8)), fake.copies.append("htod"))
-        driver.memcpy_dtoh_async = lambda host, dev, stream: (
-            host.view(np.uint8).__setitem__(slice(None), device(dev)[: host.nbytes]), fake.copies.append("dtoh"))
-        package = types.ModuleType("pycuda")
-        package.driver = driver
-        for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
-            monkeypatch.setitem(sys.modules, name, None)
-        monkeypatch.setitem(sys.modules, "pycuda", package)
-        monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
-        monkeypatch.setitem(sys.modules, "pycuda.autoinit", types.ModuleType("pycuda.autoinit"))
-        return driver
-
-
-def _engine_io(trt, dynamic=False):
+def _engine_io(trt, pycuda=None, dynamic=False):
+    """images (N, 4) -> scores (N, 3) = 2 * images[:, :3]. With ``pycuda`` (a FakePycuda), execute_async_v3
+    enqueues the arithmetic through its device memory, and fails, as TensorRT does, when the current CUDA
+    context, the stream or the tensors' memory is not the context the engine was deserialized in."""
     io = {"images": (trt.TensorIOMode.INPUT, (-1 if dynamic else 2, 4)),
           "scores": (trt.TensorIOMode.OUTPUT, (-1 if dynamic else 2, 3))}
     declare_engine_io(trt, io)
@@ -112,6 +39,26 @@ def _engine_io(trt, dynamic=False):
                     lambda context, name, shape: current.__setitem__("batch", tuple(shape)[0]) or True)
     trt.set_handler("IExecutionContext.get_tensor_shape",
                     lambda context, name: (current.get("batch", 2), io[name][1][1]))
+    if pycuda is None:
+        return io
+    engines = engines_of(trt)
+    engines.cuda = pycuda
+
+    def execute(context, stream):
+        address = {c.args[0]: c.args[1] for c in trt.calls_to("IExecutionContext.set_tensor_address")
+                   if c.target is context}
+        if engines.mismatch(context, stream, address.values()):
+            return False  # TensorRT logs "invalid device context" / "invalid resource handle"
+        rows = current.get("batch", 2)
+
+        def kernel():
+            images = pycuda.view(address["images"], rows * 16).view(np.float32).reshape(rows, 4)
+            pycuda.view(address["scores"], rows * 12).view(np.float32)[:] = (2 * images[:, :3]).reshape(-1)
+
+        pycuda.enqueue(stream, kernel)
+        return True
+
+    trt.set_handler("IExecutionContext.execute_async_v3", execute)
     return io
 
 
@@ -119,28 +66,71 @@ def test_runner_wires_buffers_and_execute_async_v3(trt_fake, tmp_path, monkeypat
     trt = trt_fake
     pycuda = FakePycuda()
     pycuda.install(monkeypatch)
-    _engine_io(trt, dynamic=True)
+    _engine_io(trt, pycuda, dynamic=True)
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"plan")
+    images = np.arange(12, dtype=np.float32).reshape(3, 4)
     with TensorRTRunner(engine) as runner:
-        out = runner.infer({"images": np.ones((3, 4), np.float32)})
+        out = runner.infer({"images": images})
     addresses = trt.calls_to("IExecutionContext.set_tensor_address")
     assert [c[1][0] for c in addresses] == ["images", "scores"]
     assert all(isinstance(c[1][1], int) for c in addresses)
     assert [tuple(c[1][1]) for c in trt.calls_to("IExecutionContext.set_input_shape")] == [(3, 4)]
     [execute] = trt.calls_to("IExecutionContext.execute_async_v3")
-    assert execute[1] == (0xABC,)
-    assert out["scores"].shape == (3, 3)
-    assert pycuda.copies == ["htod", "dtoh", "sync"]
-    assert all(getattr(a, "freed", False) for a in pycuda.allocations + pycuda.host_allocations)
+    assert execute[1] == (runner_stream_handle(pycuda),)
+    np.testing.assert_array_equal(out["scores"], 2 * images[:, :3])
+    assert pycuda.copies[:3] == ["htod", "dtoh", "sync"]  # (and the wait before freeing the buffers)
+    assert all(a.freed for a in pycuda.allocations + pycuda.host_allocations)
     assert not [c for c in trt.calls if "execute_async_v2" in c[0]]
+
+
+def runner_stream_handle(pycuda) -> int:
+    [stream] = pycuda.streams
+    return stream
+
+
+def test_pycuda_runs_the_engine_in_the_context_tensorrt_uses(trt_fake, tmp_path, monkeypatch):
+    """TensorRT (the CUDA runtime) deserializes into the current context, or GPU 0's primary one. pycuda makes
+    no context by itself, and pycuda.autoinit makes a new one: buffers and the stream made there cannot be used
+    with the engine. The runner makes the primary context current before deserializing, keeps everything in
+    it, and leaves the context stack as it found it."""
+    pycuda = FakePycuda()
+    pycuda.install(monkeypatch)
+    _engine_io(trt_fake, pycuda)
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"plan")
+    images = np.ones((2, 4), np.float32)
+    for _ in range(2):  # a second runner in the same process, after the first one released the context
+        with TensorRTRunner(engine) as runner:
+            np.testing.assert_array_equal(runner.infer({"images": images})["scores"], 2 * images[:, :3])
+            [context] = set(engines_of(trt_fake).engine_contexts.values())
+            assert context is pycuda.primary[0] and pycuda.current() is context
+            assert {a.context for a in pycuda.allocations} == {context}
+        assert pycuda.stack == [] and pycuda.primary[0].retained == 0
+    assert len(pycuda.contexts) == 1  # no context besides the primary one was created
+
+
+def test_the_fake_fails_work_across_contexts(trt_fake, tmp_path, monkeypatch):
+    """The check above is worth something: buffers made under pycuda.autoinit's context make the fake's
+    TensorRT fail the execution, as the real one does."""
+    pycuda = FakePycuda()
+    driver = pycuda.install(monkeypatch)
+    _engine_io(trt_fake, pycuda)
+    engine = trt_fake.Runtime(trt_fake.Logger()).deserialize_cuda_engine(b"plan")  # in the primary context
+    context = engine.create_execution_context()
+    import pycuda.autoinit  # noqa: F401  (a second context, now current)
+
+    stream = driver.Stream()
+    assert engines_of(trt_fake).mismatch(context, stream.handle, []) is not None
+    assert context.execute_async_v3(stream.handle) is False
 
 
 def test_runner_registers_the_plugins_before_deserializing(trt_fake, tmp_path, monkeypatch):
     """Full TensorRT keeps EfficientNMS & co. in libnvinfer_plugin: an engine using them deserializes only
     after init_libnvinfer_plugins registered them, with the runner's logger and the default namespace."""
-    FakePycuda().install(monkeypatch)
-    _engine_io(trt_fake)
+    pycuda = FakePycuda()
+    pycuda.install(monkeypatch)
+    _engine_io(trt_fake, pycuda)
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"plan")
     with TensorRTRunner(engine):

@@ -181,7 +181,7 @@ def test_records_calls(trt_fake):
 
 
 def test_return_values_follow_annotations(trt_fake):
-    trt = trt_fake
+    trt = FakeTensorRT(trt_fake.surface)  # the bare fake (the fixture's also builds and loads plans: FakeEngines)
     builder = _builder(trt)
     network = builder.create_network(0)
     config = builder.create_builder_config()

@@ -78,7 +78,7 @@ def _host_timed(infer: Callable[[], object]) -> Callable[[], bench.Iteration]:
 def auto_backend(path: Path, manifest: dict) -> str:
     """The backend ``--backend auto`` benches ``path`` on: ONNX Runtime for ONNX files; for engines, the
     TensorRT flavour that built them (the engine's build.json entry; full TensorRT where there is none)."""
-    from effedge.runtime.tensorrt import engine_backend
+    from effedge.runtime.engine_manifest import engine_backend
 
     return "onnxruntime" if path.suffix == ".onnx" else engine_backend(manifest, path)
 
@@ -92,7 +92,7 @@ def make_runner(backend: str, path: Path, manifest: dict, settings: bench.BenchS
                                f"{auto_backend(path, manifest)}")
         return OnnxRuntimeRunner(path)
     if backend in ENGINE_BACKENDS:
-        from effedge.runtime.tensorrt import engine_runner
+        from effedge.runtime.engines import engine_runner
 
         if path.suffix == ".onnx":
             raise EffedgeError(f"the {backend} backend runs engines; build one first (effedge build MODEL.onnx "

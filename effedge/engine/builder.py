@@ -1,4 +1,4 @@
-"""ONNX -> serialized engine with TensorRT (8.5/8.6, 10.x, 11.x) or TensorRT-RTX (1.x).
+"""ONNX -> serialized engine with TensorRT (8.5, 8.6, 10.x, 11.x) or TensorRT-RTX (1.x).
 
 Precision is in the graph (fp16 types, INT8 as Q/DQ). What the builder adds depends on the version's
 capabilities (:mod:`effedge.engine.capabilities`): explicit-batch networks and FP16/INT8 flags for weakly typed
@@ -124,9 +124,34 @@ def check_nms(caps: Capabilities, nms: str) -> None:
     if nms == "onnx" and not caps.nms_layer:
         raise EffedgeError(f"ONNX NonMaxSuppression (--nms onnx) parses but cannot run on {caps.name}; use "
                            "--nms none (the Detector then runs NMS)")
+    if nms == "onnx" and not caps.output_allocator:  # its outputs have data-dependent shapes
+        raise EffedgeError(f"{caps.name} has no IOutputAllocator for the data-dependent outputs of ONNX "
+                           "NonMaxSuppression (--nms onnx); use --nms efficientnms or --nms none")
+
+
+def check_batch_profile(options: BuildOptions, graph: GraphInfo, dynamic: bool) -> None:
+    """A dynamic batch needs a profile MIN <= OPT <= MAX, all >= 1; a static graph takes none."""
+    if options.batch is None:
+        if dynamic:
+            raise EffedgeError("the ONNX graph has a dynamic batch dimension; give --dynamic-batch MIN:OPT:MAX")
+        return
+    low, opt, high = options.batch
+    if not dynamic:
+        batch = graph.inputs[0][1][0] if graph.inputs and graph.inputs[0][1] else None
+        raise EffedgeError(f"--dynamic-batch {low}:{opt}:{high} needs a graph with a dynamic batch dimension, this one "
+                           f"has a static batch of {batch}; re-export it with --dynamic-batch, or drop the option")
+    if not 1 <= low <= opt <= high:
+        raise EffedgeError(f"--dynamic-batch {low}:{opt}:{high}: the profile must be 1 <= MIN <= OPT <= MAX, "
+                           "e.g. 1:4:8")
 
 
 def check_options(caps: Capabilities, options: BuildOptions, graph: GraphInfo, dynamic: bool) -> None:
+    since_86 = (("--opt-level", options.optimization_level is not None, caps.optimization_level),
+                ("--hardware-compatible", options.hardware_compatible, caps.hardware_compatibility),
+                ("--version-compatible", options.version_compatible, caps.version_compatibility))
+    for option, given, available in since_86:
+        if given and not available:
+            raise EffedgeError(f"{option} needs TensorRT 8.6 or newer, {caps.name} does not have it; drop {option}")
     if options.dla_core is not None:
         if not caps.dla:
             raise EffedgeError(f"{caps.name} has no DLA; drop --dla (DLA is on Jetson AGX Orin / Orin NX)")
@@ -137,6 +162,7 @@ def check_options(caps: Capabilities, options: BuildOptions, graph: GraphInfo, d
     if options.compute_capabilities and not caps.compute_capability_targets:
         raise EffedgeError(f"{caps.name} builds for the GPU it runs on; --compute-capability is for "
                            "--backend tensorrt-rtx")
+    check_batch_profile(options, graph, dynamic)
 
 
 def network_flags(trt, caps: Capabilities, graph: GraphInfo) -> int:
@@ -192,13 +218,15 @@ def build_engine(onnx_path: Path, engine_path: Path, graph: GraphInfo, options: 
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     if dynamic:
         profile = builder.create_optimization_profile()
-        if options.batch is None:
-            raise EffedgeError(f"{onnx_path.name} has a dynamic batch dimension; give --dynamic-batch MIN:OPT:MAX")
         low, opt, high = options.batch
         for name, shape in graph.inputs:
             rest = tuple(shape[1:])
             profile.set_shape(name, (low, *rest), (opt, *rest), (high, *rest))
-        config.add_optimization_profile(profile)
+        if config.add_optimization_profile(profile) < 0:  # -1: TensorRT found the profile invalid
+            errors = build_log.errors()
+            raise EffedgeError(f"{caps.name} refused the optimization profile --dynamic-batch {low}:{opt}:{high} for "
+                               f"{onnx_path.name}" + (f": {errors[-1]}" if errors else "")
+                               + "; check the graph's input shapes")
         used["batch_profile"] = [low, opt, high]
     if options.dla_core is not None:
         _configure_dla(trt, builder, config, options.dla_core)
@@ -236,7 +264,7 @@ def build_engine(onnx_path: Path, engine_path: Path, graph: GraphInfo, options: 
     if targets is not None:
         report["compute_capabilities"] = targets
     if options.layer_report:
-        report["layers"] = _layer_report(trt, logger, plan, build_log, engine_path)
+        report["layers"] = _layer_report(trt, logger, plan, build_log, engine_path, options.version_compatible)
     return report
 
 
@@ -256,11 +284,15 @@ def _set_compute_capabilities(trt, config, wanted: Optional[tuple[str, ...]]) ->
     return list(wanted)
 
 
-def _layer_report(trt, logger, plan: bytes, build_log: BuildLog, engine_path: Path) -> dict:
+def _layer_report(trt, logger, plan: bytes, build_log: BuildLog, engine_path: Path,
+                  version_compatible: bool) -> dict:
     """Layer count and reformat layers from the engine inspector; the JSON goes to ``<engine>.layers.json``."""
     report = None
     if _can_deserialize(trt, logger, plan):
-        engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+        runtime = trt.Runtime(logger)
+        if version_compatible:  # such a plan deserializes only with host code allowed (it carries its runtime)
+            runtime.engine_host_code_allowed = True
+        engine = runtime.deserialize_cuda_engine(plan)
         if engine is not None:
             text = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
             atomic_write(engine_path.with_suffix(".layers.json"), text.encode())

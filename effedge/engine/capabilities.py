@@ -17,7 +17,7 @@ from effedge.errors import BackendUnavailable, EffedgeError
 
 #: effedge backend name -> (Python module, product name)
 PRODUCTS = {"tensorrt": ("tensorrt", "TensorRT"), "tensorrt-rtx": ("tensorrt_rtx", "TensorRT-RTX")}
-SUPPORTED = "TensorRT 8.5/8.6, 10.x, 11.x or TensorRT-RTX 1.x"
+SUPPORTED = "TensorRT 8.5, 8.6, 10.x, 11.x or TensorRT-RTX 1.x"
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Capabilities:
     backend: str  # "tensorrt" | "tensorrt-rtx"
     product: str  # "TensorRT" | "TensorRT-RTX"
     version: str
-    series: str  # the row of the table: "8.5/8.6", "10.x", "11.x", "RTX 1.x"
+    series: str  # the row of the table: "8.5", "8.6", "10.x", "11.x", "RTX 1.x"
     max_onnx_opset: Optional[int]  # None: not limited by effedge (the parser names what it lacks)
     explicit_batch_flag: bool  # networks need NetworkDefinitionCreationFlag.EXPLICIT_BATCH
     strongly_typed_flag: bool  # STRONGLY_TYPED is an opt-in network flag
@@ -38,6 +38,12 @@ class Capabilities:
     dla: bool
     compute_capability_targets: bool  # IBuilderConfig.set_compute_capability: build ahead of time, no GPU
     runtime_cache: bool  # kernels compiled just in time, kept in an IRuntimeCache
+    # From 8.6: IBuilderConfig.builder_optimization_level, hardware_compatibility_level, BuilderFlag.VERSION_COMPATIBLE
+    # and Runtime.engine_host_code_allowed (a version-compatible plan deserializes only with it set).
+    optimization_level: bool
+    hardware_compatibility: bool
+    version_compatibility: bool
+    output_allocator: bool  # IOutputAllocator: outputs of data-dependent shape (the INMSLayer's)
 
     @property
     def name(self) -> str:
@@ -65,19 +71,24 @@ def capabilities(backend: str, version: str) -> Capabilities:
         return Capabilities(**common, series="RTX 1.x", max_onnx_opset=None, explicit_batch_flag=False,
                             strongly_typed_flag=False, always_strongly_typed=True, precision_flags=False,
                             calibrators=False, plugins=False, nms_layer=False, timing_cache=False, dla=False,
-                            compute_capability_targets=True, runtime_cache=True)
+                            compute_capability_targets=True, runtime_cache=True, optimization_level=True,
+                            hardware_compatibility=True, version_compatibility=True, output_allocator=True)
     full = dict(plugins=True, nms_layer=True, timing_cache=True, dla=True, compute_capability_targets=False,
-                runtime_cache=False)
-    if major == 8 and minor >= 5:
-        return Capabilities(**common, **full, series="8.5/8.6", max_onnx_opset=17, explicit_batch_flag=True,
-                            strongly_typed_flag=False, always_strongly_typed=False, precision_flags=True,
-                            calibrators=True)
+                runtime_cache=False, output_allocator=True)
+    from_86 = dict(optimization_level=True, hardware_compatibility=True, version_compatibility=True)
+    trt8 = dict(max_onnx_opset=17, explicit_batch_flag=True, strongly_typed_flag=False, always_strongly_typed=False,
+                precision_flags=True, calibrators=True)
+    if (major, minor) == (8, 5):  # JetPack 5.1: the builder options of 8.6 do not exist yet
+        return Capabilities(**common, **full, **trt8, series="8.5", optimization_level=False,
+                            hardware_compatibility=False, version_compatibility=False)
+    if major == 8 and minor >= 6:
+        return Capabilities(**common, **full, **trt8, **from_86, series="8.6")
     if major == 10:
-        return Capabilities(**common, **full, series="10.x", max_onnx_opset=20, explicit_batch_flag=False,
+        return Capabilities(**common, **full, **from_86, series="10.x", max_onnx_opset=20, explicit_batch_flag=False,
                             strongly_typed_flag=True, always_strongly_typed=False, precision_flags=True,
                             calibrators=True)
     if major == 11:
-        return Capabilities(**common, **full, series="11.x", max_onnx_opset=22, explicit_batch_flag=False,
+        return Capabilities(**common, **full, **from_86, series="11.x", max_onnx_opset=22, explicit_batch_flag=False,
                             strongly_typed_flag=False, always_strongly_typed=True, precision_flags=False,
                             calibrators=False)
     too = "too old" if (major, minor) < (8, 5) else "not supported"

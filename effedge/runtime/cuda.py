@@ -2,7 +2,8 @@
 page-locked host buffers, async copies and CUDA graphs.
 
 Built on cuda-python (``cuda-bindings``: wheels for x86-64 and aarch64, no compiler needed); pycuda is used
-where only it is installed (it has no stream capture, so no CUDA graphs there). Every CUDA return code is
+where only it is installed (it has no stream capture, so no CUDA graphs there, and no implicit context:
+:class:`PrimaryContext` makes the CUDA runtime's, which TensorRT uses, current). Every CUDA return code is
 checked: a missing driver or GPU raises :class:`NoCudaDevice` saying why, any other failure an
 :class:`~effedge.errors.EffedgeError` naming the call and the CUDA error. Only numpy is imported at import
 time; the bindings are imported by :func:`load`.
@@ -97,6 +98,12 @@ class _CudaPythonApi:
         return DeviceInfo(index, name.split("\x00", 1)[0], f"{props.major}.{props.minor}", int(props.totalGlobalMem),
                           self.library)
 
+    def context_enter(self, index: int) -> None:
+        """The runtime API uses GPU ``index``'s primary context on every thread by itself (as TensorRT does)."""
+
+    def context_exit(self, token: None) -> None:
+        pass
+
     def stream_create(self) -> Any:
         return self._check("cudaStreamCreate", self.rt.cudaStreamCreate())
 
@@ -179,7 +186,6 @@ class _PyCudaApi:
     def __init__(self, driver: Any, version: str) -> None:
         self.driver = driver
         self.library = f"pycuda {version}"
-        self._has_context = False
 
     def _call(self, call: str, function: Callable, *args: Any) -> Any:
         try:
@@ -187,13 +193,28 @@ class _PyCudaApi:
         except self.driver.Error as exc:
             raise RunError(f"CUDA call {call} failed: {exc}") from exc
 
+    def context_enter(self, index: int) -> Any:
+        """Make GPU ``index``'s primary context current on this thread: the context the CUDA runtime, and so
+        TensorRT, works in. (pycuda.autoinit would create a second context: an engine deserialized in one and
+        buffers and streams made in the other cannot run together.)"""
+        try:
+            self.driver.init()
+            context = self.driver.Device(index).retain_primary_context()
+            context.push()
+        except self.driver.Error as exc:
+            raise NoCudaDevice(f"{NO_GPU}: pycuda cannot make the primary CUDA context of GPU {index} current "
+                               f"({exc})") from exc
+        return context
+
+    def context_exit(self, context: Any) -> None:
+        self._call("cuCtxPopCurrent", self.driver.Context.pop)
+        self._call("cuDevicePrimaryCtxRelease", context.detach)
+
     def _context(self) -> None:
-        if not self._has_context:  # allocations and streams need a context; device_info does not
-            try:
-                import pycuda.autoinit  # noqa: F401  (a context on GPU 0, released at exit)
-            except self.driver.Error as exc:
-                raise NoCudaDevice(f"{NO_GPU}: pycuda cannot create a CUDA context ({exc})") from exc
-            self._has_context = True
+        """Allocations and streams belong to the current context (device_info needs none): without one, GPU 0's
+        primary context is made current for the rest of the process, as the CUDA runtime would."""
+        if self.driver.Context.get_current() is None:
+            self.context_enter(0)
 
     def device_info(self, index: int) -> DeviceInfo:
         try:
@@ -294,6 +315,33 @@ def load() -> CudaApi:
     except ImportError as exc:  # its extension links libcuda: a missing driver shows up here
         raise NoCudaDevice(f"{NO_GPU}: pycuda cannot load the CUDA driver ({exc})") from exc
     return _PyCudaApi(driver, getattr(pycuda, "VERSION_TEXT", "unknown"))
+
+
+class PrimaryContext:
+    """GPU ``index``'s primary CUDA context, current on this thread between :meth:`enter` and :meth:`exit` (or
+    in a ``with`` block). TensorRT works in the context current when an engine is deserialized, and every
+    buffer, stream and execution context used with the engine must belong to that same context; the primary
+    context is the one the CUDA runtime uses. Nothing to do on cuda-python, needed on pycuda."""
+
+    def __init__(self, index: int = 0, *, api: Optional[CudaApi] = None) -> None:
+        self.api, self.index = api or load(), index
+        self._token: Any = None
+        self.entered = False
+
+    def enter(self) -> "PrimaryContext":
+        self._token = self.api.context_enter(self.index)
+        self.entered = True
+        return self
+
+    def exit(self) -> None:
+        if self.entered:
+            self.entered = False
+            self.api.context_exit(self._token)
+
+    __enter__ = enter
+
+    def __exit__(self, *exc: Any) -> None:
+        self.exit()
 
 
 def device_info(index: int = 0, api: Optional[CudaApi] = None) -> DeviceInfo:

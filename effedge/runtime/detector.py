@@ -69,7 +69,7 @@ class Detector:
 
     def _make_runner(self):
         if self.path.suffix in (".engine", ".plan"):
-            from effedge.runtime.tensorrt import engine_runner
+            from effedge.runtime.engines import engine_runner
 
             return engine_runner(self.path, self.manifest)
         if self.path.suffix == ".onnx":

@@ -2,7 +2,8 @@
 
 Engines are built by :mod:`effedge.engine`; tests run this module against the real API surface of TensorRT
 8.6.1, 10.3.0, 10.13.3.9 and 11.4.0.106 (tests/test_tensorrt_backend.py). The TensorRT-RTX runner
-(:mod:`effedge.runtime.tensorrt_rtx`) is this runner on ``tensorrt_rtx``.
+(:mod:`effedge.runtime.tensorrt_rtx`) is this runner on ``tensorrt_rtx``; :func:`effedge.runtime.engines.engine_runner`
+picks between them.
 """
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from effedge.runtime import cuda
+import effedge.runtime.cuda as cuda
 from effedge.runtime.base import Runner, TensorInfo
-from effedge.engine.capabilities import PRODUCTS, capabilities_of, compute_capability_targets, import_trt
+from effedge.runtime.engine_manifest import check_engine_compatible, engine_entry
+from effedge.engine.capabilities import capabilities_of, import_trt
 from effedge.errors import BackendUnavailable, EffedgeError, RunError
 
 ENGINE_SUFFIX = ".engine"
@@ -47,100 +49,88 @@ def gpu_compute_capability() -> Optional[str]:
         return None
 
 
-def engine_entry(manifest: Mapping, engine_path: Path) -> Optional[Mapping]:
-    """The build.json entry ``effedge compile``/``effedge build`` wrote for this engine file (``engines[<file
-    name>]``), or None where there is none or it describes an earlier file: a recorded size that differs means
-    the engine was replaced since (rebuilt by another tool), and the entry says nothing about it."""
-    entry = (manifest.get("engines") or {}).get(engine_path.name)
-    if not entry:
-        return None
-    recorded = entry.get("bytes")
-    if recorded is not None and engine_path.is_file() and engine_path.stat().st_size != recorded:
-        return None
-    return entry
-
-
-def engine_backend(manifest: Mapping, engine_path: Path) -> str:
-    """"tensorrt-rtx" for an engine its build.json entry says TensorRT-RTX built, else "tensorrt"."""
-    entry = engine_entry(manifest, engine_path) or {}
-    return "tensorrt-rtx" if entry.get("backend") == "tensorrt-rtx" else "tensorrt"
-
-
-def engine_runner(engine_path: str | Path, manifest: Mapping, backend: Optional[str] = None, *,
-                  cuda_graph: bool = False) -> TensorRTRunner:
-    """The runner for an engine file: ``backend`` ("tensorrt" or "tensorrt-rtx"), or by default the one that
-    built it according to its build.json entry."""
-    engine_path = Path(engine_path)
-    if (backend or engine_backend(manifest, engine_path)) == "tensorrt-rtx":
-        from effedge.runtime.tensorrt_rtx import TensorRTRTXRunner
-
-        return TensorRTRTXRunner(engine_path, manifest=manifest, cuda_graph=cuda_graph)
-    return TensorRTRunner(engine_path, manifest=manifest, cuda_graph=cuda_graph)
-
-
-def check_engine_compatible(entry: Optional[Mapping], trt, compute_capability: Optional[str], *,
-                            gpu_name: Optional[str] = None) -> None:
-    """Refuse, before deserializing, an engine that ``trt`` cannot run on this GPU, in one line saying what to
-    do. ``entry`` is the engine's own build.json entry (:func:`engine_entry`; None: nothing is known about the
-    engine, so only the GPU is checked).
-
-    Full TensorRT runs an engine with the version and on the GPU (compute capability) that built it, unless it
-    was built version- or hardware-compatible. TensorRT-RTX runs only on the compute capabilities it knows (it
-    refuses Hopper and Jetson Orin) and, where the engine was built for chosen targets, on those.
-    """
-    caps = capabilities_of(trt)
-    this_gpu = f"this GPU ({gpu_name})" if gpu_name else "this GPU"
-    if caps.compute_capability_targets and compute_capability:
-        supported = list(compute_capability_targets(trt))
-        if compute_capability not in supported:
-            raise EffedgeError(f"{caps.product} engines run on compute capability {', '.join(supported)}; "
-                               f"{this_gpu} is {compute_capability}: use --backend tensorrt (full TensorRT) on it")
-    if not entry:
-        return
-    built_by = entry.get("backend")
-    if built_by in PRODUCTS and built_by != caps.backend:
-        product = entry.get("product") or PRODUCTS[built_by][1]
-        raise EffedgeError(f"the engine was built with {product} {entry.get('version', '')}".rstrip()
-                           + f", which {caps.product} cannot run: use --backend {built_by}")
-    options = entry.get("options") or {}
-    if caps.compute_capability_targets:
-        targets = entry.get("compute_capabilities") or ["default"]
-        if "default" not in targets and compute_capability and compute_capability not in targets:
-            raise EffedgeError(f"the engine was built for compute capability {', '.join(targets)}; {this_gpu} is "
-                               f"{compute_capability}: rebuild it with effedge build --backend tensorrt-rtx "
-                               f"--compute-capability {compute_capability}")
-        return  # the TensorRT-RTX version is judged by Runtime.get_engine_validity, from the plan itself
-    built_with = entry.get("version")
-    if built_with and built_with != trt.__version__ and not options.get("version_compatible"):
-        raise EffedgeError(f"the engine was built with TensorRT {built_with}, this machine has {trt.__version__}; "
-                           "rebuild it here (effedge build)")
-    built_for = entry.get("compute_capability")
-    if built_for and compute_capability and built_for != compute_capability and not options.get("hardware_compatible"):
-        raise EffedgeError(f"the engine was built for a GPU of compute capability {built_for}, {this_gpu} is "
-                           f"{compute_capability}; rebuild it here (effedge build)")
-
-
 @dataclass
 class IoTensor:
-    """One engine input or output and its buffers, sized for the largest shape the engine accepts."""
+    """One engine input or output and its buffers, sized for the largest shape the engine accepts. An output
+    of data-dependent shape (the NMS layer's) has an ``allocator`` instead: TensorRT asks it for device memory
+    and tells it the shape while it runs; its host buffer grows to fit."""
 
     name: str
     is_input: bool
     dtype: np.dtype
     declared_shape: tuple  # -1 for dynamic dimensions
-    max_shape: tuple
-    host: cuda.PinnedBuffer
-    device: cuda.DeviceBuffer
+    max_shape: Optional[tuple]  # None: data-dependent
+    host: Optional[cuda.PinnedBuffer]
+    device: Optional[cuda.DeviceBuffer]
+    allocator: Optional["OutputAllocator"] = None
 
     def nbytes(self, shape: tuple) -> int:
         return int(np.prod(shape)) * self.dtype.itemsize
+
+    def free(self) -> None:
+        for buffer in (self.host, self.device, self.allocator):
+            if buffer is not None:
+                buffer.free()
+
+
+class OutputAllocator:
+    """Device memory for one output of data-dependent shape, handed to TensorRT through a subclass of
+    ``trt.IOutputAllocator`` (:meth:`attach`): TensorRT calls ``reallocate_output`` (8.6) or
+    ``reallocate_output_async`` (10.x and later) with the size it needs once it knows it, then ``notify_shape``.
+    Both calls happen inside execute_async_v3; the memory only grows and is reused between inferences."""
+
+    def __init__(self, name: str, api: cuda.CudaApi) -> None:
+        self.name, self.api = name, api
+        self.buffer: Optional[cuda.DeviceBuffer] = None
+        self.shape: Optional[tuple] = None
+        self.error: Optional[BaseException] = None  # raised after execute: TensorRT cannot carry it
+
+    def reallocate(self, size: int) -> int:
+        try:
+            if self.buffer is None or self.buffer.nbytes < size:
+                if self.buffer is not None:
+                    self.buffer.free()
+                    self.buffer = None
+                self.buffer = cuda.DeviceBuffer(size, api=self.api)
+            return self.buffer.address
+        except BaseException as exc:  # a null pointer makes TensorRT fail the enqueue
+            self.error = exc
+            return 0
+
+    def attach(self, trt, context) -> None:
+        """Register with ``context`` as the allocator of this output."""
+        owner = self
+
+        class _Allocator(trt.IOutputAllocator):
+            def __init__(self):
+                trt.IOutputAllocator.__init__(self)
+
+            def reallocate_output(self, tensor_name, memory, size, alignment):
+                return owner.reallocate(size)
+
+            def reallocate_output_async(self, tensor_name, memory, size, alignment, stream):
+                return owner.reallocate(size)
+
+            def notify_shape(self, tensor_name, shape):
+                owner.shape = tuple(shape)
+
+        self.binding = _Allocator()  # TensorRT keeps a raw pointer: the Python object must outlive the context
+        if not context.set_output_allocator(self.name, self.binding):
+            raise RunError(f"TensorRT refused an output allocator for '{self.name}'")
+
+    def free(self) -> None:
+        if self.buffer is not None:
+            self.buffer.free()
+            self.buffer = None
 
 
 class TensorRTRunner(Runner):
     """Runs a serialized engine through :mod:`effedge.runtime.cuda`: page-locked host and device buffers
     sized for the largest shapes, copies of only the bytes the current shapes need, set_tensor_address +
-    execute_async_v3 on one stream, set_input_shape for a dynamic batch, and optionally a CUDA graph,
-    re-captured when the input shapes change.
+    execute_async_v3 on one stream, set_input_shape for a dynamic batch, an output allocator for outputs of
+    data-dependent shape (``--nms onnx``), and optionally a CUDA graph, re-captured when the input shapes
+    change. Everything lives in GPU 0's primary CUDA context, current from before deserializing until
+    deactivation (:class:`effedge.runtime.cuda.PrimaryContext`).
 
     A runner for another flavour of TensorRT with the same Python API overrides :meth:`_import_module` (and
     :meth:`_check_plan`, :meth:`_create_context` for what that flavour adds).
@@ -159,9 +149,10 @@ class TensorRTRunner(Runner):
         self.tensors: dict[str, IoTensor] = {}
         self.stream: Optional[cuda.Stream] = None
         self.context = self.engine = self.runtime = None
+        self.cuda_context: Optional[cuda.PrimaryContext] = None
         self._graph: Optional[cuda.CudaGraph] = None
         self._input_shapes: dict[str, tuple] = {}
-        self._output_shapes: dict[str, tuple] = {}
+        self._output_shapes: dict[str, Optional[tuple]] = {}  # None: data-dependent, known after the enqueue
 
     def _import_module(self):
         """The TensorRT Python module (the one place the runner imports it)."""
@@ -175,8 +166,8 @@ class TensorRTRunner(Runner):
             raise BackendUnavailable(f"CUDA graphs need cuda-python ({api.library} has no stream capture): "
                                      f"{cuda.INSTALL_HINT}")
         device = cuda.device_info(0, api)
-        check_engine_compatible(engine_entry(self.manifest, self.engine_path), trt, device.compute_capability,
-                                gpu_name=device.name)
+        entry = engine_entry(self.manifest, self.engine_path)
+        check_engine_compatible(entry, trt, device.compute_capability, gpu_name=device.name)
         data = self.engine_path.read_bytes()
         self.trt, self.cuda_api, self.caps = trt, api, capabilities_of(trt)
         self.logger = trt.Logger(trt.Logger.WARNING)
@@ -185,16 +176,25 @@ class TensorRTRunner(Runner):
         if self.caps.plugins and not trt.init_libnvinfer_plugins(self.logger, ""):
             raise RunError(f"{self.caps.name} could not register its plugin library (libnvinfer_plugin); "
                                "reinstall TensorRT")
-        self.runtime = trt.Runtime(self.logger)
-        self._check_plan(data)
-        start = time.perf_counter()
-        self.engine = self.runtime.deserialize_cuda_engine(data)
-        if self.engine is None:
-            raise EffedgeError(f"{self.engine_path} is not a {self.caps.name} engine (corrupt, truncated or built "
-                               "by another version); rebuild it with effedge build")
-        self.startup["deserialize_seconds"] = time.perf_counter() - start
+        version_compatible = bool(((entry or {}).get("options") or {}).get("version_compatible"))
+        if version_compatible and not self.caps.version_compatibility:
+            raise EffedgeError(f"{self.engine_path.name} was built --version-compatible, which {self.caps.name} "
+                               "cannot run (TensorRT 8.6 or newer can); rebuild it here (effedge build)")
         try:
-            self.stream = cuda.Stream(api=api)  # also makes the CUDA context current before the context is made
+            # The engine belongs to the CUDA context current when it is deserialized: make it the one the buffers,
+            # the stream and the execution context are made in.
+            self.cuda_context = cuda.PrimaryContext(0, api=api).enter()
+            self.runtime = trt.Runtime(self.logger)
+            if version_compatible:  # such a plan carries the runtime that runs it: TensorRT must be allowed to load it
+                self.runtime.engine_host_code_allowed = True
+            self._check_plan(data)
+            start = time.perf_counter()
+            self.engine = self.runtime.deserialize_cuda_engine(data)
+            if self.engine is None:
+                raise EffedgeError(f"{self.engine_path} is not a {self.caps.name} engine (corrupt, truncated or built "
+                                   "by another version); rebuild it with effedge build")
+            self.startup["deserialize_seconds"] = time.perf_counter() - start
+            self.stream = cuda.Stream(api=api)
             start = time.perf_counter()
             self.context = self._create_context()
             if self.context is None:
@@ -214,15 +214,21 @@ class TensorRTRunner(Runner):
         return self.engine.create_execution_context()
 
     def _allocate(self) -> None:
-        for index in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(index)
-            is_input = self.engine.get_tensor_mode(name) == self.trt.TensorIOMode.INPUT
+        names = [self.engine.get_tensor_name(index) for index in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT]
+        dynamic_inputs = any(-1 in tuple(self.engine.get_tensor_shape(n)) for n in inputs)
+        for name in names:
+            is_input = name in inputs
             dtype = numpy_dtype(self.engine.get_tensor_dtype(name))
             declared = tuple(self.engine.get_tensor_shape(name))
             if is_input and -1 in declared:
                 max_shape = tuple(self.engine.get_tensor_profile_shape(name, 0)[2])  # the profile's max shape
-            elif -1 in declared:
-                max_shape = tuple(self._max_output_shape(name, declared))
+            elif -1 in declared and dynamic_inputs:  # follows the batch (or is data-dependent: see _set_shapes)
+                max_shape = tuple(self._max_output_shape(inputs, declared))
+            elif -1 in declared:  # static inputs: the shape depends on the data (the NMS layer's outputs)
+                self.tensors[name] = IoTensor(name, False, dtype, declared, None, None, None,
+                                              self._output_allocator(name, dtype))
+                continue
             else:
                 max_shape = declared
             count = int(np.prod(max_shape))
@@ -235,23 +241,33 @@ class TensorRTRunner(Runner):
             self.tensors[name] = IoTensor(name, is_input, dtype, declared, max_shape, host, device)
             self.context.set_tensor_address(name, device.address)
 
-    def _max_output_shape(self, name: str, shape: tuple) -> tuple:
+    def _output_allocator(self, name: str, dtype: np.dtype) -> OutputAllocator:
+        if not self.caps.output_allocator:
+            raise EffedgeError(f"output '{name}' of {self.engine_path.name} has a data-dependent shape, which "
+                               f"{self.caps.name} cannot run (no IOutputAllocator); rebuild with --nms efficientnms")
+        allocator = OutputAllocator(name, self.cuda_api)
+        allocator.attach(self.trt, self.context)
+        return allocator
+
+    def _max_output_shape(self, inputs: list[str], shape: tuple) -> tuple:
         """Output buffers for a dynamic batch are sized for the optimization profile's largest batch."""
-        inputs = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)
-                  if self.engine.get_tensor_mode(self.engine.get_tensor_name(i)) == self.trt.TensorIOMode.INPUT]
         batch = max(self.engine.get_tensor_profile_shape(n, 0)[2][0] for n in inputs)
         return tuple(batch if d == -1 else d for d in shape)
 
     def deactivate(self) -> None:
         self._destroy_graph()
+        if self.stream is not None:  # nothing may still be reading or writing the buffers about to be freed
+            self.stream.synchronize()
         self.context = self.engine = self.runtime = None
         for tensor in self.tensors.values():
-            tensor.host.free()
-            tensor.device.free()
+            tensor.free()
         self.tensors = {}
         if self.stream is not None:
             self.stream.close()
             self.stream = None
+        if self.cuda_context is not None:
+            self.cuda_context.exit()
+            self.cuda_context = None
         self._input_shapes, self._output_shapes = {}, {}
 
     def input_info(self) -> list[TensorInfo]:
@@ -296,12 +312,19 @@ class TensorRTRunner(Runner):
             if -1 in tensor.declared_shape and not self.context.set_input_shape(name, shape):
                 raise EffedgeError(f"{self.name}: input '{name}' shape {shape} is outside the engine's optimization "
                                    f"profile (largest {tensor.max_shape})")
-        outputs = {name: tuple(self.context.get_tensor_shape(name)) for name, t in self.tensors.items()
-                   if not t.is_input}
-        unknown = [name for name, shape in outputs.items() if -1 in shape]
-        if unknown:
-            raise EffedgeError(f"{self.name}: outputs {unknown} have data-dependent shapes, which the runner does not "
-                               "support; export the model with fixed-size outputs (e.g. --nms efficientnms)")
+        outputs = {}
+        for name, tensor in self.tensors.items():
+            if tensor.is_input:
+                continue
+            shape = tuple(self.context.get_tensor_shape(name))
+            if -1 in shape:  # data-dependent: TensorRT allocates through the allocator and reports the shape
+                if tensor.allocator is None:
+                    tensor.allocator = self._output_allocator(name, tensor.dtype)
+                shape = None
+            outputs[name] = shape
+        if self.cuda_graph and None in outputs.values():
+            raise EffedgeError(f"{self.name}: outputs of data-dependent shape (the NMS layer's) cannot be captured in "
+                               "a CUDA graph; drop --cuda-graph")
         self._input_shapes, self._output_shapes = shapes, outputs
 
     def copy_inputs_async(self) -> None:
@@ -311,15 +334,38 @@ class TensorRTRunner(Runner):
             cuda.copy_htod_async(tensor.device, tensor.host.array, tensor.nbytes(shape), self.stream)
 
     def copy_outputs_async(self) -> None:
-        """Device-to-host copies of the current outputs' bytes on the stream."""
-        for name, shape in self._output_shapes.items():
+        """Device-to-host copies of the current outputs' bytes on the stream (after :meth:`enqueue`: outputs of
+        data-dependent shape are sized by then)."""
+        for name in self._output_shapes:
             tensor = self.tensors[name]
-            cuda.copy_dtoh_async(tensor.host.array, tensor.device, tensor.nbytes(shape), self.stream)
+            shape = self._output_shape(name)
+            if tensor.allocator is not None and tensor.allocator.buffer is None:
+                continue  # TensorRT asked for no memory: nothing to copy
+            device = tensor.device if tensor.allocator is None else tensor.allocator.buffer
+            if tensor.host is None or tensor.host.nbytes < tensor.nbytes(shape):  # a data-dependent output grew
+                if tensor.host is not None:
+                    tensor.host.free()
+                tensor.host = cuda.PinnedBuffer(int(np.prod(shape)), tensor.dtype, api=self.cuda_api)
+            cuda.copy_dtoh_async(tensor.host.array, device, tensor.nbytes(shape), self.stream)
+
+    def _output_shape(self, name: str) -> tuple:
+        shape = self._output_shapes[name]
+        if shape is None:
+            shape = self.tensors[name].allocator.shape
+            if shape is None:
+                raise RunError(f"{self.caps.name} did not report the shape of output '{name}' (see its log above)")
+        return shape
 
     def outputs(self) -> dict[str, np.ndarray]:
         """Copies of the outputs in the host buffers (after copy_outputs_async and a stream synchronize)."""
-        return {name: self.tensors[name].host.array[: int(np.prod(shape))].reshape(shape).copy()
-                for name, shape in self._output_shapes.items()}
+        results = {}
+        for name in self._output_shapes:
+            shape, tensor = self._output_shape(name), self.tensors[name]
+            if tensor.host is None:  # an empty data-dependent output
+                results[name] = np.zeros(shape, tensor.dtype)
+            else:
+                results[name] = tensor.host.array[: int(np.prod(shape))].reshape(shape).copy()
+        return results
 
     def enqueue(self) -> None:
         """Launch inference on the stream: execute_async_v3, or the CUDA graph (captured on first use)."""
@@ -334,7 +380,12 @@ class TensorRTRunner(Runner):
         self._graph.launch(self.stream)
 
     def _execute(self, when: str) -> None:
-        if not self.context.execute_async_v3(self.stream.handle):
+        ok = self.context.execute_async_v3(self.stream.handle)
+        for tensor in self.tensors.values():
+            if tensor.allocator is not None and tensor.allocator.error is not None:
+                error, tensor.allocator.error = tensor.allocator.error, None
+                raise error
+        if not ok:
             raise RunError(f"TensorRT execute_async_v3 failed{when} (see the TensorRT log above)")
 
     def _destroy_graph(self) -> None:
