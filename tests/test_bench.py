@@ -9,6 +9,7 @@ import pytest
 from helpers import effedge_cli
 
 from effedge.bench import harness as bench
+from effedge.bench import report
 
 # Representative lines of the tegrastats formats (JetPack 5/6): Orin NX / Orin Nano report the module input
 # VDD_IN; AGX Orin reports VDD_GPU_SOC, VDD_CPU_CV and VIN_SYS_5V0 (plus VDDQ_VDD2_1V8AO) instead.
@@ -67,7 +68,9 @@ def test_warnings_from_constructed_data():
                                     1.0, 1)
     assert any("enqueue-bound" in w for w in bench.warnings_for(enqueue_bound))
     unstable = bench.summarize([bench.Iteration(latency=2.0, compute=c) for c in (1.0, 1.2, 0.8, 1.1)], 1.0, 1)
-    assert any("lock the clocks" in w for w in bench.warnings_for(unstable))
+    advice = {kind: " ".join(bench.warnings_for(unstable, kind)) for kind in ("gpu", "jetson", "cpu")}
+    assert "nvidia-smi -lgc" in advice["gpu"] and "jetson_clocks" in advice["jetson"]
+    assert "governor" in advice["cpu"] and "nvidia-smi" not in advice["cpu"] and "jetson" not in advice["cpu"]
     stable = bench.summarize([bench.Iteration(latency=2.0, enqueue=0.1, compute=1.0) for _ in range(5)], 1.0, 1)
     assert bench.warnings_for(stable) == []
 
@@ -163,7 +166,8 @@ def test_static_batch_mismatch_is_refused(tmp_path):
 
 
 def test_energy_is_integrated_over_the_measured_iterations_only(tmp_path, monkeypatch):
-    """Constant 5 W: energy per inference = 5 W × measured time / measured iterations (warm-up excluded)."""
+    """Constant 5 W: energy per batch = 5 W × measured time / measured iterations (warm-up excluded); per image,
+    that over the batch."""
     import time
 
     from effedge.bench.targets import bench_one
@@ -182,18 +186,26 @@ def test_energy_is_integrated_over_the_measured_iterations_only(tmp_path, monkey
             self.samples.append((time.perf_counter(), 5000.0))
 
     monkeypatch.setattr(bench, "TegrastatsSampler", ConstantPower)
-    model = _identity_onnx(tmp_path / "m.onnx", 1)
-    settings = bench.BenchSettings(warmup_s=0.3, min_iterations=5, min_duration_s=0.1, energy=True)
+    model = _identity_onnx(tmp_path / "m.onnx", 4)
+    settings = bench.BenchSettings(warmup_s=0.3, min_iterations=5, min_duration_s=0.1, energy=True, batch=4)
     result = bench_one(model, {}, "onnxruntime", settings)
-    expected = 5000.0 * result["wall_s"] / result["iterations"]
-    assert result["energy_mj_per_inference"] == pytest.approx(expected, rel=0.02)
+    per_batch = 5000.0 * result["wall_s"] / result["iterations"]
+    assert result["energy_mj_per_batch"] == pytest.approx(per_batch, rel=0.02)
+    assert result["energy_mj_per_image"] == pytest.approx(per_batch / 4, rel=0.02)
+    assert result["settings"]["energy"] is True  # measured
+    table = dict(zip(report.columns([result]), report.rows([result])[0]))
+    assert float(table["mJ/image"]) == pytest.approx(per_batch / 4, abs=0.1)
+    assert float(table["mJ/batch"]) == pytest.approx(per_batch, abs=0.1)
+    [row] = csv.DictReader(io.StringIO(report.to_csv([result])))
+    assert float(row["energy_mj_per_image"]) == pytest.approx(result["energy_mj_per_image"])
+    assert float(row["energy_mj_per_batch"]) == pytest.approx(result["energy_mj_per_batch"])
 
 
 def test_matrix_on_the_torch_backend(small_build, monkeypatch):
     """--variants with --backend torch (offered by --help) benches PyTorch eager through the compile cache."""
-    import effedge.pipeline.compile
-    from effedge.bench.targets import bench_matrix
+    import effedge.pipeline.matrix
     from effedge.io import read_manifest
+    from effedge.pipeline import bench_matrix
 
     compiled = []
 
@@ -201,10 +213,37 @@ def test_matrix_on_the_torch_backend(small_build, monkeypatch):
         compiled.append(config)
         return {**read_manifest(small_build), "compile": {"out_dir": str(small_build)}}
 
-    monkeypatch.setattr(effedge.pipeline.compile, "compile_model", cached_compile)
+    monkeypatch.setattr(effedge.pipeline.matrix, "compile_model", cached_compile)
     settings = bench.BenchSettings(warmup_s=0, min_iterations=2, min_duration_s=0)
     [result] = bench_matrix(["d0"], ["fp32"], [1], backend="torch", settings=settings)
     assert result["backend"] == "torch" and result["precision"] == "fp32" and result["iterations"] >= 2
     assert compiled[0].precision == "fp32" and compiled[0].backend == "onnxruntime"
     with pytest.raises(Exception, match="benches PyTorch eager in fp32"):
         bench_matrix(["d0"], ["int8"], [1], backend="torch", settings=settings)
+
+
+def test_a_cpu_run_gets_cpu_advice_and_claims_no_energy(tmp_path, monkeypatch):
+    """ONNX Runtime on this CPU with unsteady timings (a controlled clock): the advice is about the CPU, not
+    jetson_clocks / nvidia-smi; with no tegrastats, energy was asked for but not measured, and says so."""
+    import types
+
+    import effedge.bench.targets as targets
+    from effedge.runtime.onnxruntime import OnnxRuntimeRunner
+
+    now, infer = [0.0], OnnxRuntimeRunner._infer
+    durations = iter([0.001, 0.003] * 50)
+
+    def unsteady_infer(self, feed):
+        now[0] += next(durations)
+        return infer(self, feed)
+
+    monkeypatch.setattr(targets, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(OnnxRuntimeRunner, "_infer", unsteady_infer)
+    monkeypatch.setattr(bench.TegrastatsSampler, "available", staticmethod(lambda: False))
+    monkeypatch.setattr(bench, "jetson_state", lambda: {})
+    settings = bench.BenchSettings(warmup_s=0, min_iterations=6, min_duration_s=0, energy=True)
+    result = targets.bench_one(_identity_onnx(tmp_path / "m.onnx", 1), {}, "onnxruntime", settings)
+    [unstable] = [w for w in result["warnings"] if "varies" in w]
+    assert "governor" in unstable and "jetson_clocks" not in unstable and "nvidia-smi" not in unstable
+    assert result["settings"]["energy"] is False
+    assert result["energy_mj_per_image"] is None and result["energy_mj_per_batch"] is None
