@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "effedge"
 
 
@@ -33,3 +35,23 @@ def test_no_private_names_cross_modules():
 
 def test_top_level_holds_at_most_four_modules():
     assert len(list(PACKAGE.glob("*.py"))) <= 4
+
+
+def test_bench_benches_built_targets_and_orchestrates_nothing():
+    """Only pipeline/, fleet/ and cli/ run stages in order: bench/ never reaches for them (the matrix's compiling
+    is effedge.pipeline.matrix)."""
+    for path in (PACKAGE / "bench").glob("*.py"):
+        assert not re.search(r"^\s*(from|import) effedge\.(pipeline|fleet|cli)\b", path.read_text(), re.MULTILINE), \
+            path.name
+
+
+@pytest.mark.parametrize("package_dir", ["bench", "pipeline"])
+def test_no_module_imports_names_from_a_package_init_that_imports_it_back(package_dir):
+    init = PACKAGE / package_dir / "__init__.py"
+    package = f"effedge.{package_dir}"
+    offenders = []
+    for path in init.parent.glob("*.py"):
+        imported_by_init = re.search(rf"^\s*(from|import) {package}\.{path.stem}\b", init.read_text(), re.MULTILINE)
+        if imported_by_init and re.search(rf"^\s*from {package} import ", path.read_text(), re.MULTILINE):
+            offenders.append(path.name)
+    assert offenders == []
