@@ -39,7 +39,7 @@ def test_top_level_holds_at_most_four_modules():
 
 def test_bench_benches_built_targets_and_orchestrates_nothing():
     """Only pipeline/, fleet/ and cli/ run stages in order: bench/ never reaches for them (the matrix's compiling
-    is effedge.pipeline.matrix)."""
+    is effedge.pipeline.bench_matrix)."""
     for path in (PACKAGE / "bench").glob("*.py"):
         assert not re.search(r"^\s*(from|import) effedge\.(pipeline|fleet|cli)\b", path.read_text(), re.MULTILINE), \
             path.name

@@ -206,10 +206,12 @@ def _end_to_end_step(runner, manifest: dict, images: list[Path], score_threshold
     return step
 
 
-def transfer_policy(settings: bench.BenchSettings, on_gpu: bool) -> str:
+def transfer_policy(settings: bench.BenchSettings, on_gpu: bool, end_to_end: bool = False) -> str:
     """The copies inside each timed iteration, in words: one policy for every GPU backend of a run."""
     if not on_gpu:
         return "none: host memory"
+    if end_to_end:
+        return "H2D of the inputs and D2H of the outputs inside each inference stage (end-to-end)"
     if settings.transfers:
         return "H2D of the inputs and D2H of the outputs on every iteration, inside the latency"
     return "none timed (--no-transfers): the inputs are on the GPU once and the outputs stay there"
@@ -271,7 +273,7 @@ def bench_one(path: Path, manifest: dict, backend: str, settings: bench.BenchSet
         "first_run": {"load_seconds": load_seconds, **runner.startup, "first_iteration_ms": first.latency},
         "warnings": bench.warnings_for(summary, machine_kind) + runner.notes,
         "settings": {**bench.settings_dict(settings), "energy": energy is not None,  # measured, not only asked for
-                     "transfer_policy": transfer_policy(settings, on_gpu and not end_to_end), "timing": (
+                     "transfer_policy": transfer_policy(settings, on_gpu, bool(end_to_end)), "timing": (
                          "CUDA events (compute, H2D, D2H) + host clock" if on_gpu and not end_to_end
                          else "host clock (time.perf_counter)")},
         "versions": tool_versions(), "machine": {**bench.machine(), **jetson},
