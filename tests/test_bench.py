@@ -3,12 +3,14 @@ data, tegrastats parsing and energy, and the CLI's outputs. No timing is asserte
 import csv
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import effedge_cli
 
 from effedge.bench import harness as bench
+from effedge.bench import report
 
 # Representative lines of the tegrastats formats (JetPack 5/6): Orin NX / Orin Nano report the module input
 # VDD_IN; AGX Orin reports VDD_GPU_SOC, VDD_CPU_CV and VIN_SYS_5V0 (plus VDDQ_VDD2_1V8AO) instead.
@@ -67,7 +69,9 @@ def test_warnings_from_constructed_data():
                                     1.0, 1)
     assert any("enqueue-bound" in w for w in bench.warnings_for(enqueue_bound))
     unstable = bench.summarize([bench.Iteration(latency=2.0, compute=c) for c in (1.0, 1.2, 0.8, 1.1)], 1.0, 1)
-    assert any("lock the clocks" in w for w in bench.warnings_for(unstable))
+    advice = {kind: " ".join(bench.warnings_for(unstable, kind)) for kind in ("gpu", "jetson", "cpu")}
+    assert "nvidia-smi -lgc" in advice["gpu"] and "jetson_clocks" in advice["jetson"]
+    assert "governor" in advice["cpu"] and "nvidia-smi" not in advice["cpu"] and "jetson" not in advice["cpu"]
     stable = bench.summarize([bench.Iteration(latency=2.0, enqueue=0.1, compute=1.0) for _ in range(5)], 1.0, 1)
     assert bench.warnings_for(stable) == []
 
@@ -101,22 +105,81 @@ def small_build(tmp_path_factory):
 QUICK = ["--warmup", "0.1", "--duration", "0.3", "--iterations", "3"]
 
 
-def test_bench_json_has_every_field_and_baseline_ratio(small_build, tmp_path):
-    result = effedge_cli("bench", str(small_build), "--baselines", "--json", "--csv", str(tmp_path / "b.csv"),
+@pytest.fixture
+def int8_build(small_build, tmp_path):
+    """A build directory as `effedge compile --precision int8 --backend onnxruntime` leaves it (its Q/DQ graph
+    stood in for by the fp32 export: bench reads only the manifest's precision and deployable)."""
+    import shutil
+
+    from effedge.io import MANIFEST, read_manifest
+
+    build = tmp_path / "d0-int8-onnxruntime"
+    shutil.copytree(small_build, build)
+    shutil.copyfile(build / "model.sim.onnx", build / "model.int8.onnx")
+    manifest = {**read_manifest(build), "precision": "int8", "backend": "onnxruntime",
+                "compile": {"deployable": "model.int8.onnx", "out_dir": str(build)}}
+    (build / MANIFEST).write_text(json.dumps(manifest))
+    return build
+
+
+def test_bench_json_has_every_field_and_baseline_ratio(int8_build, tmp_path):
+    """`bench BUILD --baselines` on an int8 build: the baselines are labelled by what they run (fp32 PyTorch eager
+    on this CPU, fp32 ONNX Runtime) in the JSON, the table, the CSV and the plot's series."""
+    result = effedge_cli("bench", str(int8_build), "--baselines", "--json", "--csv", str(tmp_path / "b.csv"),
                          "--plot", str(tmp_path / "b.png"), *QUICK)
     assert result.returncode == 0, result.stderr
     results = json.loads(result.stdout)
-    assert [r["backend"] for r in results] == ["onnxruntime", "torch"]
+    assert [(r["backend"], r["precision"]) for r in results] == [("onnxruntime", "int8"), ("torch", "fp32"),
+                                                                  ("onnxruntime", "fp32")]
+    target, eager, fp32 = results
+    assert not target.get("baseline") and eager["baseline"] and fp32["baseline"]
+    assert eager["label"] == "d0 fp32 torch eager (baseline) b1"
+    assert fp32["label"] == "d0 fp32 onnxruntime (baseline) b1" and fp32["target"].endswith("model.sim.onnx")
     for r in results:
         for key in ("backend", "precision", "batch", "variant", "throughput_qps", "settings", "versions"):
             assert key in r
         assert set(r["latency_ms"]) >= {"min", "max", "mean", "median", "p90", "p95", "p99"}
         assert r["iterations"] >= 3 and r["versions"]["onnxruntime"]
-    assert results[0]["speedup_vs_torch"] == pytest.approx(
-        results[1]["latency_ms"]["median"] / results[0]["latency_ms"]["median"])
+        assert r["speedup_vs_torch"] == pytest.approx(eager["latency_ms"]["median"] / r["latency_ms"]["median"])
+    table = [dict(zip(report.columns(results), row)) for row in report.rows(results)]
+    assert [row["precision"] for row in table] == ["int8", "fp32", "fp32"]
+    assert [report.series_name(r) for r in results] == ["onnxruntime int8 b1", "torch fp32 b1", "onnxruntime fp32 b1"]
     rows = list(csv.DictReader(io.StringIO((tmp_path / "b.csv").read_text())))
-    assert len(rows) == 2 and float(rows[0]["latency_median_ms"]) == pytest.approx(results[0]["latency_ms"]["median"])
+    assert [(row["label"], row["precision"]) for row in rows] == [(r["label"], r["precision"]) for r in results]
+    assert float(rows[0]["latency_median_ms"]) == pytest.approx(target["latency_ms"]["median"])
+    assert float(rows[0]["speedup_vs_torch"]) == pytest.approx(target["speedup_vs_torch"])
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _constructed_result(backend: str, **breakdown) -> dict:
+    """A bench result as bench_one returns it, summarised from constructed iterations: latency 1..100 ms (p90
+    90.10, p99 99.01) and, per named metric, the latency scaled by the given factor."""
+    records = [bench.Iteration(latency=float(ms), **{m: ms * f for m, f in breakdown.items()}) for ms in range(1, 101)]
+    return {"label": f"d0 int8 {backend}", "backend": backend, "precision": "int8", "batch": 2, "variant": "d0",
+            "phi": 0, "mode": "inference", **bench.summarize(records, wall_s=10.0, batch=2)}
+
+
+def test_the_table_and_csv_show_the_percentiles_and_the_breakdown_where_measured():
+    engine = _constructed_result("tensorrt", h2d=0.1, compute=0.5, d2h=0.2, enqueue=0.01)
+    host = _constructed_result("onnxruntime")
+    header = report.columns([engine, host])
+    table = [dict(zip(header, row)) for row in report.rows([engine, host])]
+    assert table[0]["median ms"] == "50.50" and table[0]["p90 ms"] == "90.10" and table[0]["p99 ms"] == "99.01"
+    assert table[0]["GPU compute ms med/p99"] == "25.250/49.505"
+    assert table[0]["H2D ms med/p99"] == "5.050/9.901" and table[0]["D2H ms med/p99"] == "10.100/19.802"
+    assert table[0]["enqueue ms med/p99"] == "0.505/0.990"
+    assert [table[1][f"{name} ms med/p99"] for name in ("H2D", "GPU compute", "D2H", "enqueue")] == ["-"] * 4
+    assert not any("med/p99" in column for column in report.columns([host]))  # nothing measured, no column
+    assert report.to_markdown([engine, host]).splitlines()[0] == "| " + " | ".join(header) + " |"
+    rows = list(csv.DictReader(io.StringIO(report.to_csv([engine, host]))))
+    assert float(rows[0]["latency_p90_ms"]) == pytest.approx(90.1)
+    assert float(rows[0]["latency_p99_ms"]) == pytest.approx(99.01)
+    assert float(rows[0]["compute_median_ms"]) == pytest.approx(25.25)
+    assert float(rows[0]["compute_p99_ms"]) == pytest.approx(49.505)
+    assert float(rows[0]["h2d_p99_ms"]) == pytest.approx(9.901)
+    assert float(rows[0]["d2h_median_ms"]) == pytest.approx(10.1)
+    assert float(rows[0]["enqueue_median_ms"]) == pytest.approx(0.505)
+    assert rows[1]["compute_median_ms"] == "" and rows[1]["energy_mj_per_image"] == ""
 
 
 def test_bench_end_to_end_reports_stages(small_build, tmp_path):
@@ -163,7 +226,8 @@ def test_static_batch_mismatch_is_refused(tmp_path):
 
 
 def test_energy_is_integrated_over_the_measured_iterations_only(tmp_path, monkeypatch):
-    """Constant 5 W: energy per inference = 5 W × measured time / measured iterations (warm-up excluded)."""
+    """Constant 5 W: energy per batch = 5 W × measured time / measured iterations (warm-up excluded); per image,
+    that over the batch."""
     import time
 
     from effedge.bench.targets import bench_one
@@ -182,18 +246,26 @@ def test_energy_is_integrated_over_the_measured_iterations_only(tmp_path, monkey
             self.samples.append((time.perf_counter(), 5000.0))
 
     monkeypatch.setattr(bench, "TegrastatsSampler", ConstantPower)
-    model = _identity_onnx(tmp_path / "m.onnx", 1)
-    settings = bench.BenchSettings(warmup_s=0.3, min_iterations=5, min_duration_s=0.1, energy=True)
+    model = _identity_onnx(tmp_path / "m.onnx", 4)
+    settings = bench.BenchSettings(warmup_s=0.3, min_iterations=5, min_duration_s=0.1, energy=True, batch=4)
     result = bench_one(model, {}, "onnxruntime", settings)
-    expected = 5000.0 * result["wall_s"] / result["iterations"]
-    assert result["energy_mj_per_inference"] == pytest.approx(expected, rel=0.02)
+    per_batch = 5000.0 * result["wall_s"] / result["iterations"]
+    assert result["energy_mj_per_batch"] == pytest.approx(per_batch, rel=0.02)
+    assert result["energy_mj_per_image"] == pytest.approx(per_batch / 4, rel=0.02)
+    assert result["settings"]["energy"] is True  # measured
+    table = dict(zip(report.columns([result]), report.rows([result])[0]))
+    assert float(table["mJ/image"]) == pytest.approx(per_batch / 4, abs=0.1)
+    assert float(table["mJ/batch"]) == pytest.approx(per_batch, abs=0.1)
+    [row] = csv.DictReader(io.StringIO(report.to_csv([result])))
+    assert float(row["energy_mj_per_image"]) == pytest.approx(result["energy_mj_per_image"])
+    assert float(row["energy_mj_per_batch"]) == pytest.approx(result["energy_mj_per_batch"])
 
 
 def test_matrix_on_the_torch_backend(small_build, monkeypatch):
     """--variants with --backend torch (offered by --help) benches PyTorch eager through the compile cache."""
-    import effedge.pipeline.compile
-    from effedge.bench.targets import bench_matrix
+    import effedge.pipeline.matrix
     from effedge.io import read_manifest
+    from effedge.pipeline import bench_matrix
 
     compiled = []
 
@@ -201,10 +273,153 @@ def test_matrix_on_the_torch_backend(small_build, monkeypatch):
         compiled.append(config)
         return {**read_manifest(small_build), "compile": {"out_dir": str(small_build)}}
 
-    monkeypatch.setattr(effedge.pipeline.compile, "compile_model", cached_compile)
+    monkeypatch.setattr(effedge.pipeline.matrix, "compile_model", cached_compile)
     settings = bench.BenchSettings(warmup_s=0, min_iterations=2, min_duration_s=0)
     [result] = bench_matrix(["d0"], ["fp32"], [1], backend="torch", settings=settings)
     assert result["backend"] == "torch" and result["precision"] == "fp32" and result["iterations"] >= 2
     assert compiled[0].precision == "fp32" and compiled[0].backend == "onnxruntime"
     with pytest.raises(Exception, match="benches PyTorch eager in fp32"):
         bench_matrix(["d0"], ["int8"], [1], backend="torch", settings=settings)
+
+
+def test_a_cpu_run_gets_cpu_advice_and_claims_no_energy(tmp_path, monkeypatch):
+    """ONNX Runtime on this CPU with unsteady timings (a controlled clock): the advice is about the CPU, not
+    jetson_clocks / nvidia-smi; with no tegrastats, energy was asked for but not measured, and says so."""
+    import types
+
+    import effedge.bench.targets as targets
+    from effedge.runtime.onnxruntime import OnnxRuntimeRunner
+
+    now, infer = [0.0], OnnxRuntimeRunner._infer
+    durations = iter([0.001, 0.003] * 50)
+
+    def unsteady_infer(self, feed):
+        now[0] += next(durations)
+        return infer(self, feed)
+
+    monkeypatch.setattr(targets, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(OnnxRuntimeRunner, "_infer", unsteady_infer)
+    monkeypatch.setattr(bench.TegrastatsSampler, "available", staticmethod(lambda: False))
+    monkeypatch.setattr(bench, "jetson_state", lambda: {})
+    settings = bench.BenchSettings(warmup_s=0, min_iterations=6, min_duration_s=0, energy=True)
+    result = targets.bench_one(_identity_onnx(tmp_path / "m.onnx", 1), {}, "onnxruntime", settings)
+    [unstable] = [w for w in result["warnings"] if "varies" in w]
+    assert "governor" in unstable and "jetson_clocks" not in unstable and "nvidia-smi" not in unstable
+    assert result["settings"]["energy"] is False
+    assert result["energy_mj_per_image"] is None and result["energy_mj_per_batch"] is None
+
+
+def test_matrix_rows_carry_their_speedups(small_build, monkeypatch):
+    """--variants ... --baselines: every row of the matrix, baselines included, has its speedup against eager,
+    in the JSON and in the table."""
+    import effedge.pipeline.matrix
+    from effedge.io import read_manifest
+    from effedge.pipeline import bench_matrix
+
+    def cached_compile(config, *args, **kwargs):  # the fp32 ONNX Runtime build the compile cache would return
+        return {**read_manifest(small_build), "precision": config.precision, "backend": config.backend,
+                "compile": {"out_dir": str(small_build), "deployable": "model.sim.onnx"}}
+
+    monkeypatch.setattr(effedge.pipeline.matrix, "compile_model", cached_compile)
+    settings = bench.BenchSettings(warmup_s=0, min_iterations=2, min_duration_s=0, energy=False)
+    results = bench_matrix(["d0"], ["fp32"], [1], backend="onnxruntime", settings=settings, baselines=True)
+    assert [(r["backend"], r["precision"], bool(r.get("baseline"))) for r in results] == [
+        ("onnxruntime", "fp32", False), ("torch", "fp32", True)]  # the fp32 row is the ONNX Runtime baseline
+    measured, eager = results
+    assert eager["speedup_vs_torch"] == 1.0
+    assert measured["speedup_vs_torch"] == pytest.approx(eager["latency_ms"]["median"] /
+                                                         measured["latency_ms"]["median"])
+    assert [row[-1] for row in report.rows(results)] == [f"{measured['speedup_vs_torch']:.2f}×", "1.00×"]
+
+
+def _recorded_cuda_torch_runner(log: list):
+    """A TorchRunner whose device-side steps (to_device, forward, to_host) run on a fake CUDA GPU that records
+    each step, and whose CUDA events tick 0.25 ms per record, so what the bench loop does can be asserted."""
+    import types
+
+    from effedge.runtime.base import TensorInfo
+    from effedge.runtime.torch import TorchRunner
+
+    ticks = iter(range(10 ** 6))
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.tick = None
+
+        def record(self):
+            self.tick = next(ticks)
+
+        def elapsed_time(self, end):
+            return (end.tick - self.tick) * 0.25
+
+    fake_torch = types.SimpleNamespace(cuda=types.SimpleNamespace(Event=Event, synchronize=lambda: log.append("sync")))
+
+    class RecordedRunner(TorchRunner):
+        def activate(self):
+            self.torch = fake_torch
+
+        def to_device(self, array):
+            log.append("htod")
+            return "images on the GPU"
+
+        def forward(self, images):
+            assert images == "images on the GPU"
+            log.append("compute")
+            return ("logits on the GPU",)
+
+        def to_host(self, outputs):
+            log.append("dtoh")
+            return {"logits": np.zeros((2, 10), np.float32)}
+
+    return RecordedRunner(lambda: None, [TensorInfo("images", ("batch", 3, 8, 8), np.dtype(np.float32))], ["logits"],
+                          device="cuda", half=True)
+
+
+@pytest.mark.parametrize("transfers", [True, False])
+def test_torch_on_cuda_follows_the_transfer_policy_of_tensorrt(monkeypatch, transfers):
+    """As the TensorRT step (tests/test_cuda_layer.py::test_bench_times_the_runner_on_its_stream): with transfers,
+    the input is copied in and every output out on each timed iteration, all inside the latency; with
+    --no-transfers, the input is on the GPU once and nothing is copied back. The settings say which."""
+    import torch
+
+    import effedge.export
+    from effedge.bench.targets import bench_one
+
+    log = []
+    runner = _recorded_cuda_torch_runner(log)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(effedge.export, "torch_runner", lambda manifest, device, half: runner)
+    settings = bench.BenchSettings(warmup_s=0, min_iterations=3, min_duration_s=0, batch=2, transfers=transfers,
+                                   energy=False)
+    result = bench_one(Path("model.sim.onnx"), {"variant": "d0"}, "torch", settings)
+    iteration = ["htod", "compute", "dtoh", "sync"] if transfers else ["compute", "sync"]
+    assert log == ["htod", "sync"] + iteration * (1 + 3)  # inputs once before the loop; the first run; 3 timed
+    assert result["iterations"] == 3 and result["precision"] == "fp16"
+    assert result["compute_ms"]["median"] == 0.25
+    if transfers:
+        assert result["h2d_ms"]["median"] == result["d2h_ms"]["median"] == 0.25
+        assert result["settings"]["transfer_policy"].startswith("H2D of the inputs and D2H of the outputs on every")
+    else:
+        assert "h2d_ms" not in result and "d2h_ms" not in result
+        assert result["settings"]["transfer_policy"].startswith("none timed (--no-transfers)")
+
+
+def test_torch_runs_uint8_input_in_the_weights_dtype():
+    """PyTorch in fp16 on CUDA with --input-format uint8 crashed: the normalization made float32 for fp16
+    weights. The same path on the CPU with the weights in bfloat16 (CPU kernels have it) must run, float32
+    inputs too."""
+    import torch
+
+    from effedge.export import torch_runner
+
+    manifest = {"variant": "d0", "family": "efficientdet", "resolution": [128, 128], "weights": "random",
+                "input": {"format": "uint8"}}
+    images = np.random.default_rng(0).integers(0, 256, (1, 128, 128, 3), dtype=np.uint8)
+    with torch_runner(manifest) as runner:
+        runner.module = runner.module.to(torch.bfloat16)
+        outputs = runner.infer({"images": images})
+        assert runner.to_device(np.zeros((1, 3, 8, 8), np.float32)).dtype == torch.bfloat16
+        assert runner.to_device(images).dtype == torch.uint8  # the module's normalization casts it
+    assert outputs["scores"].shape == (1, 3069, 90) and outputs["scores"].dtype == np.float32
+    assert np.isfinite(outputs["scores"]).all() and np.isfinite(outputs["boxes"]).all()

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "effedge"
 
 
@@ -74,3 +76,23 @@ def test_runtime_and_engine_have_no_import_cycles():
     for module in sorted(graph):
         visit(module, [module])
     assert cycles == []
+
+
+def test_bench_benches_built_targets_and_orchestrates_nothing():
+    """Only pipeline/, fleet/ and cli/ run stages in order: bench/ never reaches for them (the matrix's compiling
+    is effedge.pipeline.bench_matrix)."""
+    for path in (PACKAGE / "bench").glob("*.py"):
+        assert not re.search(r"^\s*(from|import) effedge\.(pipeline|fleet|cli)\b", path.read_text(), re.MULTILINE), \
+            path.name
+
+
+@pytest.mark.parametrize("package_dir", ["bench", "pipeline"])
+def test_no_module_imports_names_from_a_package_init_that_imports_it_back(package_dir):
+    init = PACKAGE / package_dir / "__init__.py"
+    package = f"effedge.{package_dir}"
+    offenders = []
+    for path in init.parent.glob("*.py"):
+        imported_by_init = re.search(rf"^\s*(from|import) {package}\.{path.stem}\b", init.read_text(), re.MULTILINE)
+        if imported_by_init and re.search(rf"^\s*from {package} import ", path.read_text(), re.MULTILINE):
+            offenders.append(path.name)
+    assert offenders == []

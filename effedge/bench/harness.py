@@ -6,8 +6,9 @@ the whole inference and, where the backend can measure them, enqueue time, H2D, 
 CUDA events. Statistics per metric: min, max, mean, median, p90, p95, p99 (NumPy's linear interpolation)
 and the coefficient of variation. Throughput = iterations / wall time (qps) and × batch (images/s).
 Warnings as trtexec gives them: enqueue-bound (median enqueue > 0.8 × median compute) and unstable timing
-(CV > 2.5 %: lock the clocks). On Jetson, tegrastats is sampled during the run and its instant power of the
-total rail integrated into mJ per inference.
+(CV > 2.5 %), with the advice that fits the machine (GPU: lock its clocks; Jetson: jetson_clocks; CPU: the
+frequency governor). On Jetson, tegrastats is sampled during the run and its instant power of the total rail
+integrated into mJ per batch (one timed iteration) and per image.
 """
 from __future__ import annotations
 
@@ -106,7 +107,17 @@ def summarize(records: list[Iteration], wall_s: float, batch: int) -> dict:
     return result
 
 
-def warnings_for(summary: dict) -> list[str]:
+# What steadies the clocks, per kind of machine the timed work runs on.
+CLOCK_ADVICE = {
+    "gpu": "lock the GPU clocks (nvidia-smi -lgc) and stop other load",
+    "jetson": "lock the clocks (sudo jetson_clocks) and stop other load",
+    "cpu": "set the CPU frequency governor to performance (cpupower frequency-set -g performance) and stop "
+           "other load",
+}
+
+
+def warnings_for(summary: dict, machine_kind: str = "cpu") -> list[str]:
+    """trtexec's warnings on ``summary``; ``machine_kind`` (gpu, jetson, cpu) picks the clock advice."""
     notes = []
     compute, enqueue = summary.get("compute_ms"), summary.get("enqueue_ms")
     if compute and enqueue and enqueue["median"] > ENQUEUE_BOUND_RATIO * compute["median"]:
@@ -116,7 +127,7 @@ def warnings_for(summary: dict) -> list[str]:
     if timed and timed["cv"] > UNSTABLE_CV:
         which = "GPU compute" if compute else "latency"
         notes.append(f"{which} varies (coefficient of variation {timed['cv'] * 100:.1f} % > "
-                     f"{UNSTABLE_CV * 100:g} %): lock the clocks (jetson_clocks, nvidia-smi -lgc) and stop other load")
+                     f"{UNSTABLE_CV * 100:g} %): {CLOCK_ADVICE[machine_kind]}")
     return notes
 
 
@@ -147,6 +158,15 @@ def energy_mj(samples: list[tuple[float, float]], start: float, end: float) -> O
     times = np.array([start] + [t for t, _ in inside] + [end])
     power = np.array([inside[0][1]] + [p for _, p in inside] + [inside[-1][1]])
     return float(np.sum((power[1:] + power[:-1]) / 2 * np.diff(times)))
+
+
+def energy_fields(energy: Optional[float], iterations: int, batch: int) -> dict:
+    """``energy_mj_per_batch`` (one timed iteration runs one batch) and ``energy_mj_per_image`` from the
+    energy of ``iterations`` iterations."""
+    if energy is None or iterations == 0:
+        return {"energy_mj_per_batch": None, "energy_mj_per_image": None}
+    per_batch = energy / iterations
+    return {"energy_mj_per_batch": per_batch, "energy_mj_per_image": per_batch / batch}
 
 
 class TegrastatsSampler:

@@ -1,6 +1,6 @@
-"""What ``effedge bench`` measures: a target (engine, ONNX file or build directory) on a backend, timed by
-:mod:`effedge.bench.harness`; the whole pipeline in end-to-end mode; baselines; and the variant × precision × batch
-matrix compiled through the compile cache."""
+"""What ``effedge bench`` measures: a built target (engine, ONNX file or build directory) on a backend, timed by
+:mod:`effedge.bench.harness`; the whole pipeline in end-to-end mode; the baselines of a build and speedups against
+them. Compiling a variant × precision × batch matrix to bench is orchestration (:mod:`effedge.pipeline.matrix`)."""
 from __future__ import annotations
 
 import contextlib
@@ -11,13 +11,14 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from effedge.bench import harness as bench
+import effedge.bench.harness as bench
 from effedge.engine.capabilities import PRODUCTS
 from effedge.errors import EffedgeError
 from effedge.io import MANIFEST, read_manifest
 from effedge.provenance import tool_versions
 
 ENGINE_BACKENDS = tuple(PRODUCTS)  # tensorrt, tensorrt-rtx: the runners of .engine files
+FP32_EXPORTS = ("model.onnx", "model.sim.onnx")  # a build's export before precision is written into the graph
 
 
 def resolve_target(target: str | Path, backend: str = "auto") -> tuple[Path, dict]:
@@ -42,6 +43,9 @@ def resolve_target(target: str | Path, backend: str = "auto") -> tuple[Path, dic
 
 
 def _precision_of(path: Path, manifest: dict) -> str:
+    """What ``path`` runs in: the precision in its name, fp32 for the export, else the build's precision."""
+    if path.name in FP32_EXPORTS:
+        return "fp32"
     parts = path.name.split(".")
     if len(parts) == 3 and parts[1] in ("fp32", "fp16", "int8", "mixed"):
         return parts[1]
@@ -143,21 +147,36 @@ def _tensorrt_step(runner, feed: dict, settings: bench.BenchSettings,
     return step
 
 
-def _torch_cuda_step(runner, feed: dict) -> Callable[[], bench.Iteration]:
+def _torch_cuda_step(runner, feed: dict, settings: bench.BenchSettings) -> Callable[[], bench.Iteration]:
+    """The transfer policy of :func:`_tensorrt_step`, so that speedups compare the same work: CUDA events around
+    H2D (the input), compute and D2H (every output) on each iteration, or, with ``--no-transfers``, the input
+    on the GPU once and the outputs left there."""
     torch = runner.torch
-    images = torch.from_numpy(feed["images"]).to(runner.device)
-    if runner.half and images.dtype == torch.float32:
-        images = images.half()
-    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    host_images = feed[runner.input_info()[0].name]
+    events = {name: (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for name in ("h2d", "compute", "d2h")}
+    device_images = runner.to_device(host_images)  # the inputs are on the GPU even with --no-transfers
+    torch.cuda.synchronize()
 
     def step() -> bench.Iteration:
         start = time.perf_counter()
-        begin.record()
-        with torch.inference_mode():
-            runner.module(images)
-        end.record()
+        images = device_images
+        if settings.transfers:
+            events["h2d"][0].record()
+            images = runner.to_device(host_images)
+            events["h2d"][1].record()
+        events["compute"][0].record()
+        outputs = runner.forward(images)
+        events["compute"][1].record()
+        if settings.transfers:
+            events["d2h"][0].record()
+            runner.to_host(outputs)
+            events["d2h"][1].record()
         torch.cuda.synchronize()
-        return bench.Iteration(latency=(time.perf_counter() - start) * 1e3, compute=begin.elapsed_time(end))
+        latency = (time.perf_counter() - start) * 1e3
+        timed = {name: begin.elapsed_time(end) for name, (begin, end) in events.items()
+                 if settings.transfers or name == "compute"}
+        return bench.Iteration(latency=latency, compute=timed["compute"], h2d=timed.get("h2d"), d2h=timed.get("d2h"))
 
     return step
 
@@ -199,6 +218,17 @@ def _end_to_end_step(runner, manifest: dict, images: list[Path], score_threshold
     return step
 
 
+def transfer_policy(settings: bench.BenchSettings, on_gpu: bool, end_to_end: bool = False) -> str:
+    """The copies inside each timed iteration, in words: one policy for every GPU backend of a run."""
+    if not on_gpu:
+        return "none: host memory"
+    if end_to_end:
+        return "H2D of the inputs and D2H of the outputs inside each inference stage (end-to-end)"
+    if settings.transfers:
+        return "H2D of the inputs and D2H of the outputs on every iteration, inside the latency"
+    return "none timed (--no-transfers): the inputs are on the GPU once and the outputs stay there"
+
+
 def bench_one(path: Path, manifest: dict, backend: str, settings: bench.BenchSettings, *,
               end_to_end: Optional[list[Path]] = None, score_threshold: float = 0.3, label: Optional[str] = None,
               progress: Callable[[int], None] = lambda n: None) -> dict:
@@ -214,6 +244,7 @@ def bench_one(path: Path, manifest: dict, backend: str, settings: bench.BenchSet
     else:
         runner = make_runner(backend, path, manifest, settings)
         precision = _precision_of(path, manifest)
+    on_gpu = backend in ENGINE_BACKENDS or (backend == "torch" and runner.device == "cuda")
     load_start = time.perf_counter()
     with runner, contextlib.ExitStack() as cleanup:
         load_seconds = time.perf_counter() - load_start
@@ -225,8 +256,8 @@ def bench_one(path: Path, manifest: dict, backend: str, settings: bench.BenchSet
             feed = _random_feed(runner, settings.batch)
             if backend in ENGINE_BACKENDS:
                 step = _tensorrt_step(runner, feed, settings, cleanup)
-            elif backend == "torch" and runner.device == "cuda":
-                step = _torch_cuda_step(runner, feed)
+            elif on_gpu:
+                step = _torch_cuda_step(runner, feed, settings)
             else:
                 step = _host_timed(lambda: runner.infer(feed))
         # The first inference after loading pays for lazy initialisation (TensorRT's first enqueue, a CUDA graph
@@ -241,6 +272,10 @@ def bench_one(path: Path, manifest: dict, backend: str, settings: bench.BenchSet
             if sampler:
                 sampler.__exit__()
     summary = bench.summarize(measured.records, measured.wall_s, settings.batch)
+    # the measured window only: warm-up iterations are not in the count
+    energy = bench.energy_mj(sampler.samples, measured.start, measured.end) if sampler else None
+    jetson = bench.jetson_state()
+    machine_kind = "jetson" if jetson or sampler else "gpu" if on_gpu else "cpu"
     result = {
         "label": label or f"{manifest.get('variant', path.stem)} {precision} {backend}",
         "target": str(path.resolve()), "backend": backend, "precision": precision, "batch": settings.batch,
@@ -248,16 +283,32 @@ def bench_one(path: Path, manifest: dict, backend: str, settings: bench.BenchSet
         "mode": "end-to-end" if end_to_end else "inference",
         **summary,
         "first_run": {"load_seconds": load_seconds, **runner.startup, "first_iteration_ms": first.latency},
-        "warnings": bench.warnings_for(summary) + runner.notes,
-        "settings": {**bench.settings_dict(settings), "timing": (
-            "CUDA events (compute, H2D, D2H) + host clock" if backend in ENGINE_BACKENDS or (
-                backend == "torch" and precision == "fp16") else "host clock (time.perf_counter)")},
-        "versions": tool_versions(), "machine": {**bench.machine(), **bench.jetson_state()},
+        "warnings": bench.warnings_for(summary, machine_kind) + runner.notes,
+        "settings": {**bench.settings_dict(settings), "energy": energy is not None,  # measured, not only asked for
+                     "transfer_policy": transfer_policy(settings, on_gpu, bool(end_to_end)), "timing": (
+                         "CUDA events (compute, H2D, D2H) + host clock" if on_gpu and not end_to_end
+                         else "host clock (time.perf_counter)")},
+        "versions": tool_versions(), "machine": {**bench.machine(), **jetson},
     }
-    if sampler:  # the measured window only: warm-up iterations are not in the count
-        energy = bench.energy_mj(sampler.samples, measured.start, measured.end)
-        result["energy_mj_per_inference"] = energy / len(measured.records) if energy is not None else None
-    return result
+    return {**result, **bench.energy_fields(energy, len(measured.records), settings.batch)}
+
+
+def bench_baselines(measured: list[dict], export: Path, manifest: dict, settings: bench.BenchSettings, *,
+                    log: Callable[[str], None] = lambda message: None) -> list[dict]:
+    """The baselines of one build and batch: PyTorch eager, and ONNX Runtime fp32 on ``export`` (the build's fp32
+    export) unless ``measured`` holds that row already. Adds ``speedup_vs_torch`` to ``measured`` and to the
+    baselines; returns the baseline rows, each labelled by what it runs."""
+    variant = manifest.get("variant", export.stem)
+    log(f"baselines for {variant} batch {settings.batch}: PyTorch eager, ONNX Runtime fp32")
+    group = [bench_one(export, manifest, "torch", settings)]
+    if not any(r["backend"] == "onnxruntime" and r["precision"] == "fp32" for r in measured):
+        group.append(bench_one(export, manifest, "onnxruntime", settings))
+    for row in group:
+        eager = " eager" if row["backend"] == "torch" else ""
+        row.update(baseline=True, label=f"{variant} {row['precision']} {row['backend']}{eager} (baseline) "
+                                        f"b{settings.batch}")
+    add_ratios(group[:1] + measured + group[1:], group[0]["label"])
+    return group
 
 
 def first_run_text(first_run: dict) -> str:
@@ -277,68 +328,3 @@ def add_ratios(results: list[dict], reference_label: str) -> None:
     for result in results:
         result[f"speedup_vs_{reference['backend']}"] = (
             reference["latency_ms"]["median"] / result["latency_ms"]["median"])
-
-
-def _torch_matrix(variants: list[str], precisions: list[str], batches: list[int], *, settings: bench.BenchSettings,
-                  log: Callable[[str], None], progress) -> list[dict]:
-    """PyTorch eager per variant and batch: fp32 on the CPU, fp16 on a CUDA GPU (the model comes from the fp32
-    ONNX Runtime build's manifest, through the compile cache)."""
-    from dataclasses import replace
-
-    from effedge.pipeline.compile import CompileConfig, compile_model
-
-    import torch
-
-    device_precision = "fp16" if torch.cuda.is_available() else "fp32"
-    if set(precisions) - {device_precision}:
-        raise EffedgeError(f"--backend torch benches PyTorch eager in {device_precision} on this machine "
-                           f"({'CUDA' if device_precision == 'fp16' else 'CPU'}); use --precisions {device_precision}"
-                           ", or --backend onnxruntime/tensorrt for the other precisions")
-    results = []
-    for variant in variants:
-        for batch in batches:
-            manifest = compile_model(CompileConfig(variant=variant, precision="fp32", batch=batch, nms="none",
-                                                   backend="onnxruntime"), log=log, progress=progress)
-            out = Path(manifest["compile"]["out_dir"])
-            log(f"benchmarking {variant} {device_precision} batch {batch} on torch")
-            results.append(bench_one(out / "model.sim.onnx", manifest, "torch", replace(settings, batch=batch)))
-    return results
-
-
-def bench_matrix(variants: list[str], precisions: list[str], batches: list[int], *, backend: str,
-                 settings: bench.BenchSettings, nms: str = "auto", baselines: bool = False,
-                 log: Callable[[str], None] = lambda message: None, progress=None) -> list[dict]:
-    """Compile what is missing (through the compile cache), then bench every combination; with
-    ``baselines``, also PyTorch eager and ONNX Runtime fp32 of each variant, and speedups against eager."""
-    from dataclasses import replace
-
-    from effedge.pipeline.compile import CompileConfig, choose_backend, compile_model
-
-    if backend == "torch":
-        return _torch_matrix(variants, precisions, batches, settings=settings, log=log, progress=progress)
-    chosen = choose_backend(backend).name
-    results = []
-    for variant in variants:
-        for batch in batches:
-            run_settings = replace(settings, batch=batch)
-            fp32_dir = None
-            for precision in precisions:
-                manifest = compile_model(CompileConfig(variant=variant, precision=precision, batch=batch, nms=nms,
-                                                       backend=chosen), log=log, progress=progress)
-                out = Path(manifest["compile"]["out_dir"])
-                fp32_dir = fp32_dir or out
-                log(f"benchmarking {variant} {precision} batch {batch} on {chosen}")
-                results.append(bench_one(out / manifest["compile"]["deployable"], manifest, chosen, run_settings))
-            if baselines:
-                manifest = read_manifest(fp32_dir)
-                group = []
-                log(f"baselines for {variant} batch {batch}: PyTorch eager, ONNX Runtime fp32")
-                group.append(bench_one(fp32_dir / "model.sim.onnx", manifest, "torch", run_settings,
-                                       label=f"{variant} torch eager b{batch}"))
-                if not (chosen == "onnxruntime" and "fp32" in precisions):  # else that row is the baseline
-                    group.append(bench_one(fp32_dir / "model.sim.onnx", manifest, "onnxruntime", run_settings,
-                                           label=f"{variant} fp32 onnxruntime (baseline) b{batch}"))
-                start = len(results) - len(precisions)
-                add_ratios(group + results[start:], group[0]["label"])
-                results.extend(group)
-    return results

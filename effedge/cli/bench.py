@@ -26,7 +26,7 @@ from effedge.cli.options import (FiniteFloatRange, ImageFolder, IntList, MAX_BAT
 @click.option("--duration", type=FiniteFloatRange(0, 3600), default=3.0, show_default=True, help="Minimum measured seconds.")
 @click.option("--iterations", type=click.IntRange(1, 10_000_000), default=20, show_default=True, help="Minimum measured iterations.")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay a captured CUDA graph (default off).")
-@click.option("--no-transfers", is_flag=True, help="TensorRT: leave H2D/D2H copies out of the loop (default in).")
+@click.option("--no-transfers", is_flag=True, help="GPU backends: leave H2D/D2H copies out of the loop (default in).")
 @click.option("--end-to-end", "images_dir", type=ImageFolder(), help="Folder of images: time decode + letterbox + "
               "inference + decode/NMS, per stage.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
@@ -40,7 +40,8 @@ def bench_command(target, backend, variants, precisions, batches, nms, baselines
 
     \b
     Defaults: 1 s warm-up, then at least 20 iterations and 3 s; latency is host wall time
-    per inference (TensorRT adds CUDA-event H2D/compute/D2H and enqueue time).
+    per inference (TensorRT adds CUDA-event H2D/compute/D2H and enqueue time, torch on CUDA
+    H2D/compute/D2H).
     \b
     Examples:
       effedge bench runs/d0-int8-onnxruntime-1a2b3c4d --baselines
@@ -51,8 +52,9 @@ def bench_command(target, backend, variants, precisions, batches, nms, baselines
     from pathlib import Path
 
     from effedge.bench import harness as bench
-    from effedge.bench.report import plot, rows, to_csv, to_markdown
-    from effedge.bench.targets import add_ratios, auto_backend, bench_matrix, bench_one, first_run_text, resolve_target
+    from effedge.bench.report import columns, plot, rows, to_csv, to_markdown
+    from effedge.bench.targets import auto_backend, bench_baselines, bench_one, first_run_text, resolve_target
+    from effedge.pipeline import bench_matrix
     from effedge.quantize.images import find_images
 
     settings = bench.BenchSettings(warmup_s=warmup, min_iterations=iterations, min_duration_s=duration,
@@ -75,14 +77,7 @@ def bench_command(target, backend, variants, precisions, batches, nms, baselines
             if baselines:
                 if not manifest:
                     raise click.UsageError("--baselines needs the build.json next to the target")
-                reference = bench_one(path, manifest, "torch", run, label=f"{manifest['variant']} torch eager b{batch}")
-                source = path.parent / "model.sim.onnx"
-                group = [reference, results[-1]]
-                if chosen != "onnxruntime" or path.name != source.name:
-                    group.append(bench_one(source, manifest, "onnxruntime", run,
-                                           label=f"{manifest['variant']} fp32 onnxruntime (baseline) b{batch}"))
-                add_ratios(group, reference["label"])
-                results.extend(group[:1] + group[2:])
+                results.extend(bench_baselines(results[-1:], path.parent / "model.sim.onnx", manifest, run))
     else:
         raise click.UsageError("give a TARGET (engine, ONNX file, build directory) or --variants")
     if csv_path:
@@ -95,9 +90,7 @@ def bench_command(target, backend, variants, precisions, batches, nms, baselines
     if markdown:
         click.echo(to_markdown(results))
     else:
-        from effedge.bench.report import COLUMNS
-
-        table("effedge bench", COLUMNS, rows(results))
+        table("effedge bench", columns(results), rows(results))
     for result in results:
         for note in result["warnings"]:
             click.echo(f"warning ({result['label']}): {note}", err=True)

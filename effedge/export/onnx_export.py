@@ -88,8 +88,9 @@ def deployable(model, input_format: str):
             self.register_buffer("inv_std", 1 / (torch.tensor(STD).view(1, 3, 1, 1) * 255))
 
         def forward(self, images):
-            # Cast first: TensorRT's Transpose (and most layers) take no UInt8 input.
-            return (images.float().permute(0, 3, 1, 2) - self.mean) * self.inv_std
+            # Cast first: TensorRT's Transpose (and most layers) take no UInt8 input. Cast to the weights' dtype
+            # (float32 in the export; fp16 when PyTorch runs the module in half), so the model gets its own dtype.
+            return (images.to(self.mean.dtype).permute(0, 3, 1, 2) - self.mean) * self.inv_std
 
     class Classifier(nn.Module):
         def __init__(self):

@@ -47,13 +47,22 @@ class TorchRunner(Runner):
     def output_info(self) -> list[TensorInfo]:
         return [TensorInfo(name, (), np.dtype(np.float32)) for name in self.names]
 
-    def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch = self.torch
-        name = self.inputs[0].name
-        images = torch.from_numpy(np.ascontiguousarray(feed[name])).to(self.device)
-        if self.half and images.dtype == torch.float32:
-            images = images.half()
-        with torch.inference_mode():
+    def to_device(self, array: np.ndarray):
+        """The input as a tensor on the runner's device; floating point in the weights' dtype (integer images
+        stay integer: the module's normalization casts them)."""
+        images = self.torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+        if images.is_floating_point():
+            images = images.to(next(self.module.parameters()).dtype)
+        return images
+
+    def forward(self, images) -> tuple:
+        """The module on a device tensor (asynchronous on CUDA); the outputs stay on the device."""
+        with self.torch.inference_mode():
             outputs = self.module(images)
-        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return outputs if isinstance(outputs, tuple) else (outputs,)
+
+    def to_host(self, outputs: tuple) -> dict[str, np.ndarray]:
         return {name: t.float().cpu().numpy() for name, t in zip(self.names, outputs)}
+
+    def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.to_host(self.forward(self.to_device(feed[self.inputs[0].name])))
