@@ -21,16 +21,23 @@ SIZE = 256  # model input (square)
 WHITE = float(min((1 - m) / s for m, s in zip(MEAN, STD)))  # a white pixel, normalized, its lowest channel
 
 
-def white_box_detector(path, batch="batch", size=SIZE):
-    """An ONNX 'detector' (NCHW float input, normalized) whose one candidate per image is the box around its white
-    pixels (x1, y1, x2, y2 in model pixels, pixel edges), score 1 where there are any, class 0."""
+def white_box_detector(path, batch="batch", size=SIZE, input_format="float"):
+    """An ONNX 'detector' whose one candidate per image is the box around its white pixels (x1, y1, x2, y2 in model
+    pixels, pixel edges), score 1 where there are any, class 0. Input as effedge compiles it: NCHW float normalized,
+    or NHWC uint8 (``input_format="uint8"``)."""
     def const(name, array):
         return numpy_helper.from_array(np.asarray(array, np.float32), name)
 
     ramp_up = np.arange(1, size + 1, dtype=np.float32)  # index + 1: the max gives the far edge
     ramp_down = size - np.arange(size, dtype=np.float32)  # size − index: size − max gives the near edge
-    nodes = [
-        helper.make_node("ReduceMin", ["images"], ["darkest"], axes=[1], keepdims=0),  # [B, H, W]
+    if input_format == "uint8":
+        nodes = [helper.make_node("Cast", ["images"], ["pixels"], to=TensorProto.FLOAT),
+                 helper.make_node("ReduceMin", ["pixels"], ["darkest"], axes=[3], keepdims=0)]  # [B, H, W]
+        half_white, shape, dtype = 127.5, [batch, size, size, 3], TensorProto.UINT8
+    else:
+        nodes = [helper.make_node("ReduceMin", ["images"], ["darkest"], axes=[1], keepdims=0)]
+        half_white, shape, dtype = WHITE / 2, [batch, 3, size, size], TensorProto.FLOAT
+    nodes += [
         helper.make_node("Greater", ["darkest", "half_white"], ["is_white"]),
         helper.make_node("Cast", ["is_white"], ["mask"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMax", ["mask"], ["columns"], axes=[1], keepdims=0),  # [B, W]
@@ -50,11 +57,11 @@ def white_box_detector(path, batch="batch", size=SIZE):
         helper.make_node("ReduceMax", ["columns"], ["found"], axes=[1], keepdims=1),  # [B, 1]
         helper.make_node("Unsqueeze", ["found", "axis2"], ["scores"]),  # [B, 1, 1]
     ]
-    initializers = [const("half_white", WHITE / 2), const("ramp_up", ramp_up), const("ramp_down", ramp_down),
+    initializers = [const("half_white", half_white), const("ramp_up", ramp_up), const("ramp_down", ramp_down),
                     const("size", size), numpy_helper.from_array(np.array([1], np.int64), "axis1"),
                     numpy_helper.from_array(np.array([2], np.int64), "axis2")]
     graph = helper.make_graph(
-        nodes, "white-box", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, size, size])],
+        nodes, "white-box", [helper.make_tensor_value_info("images", dtype, shape)],
         [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [batch, 1, 4]),
          helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, 1, 1])], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -186,6 +193,35 @@ def test_a_static_batch_is_fed_whole_chunks_each_image_its_own_boxes(tmp_path):
     assert_own_boxes(results, boxes)
 
 
+def test_uint8_models_take_the_canvas_as_nhwc_pixels(tmp_path):
+    model = white_box_detector(tmp_path / "u8.onnx", input_format="uint8")
+    images, boxes = shifted_scenes(3)
+    with Detector(model) as detector:
+        assert detector.format == "uint8"
+        assert_own_boxes(detector(images), boxes)
+
+
+def test_nms_tails_give_each_image_its_own_rows(tmp_path):
+    """Batch 2 through both tails: image 1's detections are its own rows, not image 0's."""
+    from test_runtime import constant_detector
+
+    efficient = constant_detector(tmp_path / "e.onnx", {
+        "num_detections": np.array([[1], [2]], np.int32),
+        "detection_boxes": np.array([[[0, 0, 8, 8], [0, 0, 0, 0]], [[8, 8, 24, 24], [30, 30, 40, 40]]], np.float32),
+        "detection_scores": np.array([[0.9, 0.0], [0.8, 0.7]], np.float32),
+        "detection_classes": np.array([[1, 0], [2, 3]], np.int32)}, batch=2)
+    onnx_nms = constant_detector(tmp_path / "o.onnx", {
+        "selected_indices": np.array([[0, 1, 4], [1, 2, 7], [1, 3, 9]], np.int64),
+        "detection_boxes": np.array([[0, 0, 8, 8], [8, 8, 24, 24], [30, 30, 40, 40]], np.float32),
+        "detection_scores": np.array([0.9, 0.8, 0.7], np.float32)}, batch=2)
+    blank = np.zeros((64, 64, 3), np.uint8)
+    for model in (efficient, onnx_nms):
+        with Detector(model) as detector:
+            first, second = detector([blank, blank])
+        assert first.classes.tolist() == [1] and second.classes.tolist() == [2, 3], model.name
+        np.testing.assert_allclose(second.boxes, [[8, 8, 24, 24], [30, 30, 40, 40]])
+
+
 @pytest.fixture
 def cudart(monkeypatch):
     return FakeCudaRuntime().install(monkeypatch)
@@ -247,14 +283,20 @@ def test_a_dynamic_engine_gets_chunks_within_its_profile(trt_fake, cudart, tmp_p
 # --- NMS: per class, the pre-NMS top-k keeps the best, the Detector's NumPy path --------------------------------
 
 
-def test_nms_suppresses_within_a_class_only():
-    boxes = np.array([[10, 10, 50, 50], [12, 12, 52, 52], [11, 11, 51, 51]], np.float32)  # all overlap
-    scores = np.array([[0.9, 0.0], [0.8, 0.0], [0.0, 0.7]], np.float32)  # 0, 1: class 0; 2: class 1
-    kept_boxes, kept_scores, kept_classes = select_detections(boxes, scores, score_threshold=0.3, iou_threshold=0.5,
-                                                              max_detections=10)
-    assert kept_classes.tolist() == [0, 1] and kept_scores.tolist() == pytest.approx([0.9, 0.7])
-    np.testing.assert_array_equal(kept_boxes, boxes[[0, 2]])
-    assert batched_nms(boxes, scores, score_threshold=0.3, iou_threshold=0.5).tolist() == [[0, 0], [1, 2]]
+OVERLAPPING = np.array([[10, 10, 50, 50], [12, 12, 52, 52], [11, 11, 51, 51]], np.float32)  # IoU > 0.8 pairwise
+TWO_CLASSES = np.array([[0.9, 0.0], [0.8, 0.0], [0.0, 0.7]], np.float32)  # boxes 0, 1: class 0; box 2: class 1
+
+
+def test_the_detector_s_nms_suppresses_within_a_class_only():
+    boxes, scores, classes = select_detections(OVERLAPPING, TWO_CLASSES, score_threshold=0.3, iou_threshold=0.5,
+                                               max_detections=10)
+    assert classes.tolist() == [0, 1] and scores.tolist() == pytest.approx([0.9, 0.7])
+    np.testing.assert_array_equal(boxes, OVERLAPPING[[0, 2]])
+
+
+def test_the_reference_nms_suppresses_within_a_class_only():
+    """batched_nms, the reference the ONNX NonMaxSuppression tail is tested against: rows (class, anchor)."""
+    assert batched_nms(OVERLAPPING, TWO_CLASSES, score_threshold=0.3, iou_threshold=0.5).tolist() == [[0, 0], [1, 2]]
 
 
 def test_pre_nms_top_keeps_the_best_candidates():
