@@ -102,3 +102,28 @@ def test_detect_on_a_4000x3000_photo_gives_boxes_in_its_pixels(models, tmp_path)
     truth = [{"bbox": box, "category_id": category + 1} for category, box in objects]
     found, missed, _ = tally(truth, boxes, classes, scale)  # false positives: the test above judges those
     assert (found, missed) == (len(objects), 0), (boxes, [(c, np.array(b) * scale) for c, b in objects])
+
+
+def test_eval_on_phone_size_photos_matches_the_small_images(models, tmp_path):
+    """The test set enlarged 12× (256 -> 3072 px JPEGs, annotations scaled): the same mAP as at 256 px."""
+    from effedge.evaluate.coco import EVAL_SCORE_THRESHOLD, evaluate
+
+    paths, annotations = models
+    coco, images = generated_images(annotations)
+    scale = 12
+    (tmp_path / "images").mkdir()
+    for record, image in zip(coco["images"], images):
+        record["file_name"] = image.stem + ".jpg"
+        record["width"], record["height"] = record["width"] * scale, record["height"] * scale
+        with Image.open(image) as small:
+            small.resize((record["width"], record["height"]), Image.BILINEAR).save(
+                tmp_path / "images" / record["file_name"], quality=92)
+    for annotation in coco["annotations"]:
+        annotation["bbox"] = [v * scale for v in annotation["bbox"]]
+        annotation["area"] *= scale * scale
+    (tmp_path / "instances.json").write_text(json.dumps(coco))
+    with Detector(paths["fp32"], score_threshold=EVAL_SCORE_THRESHOLD) as detector:
+        small = evaluate(detector, annotations.parent / "images", annotations)
+        large = evaluate(detector, tmp_path / "images", tmp_path / "instances.json")
+    assert small["AP50"] >= 0.9, small
+    assert large["AP50"] >= 0.9 and abs(large["mAP"] - small["mAP"]) <= 0.05, (small, large)
