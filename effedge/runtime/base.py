@@ -7,7 +7,7 @@ inside ``activate``, so importing this package needs only numpy.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -51,6 +51,13 @@ class Runner:
 
     def output_info(self) -> list[TensorInfo]:
         raise NotImplementedError
+
+    def batch_range(self) -> tuple[int, Optional[int]]:
+        """The smallest and largest batch the model's inputs take: a static batch is both; (1, None) where the
+        batch is dynamic and the backend knows no limit."""
+        fixed = {info.shape[0] for info in self.input_info()
+                 if info.shape and isinstance(info.shape[0], int) and info.shape[0] > 0}
+        return (min(fixed), min(fixed)) if fixed else (1, None)
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self.active:

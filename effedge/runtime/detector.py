@@ -25,6 +25,15 @@ EFFICIENTNMS_OUTPUTS = {"num_detections", "detection_boxes", "detection_scores",
 ONNX_NMS_OUTPUTS = {"selected_indices", "detection_boxes", "detection_scores"}
 
 Image = Union[str, Path, np.ndarray]
+DEFAULT_CHUNK = 8  # images per inference where the backend sets no batch limit (bounds the memory of long lists)
+
+
+@dataclass(frozen=True)
+class _BoxMapping:
+    """Model pixels -> the original image's: multiply by ``factor``, clip to ``size`` (H, W)."""
+
+    factor: float
+    size: tuple[int, int]
 
 
 @dataclass
@@ -90,7 +99,9 @@ class Detector:
         if not all(isinstance(d, int) and d > 0 for d in (height, width)):
             raise EffedgeError(f"{self.path.name}: the input size {shape} is not static")
         self.size = (height, width)
-        self.batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None  # None: dynamic
+        # Images go to the model in chunks the engine takes: exactly a static batch (padded), at most a dynamic
+        # engine's profile maximum (padded up to its minimum); DEFAULT_CHUNK where the backend sets no limit.
+        self.min_batch, self.max_batch = self.runner.batch_range()
         names = {o.name for o in self.runner.output_info()}
         if EFFICIENTNMS_OUTPUTS <= names:
             self.kind = "efficientnms"
@@ -117,36 +128,38 @@ class Detector:
     def __call__(self, images: Sequence[Image]) -> list[Detections]:
         if isinstance(images, (str, Path, np.ndarray)):
             raise EffedgeError("Detector takes a list of images (paths or HWC uint8 RGB arrays)")
-        prepared = [self._prepare(image) for image in images]
-        chunk = self.batch or len(prepared) or 1
+        images = list(images)
+        chunk = self.max_batch or DEFAULT_CHUNK
         results = []
-        for start in range(0, len(prepared), chunk):
-            group = prepared[start:start + chunk]
-            canvases = np.stack([canvas for canvas, _, _ in group])
-            if self.batch and len(group) < self.batch:  # a static batch: pad with blank canvases
-                canvases = np.concatenate([canvases, np.repeat(canvases[-1:], self.batch - len(group), 0)])
+        for start in range(0, len(images), chunk):
+            group = [self._prepare(image) for image in images[start:start + chunk]]
+            canvases = np.stack([canvas for canvas, _ in group])
+            if len(group) < self.min_batch:  # a static batch or a profile's minimum: pad with copies
+                canvases = np.concatenate([canvases, np.repeat(canvases[-1:], self.min_batch - len(group), 0)])
             outputs = self.runner.infer({self.input.name: to_model_input(canvases, self.format)})
-            for index, (_, scale, original) in enumerate(group):
-                results.append(self._detections(outputs, index, scale, original))
+            for index, (_, mapping) in enumerate(group):
+                results.append(self._detections(outputs, index, mapping))
         return results
 
-    def _prepare(self, image: Image):
+    def _prepare(self, image: Image) -> tuple[np.ndarray, _BoxMapping]:
+        reduction, size = 1, None
         if isinstance(image, (str, Path)):
-            from effedge.runtime.images import ImageDecodeError, load_rgb
+            from effedge.runtime.images import ImageDecodeError, decode_image
 
             if not Path(image).is_file():
                 raise EffedgeError(f"image {image} not found")
             try:
-                image = load_rgb(Path(image), self.size)
+                decoded = decode_image(Path(image), self.size)  # a large file is decoded reduced
             except ImageDecodeError as exc:
                 raise EffedgeError(f"cannot decode {image}: {exc}") from exc
+            image, reduction, size = decoded.pixels, decoded.reduction, decoded.size
         array = np.asarray(image)
         if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
             raise EffedgeError(f"images must be HWC uint8 RGB arrays, got {array.dtype} {array.shape}")
         canvas, scale = letterbox(array, *self.size)
-        return canvas, scale, array.shape[:2]
+        return canvas, _BoxMapping(reduction / scale, size or array.shape[:2])
 
-    def _detections(self, outputs: dict, index: int, scale: float, original: tuple[int, int]) -> Detections:
+    def _detections(self, outputs: dict, index: int, mapping: _BoxMapping) -> Detections:
         from effedge.runtime.nms import select_detections
 
         if self.kind == "raw":
@@ -165,8 +178,8 @@ class Detector:
         keep = scores >= self.score_threshold
         order = np.argsort(-scores[keep], kind="stable")[: self.max_detections]
         boxes, scores, classes = boxes[keep][order], scores[keep][order], classes[keep][order]
-        height, width = original
-        boxes = np.clip(boxes / scale, 0, [width, height, width, height]).astype(np.float32)
+        height, width = mapping.size
+        boxes = np.clip(boxes * mapping.factor, 0, [width, height, width, height]).astype(np.float32)
         return Detections(boxes, scores.astype(np.float32), classes.astype(np.int64))
 
 

@@ -3,6 +3,7 @@ orientation applied, every mode (grayscale, RGBA, palette, CMYK, 16-bit) convert
 while decoding. Needs Pillow."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,24 +16,48 @@ class ImageDecodeError(Exception):
     """One file that is not a usable image (the caller skips and counts it)."""
 
 
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded file: ``pixels`` (HWC uint8 RGB, reduced for a large file), the file's own ``size`` (H, W, after
+    EXIF orientation) and the ``reduction``: decoded pixel i covers the file's pixels [i·r, (i+1)·r), so a
+    coordinate in ``pixels`` times ``reduction`` is the same point in the file."""
+
+    pixels: np.ndarray
+    size: tuple[int, int]
+    reduction: int
+
+
 def load_rgb(path: Path, target: tuple[int, int] | None = None) -> np.ndarray:
     """Decode ``path`` to HWC uint8 RGB. With ``target`` (H, W), images far larger than it are reduced while
     decoding (JPEG draft mode, integer box reduction), so a 10000×10000 file needs little memory."""
+    return decode_image(path, target).pixels
+
+
+def decode_image(path: Path, target: tuple[int, int] | None = None) -> DecodedImage:
+    """:func:`load_rgb` that also says how the pixels relate to the file (its size, the reduction factor)."""
     from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as image:
             if image.width * image.height > MAX_PIXELS:
                 raise ImageDecodeError(f"{image.width}x{image.height} is larger than {MAX_PIXELS} pixels")
+            width, height = image.size
+            reduction = 1
             if target is not None and image.format == "JPEG":
-                image.draft("RGB", (2 * target[1], 2 * target[0]))  # decode at a reduced DCT scale
+                drafted = image.draft("RGB", (2 * target[1], 2 * target[0]))  # decode at a reduced DCT scale
+                if drafted is not None:  # (mode, the file's extent in decoded pixels)
+                    reduction = round(width / drafted[1][2])
             image.load()
-            image = ImageOps.exif_transpose(image)
+            upright = ImageOps.exif_transpose(image)
+            if upright.size != image.size:  # rotated by a quarter turn
+                width, height = height, width
+            image = upright
             if target is not None:
                 factor = min(image.width // (2 * target[1]), image.height // (2 * target[0]))
                 if factor >= 2:
                     image = image.reduce(factor)
-            return _to_rgb8(image)
+                    reduction *= factor
+            return DecodedImage(_to_rgb8(image), (height, width), reduction)
     except ImageDecodeError:
         raise
     except Exception as exc:  # PIL raises many types for unreadable, truncated or unsupported files

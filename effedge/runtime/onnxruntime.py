@@ -30,6 +30,78 @@ def ort_session(model_or_path, providers: Sequence[str] = ("CPUExecutionProvider
     return ort.InferenceSession(source, options, providers=list(providers), disabled_optimizers=list(ORT_QDQ_FP16_FIX))
 
 
+def check_no_tensorrt_plugins(model_path: Path) -> None:
+    """Refuse, in one line, a graph holding TensorRT plugin nodes (EfficientNMS_TRT, the ``efficientnms`` NMS
+    tail): ONNX Runtime would only say ``EfficientNMS_TRT(-1) is not a registered function/op``."""
+    plugins = sorted(set(tensorrt_plugin_ops(model_path)))
+    if not plugins:
+        return
+    from effedge.io import MANIFEST, read_manifest
+
+    manifest = read_manifest(model_path.parent) if (model_path.parent / MANIFEST).is_file() else {}
+    variant = manifest.get("variant", "<variant>")
+    if plugins == ["EfficientNMS_TRT"]:
+        raise EffedgeError(
+            f"{model_path.name} ends in the EfficientNMS_TRT tail (--nms efficientnms), which only full TensorRT "
+            "runs; ONNX Runtime runs the onnx tail (NonMaxSuppression, also TensorRT >= 8.5) or none (NMS in NumPy, "
+            f"every backend): re-export with `effedge export --variant {variant} --nms onnx` (or --nms none)")
+    raise EffedgeError(f"{model_path.name} holds TensorRT plugin nodes ({', '.join(plugins)}) that ONNX Runtime "
+                       "cannot run; run it as a TensorRT engine (effedge build) or export it without them")
+
+
+def tensorrt_plugin_ops(model_path: Path) -> list[str]:
+    """Op types of the top-level graph's TensorRT plugin nodes (domain ``trt.plugins`` or a ``_TRT`` op type),
+    read from the ONNX protobuf's wire format: the runtime side has ONNX Runtime but not the onnx package."""
+    ops = []
+    try:
+        for number, graph in _message_fields(memoryview(Path(model_path).read_bytes())):
+            if number != 7:  # ModelProto.graph
+                continue
+            for field, node in _message_fields(graph):
+                if field != 1:  # GraphProto.node
+                    continue
+                strings = {k: bytes(v).decode("utf-8", "replace") for k, v in _message_fields(node) if k in (4, 7)}
+                op_type, domain = strings.get(4, ""), strings.get(7, "")  # NodeProto.op_type, NodeProto.domain
+                if domain == "trt.plugins" or op_type.endswith("_TRT"):
+                    ops.append(op_type)
+    except (IndexError, ValueError, TypeError):  # not a protobuf this reader follows: ONNX Runtime will say why
+        return []
+    return ops
+
+
+def _message_fields(buffer: memoryview):
+    """(field number, bytes) of each length-delimited field of one protobuf message; other wire types skipped."""
+    position = 0
+    while position < len(buffer):
+        key, position = _varint(buffer, position)
+        wire = key & 7
+        if wire == 0:
+            _, position = _varint(buffer, position)
+        elif wire == 1:
+            position += 8
+        elif wire == 5:
+            position += 4
+        elif wire == 2:
+            length, position = _varint(buffer, position)
+            if position + length > len(buffer):
+                raise ValueError("truncated field")
+            yield key >> 3, buffer[position:position + length]
+            position += length
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+
+
+def _varint(buffer: memoryview, position: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buffer[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
+
+
 class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
 
@@ -49,6 +121,8 @@ class OnnxRuntimeRunner(Runner):
         if self.threads:
             options.intra_op_num_threads = self.threads
         options.log_severity_level = 3
+        if "TensorrtExecutionProvider" not in self.providers:  # that provider runs TensorRT plugins itself
+            check_no_tensorrt_plugins(self.model_path)
         try:
             self.session = ort.InferenceSession(str(self.model_path), options, providers=self.providers,
                                                 disabled_optimizers=self.disabled_optimizers or None)

@@ -278,6 +278,14 @@ class TensorRTRunner(Runner):
         return [TensorInfo(n, tuple(self.engine.get_tensor_shape(n)), t.dtype)
                 for n, t in self.tensors.items() if not t.is_input]
 
+    def batch_range(self) -> tuple[int, Optional[int]]:
+        """A dynamic batch spans the optimization profile the runner uses (profile 0)."""
+        dynamic = [name for name, t in self.tensors.items() if t.is_input and t.declared_shape[0] == -1]
+        if not dynamic:
+            return super().batch_range()
+        return (max(self.engine.get_tensor_profile_shape(name, 0)[0][0] for name in dynamic),
+                min(t.max_shape[0] for t in self.tensors.values() if t.is_input))
+
     def check_inputs(self, feed: Mapping[str, np.ndarray]) -> None:
         super().check_inputs(feed)
         for name, array in feed.items():
