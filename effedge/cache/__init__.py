@@ -7,8 +7,8 @@ effedge makes, only inside the cache root (symlinks are removed, never followed)
 whole: it is first renamed aside (atomic, same folder), then deleted, so a concurrent run finds it or not,
 never half of it.
 """
-from effedge.cache.entries import (KINDS, MAX_DURATION_S, CleanReport, Entry, Kind, Listing, build_folders, cache_source, clean,
-                                   list_cache, mark_used, parse_duration, usage)
+from effedge.cache.entries import (KINDS, MAX_DURATION_S, CleanReport, Entry, Kind, Listing, build_folders,
+                                   cache_source, clean, list_cache, mark_used, parse_duration, usage)
 
-__all__ = ["KINDS", "MAX_DURATION_S", "CleanReport", "Entry", "Kind", "Listing", "build_folders", "cache_source", "clean",
-           "list_cache", "mark_used", "parse_duration", "usage"]
+__all__ = ["KINDS", "MAX_DURATION_S", "CleanReport", "Entry", "Kind", "Listing", "build_folders", "cache_source",
+           "clean", "list_cache", "mark_used", "parse_duration", "usage"]
