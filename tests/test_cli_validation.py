@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from effedge.cli import cli
+from effedge.cli import cache as cli_cache
 from effedge.cli import options as cli_options
 
 HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt_rtx", "modelopt", "effedge.pipeline", "effedge.export",
@@ -41,12 +42,14 @@ def leaf_commands(group: click.Group = cli, path: tuple[str, ...] = ()):
             yield (*path, name), command
 
 
-NUMERIC_TYPES = (click.types._NumberParamTypeBase, cli_options.IntList, cli_options.DynamicBatch)
+NUMERIC_TYPES = (click.types._NumberParamTypeBase, cli_options.IntList, cli_options.DynamicBatch, cli_cache.Duration)
 
 
 def out_of_range_values(param: click.Parameter) -> list[str]:
     """Values just outside ``param``'s range (both ends where it has them); [] when it has no range."""
     kind = param.type
+    if isinstance(kind, cli_cache.Duration):  # more than 0, at most kind.max seconds
+        return ["0s", "-1d", f"{kind.max // 86400 + 1}d"]
     if isinstance(kind, (cli_options.IntList, cli_options.DynamicBatch)):
         low, high = kind.min, kind.max
         values = []

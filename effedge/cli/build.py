@@ -211,9 +211,9 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
         print_json(manifest)
         return
     info = manifest["compile"]
-    state = "cache hit" if info["cache_hit"] else f"built in {info['total_seconds']:.1f} s"
+    state = f"cache hit, reused {info['out_dir']}" if info["cache_hit"] else f"built in {info['total_seconds']:.1f} s"
     click.echo(f"{manifest['variant']} {manifest['precision']} on {manifest['backend']} (nms {manifest['nms']}): "
-               f"{state}\n  deployable: {info['deployable']}")
+               f"{state}\n  deployable: {info['out_dir']}/{info['deployable']}")
 
 
 @cli.command("build")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from effedge.cli.cache import size_text
 from effedge.cli.main import cli
 from effedge.cli.options import print_json
 
@@ -28,3 +29,7 @@ def doctor(as_json: bool) -> None:
         status = "available" if backend["available"] else "unavailable"
         click.echo(f"{backend['name']:12s} {status:12s} precisions: {', '.join(backend['precisions']) or '-'}"
                    + (f" — {backend['reason']}" if backend["reason"] else ""))
+    cache, runs = report["cache"], report["runs"]
+    click.echo(f"cache: {cache['root']} (from {cache['from']}): {size_text(cache['bytes'])} in {cache['entries']} "
+               "entries (effedge cache list / clean)")
+    click.echo(f"build folders in {runs['dir']}: {size_text(runs['bytes'])} ({runs['builds']} folders)")

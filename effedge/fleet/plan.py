@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional, Union
 
+from effedge.cache import mark_used
 from effedge.io import write_json
 from effedge.bench.harness import BenchSettings, settings_dict
 from effedge.fleet.spec import DeviceSpec, SweepSpec
@@ -112,9 +113,11 @@ class FleetCache:
 
     def _read(self, path: Path) -> Optional[dict]:
         try:
-            return json.loads(path.read_text())
+            data = json.loads(path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):  # absent, or damaged by hand: recomputed
             return None
+        mark_used(path)
+        return data
 
     def artefact(self, host_key: str) -> Optional[dict]:
         return self._read(self.root / "host" / f"{host_key}.json")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+from effedge.cache import mark_used
 from effedge.io import atomic_write, sha256_file, write_json
 from effedge.quantize.calibrators import DEFAULT_METHOD
 from effedge.errors import BackendUnavailable, EffedgeError
@@ -115,6 +117,26 @@ def cache_key(config: CompileConfig, backend: BackendChoice, nms: str, calib_has
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def build_folder_name(config: CompileConfig, spec: ModelSpec, backend: str, nms: str, key: str) -> str:
+    """``runs/`` folder name: variant, precision, backend, then whatever differs from the variant's defaults
+    (input size, batch, NMS tail, uint8 input, weights), then the key, so folders that differ say how."""
+    parts = [spec.name]
+    if config.image_size and config.image_size != spec.resolution:
+        parts.append(f"{config.image_size}px")
+    parts += [config.precision, backend]
+    if config.dynamic_batch:
+        parts.append(f"b{config.dynamic_batch[0]}to{config.dynamic_batch[2]}")
+    elif config.batch != 1:
+        parts.append(f"b{config.batch}")
+    if nms != resolve_nms("auto", backend, isinstance(spec, EfficientDetSpec)):
+        parts.append(f"nms-{nms}")
+    if config.input_format != "float":
+        parts.append(config.input_format)
+    if config.weights:
+        parts.append(re.sub(r"[^A-Za-z0-9_.]+", "_", Path(config.weights).stem)[:24])
+    return "-".join([*parts, key[:8]])
+
+
 def _is_complete(out: Path, key: str) -> bool:
     try:
         manifest = read_manifest(out)
@@ -163,12 +185,13 @@ def compile_model(config: CompileConfig, out_dir: Optional[Union[str, Path]] = N
         if config.opset and caps.max_onnx_opset and config.opset > caps.max_onnx_opset:
             raise EffedgeError(f"--opset {config.opset}: {caps.name} parses ONNX up to opset {caps.max_onnx_opset}")
     key = cache_key(config, backend, nms, calib_hash, spec)
-    out = Path(out_dir) if out_dir else Path("runs") / f"{spec.name}-{config.precision}-{backend.name}-{key[:8]}"
+    out = Path(out_dir) if out_dir else Path("runs") / build_folder_name(config, spec, backend.name, nms, key)
     start = time.perf_counter()
     if not force and _is_complete(out, key):
         manifest = read_manifest(out)
         manifest["compile"].update(cache_hit=True, out_dir=str(out))
-        log(f"cache hit: {out} is up to date ({time.perf_counter() - start:.1f} s)")
+        mark_used(out)
+        log(f"cache hit: reused {out}, up to date ({time.perf_counter() - start:.1f} s; --force rebuilds)")
         return manifest
 
     created = not out.exists()

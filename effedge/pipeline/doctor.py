@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 from effedge.errors import EffedgeError
 from effedge.provenance import tool_versions
@@ -11,7 +12,9 @@ def _missing(*modules: str) -> list[str]:
     return [m for m in modules if importlib.util.find_spec(m) is None]
 
 
-def diagnose() -> dict:
+def diagnose(runs: Path = Path("runs")) -> dict:
+    """The report; also where the cache is and how much it and the build folders in ``runs`` hold."""
+    from effedge.cache import usage
     from effedge.runtime import cuda
     from effedge.runtime.tensorrt import import_tensorrt
     from effedge.errors import BackendUnavailable, EffedgeError
@@ -58,6 +61,7 @@ def diagnose() -> dict:
         "backends": backends,
         "workstation_stages": {"export": not workstation, "quantize": not workstation and not quantizer},
         "missing": {"workstation": workstation, "quantizer": quantizer},
+        **usage(runs=runs),  # "cache": root, from, bytes, entries; "runs": dir, bytes, builds
     }
 
 

@@ -106,6 +106,7 @@ def candidate_costs(spec: ModelSpec, precision: str, cache_dir=None) -> list[Lay
 
     from effedge.export.onnx_export import deployable, example_input, output_names, torch_export
     from effedge.models import build_model
+    from effedge.cache import mark_used
     from effedge.io import cache_root
     from effedge.export.simplify import simplify_model
 
@@ -115,6 +116,7 @@ def candidate_costs(spec: ModelSpec, precision: str, cache_dir=None) -> list[Lay
     path = (cache_dir or cache_root() / "costs") / f"{spec.name}-{key}.json"
     if path.is_file():
         pair = [[LayerCost(*row) for row in rows] for rows in json.loads(path.read_text())]
+        mark_used(path)
     else:
         pair = []
         for size in sizes:

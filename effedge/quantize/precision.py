@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from effedge.cache import mark_used
 from effedge.io import atomic_write, cache_root, private_tempdir, sha256_file, write_json
 from effedge.quantize.images import DEFAULT_CALIB_DIR, ImageSet
 from effedge.quantize.calibrators import ALGORITHM_VERSION, CALIB_METHODS, DEFAULT_METHOD, RangeCollector
@@ -137,7 +138,9 @@ def place_qdq(source: Path, model_hash: str, inputs: ModelInput, opset: Optional
     cached = cache_root() / "placement" / f"{key}.onnx"
     if cached.is_file():
         try:
-            return onnx.load(str(cached)), True
+            model = onnx.load(str(cached))
+            mark_used(cached)
+            return model, True
         except Exception as exc:  # a truncated or foreign file: recompute it
             log(f"warning: ignoring the unreadable cached Q/DQ placement {cached} ({str(exc).splitlines()[0]})")
     _, quantize = _modelopt()
@@ -229,6 +232,7 @@ def read_calibration_cache(path: Path, tensors: list[str], log) -> Optional[dict
         if set(cached["amax"]) != set(tensors) or not isinstance(cached["images"], int) \
                 or not all(isinstance(s, list) for s in cached["skipped"]):
             raise ValueError("its contents do not match the graph")
+        mark_used(path)
         return cached
     except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
         log(f"warning: recalibrating: the cached ranges {path} are unusable ({exc})")
