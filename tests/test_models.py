@@ -5,7 +5,7 @@ import torch
 from effedge import build_model
 from effedge.arch.anchors import anchors_for
 from effedge.errors import VariantError
-from effedge.models.bifpn import bifpn_nodes
+from effedge.arch.topology import bifpn_nodes
 from effedge.models.layers import resolve_padding
 from effedge.arch.scaling import resolve
 

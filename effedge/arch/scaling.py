@@ -168,6 +168,8 @@ class EfficientDetSpec:
 
 ModelSpec = Union[EfficientNetSpec, EfficientDetSpec]
 
+DEFAULT_NUM_CLASSES = {"efficientnet": 1000, "efficientdet": 90}  # per family: ImageNet, COCO
+
 # name: (width, depth, resolution, dropout) — Tan & Le 2019, Table/appendix as in the reference ports.
 _EFFICIENTNET_TABLE = {
     "b0": (1.0, 1.0, 224, 0.2),

@@ -3,21 +3,14 @@ from __future__ import annotations
 
 from typing import Any, Union
 
+from effedge.arch.complexity import analytic_complexity
 from effedge.arch.scaling import NAMED_VARIANTS, EfficientDetSpec, EfficientNetSpec, ModelSpec, resolve
 
 
-def _complexity(spec: ModelSpec) -> tuple[int | None, int | None]:
-    try:
-        from effedge.models import complexity
-    except ImportError:  # runtime-only install (no torch): the table still lists the architecture
-        return None, None
-    return complexity(spec)
-
-
-def summary(spec: ModelSpec, *, with_complexity: bool = True) -> dict[str, Any]:
+def summary(spec: ModelSpec) -> dict[str, Any]:
     """One row of ``effedge models``: scaling figures, params and MACs (multiply-adds, one image)."""
     backbone = spec.backbone if isinstance(spec, EfficientDetSpec) else spec
-    params, macs = _complexity(spec) if with_complexity else (None, None)
+    params, macs = analytic_complexity(spec)
     row: dict[str, Any] = {
         "variant": spec.name,
         "family": spec.family,
@@ -40,8 +33,8 @@ def summary(spec: ModelSpec, *, with_complexity: bool = True) -> dict[str, Any]:
     return row
 
 
-def model_table(*, with_complexity: bool = True) -> list[dict[str, Any]]:
-    return [summary(spec, with_complexity=with_complexity) for spec in NAMED_VARIANTS.values()]
+def model_table() -> list[dict[str, Any]]:
+    return [summary(spec) for spec in NAMED_VARIANTS.values()]
 
 
 def _backbone_arch(spec: EfficientNetSpec, image_size: int) -> dict[str, Any]:

@@ -11,27 +11,11 @@ from effedge.models.checkpoint import KNOWN_CHECKPOINTS, Weights, load_weights
 from effedge.models.efficientdet import EfficientDet
 from effedge.models.efficientnet import EfficientNet
 from effedge.models.layers import PAD_MODES
-from effedge.arch.scaling import EfficientDetSpec, ModelSpec, resolve
+from effedge.arch.scaling import DEFAULT_NUM_CLASSES, EfficientDetSpec, ModelSpec, resolve
+from effedge.arch.topology import input_size_for
 
 __all__ = ["build_model", "EfficientDet", "EfficientNet", "input_size_for", "count_params", "count_macs",
            "complexity"]
-
-
-def input_size_for(spec: ModelSpec, image_size: Union[int, tuple[int, int], None] = None) -> tuple[int, int]:
-    """The (H, W) a model is built for; detectors need a multiple of their largest stride."""
-    if image_size is None:
-        return spec.resolution, spec.resolution
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if len(size) != 2 or any(not isinstance(s, int) or s <= 0 for s in size):
-        raise VariantError(f"input size {image_size!r} is not a positive integer or (height, width) pair")
-    if isinstance(spec, EfficientDetSpec):
-        stride = spec.largest_stride
-        if any(s % stride for s in size):
-            near = sorted({max(stride, s // stride * stride) for s in size} | {(s // stride + 1) * stride
-                                                                                for s in size})
-            raise VariantError(f"input size {size[0]}x{size[1]} is not a multiple of {stride}, the largest "
-                               f"feature stride of {spec.name}; use e.g. {' or '.join(map(str, near[:2]))}")
-    return size
 
 
 def build_model(variant: Union[str, float, ModelSpec], *, weights: Weights | None = None,
@@ -57,13 +41,14 @@ def build_model(variant: Union[str, float, ModelSpec], *, weights: Weights | Non
     if pad not in PAD_MODES:
         raise VariantError(f"unknown padding {pad!r}; use one of {', '.join(PAD_MODES)}")
     size = input_size_for(spec, image_size)
+    classes = num_classes or DEFAULT_NUM_CLASSES[spec.family]
     # Without weights the initialisation is seeded, so every backend rebuilding this model gets the same one.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         if isinstance(spec, EfficientDetSpec):
-            model = EfficientDet(spec, num_classes=num_classes or 90, image_size=size, padding=pad)
+            model = EfficientDet(spec, num_classes=classes, image_size=size, padding=pad)
         else:
-            model = EfficientNet(spec, num_classes=num_classes or 1000, image_size=size, padding=pad,
+            model = EfficientNet(spec, num_classes=classes, image_size=size, padding=pad,
                                  bn_eps=1e-3 if pad == "same" else 1e-5)
     if weights is not None:
         load_weights(model, weights, name=f"{spec.name} ({size[0]}x{size[1]}, pad={pad})")

@@ -1,8 +1,8 @@
 """BiFPN: the weighted bidirectional feature pyramid of EfficientDet.
 
-The topology is data (:func:`bifpn_nodes`): a top-down pass from the second-highest level to the lowest,
-then a bottom-up pass back to the highest, each node fusing the latest feature of its level with the
-neighbouring level (bottom-up nodes also take the level's original input). Each node resamples its inputs
+The topology is data (:func:`effedge.arch.topology.bifpn_nodes`): a top-down pass from the second-highest
+level to the lowest, then a bottom-up pass back to the highest, each node fusing the latest feature of its level
+with the neighbouring level (bottom-up nodes also take the level's original input). Each node resamples its inputs
 to its level (1×1 conv+BN where channels differ, −inf-padded 3×3/2 max-pool down, nearest ×2 up), fuses
 them (fast normalized weights relu(w)/(Σrelu(w)+1e-4), or a plain sum) and applies SiLU + separable conv + BN.
 """
@@ -15,25 +15,9 @@ from torch import nn
 
 from effedge.models.layers import ConvBn, MaxPool2d, PadMode, SeparableConv, Size
 from effedge.arch.scaling import Fusion
+from effedge.arch.topology import bifpn_nodes
 
 FUSION_EPS = 1e-4
-
-
-def bifpn_nodes(min_level: int, max_level: int) -> list[tuple[int, tuple[int, ...]]]:
-    """BiFPN nodes as (level, input offsets). Offsets index the list of features: the ``num_levels`` inputs
-    first (P_min..P_max), then each node's output in creation order."""
-    latest = {level: [level - min_level] for level in range(min_level, max_level + 1)}
-    nodes = []
-    next_id = max_level - min_level + 1
-    for level in range(max_level - 1, min_level - 1, -1):  # top-down
-        nodes.append((level, (latest[level][-1], latest[level + 1][-1])))
-        latest[level].append(next_id)
-        next_id += 1
-    for level in range(min_level + 1, max_level + 1):  # bottom-up
-        nodes.append((level, (*latest[level], latest[level - 1][-1])))
-        latest[level].append(next_id)
-        next_id += 1
-    return nodes
 
 
 class Resample(nn.Sequential):

@@ -14,17 +14,9 @@ from effedge.models.bifpn import BiFpn
 from effedge.models.efficientnet import EfficientNet
 from effedge.models.layers import PadMode, SeparableConv, Size
 from effedge.arch.scaling import EfficientDetSpec
+from effedge.arch.topology import pyramid_sizes
 
 HEAD_BN_EPS = 1e-3
-
-
-def pyramid_sizes(image_size: Size, max_level: int) -> dict[int, Size]:
-    """Feature-map size of every level 0..max_level (each level halves, rounding up)."""
-    sizes = {0: image_size}
-    for level in range(1, max_level + 1):
-        h, w = sizes[level - 1]
-        sizes[level] = ((h + 1) // 2, (w + 1) // 2)
-    return sizes
 
 
 class Head(nn.Module):

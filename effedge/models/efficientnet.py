@@ -25,6 +25,11 @@ class SqueezeExcite(nn.Module):
         return x * scale.sigmoid()
 
 
+def squeeze_excite(channels: int, reduced: int) -> nn.Module:
+    """Squeeze-excite of width ``reduced``; a width of 0 (an SE ratio of 0) means the block has none."""
+    return SqueezeExcite(channels, reduced) if reduced else nn.Identity()
+
+
 class BnAct(nn.BatchNorm2d):
     """BatchNorm followed by SiLU (checkpoint keys are the BatchNorm's)."""
 
@@ -41,7 +46,7 @@ class DepthwiseSeparable(nn.Module):
         self.conv_dw = Conv2d(in_ch, in_ch, kernel, stride=stride, groups=in_ch, padding=padding,
                               input_size=input_size)
         self.bn1 = BnAct(in_ch, eps=bn_eps)
-        self.se = SqueezeExcite(in_ch, round(in_ch * se_ratio))
+        self.se = squeeze_excite(in_ch, round(in_ch * se_ratio))
         self.conv_pw = Conv2d(in_ch, out_ch, 1, padding=padding, input_size=self.conv_dw.out_size)
         self.bn2 = nn.BatchNorm2d(out_ch, eps=bn_eps)
         self.has_skip = stride == 1 and in_ch == out_ch
@@ -64,7 +69,7 @@ class InvertedResidual(nn.Module):
         self.conv_dw = Conv2d(mid, mid, kernel, stride=stride, groups=mid, padding=padding, input_size=input_size)
         self.bn2 = BnAct(mid, eps=bn_eps)
         # Squeeze width is a fraction of the block's input channels, not of the expanded ones.
-        self.se = SqueezeExcite(mid, round(in_ch * se_ratio))
+        self.se = squeeze_excite(mid, round(in_ch * se_ratio))
         self.conv_pwl = Conv2d(mid, out_ch, 1, padding=padding, input_size=self.conv_dw.out_size)
         self.bn3 = nn.BatchNorm2d(out_ch, eps=bn_eps)
         self.has_skip = stride == 1 and in_ch == out_ch
