@@ -38,6 +38,7 @@ class Capabilities:
     dla: bool
     compute_capability_targets: bool  # IBuilderConfig.set_compute_capability: build ahead of time, no GPU
     runtime_cache: bool  # kernels compiled just in time, kept in an IRuntimeCache
+    int8_convolution: bool  # INT8 Q/DQ convolutions run as INT8 kernels (TensorRT-RTX 1.7: converted to fp32)
 
     @property
     def name(self) -> str:
@@ -65,9 +66,9 @@ def capabilities(backend: str, version: str) -> Capabilities:
         return Capabilities(**common, series="RTX 1.x", max_onnx_opset=None, explicit_batch_flag=False,
                             strongly_typed_flag=False, always_strongly_typed=True, precision_flags=False,
                             calibrators=False, plugins=False, nms_layer=False, timing_cache=False, dla=False,
-                            compute_capability_targets=True, runtime_cache=True)
+                            compute_capability_targets=True, runtime_cache=True, int8_convolution=False)
     full = dict(plugins=True, nms_layer=True, timing_cache=True, dla=True, compute_capability_targets=False,
-                runtime_cache=False)
+                runtime_cache=False, int8_convolution=True)
     if major == 8 and minor >= 5:
         return Capabilities(**common, **full, series="8.5/8.6", max_onnx_opset=17, explicit_batch_flag=True,
                             strongly_typed_flag=False, always_strongly_typed=False, precision_flags=True,
