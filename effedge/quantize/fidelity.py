@@ -125,4 +125,4 @@ def nonfinite_warning(report: dict, precision: str) -> str | None:
         return None
     counts = ", ".join(f"{name} {count}" for name, count in broken.items())
     return (f"{precision} gives non-finite values where fp32 is finite ({counts} on held-out images): the graph "
-            "overflows; use fp32, or mixed/fp16 with the overflowing layers in fp32")
+            "overflows; use --precision mixed (it keeps blocks out of int8 until the outputs are right) or fp32")

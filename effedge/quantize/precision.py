@@ -170,7 +170,7 @@ def place_qdq(source: Path, model_hash: str, inputs: ModelInput, opset: Optional
     dummy = (np.full(shape, 128, np.uint8) if inputs.format == "uint8" else np.zeros(shape, np.float32))
     with tempfile.TemporaryDirectory() as tmp:
         out, copy_of_source = Path(tmp) / "placed.onnx", Path(tmp) / "source.onnx"
-        shutil.copyfile(source, copy_of_source)  # ModelOpt rewrites the file it is given (e.g. its IR version)
+        shutil.copyfile(source, copy_of_source)  # ModelOpt writes inferred shapes into the file it is given
         quantize(str(copy_of_source), quantize_mode="int8", calibration_data={inputs.name: dummy},
                  calibration_method="max", calibration_eps=["cpu"], high_precision_dtype=high_precision,
                  output_path=str(out), log_level="CRITICAL")
@@ -326,7 +326,7 @@ def _mixed_search(int8_model, references, inputs: ModelInput, target: float, sco
         entry["kept_fp16"] = True
         chosen = with_fp16(kept)
         reached = min_sqnr(measure_fidelity(chosen, probe, inputs, score_threshold))
-        log(f"keeping {entry['group']} in fp16")
+        log(f"keeping {entry['group']} out of int8")
     return chosen, sensitivity, reached
 
 
@@ -406,7 +406,7 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
             log(f"warning: {note}")
         if options.precision == "mixed":
             clock = time.perf_counter()
-            log(f"mixed precision: searching for the blocks to keep in fp16 (target {options.fidelity_target} dB)")
+            log(f"mixed precision: searching for the blocks to keep out of int8 (target {options.fidelity_target} dB)")
             result, sensitivity, reached = _mixed_search(placed, references, inputs, options.fidelity_target,
                                                          options.score_threshold, log, progress)
             report["sensitivity"] = sensitivity
