@@ -47,3 +47,98 @@ def photo(size=(96, 64), seed=0) -> np.ndarray:
     yy, xx = np.mgrid[0:size[1], 0:size[0]]
     base = np.stack([xx * 255 / size[0], yy * 255 / size[1], (xx + yy) % 256], -1)
     return np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
+
+
+def tiny_model(batch: int, size: int = 32, seed: int = 0):
+    """Two convolutions with a static batch: enough graph for calibration, placement and fidelity, in seconds."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weights = [numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+               for name, shape in (("w1", (8, 3, 3, 3)), ("w2", (8, 8, 3, 3)))]
+    nodes = [helper.make_node("Conv", ["images", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["pool"], name="pool"),
+             helper.make_node("Flatten", ["pool"], ["features"], name="flatten")]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [batch, 8])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def overflowing_model(size: int = 32):
+    """A convolution whose reciprocal is finite in fp32 but not in int8 with fp16 around it: the conv output's
+    near-zero values become exact zeros or overflow fp16, so 1/x is infinite where fp32's is large but finite."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    identity = np.zeros((8, 8, 3, 3), np.float32)
+    identity[np.arange(8), np.arange(8), 1, 1] = 1
+    weights = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w1"),
+               numpy_helper.from_array(identity, "w2")]
+    nodes = [helper.make_node("Conv", ["images", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Conv", ["c1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+             helper.make_node("Reciprocal", ["c2"], ["inverse"], name="inverse")]
+    graph = helper.make_graph(
+        nodes, "overflow", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("inverse", TensorProto.FLOAT, [1, 8, size, size])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def fake_export(model):
+    """A stand-in for effedge.export.onnx_export.export that writes ``model`` as the export of any variant
+    (model.onnx, model.sim.onnx, build.json): compile's later stages then run on a graph of seconds."""
+    def export(variant, out_dir, **kwargs):
+        import json
+        from pathlib import Path
+
+        import onnx
+
+        from effedge.io import sha256_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("model.onnx", "model.sim.onnx"):
+            onnx.save(model, str(out / name))
+        manifest = {"effedge_manifest": 1, "variant": str(variant), "precision": "fp32",
+                    "artifacts": {name: {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
+                                  for name in ("model.onnx", "model.sim.onnx")}}
+        (out / "build.json").write_text(json.dumps(manifest))
+        return manifest
+    return export
+
+
+def check_hashes_name_their_files(build_dir) -> int:
+    """Every sha256 in ``build_dir``/build.json names its file (an ``artifacts`` key or a ``file`` beside it)
+    and equals that file's hash on disk; returns how many were checked."""
+    import json
+    from pathlib import Path
+
+    from effedge.io import sha256_file
+
+    build_dir = Path(build_dir)
+    checked = 0
+
+    def walk(node, key=None, parent_key=None):
+        nonlocal checked
+        if isinstance(node, dict):
+            if "sha256" in node:
+                name = key if parent_key == "artifacts" else node.get("file")
+                assert name, f"a sha256 in build.json names no file: {key}: {node}"
+                path = Path(name) if Path(name).is_absolute() else build_dir / name
+                assert sha256_file(path) == node["sha256"], f"build.json's sha256 for {name} ({key}) is another file's"
+                checked += 1
+            for child_key, child in node.items():
+                walk(child, child_key, key)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child, key, parent_key)
+
+    walk(json.loads((build_dir / "build.json").read_text()))
+    return checked

@@ -66,3 +66,56 @@ def test_identical_outputs_give_strict_json(tmp_path):
     with pytest.raises(ValueError):  # the writer refuses NaN/Infinity instead of writing invalid JSON
         write_json(tmp_path / "x.json", {"x": float("inf")})
     assert list(tmp_path.iterdir()) == []  # and leaves nothing behind
+
+
+def test_compile_key_changes_with_the_gpu_compute_capability():
+    """A full-TensorRT engine is tuned for the GPU it was built on: another compute capability is a miss."""
+    config = CompileConfig(variant="d0", precision="fp16")
+    keys = {pipeline.cache_key(config, BackendChoice("tensorrt", "t", "10.3.0", capability), "efficientnms", None)
+            for capability in ("8.7", "8.6")}
+    assert len(keys) == 2
+
+
+def test_compile_key_follows_the_weights_content_not_their_path(tmp_path):
+    first, second = tmp_path / "a.pth", tmp_path / "elsewhere.pth"
+    first.write_bytes(b"weights one")
+    second.write_bytes(b"weights one")
+    key = lambda path: _key(CompileConfig(variant="d0", weights=str(path)))  # noqa: E731
+    assert key(first) == key(second)  # the same file under another name: a hit
+    before = key(first)
+    first.write_bytes(b"weights two")  # same path, new weights: a miss
+    assert key(first) != before
+
+
+def _compile_key(monkeypatch, tmp_path, calib_dir) -> str:
+    """The key compile_model computes for an int8 build calibrated on ``calib_dir`` (the stages do not run)."""
+    seen = {}
+
+    def stop(config, backend, nms, key, *args):
+        seen["key"] = key
+        raise KeyboardInterrupt  # past the key: nothing more to see
+
+    monkeypatch.setattr(pipeline, "_run_stages", stop)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.compile_model(CompileConfig(variant="d0", precision="int8", backend="onnxruntime",
+                                             calib_dir=str(calib_dir)), tmp_path / "build")
+    return seen["key"]
+
+
+def test_compile_key_follows_the_calibration_images_content_not_their_folder(tmp_path, monkeypatch):
+    import shutil
+
+    from helpers import photo
+    from PIL import Image
+
+    first = tmp_path / "first"
+    first.mkdir()
+    for i in range(4):
+        Image.fromarray(photo(seed=i)).save(first / f"{i}.png")
+    copy = tmp_path / "other" / "folder"
+    shutil.copytree(first, copy)
+    key = _compile_key(monkeypatch, tmp_path, first)
+    assert _compile_key(monkeypatch, tmp_path, copy) == key  # the same photos elsewhere: a hit
+    for i in range(4):  # other photos under the same names in the same folder: a miss
+        Image.fromarray(photo(seed=50 + i)).save(copy / f"{i}.png")
+    assert _compile_key(monkeypatch, tmp_path, copy) != key

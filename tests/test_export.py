@@ -224,3 +224,20 @@ def test_cli_export_writes_the_build_directory(tmp_path):
     assert manifest["nms"] == "onnx"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build.json", "model.fp32.onnx", "model.onnx",
                                                           "model.sim.onnx"]
+
+
+def test_export_figures_describe_the_files_they_name(tmp_path):
+    """With an NMS tail, the printed node count and build.json's `graph.simplified` are model.sim.onnx's (tail-free),
+    `graph.tailed` is model.fp32.onnx's, and every hash is its file's."""
+    from helpers import check_hashes_name_their_files
+
+    result = effedge_cli("export", "--variant", "d0", "--imgsz", "128", "--nms", "onnx", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "build.json").read_text())
+    simplified = len(onnx.load(str(tmp_path / "model.sim.onnx")).graph.node)
+    tailed = len(onnx.load(str(tmp_path / "model.fp32.onnx")).graph.node)
+    assert tailed > simplified
+    assert manifest["graph"]["simplified"]["nodes"] == simplified and manifest["graph"]["tailed"]["nodes"] == tailed
+    assert f", {simplified} nodes," in result.stdout
+    assert "NonMaxSuppression" not in manifest["graph"]["simplified"]["ops"]
+    assert check_hashes_name_their_files(tmp_path) == 3

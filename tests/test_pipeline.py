@@ -2,8 +2,9 @@
 import json
 
 import numpy as np
+import onnx
 import pytest
-from helpers import effedge_cli
+from helpers import check_hashes_name_their_files, effedge_cli, fake_export, overflowing_model, photo, tiny_model
 from PIL import Image
 
 from effedge.runtime.onnxruntime import OnnxRuntimeRunner
@@ -69,6 +70,14 @@ def test_compile_int8_cli_on_cpu(tmp_path, private_cache):
     assert "built in" in first.stdout
     manifest = json.loads((out / "build.json").read_text())
     assert manifest["precisions"]["int8"]["qdq"]["convolutions_int8"] == 214
+    # every hash names its file and is that file's (the int8 graph's: after its NMS tail was appended)
+    assert check_hashes_name_their_files(out) >= 4
+    assert manifest["precisions"]["int8"]["nms_tail"] == "onnx"
+    graph = onnx.load(str(out / "model.int8.onnx")).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    int8_convs = sum(all(producers.get(i) == "DequantizeLinear" for i in n.input[:2])
+                     for n in graph.node if n.op_type == "Conv")
+    assert manifest["precisions"]["int8"]["qdq"]["convolutions_int8"] == int8_convs
     second = effedge_cli(*args)
     assert second.returncode == 0 and "cache hit" in second.stdout
     import onnxruntime as ort
@@ -87,7 +96,10 @@ def test_compile_tensorrt_without_tensorrt_fails_in_one_line(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_failed_compile_leaves_no_build_directory(tmp_path, private_cache):
+def test_failed_compile_leaves_no_build_directory(tmp_path, private_cache, monkeypatch):
+    """Calibration fails after the export and the Q/DQ placement have written files: none of them is left.
+    (A two-convolution graph stands in for the export, so the failure comes in seconds.)"""
+    monkeypatch.setattr("effedge.export.onnx_export.export", fake_export(tiny_model(1)))
     broken = tmp_path / "images"
     broken.mkdir()
     for i in range(3):  # readable JPEG headers (past the up-front check), image data cut off: fails mid-build
@@ -95,9 +107,57 @@ def test_failed_compile_leaves_no_build_directory(tmp_path, private_cache):
         data = (broken / f"{i}.jpg").read_bytes()
         (broken / f"{i}.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(EffedgeError, match="could be read"):
-        compile_model(CompileConfig(variant="d0", precision="int8", image_size=128, calib_dir=str(broken)),
-                      tmp_path / "build")
+        compile_model(CompileConfig(variant="d0", precision="int8", nms="none", calib_dir=str(broken),
+                                    backend="onnxruntime"), tmp_path / "build")
     assert not (tmp_path / "build").exists()
+    assert any((tmp_path / "cache" / "placement").iterdir())  # it did get past the placement
+
+
+def test_compile_warns_about_nonfinite_outputs_and_records_it(tmp_path, private_cache, monkeypatch):
+    monkeypatch.setattr("effedge.export.onnx_export.export", fake_export(overflowing_model()))
+    messages = []
+    manifest = compile_model(CompileConfig(variant="d0", precision="int8", nms="none", backend="onnxruntime"),
+                             tmp_path / "build", log=messages.append)
+    warned = [m for m in messages if m.startswith("warning: int8 gives non-finite values")]
+    assert len(warned) == 1
+    recorded = json.loads((tmp_path / "build" / "build.json").read_text())
+    assert recorded["warnings"] == manifest["warnings"] == [warned[0][len("warning: "):]]
+    assert recorded["precisions"]["int8"]["fidelity"]["nonfinite"]["inverse"] > 0
+
+
+def test_int8_for_onnxruntime_is_right_in_a_default_session(tmp_path, private_cache):
+    """A user opens the compiled int8 graph with a plain onnxruntime.InferenceSession (default options, as Triton
+    or an app would): it must agree with fp32 as well as effedge's own measurement says."""
+    import onnxruntime as ort
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(10):
+        Image.fromarray(photo((160, 120), seed=i)).save(images / f"{i}.jpg")
+    from helpers import random_weights
+    import torch
+
+    torch.save(random_weights("d0", 128), tmp_path / "d0.pth")
+    manifest = compile_model(CompileConfig(variant="d0", precision="int8", image_size=128, nms="none",
+                                           weights=str(tmp_path / "d0.pth"), calib_dir=str(images), holdout=3,
+                                           backend="onnxruntime"), tmp_path / "build")
+    report = manifest["precisions"]["int8"]
+    assert report["high_precision"]["dtype"] == "fp32" and "ONNX Runtime" in report["high_precision"]["reason"]
+    from effedge.quantize.images import ImageSet
+
+    held_out = ImageSet.from_folder(images, holdout=3)
+    assert [str(p.relative_to(images)) for p in held_out.holdout] == report["holdout_images"]
+    default = ort.InferenceSession(str(tmp_path / "build" / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    fp32 = ort.InferenceSession(str(tmp_path / "build" / "model.sim.onnx"), providers=["CPUExecutionProvider"])
+    signal = error = 0.0
+    for batch in held_out.batches(held_out.holdout, (128, 128), "float"):
+        (expected,) = fp32.run(["class_logits"], {"images": batch})
+        (got,) = default.run(["class_logits"], {"images": batch})
+        signal += float((expected.astype(np.float64) ** 2).sum())
+        error += float(((expected.astype(np.float64) - got) ** 2).sum())
+    default_sqnr = 10 * np.log10(signal / error)
+    measured = report["fidelity"]["outputs"]["class_logits"]["sqnr_db"]
+    assert default_sqnr > measured - 1.0, (default_sqnr, measured)  # the default session is not worse
 
 
 def test_efficientnms_is_refused_on_onnxruntime(tmp_path):

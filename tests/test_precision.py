@@ -7,7 +7,7 @@ import pytest
 from helpers import effedge_cli
 from onnx import numpy_helper
 from PIL import Image
-from helpers import photo, random_weights
+from helpers import overflowing_model, photo, random_weights, tiny_model
 
 from effedge.quantize import qdq
 from effedge.errors import EffedgeError
@@ -153,7 +153,7 @@ def test_mixed_keeps_sensitive_blocks_until_the_target(workspace):
     assert mixed_worst > worst
 
 
-def test_failed_calibration_leaves_no_cache_entry_or_artefact(tmp_path, monkeypatch, workspace):
+def test_failed_calibration_leaves_no_cache_entry_or_artefact(tmp_path, monkeypatch):
     monkeypatch.setenv("EFFEDGE_CACHE_DIR", str(tmp_path / "cache"))
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -163,10 +163,10 @@ def test_failed_calibration_leaves_no_cache_entry_or_artefact(tmp_path, monkeypa
         (broken / f"{i}.jpg").write_bytes(data[: len(data) // 2])
     build = tmp_path / "build"
     build.mkdir()
-    source = workspace[0] / "build" / "model.sim.onnx"
-    (build / "model.sim.onnx").write_bytes(source.read_bytes())
+    onnx.save(tiny_model(1), str(build / "model.sim.onnx"))
     with pytest.raises(EffedgeError, match="could be read"):
         convert(build / "model.sim.onnx", options=PrecisionOptions(precision="int8", calib_dir=broken, holdout=0))
+    assert (tmp_path / "cache" / "placement").is_dir()  # it failed in calibration, past the placement
     assert not (tmp_path / "cache" / "calibration").exists() or not any((tmp_path / "cache" / "calibration").iterdir())
     assert sorted(p.name for p in build.iterdir()) == ["model.sim.onnx"]
 
@@ -211,27 +211,6 @@ def test_mixed_with_everything_kept_is_fp16(workspace):
     assert mixed["fidelity_target_met"] is False and "short of the 500.0 dB target" in mixed["warnings"][0]
     assert mixed["fidelity"]["outputs"]["box_regression"]["sqnr_db"] == pytest.approx(
         fp16["fidelity"]["outputs"]["box_regression"]["sqnr_db"], abs=3.0)
-
-
-def tiny_model(batch: int, size: int = 32, seed: int = 0) -> onnx.ModelProto:
-    """Two convolutions with a static batch: enough graph for calibration, placement and fidelity, in seconds."""
-    from onnx import TensorProto, helper
-
-    rng = np.random.default_rng(seed)
-    weights = [numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
-               for name, shape in (("w1", (8, 3, 3, 3)), ("w2", (8, 8, 3, 3)))]
-    nodes = [helper.make_node("Conv", ["images", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
-             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
-             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-             helper.make_node("GlobalAveragePool", ["r2"], ["pool"], name="pool"),
-             helper.make_node("Flatten", ["pool"], ["features"], name="flatten")]
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, size, size])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [batch, 8])], weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
 
 
 @pytest.mark.parametrize("method", ["max", "percentile", "entropy"])
@@ -319,3 +298,117 @@ def test_compile_cli_junk_folder_is_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: none of the 3 calibration files in ")  # 1 held out
     assert f"{tmp_path / 'junk'} is an image" in lines[0] and "pass --calib with a folder of photos" in lines[0]
     assert not (tmp_path / "build").exists()
+
+
+def test_nonfinite_outputs_are_a_failure_not_a_perfect_match():
+    """Half of box_regression infinite is counted and reported, with no SQNR or cosine, and no target is met;
+    an inf that fp32 has too (reproduced exactly) is no failure."""
+    from effedge.quantize.fidelity import FidelityMeter, min_sqnr
+
+    reference = {"class_logits": np.linspace(-3, 3, 24, dtype=np.float32).reshape(1, 12, 2),
+                 "box_regression": np.linspace(-1, 1, 48, dtype=np.float32).reshape(1, 12, 4)}
+    test = {k: v.copy() for k, v in reference.items()}
+    test["box_regression"][0, :6] = np.inf
+    meter = FidelityMeter()
+    meter.update(reference, test)
+    report = meter.report()
+    entry = report["outputs"]["box_regression"]
+    assert entry["nonfinite"] == 24 and report["nonfinite"] == {"box_regression": 24}
+    assert entry["sqnr_db"] is None and entry["cosine"] is None and "infinite SQNR" not in entry["sqnr_note"]
+    assert min_sqnr(report) == float("-inf")  # below every --fidelity-target
+    json.dumps(report, allow_nan=False)
+
+    reference["box_regression"][0, 0, 0] = test["box_regression"][0, 0, 0] = np.inf
+    test["box_regression"][0, :6] = reference["box_regression"][0, :6]
+    meter = FidelityMeter()
+    meter.update(reference, test)
+    assert "nonfinite" not in meter.report()["outputs"]["box_regression"]
+
+
+def test_an_int8_graph_that_overflows_fails_fidelity_and_mixed_repairs_it(tmp_path, monkeypatch):
+    """A graph whose int8 form gives inf where fp32 is finite: int8 is reported as failing (with a warning in
+    build.json), and mixed precision does not count the target as met until the output is finite again."""
+    monkeypatch.setenv("EFFEDGE_CACHE_DIR", str(tmp_path / "cache"))
+    onnx.save(overflowing_model(), str(tmp_path / "model.sim.onnx"))
+    int8 = convert(tmp_path / "model.sim.onnx", options=PrecisionOptions(precision="int8"))
+    assert int8["fidelity"]["nonfinite"]["inverse"] > 0
+    assert int8["fidelity"]["outputs"]["inverse"]["sqnr_db"] is None
+    assert "int8 gives non-finite values where fp32 is finite" in int8["warnings"][0]
+    recorded = json.loads((tmp_path / "build.json").read_text())["precisions"]["int8"]
+    assert recorded["warnings"] == int8["warnings"]
+    mixed = convert(tmp_path / "model.sim.onnx", options=PrecisionOptions(precision="mixed", fidelity_target=10))
+    assert mixed["kept_fp16"] and mixed["fidelity_target_met"] is True
+    assert "nonfinite" not in mixed["fidelity"] and mixed["fidelity"]["outputs"]["inverse"]["sqnr_db"] > 10
+
+
+def _tiny_int8(tmp_path, calib_dir, **options):
+    return convert(tmp_path / "model.sim.onnx", options=PrecisionOptions(precision="int8", calib_dir=calib_dir,
+                                                                         holdout=1, **options))
+
+
+def test_calibration_cache_follows_the_images_content_not_their_folder(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("EFFEDGE_CACHE_DIR", str(tmp_path / "cache"))
+    onnx.save(tiny_model(1), str(tmp_path / "model.sim.onnx"))
+    first = tmp_path / "first"
+    first.mkdir()
+    for i in range(5):
+        Image.fromarray(photo((48, 40), seed=i)).save(first / f"{i}.png")
+    assert _tiny_int8(tmp_path, first)["calibration"]["cached"] is False
+    copy = tmp_path / "elsewhere" / "same-images"
+    shutil.copytree(first, copy)
+    assert _tiny_int8(tmp_path, copy)["calibration"]["cached"] is True  # same photos, another folder: a hit
+    for path in copy.iterdir():  # same folder and names, other photos: a miss
+        Image.fromarray(photo((48, 40), seed=100 + int(path.stem))).save(path)
+    assert _tiny_int8(tmp_path, copy)["calibration"]["cached"] is False
+
+
+def test_percentile_is_part_of_the_calibration_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFEDGE_CACHE_DIR", str(tmp_path / "cache"))
+    onnx.save(tiny_model(1), str(tmp_path / "model.sim.onnx"))
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(5):
+        Image.fromarray(photo((48, 40), seed=i)).save(images / f"{i}.png")
+    assert _tiny_int8(tmp_path, images, percentile=99.99)["calibration"]["cached"] is False
+    assert _tiny_int8(tmp_path, images, percentile=99.99)["calibration"]["cached"] is True
+    again = _tiny_int8(tmp_path, images, percentile=90.0)
+    assert again["calibration"]["cached"] is False  # another percentile: other ranges, recalibrated
+
+
+def test_high_precision_dtype_is_recorded_with_its_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFEDGE_CACHE_DIR", str(tmp_path / "cache"))
+    onnx.save(tiny_model(1), str(tmp_path / "model.sim.onnx"))
+    for high, expected in ((None, "fp16"), ("fp32", "fp32")):
+        report = convert(tmp_path / "model.sim.onnx", options=PrecisionOptions(precision="int8", high_precision=high))
+        assert report["high_precision"]["dtype"] == expected
+        assert ("ONNX Runtime" in report["high_precision"]["reason"]) and report["high_precision"]["reason"]
+        floats = {i.data_type for i in onnx.load(str(tmp_path / "model.int8.onnx")).graph.initializer
+                  if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+        assert (onnx.TensorProto.FLOAT16 in floats) == (expected == "fp16")
+    with pytest.raises(EffedgeError, match="--high-precision fp16 needs opset 19"):
+        PrecisionOptions(precision="int8", high_precision="fp16", opset=17).validate()
+
+
+def test_qdq_summary_counts_every_int8_convolution_of_the_graph():
+    """Counted per node of the written graph, not per name: two Q/DQ-fed convolutions with one name are two."""
+    from onnx import TensorProto, helper
+
+    def dequantized(name):
+        return [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.int8), f"{name}/q"),
+                numpy_helper.from_array(np.ones(2, np.float32), f"{name}/scale")]
+
+    inits = dequantized("w1") + dequantized("w2") + [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+                                                     numpy_helper.from_array(np.array(0, np.int8), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"])]
+    for w in ("w1", "w2"):
+        nodes.append(helper.make_node("DequantizeLinear", [f"{w}/q", f"{w}/scale"], [f"{w}/d"], axis=0))
+        nodes.append(helper.make_node("Conv", ["xd", f"{w}/d"], [f"y_{w}"], name="/model/head/conv"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info(f"y_{w}", TensorProto.FLOAT, None) for w in ("w1", "w2")],
+                              inits)
+    summary = qdq.summary(helper.make_model(graph))
+    assert summary["convolutions"] == summary["convolutions_int8"] == 2
+    assert summary["int8_groups"] == [("head", 2)]

@@ -379,3 +379,39 @@ def test_self_calibration_on_this_cpu(tmp_path, monkeypatch, user_profile_dir):
     for point in profile.measured:
         costs = latency.candidate_costs(latency.resolve(point.variant), "fp32")
         assert predict_ms(costs, profile, "fp32") == pytest.approx(point.latency_ms, rel=latency.FIT_TOLERANCE)
+
+
+@pytest.mark.parametrize("name", ["rtx-3090", "rtx-4090"])
+def test_rtx_desktop_profiles_target_fp16(name):
+    """TensorRT-RTX (the RTX cards' ahead-of-time builder) has no native INT8 convolution: fp16 is their choice."""
+    assert load_profile(name).target.precision == "fp16"
+
+
+def test_a_profile_compiled_for_tensorrt_rtx_defaults_to_fp16():
+    from effedge.plan.profiles import for_backend
+
+    a100 = load_profile("a100")
+    assert a100.target.precision == "int8"
+    assert for_backend(a100, "tensorrt-rtx").target.precision == "fp16"
+    assert for_backend(a100, "tensorrt").target.precision == "int8"  # full TensorRT runs INT8 convolutions
+    assert load_profile("a100").target.precision == "int8"  # the loaded profile is not changed
+
+
+def test_compile_with_a_profile_for_tensorrt_rtx_compiles_fp16(monkeypatch):
+    from click.testing import CliRunner
+
+    import effedge.pipeline.compile
+    from effedge.cli import cli
+
+    monkeypatch.setattr(latency, "candidate_costs", lambda spec, precision: [LayerCost("conv", 1e6, 0, 0)])
+    compiled = {}
+
+    def fake_compile(config, out=None, **kwargs):
+        compiled["config"] = config
+        return {"variant": str(config.variant), "precision": config.precision, "backend": config.backend,
+                "nms": "none", "compile": {"cache_hit": False, "total_seconds": 0.0, "deployable": "model.engine"}}
+
+    monkeypatch.setattr(effedge.pipeline.compile, "compile_model", fake_compile)
+    result = CliRunner().invoke(cli, ["compile", "--profile", "a100", "--backend", "tensorrt-rtx"])
+    assert result.exit_code == 0, result.output
+    assert compiled["config"].precision == "fp16" and compiled["config"].backend == "tensorrt-rtx"

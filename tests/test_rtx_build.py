@@ -84,6 +84,15 @@ def test_efficientdet_every_precision_builds(workspace, precision, method):
     assert report["precision"] == precision
     if precision in ("int8", "mixed"):
         assert not qdq.invalid_scales(onnx.load(str(model)))
+        # no native INT8 convolution: said once, naming fp16, and recorded with the engine in build.json
+        assert len(report["warnings"]) == 1 and "no native INT8 convolution" in report["warnings"][0]
+        assert "fp16 is the better choice" in report["warnings"][0]
+        recorded = json.loads((model.parent / "build.json").read_text())["engines"][model.with_suffix(".engine").name]
+        assert recorded["warnings"] == report["warnings"]
+        build_log = (model.parent / report["build_log"]).read_text()
+        assert "Converting conv" in build_log and "scales to fp32" in build_log  # what the warning rests on
+    else:
+        assert "warnings" not in report
 
 
 @pytest.mark.parametrize("precision", ["int8"])
@@ -181,6 +190,8 @@ def test_compile_writes_an_rtx_engine_and_records_it(workspace, tmp_path):
     assert entry["layers"]["layers"] > 10 and entry["layers"]["reformat_layers"] is not None
     recorded = json.loads((tmp_path / "build" / "build.json").read_text())
     assert recorded["engines"] == manifest["engines"]
+    assert len(recorded["warnings"]) == 1 and "TensorRT-RTX" in recorded["warnings"][0]
+    assert "fp16 is the better choice" in recorded["warnings"][0]
     assert manifest["compile"]["deployable"] == "model.int8.engine"
 
 

@@ -37,7 +37,7 @@ def activation_tensors(model_path: Path, every: int) -> list[str]:
     import onnx
 
     inputs = model_input(onnx.load(str(model_path)))
-    placed, _ = place_qdq(model_path, sha256_file(model_path), inputs, None, print)
+    placed, _ = place_qdq(model_path, sha256_file(model_path), inputs, None, "fp16", print)
     return sorted(qdq.activation_quantizers(placed))[::every]
 
 

@@ -72,9 +72,17 @@ def _print_precision_report(report: dict) -> None:
                      f"{qdq['weights_per_channel_axis0']} per-channel weight quantizers (axis 0), "
                      f"{qdq['activation_quantizers']} per-tensor activation quantizers")
     if report.get("kept_fp16") is not None:
-        lines.append("kept in fp16: " + (", ".join(report["kept_fp16"]) or "nothing (int8 met the target)"))
+        blocks = len(report.get("sensitivity", []))
+        high = report.get("high_precision", {}).get("dtype", "fp16")
+        lines.append(f"kept in {high} ({len(report['kept_fp16'])} of {blocks} blocks): "
+                     + (", ".join(report["kept_fp16"]) or "nothing (int8 met the target)"))
+        if qdq and qdq.get("int8_groups"):
+            lines.append("int8: " + ", ".join(f"{group} ({count} conv)" for group, count in qdq["int8_groups"]))
     fidelity = report["fidelity"]
     for name, figures in fidelity["outputs"].items():
+        if figures.get("nonfinite"):
+            lines.append(f"  {name:15s} FAILED: {figures['nonfinite']} non-finite values where fp32 is finite")
+            continue
         sqnr = "identical" if figures["sqnr_db"] is None else f"{figures['sqnr_db']:6.1f} dB"
         lines.append(f"  {name:15s} SQNR {sqnr}  cosine {figures['cosine']:.6f}")
     if "detections" in fidelity:
@@ -99,10 +107,13 @@ def _print_precision_report(report: dict) -> None:
 @click.option("--fidelity-target", type=FiniteFloatRange(0, 200), default=20.0, show_default=True,
               help="mixed: worst raw-output SQNR (dB) on held-out images to reach.")
 @click.option("--opset", type=click.IntRange(*OPSET_RANGE), help="Target opset; 17 for TensorRT 8.5/8.6 (non-quantized part stays fp32).")
+@click.option("--high-precision", type=click.Choice(["fp16", "fp32"]), help="int8/mixed: dtype of the unquantized "
+              "part [default: fp16 for TensorRT; use fp32 for ONNX Runtime, which computes fp16 next to Q/DQ wrongly "
+              "in a default session].")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory [default: the model's].")
 @click.option("--json", "as_json", is_flag=True, help="Print the precision report as JSON.")
 def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, percentile, fidelity_target, opset,
-             out, as_json) -> None:
+             high_precision, out, as_json) -> None:
     """Write MODEL's precision into the graph: fp16, int8 (Q/DQ) or mixed int8/fp16.
 
     \b
@@ -117,7 +128,8 @@ def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, p
 
     options = PrecisionOptions(precision=precision, calib_dir=Path(calib_dir) if calib_dir else None,
                                calib_images=calib_images, holdout=holdout, method=calib_method,
-                               percentile=percentile, fidelity_target=fidelity_target, opset=opset)
+                               percentile=percentile, fidelity_target=fidelity_target, opset=opset,
+                               high_precision=high_precision)
     report = convert(model, out, options=options, log=progress, progress=rich_progress)
     if as_json:
         print_json(report)
@@ -179,7 +191,7 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
     if profile_name:
         from effedge.pipeline.measure import calibrated
         from effedge.plan.latency import select
-        from effedge.plan.profiles import load_profile
+        from effedge.plan.profiles import for_backend, load_profile
 
         if variant or phi is not None:
             raise click.UsageError("--profile chooses the variant; drop --variant/--phi")
@@ -190,6 +202,8 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
             raise click.UsageError(f"--profile sets the precision and batch it was selected for; drop "
                                    f"{' and '.join(explicit)}, or compile without --profile")
         prof = load_profile(profile_name)
+        backend = backend if backend != "auto" else prof.software.backend
+        prof = for_backend(prof, backend)  # TensorRT-RTX: fp16, not its profile's int8
         prof = calibrated(prof, prof.target.precision, log=progress)
         _, choice = select(prof, log=progress)
         if choice is None:
@@ -198,7 +212,6 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
         variant, phi, precision, batch = (choice.name if choice.name[0] == "d" else None,
                                           None if choice.name[0] == "d" else choice.phi,
                                           prof.target.precision, prof.target.batch)
-        backend = backend if backend != "auto" else prof.software.backend
     config = CompileConfig(
         variant=variant_arg(variant, phi), precision=precision, weights=weights, num_classes=num_classes, pad=pad,
         image_size=imgsz, batch=batch, dynamic_batch=dynamic_batch, nms=nms,

@@ -261,11 +261,23 @@ def build_engine(onnx_path: Path, engine_path: Path, graph: GraphInfo, options: 
     report = {"backend": caps.backend, "product": caps.product, "version": caps.version, "series": caps.series,
               "seconds": round(seconds, 2), "bytes": len(plan), "precision": graph.precision,
               "build_log": log_path.name, "options": _jsonable(asdict(options)), **used}
+    warning = int8_warning(caps, graph)
+    if warning:
+        log(f"warning: {warning}")
+        report["warnings"] = [warning]
     if targets is not None:
         report["compute_capabilities"] = targets
     if options.layer_report:
         report["layers"] = _layer_report(trt, logger, plan, build_log, engine_path, options.version_compatible)
     return report
+
+
+def int8_warning(caps: Capabilities, graph: GraphInfo) -> Optional[str]:
+    """One line when ``graph``'s INT8 cannot run as INT8 on ``caps`` (TensorRT-RTX: no INT8 convolution)."""
+    if graph.precision not in ("int8", "mixed") or caps.int8_convolution:
+        return None
+    return (f"{caps.name} has no native INT8 convolution: it converts each Q/DQ convolution to fp32 (a larger, "
+            f"slower engine than fp16); fp16 is the better choice here (--precision fp16)")
 
 
 def _set_compute_capabilities(trt, config, wanted: Optional[tuple[str, ...]]) -> list[str]:

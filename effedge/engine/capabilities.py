@@ -44,6 +44,7 @@ class Capabilities:
     hardware_compatibility: bool
     version_compatibility: bool
     output_allocator: bool  # IOutputAllocator: outputs of data-dependent shape (the INMSLayer's)
+    int8_convolution: bool  # INT8 Q/DQ convolutions run as INT8 kernels (TensorRT-RTX 1.7: converted to fp32)
 
     @property
     def name(self) -> str:
@@ -72,9 +73,10 @@ def capabilities(backend: str, version: str) -> Capabilities:
                             strongly_typed_flag=False, always_strongly_typed=True, precision_flags=False,
                             calibrators=False, plugins=False, nms_layer=False, timing_cache=False, dla=False,
                             compute_capability_targets=True, runtime_cache=True, optimization_level=True,
-                            hardware_compatibility=True, version_compatibility=True, output_allocator=True)
+                            hardware_compatibility=True, version_compatibility=True, output_allocator=True,
+                            int8_convolution=False)
     full = dict(plugins=True, nms_layer=True, timing_cache=True, dla=True, compute_capability_targets=False,
-                runtime_cache=False, output_allocator=True)
+                runtime_cache=False, output_allocator=True, int8_convolution=True)
     from_86 = dict(optimization_level=True, hardware_compatibility=True, version_compatibility=True)
     trt8 = dict(max_onnx_opset=17, explicit_batch_flag=True, strongly_typed_flag=False, always_strongly_typed=False,
                 precision_flags=True, calibrators=True)

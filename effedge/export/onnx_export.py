@@ -247,7 +247,8 @@ def _export(spec, out: Path, *, weights, num_classes, pad, options: ExportOption
 
         if options.nms != "none":
             log(f"appending the {options.nms} NMS tail")
-            final = append_nms_tail(simplified, options.nms, score_threshold=options.score_threshold,
+            # a copy: the tail is appended in place, and model.sim.onnx (and its summary) stays tail-free
+            final = append_nms_tail(copy.deepcopy(simplified), options.nms, score_threshold=options.score_threshold,
                                     iou_threshold=options.iou_threshold, max_detections=options.max_detections)
             onnx.checker.check_model(final)
             onnx.save(final, str(stage / TAILED_ONNX))

@@ -213,12 +213,15 @@ def resolve_nms(nms: str, backend: str, is_detector: bool) -> str:
     return "efficientnms" if backend == "tensorrt" else "onnx"
 
 
-def _precision_options(config: CompileConfig, opset: Optional[int]):
+def _precision_options(config: CompileConfig, opset: Optional[int], backend: Optional[str] = None):
     from effedge.quantize.precision import PrecisionOptions
 
+    # ONNX Runtime computes fp16 next to Q/DQ wrongly in a default session: its graphs keep fp32 there
+    high_precision = "fp32" if backend == "onnxruntime" else None
     return PrecisionOptions(precision=config.precision, calib_dir=Path(config.calib_dir) if config.calib_dir else None,
                             calib_images=config.calib_images, holdout=config.holdout, method=config.calib_method,
-                            percentile=config.percentile, fidelity_target=config.fidelity_target, opset=opset)
+                            percentile=config.percentile, fidelity_target=config.fidelity_target, opset=opset,
+                            high_precision=high_precision)
 
 
 def _run_stages(config: CompileConfig, spec: ModelSpec, backend: BackendChoice, nms: str, key: str, out: Path, log, progress,
@@ -244,7 +247,7 @@ def _run_stages(config: CompileConfig, spec: ModelSpec, backend: BackendChoice, 
     if config.precision == "fp32":
         shutil.copyfile(out / "model.sim.onnx", out / precision_file)
     else:
-        convert(out / "model.sim.onnx", options=_precision_options(config, opset), log=log,
+        convert(out / "model.sim.onnx", options=_precision_options(config, opset, backend.name), log=log,
                 **({"progress": progress} if progress else {}))
     seconds["precision"] = time.perf_counter() - clock
 
@@ -260,6 +263,10 @@ def _run_stages(config: CompileConfig, spec: ModelSpec, backend: BackendChoice, 
     artifacts = manifest.setdefault("artifacts", {})
     artifacts[precision_file] = {"sha256": sha256_file(out / precision_file),
                                  "bytes": (out / precision_file).stat().st_size}
+    precision_report = manifest.get("precisions", {}).get(config.precision)
+    if precision_report is not None and nms != "none":  # the report describes the file as written now
+        _describe_tailed(precision_report, out / precision_file, artifacts[precision_file]["sha256"], nms)
+    warnings = list(precision_report.get("warnings", [])) if precision_report else []
     deployable = precision_file
     if backend.name in ENGINE_BACKENDS:
         from effedge.engine import BuildOptions, GraphInfo, build_engine
@@ -279,11 +286,14 @@ def _run_stages(config: CompileConfig, spec: ModelSpec, backend: BackendChoice, 
         if backend.compute_capability:
             report["compute_capability"] = backend.compute_capability
         manifest.setdefault("engines", {})[engine_file] = report
+        warnings += report.get("warnings", [])
         artifacts[engine_file] = {"sha256": sha256_file(out / engine_file), "bytes": (out / engine_file).stat().st_size}
         seconds["engine"] = time.perf_counter() - clock
         deployable = engine_file
     manifest["precision"] = config.precision
     manifest["backend"] = backend.name
+    if warnings:
+        manifest["warnings"] = warnings
     manifest["nms"] = nms
     manifest["compile"] = {"key": key, "config": asdict(config), "out_dir": str(out),
                            "backend_reason": backend.reason, "deployable": deployable,
@@ -292,6 +302,19 @@ def _run_stages(config: CompileConfig, spec: ModelSpec, backend: BackendChoice, 
     write_json(out / MANIFEST, manifest)  # the key is written last: only a finished build is a cache hit
     log(f"compiled {out / deployable} in {time.perf_counter() - start:.1f} s")
     return manifest
+
+
+def _describe_tailed(report: dict, path: Path, sha256: str, nms: str) -> None:
+    """Point the precision report at ``path`` with its NMS tail: its hash, and the Q/DQ counts of that graph."""
+    import onnx
+
+    from effedge.quantize import qdq
+
+    model = onnx.load(str(path))
+    report["sha256"] = sha256
+    report["nms_tail"] = nms
+    if "qdq" in report:
+        report["qdq"] = {**report["qdq"], **qdq.summary(model)}
 
 
 def build_engine_file(source: Path, engine: Optional[Path] = None, *, backend: str = "tensorrt",

@@ -22,7 +22,7 @@ from __future__ import annotations
 import difflib
 import os
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -275,6 +275,14 @@ def load_profile(name_or_path: str | Path) -> Profile:
     parsed = parse(path, data)
     return Profile(name=path.stem, path=path, device=parsed.device, software=parsed.software, target=parsed.target,
                    priors=parsed.priors, fits=dict(parsed.model.fits), measured=list(parsed.model.measured))
+
+
+def for_backend(profile: Profile, backend: str) -> Profile:
+    """``profile`` as compiled for ``backend``: TensorRT-RTX has no native INT8 convolution (it converts Q/DQ
+    convolutions to fp32), so an int8 or mixed target precision becomes fp16 there."""
+    if backend == "tensorrt-rtx" and profile.target.precision in ("int8", "mixed"):
+        return replace(profile, target=profile.target.model_copy(update={"precision": "fp16"}))
+    return profile
 
 
 def save_model(profile: Profile, fits: dict, measured: list) -> Path:

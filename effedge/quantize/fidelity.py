@@ -3,6 +3,10 @@
 Per output: SQNR (10·log10 of signal over error power) and cosine similarity, accumulated over all images.
 For detectors also detection agreement: fp32 detections (score ≥ threshold, per-class NMS) matched one-to-one
 by a detection of the same class with IoU ≥ 0.5; reported as recall, precision and F1 against fp32.
+
+A non-finite value where fp32 has a finite one (or a different non-finite one) is a fidelity failure, not
+noise to drop: such an output is reported with its count of non-finite values and no SQNR or cosine, and
+:func:`min_sqnr` gives it −∞ so no fidelity target counts as met.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ class _Sums:
     error: float = 0.0
     dot: float = 0.0
     test: float = 0.0
+    nonfinite: int = 0  # values the test model made non-finite where fp32 is finite (or another non-finite)
 
 
 @dataclass
@@ -40,8 +45,10 @@ class FidelityMeter:
             r = ref.astype(np.float64).ravel()
             t = test[name].astype(np.float64).ravel()
             finite = np.isfinite(r) & np.isfinite(t)
-            r, t = r[finite], t[finite]
+            same = (r == t) | (np.isnan(r) & np.isnan(t))  # fp32's own inf/NaN, reproduced exactly
             s = self.sums.setdefault(name, _Sums())
+            s.nonfinite += int(np.count_nonzero(~finite & ~same))
+            r, t = r[finite], t[finite]
             s.signal += float(r @ r)
             s.error += float((r - t) @ (r - t))
             s.dot += float(r @ t)
@@ -71,12 +78,19 @@ class FidelityMeter:
     def report(self) -> dict:
         outputs = {}
         for name, s in self.sums.items():
+            if s.nonfinite:
+                outputs[name] = {"sqnr_db": None, "cosine": None, "nonfinite": s.nonfinite,
+                                 "sqnr_note": f"{s.nonfinite} non-finite value(s) where fp32 is finite: a failure"}
+                continue
             cosine = float(s.dot / np.sqrt(max(s.signal * s.test, 1e-300)))
             if s.error == 0:  # JSON has no infinity: null, and why
                 outputs[name] = {"sqnr_db": None, "sqnr_note": "identical to fp32 (infinite SQNR)", "cosine": cosine}
             else:
                 outputs[name] = {"sqnr_db": float(10 * np.log10(max(s.signal, 1e-30) / s.error)), "cosine": cosine}
         report = {"outputs": outputs}
+        broken = {name: s.nonfinite for name, s in self.sums.items() if s.nonfinite}
+        if broken:
+            report["nonfinite"] = broken
         if self.reference_detections or self.test_detections:
             recall = self.matched / self.reference_detections if self.reference_detections else 1.0
             precision = self.matched / self.test_detections if self.test_detections else 1.0
@@ -93,9 +107,22 @@ def finite_or_none(value: float) -> float | None:
 
 
 def min_sqnr(report: dict, outputs: tuple[str, ...] = ("class_logits", "box_regression", "logits")) -> float:
-    """The fidelity figure the mixed-precision search targets: the worst SQNR over the raw outputs."""
+    """The fidelity figure the mixed-precision search targets: the worst SQNR over the raw outputs (−∞ where
+    an output holds non-finite values that fp32 does not: no target is met)."""
     def db(entry: dict) -> float:
+        if entry.get("nonfinite"):
+            return float("-inf")
         return float("inf") if entry["sqnr_db"] is None else entry["sqnr_db"]
 
     values = [db(v) for k, v in report["outputs"].items() if k in outputs]
     return min(values) if values else min(db(v) for v in report["outputs"].values())
+
+
+def nonfinite_warning(report: dict, precision: str) -> str | None:
+    """One line naming the outputs ``precision`` made non-finite, or None."""
+    broken = report.get("nonfinite")
+    if not broken:
+        return None
+    counts = ", ".join(f"{name} {count}" for name, count in broken.items())
+    return (f"{precision} gives non-finite values where fp32 is finite ({counts} on held-out images): the graph "
+            "overflows; use --precision mixed (it keeps blocks out of int8 until the outputs are right) or fp32")

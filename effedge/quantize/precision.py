@@ -11,7 +11,9 @@
   held-out images reaches ``fidelity_target`` (dB).
 
 For TensorRT 8.5/8.6 (ONNX opset ≤ 17) pass ``opset=17``: the non-quantized part then stays fp32 (fp16 Q/DQ
-scales need opset 19) and TensorRT's precision flags do the rest.
+scales need opset 19) and TensorRT's precision flags do the rest. For ONNX Runtime pass ``high_precision="fp32"``:
+ONNX Runtime's ``WeightBiasQuantization`` optimizer computes fp16 next to Q/DQ wrongly in a default session
+(effedge's own runner disables it; a user's ``InferenceSession(path)`` or Triton does not).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,12 +34,14 @@ from effedge.cache import mark_used
 from effedge.io import atomic_write, cache_root, private_tempdir, sha256_file, write_json
 from effedge.quantize.images import DEFAULT_CALIB_DIR, ImageSet
 from effedge.quantize.calibrators import ALGORITHM_VERSION, CALIB_METHODS, DEFAULT_METHOD, RangeCollector
+from effedge.quantize.fidelity import nonfinite_warning
 from effedge.errors import EffedgeError, RunError
 from effedge.io import MANIFEST
 from effedge.provenance import cache_identity
 from effedge.runtime.onnxruntime import ort_session
 
 PRECISIONS = ("fp16", "int8", "mixed")
+HIGH_PRECISIONS = ("fp16", "fp32")  # the dtype of what int8/mixed graphs do not quantize
 SENSITIVITY_IMAGES = 4
 CALIBRATION_SAMPLE = 1 << 16  # values per tensor and image kept for the entropy/percentile histograms
 
@@ -58,6 +63,7 @@ class PrecisionOptions:
     fidelity_target: float = 20.0  # dB, worst raw-output SQNR (mixed)
     opset: Optional[int] = None  # None: 19 (fp16 Q/DQ scales); ≤ 17 for TensorRT 8.5/8.6
     score_threshold: float = 0.3  # detection agreement
+    high_precision: Optional[str] = None  # int8/mixed: None is fp16, or fp32 below opset 19; fp32 for ONNX Runtime
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -72,6 +78,21 @@ class PrecisionOptions:
             raise EffedgeError(f"--fidelity-target {self.fidelity_target} must be a number of dB, e.g. 20")
         if self.opset is not None and not 13 <= self.opset <= 21:
             raise EffedgeError(f"--opset {self.opset} is not supported for Q/DQ graphs; use 13–21")
+        if self.high_precision not in (None, *HIGH_PRECISIONS):
+            raise EffedgeError(f"unknown --high-precision {self.high_precision!r}; use fp16 or fp32")
+        if self.high_precision == "fp16" and self.opset is not None and self.opset < 19:
+            raise EffedgeError(f"--high-precision fp16 needs opset 19 (fp16 Q/DQ scales); --opset {self.opset} "
+                               "graphs keep fp32")
+
+    def high_precision_dtype(self) -> tuple[str, str]:
+        """(dtype, why) of the unquantized part of an int8/mixed graph."""
+        if self.opset is not None and self.opset < 19:
+            return "fp32", f"opset {self.opset} (TensorRT 8.5/8.6): fp16 Q/DQ scales need opset 19"
+        if self.high_precision == "fp32":
+            return "fp32", ("ONNX Runtime target: its WeightBiasQuantization optimizer computes fp16 next to "
+                            "Q/DQ wrongly in a default session")
+        return "fp16", ("TensorRT target (strongly typed: the graph's types are the engine's); in ONNX Runtime "
+                        "it needs WeightBiasQuantization disabled, as effedge's runner does")
 
 
 @dataclass(frozen=True)
@@ -128,11 +149,12 @@ def to_fp16(model, opset: Optional[int] = None):
     return convert_to_f16(model, keep_io_types=True, opset=opset)
 
 
-def place_qdq(source: Path, model_hash: str, inputs: ModelInput, opset: Optional[int], log) -> tuple[object, bool]:
-    """ModelOpt's Q/DQ placement for ``source`` (cached by model hash and target). Returns (model, cached)."""
+def place_qdq(source: Path, model_hash: str, inputs: ModelInput, opset: Optional[int], high_precision: str,
+              log) -> tuple[object, bool]:
+    """ModelOpt's Q/DQ placement for ``source`` (cached by model hash and target), the unquantized part in
+    ``high_precision`` ("fp16" or "fp32"). Returns (model, cached)."""
     import onnx
 
-    high_precision = "fp32" if opset is not None and opset < 19 else "fp16"
     identity = json.dumps([model_hash, high_precision, opset, cache_identity("onnx", "nvidia-modelopt")])
     key = hashlib.sha256(identity.encode()).hexdigest()[:32]
     cached = cache_root() / "placement" / f"{key}.onnx"
@@ -149,10 +171,11 @@ def place_qdq(source: Path, model_hash: str, inputs: ModelInput, opset: Optional
     # Placement does not depend on the data; effedge replaces every activation scale afterwards.
     dummy = (np.full(shape, 128, np.uint8) if inputs.format == "uint8" else np.zeros(shape, np.float32))
     with private_tempdir() as tmp:  # ModelOpt's own tmp*.onnx go there too, and go with it
-        out = tmp / "placed.onnx"
-        quantize(str(source), quantize_mode="int8", calibration_data={inputs.name: dummy}, calibration_method="max",
-                 calibration_eps=["cpu"], high_precision_dtype=high_precision, output_path=str(out),
-                 log_level="CRITICAL")
+        out, copy_of_source = tmp / "placed.onnx", tmp / "source.onnx"
+        shutil.copyfile(source, copy_of_source)  # ModelOpt writes inferred shapes into the file it is given
+        quantize(str(copy_of_source), quantize_mode="int8", calibration_data={inputs.name: dummy},
+                 calibration_method="max", calibration_eps=["cpu"], high_precision_dtype=high_precision,
+                 output_path=str(out), log_level="CRITICAL")
         model = onnx.load(str(out))
     if opset is not None and opset < 19:
         model = onnx.version_converter.convert_version(model, opset)
@@ -293,7 +316,7 @@ def _mixed_search(int8_model, references, inputs: ModelInput, target: float, sco
     sensitivity = []
     for group in progress(list(groups), len(groups), "sensitivity"):
         fidelity = min_sqnr(measure_fidelity(with_fp16(groups[group]), probe, inputs, score_threshold))
-        gain = fidelity - min_sqnr(base)
+        gain = 0.0 if fidelity == min_sqnr(base) else fidelity - min_sqnr(base)  # −∞ − −∞ is no gain, not NaN
         sensitivity.append({"group": group, "layers": len(groups[group]), "gain": gain,
                             "sqnr_db_when_fp16": finite_or_none(fidelity), "gain_db": finite_or_none(gain)})
     sensitivity.sort(key=lambda s: -s.pop("gain"))
@@ -306,7 +329,7 @@ def _mixed_search(int8_model, references, inputs: ModelInput, target: float, sco
         entry["kept_fp16"] = True
         chosen = with_fp16(kept)
         reached = min_sqnr(measure_fidelity(chosen, probe, inputs, score_threshold))
-        log(f"keeping {entry['group']} in fp16")
+        log(f"keeping {entry['group']} out of int8")
     return chosen, sensitivity, reached
 
 
@@ -352,7 +375,9 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
         from effedge.quantize import qdq
 
         clock = time.perf_counter()
-        placed, placement_cached = place_qdq(source, model_hash, inputs, options.opset, log)
+        high_precision, high_precision_reason = options.high_precision_dtype()
+        placed, placement_cached = place_qdq(source, model_hash, inputs, options.opset, high_precision, log)
+        report["high_precision"] = {"dtype": high_precision, "reason": high_precision_reason}
         seconds["placement"] = time.perf_counter() - clock
         clock = time.perf_counter()
         tensors = sorted(qdq.activation_quantizers(placed))
@@ -386,7 +411,7 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
             log(f"warning: {note}")
         if options.precision == "mixed":
             clock = time.perf_counter()
-            log(f"mixed precision: searching for the blocks to keep in fp16 (target {options.fidelity_target} dB)")
+            log(f"mixed precision: searching for the blocks to keep out of int8 (target {options.fidelity_target} dB)")
             result, sensitivity, reached = _mixed_search(placed, references, inputs, options.fidelity_target,
                                                          options.score_threshold, log, progress)
             report["sensitivity"] = sensitivity
@@ -399,6 +424,10 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
                 log(f"warning: {report['warnings'][0]}")
             seconds["sensitivity"] = time.perf_counter() - clock
         report["qdq"] = {**qdq.summary(result), "weight_scales_floored": floored}
+        still_int8 = {group for group, _ in report["qdq"]["int8_groups"]} & set(report.get("kept_fp16", []))
+        if still_int8:  # a post-condition: the blocks reported as kept hold no INT8 convolution
+            raise RunError(f"internal error: block(s) {', '.join(sorted(still_int8))} reported as kept in fp16 still "
+                           "hold INT8 convolutions; please report this with the model")
         problems = qdq.invalid_scales(result)
         if problems:  # a post-condition: TensorRT's importer would refuse the graph
             raise RunError(f"internal error: {len(problems)} Q/DQ scale(s) are not positive normal numbers "
@@ -407,6 +436,10 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
     clock = time.perf_counter()
     report["fidelity"] = measure_fidelity(result, references, inputs, options.score_threshold)
     seconds["fidelity"] = time.perf_counter() - clock
+    broken = nonfinite_warning(report["fidelity"], options.precision)
+    if broken:
+        report.setdefault("warnings", []).append(broken)
+        log(f"warning: {broken}")
     report["holdout_images"] = [str(p.relative_to(images.root)) for p in images.holdout]
 
     name = f"model.{options.precision}.onnx"

@@ -187,13 +187,13 @@ def summary(model) -> dict:
     initializers = {i.name: i for i in graph.initializer}
     producers = _producers(graph)
     convs = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
-    quantized_inputs = {}
+    quantized_inputs = []  # (name, [input is dequantized, weight is dequantized]) per node: names may repeat
     for conv in convs:
         kinds = []
         for name in conv.input[:2]:
             dq = producers.get(name)
             kinds.append(dq is not None and dq.op_type == "DequantizeLinear")
-        quantized_inputs[conv.name] = kinds
+        quantized_inputs.append((conv.name, kinds))
     weight_quantizers, activation_count = [], 0
     zero_points_zero = True
     for node in graph.node:
@@ -209,12 +209,13 @@ def summary(model) -> dict:
                                       "out_channels": int(initializers[source].dims[0])})
         else:
             activation_count += 1
-    kept = sorted(name for name, kinds in quantized_inputs.items() if not any(kinds))
+    kept = sorted(name for name, kinds in quantized_inputs if not any(kinds))
+    int8 = [name for name, kinds in quantized_inputs if all(kinds)]
     high = Counter(helper.tensor_dtype_to_np_dtype(i.data_type).name for i in graph.initializer
                    if i.data_type in (1, 10, 16))
     return {
         "convolutions": len(convs),
-        "convolutions_int8": sum(all(k) for k in quantized_inputs.values()),
+        "convolutions_int8": len(int8),
         "activation_quantizers": activation_count,
         "weight_quantizers": len(weight_quantizers),
         "weights_per_channel_axis0": sum(w["axis"] == 0 and w["channels"] == w["out_channels"]
@@ -222,5 +223,6 @@ def summary(model) -> dict:
         "zero_points_all_zero": zero_points_zero,
         "not_quantized": kept,
         "not_quantized_groups": sorted(Counter(layer_group(n) for n in kept).items()),
+        "int8_groups": sorted(Counter(layer_group(n) for n in int8).items()),
         "float_initializers": dict(high),
     }
