@@ -378,7 +378,7 @@ def test_interrupted_qdq_placement_leaves_no_temp_file(tmp_path, monkeypatch):
     monkeypatch.setattr(precision, "_modelopt", lambda: (None, modelopt_quantize))
     source = tiny_onnx(tmp_path / "model.onnx")
     with pytest.raises(KeyboardInterrupt):
-        precision.place_qdq(source, "hash", precision.ModelInput("images", "float", (8, 8), 1), None,
+        precision.place_qdq(source, "hash", precision.ModelInput("images", "float", (8, 8), 1), None, "fp16",
                             log=lambda message: None)
     assert list(system_temp.iterdir()) == []
     assert tempfile.gettempdir() == str(system_temp)  # the process's temp folder is restored

@@ -282,7 +282,8 @@ def test_compile_with_a_profile_compiles_the_selected_model(monkeypatch):
     def fake_compile(config, out=None, **kwargs):
         compiled["config"] = config
         return {"variant": str(config.variant), "precision": config.precision, "backend": "tensorrt", "nms": "auto",
-                "compile": {"cache_hit": False, "total_seconds": 0.0, "deployable": "model.engine"}}
+                "compile": {"cache_hit": False, "total_seconds": 0.0, "deployable": "model.engine",
+                            "out_dir": "runs/x"}}
 
     monkeypatch.setattr(effedge.pipeline.compile, "compile_model", fake_compile)
     result = CliRunner().invoke(cli, ["compile", "--profile", "orin-nx-16gb"])
@@ -293,7 +294,7 @@ def test_compile_with_a_profile_compiles_the_selected_model(monkeypatch):
     assert config.backend == "tensorrt"
 
 
-@pytest.mark.parametrize("content, message", [("{not json", "is not JSON"), ('[{"x": 1}]', "holds no `effedge bench")])
+@pytest.mark.parametrize("content, message", [("{not json", "is not valid JSON"), ('[{"x": 1}]', "holds no `effedge bench")])
 def test_profile_fit_refuses_foreign_input(tmp_path, content, message):
     from helpers import effedge_cli
 
@@ -409,7 +410,8 @@ def test_compile_with_a_profile_for_tensorrt_rtx_compiles_fp16(monkeypatch):
     def fake_compile(config, out=None, **kwargs):
         compiled["config"] = config
         return {"variant": str(config.variant), "precision": config.precision, "backend": config.backend,
-                "nms": "none", "compile": {"cache_hit": False, "total_seconds": 0.0, "deployable": "model.engine"}}
+                "nms": "none", "compile": {"cache_hit": False, "total_seconds": 0.0, "deployable": "model.engine",
+                                           "out_dir": "runs/x"}}
 
     monkeypatch.setattr(effedge.pipeline.compile, "compile_model", fake_compile)
     result = CliRunner().invoke(cli, ["compile", "--profile", "a100", "--backend", "tensorrt-rtx"])
