@@ -1,4 +1,4 @@
-"""The trained reference model (tests/fixtures/shapes_d0_256.fp16.pth: D0 at 256 px, 4 shape classes, trained
+"""The trained reference model (effedge/data/demo/shapes_d0_256.fp16.pth, `--weights demo`: D0 at 256 px, 4 shape classes, trained
 with tools/train_reference.py) finds the objects the generator placed, through export, int8, the ONNX NMS tail,
 the Detector and ``effedge detect`` on a phone-size photo."""
 import json
@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from effedge.demo import DEMO_WEIGHTS
 from effedge.export.onnx_export import ExportOptions, export
 from effedge.quantize.precision import PrecisionOptions, convert
 from effedge.runtime.detector import Detector
@@ -16,7 +17,7 @@ from PIL import Image
 from shapes import generate, make_image
 from training import iou_matrix
 
-FIXTURE = Path(__file__).parent / "fixtures" / "shapes_d0_256.fp16.pth"
+FIXTURE = DEMO_WEIGHTS  # shipped as the demo detector (effedge/data/demo)
 
 
 @pytest.fixture(scope="module")
