@@ -144,7 +144,8 @@ def eval_command(model, images, annotations, others, labels_file, strict, as_jso
 @click.option("--count", type=click.IntRange(1, 10_000), default=16, show_default=True, help="Images to write.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=3, show_default=True,
               help="Random seed (1 and 2 made the demo detector's training and validation sets).")
-def demo_images_command(out, count, seed) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the folder, annotation file and count as JSON.")
+def demo_images_command(out, count, seed, as_json) -> None:
     """Write OUT/images/*.png (256 px shapes: circle, square, triangle, cross) and OUT/instances.json (COCO):
     images for the demo detector, `effedge compile --weights demo`.
 
@@ -157,4 +158,7 @@ def demo_images_command(out, count, seed) -> None:
     from effedge.demo import demo_images
 
     annotations = demo_images(out, count, seed=seed)
+    if as_json:
+        print_json({"images": str(annotations.parent / "images"), "annotations": str(annotations), "count": count})
+        return
     click.echo(f"{annotations.parent / 'images'}: {count} image(s); annotations {annotations}")
