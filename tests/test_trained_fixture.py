@@ -1,5 +1,5 @@
-"""The trained reference model (tests/fixtures/shapes_d0_256.fp16.pth: D0 at 256 px, 4 shape classes, trained
-with tools/train_reference.py) finds the objects the generator placed, through export, int8, the ONNX NMS tail,
+"""The trained reference model (`--weights demo`, effedge/data/demo/shapes_d0_256.fp16.pth: D0 at 256 px, 4 shape
+classes, trained with tools/train_reference.py) finds the objects the generator placed, through export, int8, the ONNX NMS tail,
 the Detector and ``effedge detect`` on a phone-size photo."""
 import json
 import subprocess
@@ -13,10 +13,8 @@ from effedge.export.onnx_export import ExportOptions, export
 from effedge.quantize.precision import PrecisionOptions, convert
 from effedge.runtime.detector import Detector
 from PIL import Image
-from shapes import generate, make_image
+from shapes import CATEGORIES, generate, make_image
 from training import iou_matrix
-
-FIXTURE = Path(__file__).parent / "fixtures" / "shapes_d0_256.fp16.pth"
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +22,11 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("fixture")
     patcher = pytest.MonkeyPatch()
     patcher.setenv("EFFEDGE_CACHE_DIR", str(root / "cache"))
-    # model.sim.onnx: no NMS tail (NumPy NMS in the Detector); model.fp32.onnx: the ONNX NonMaxSuppression tail
-    export("d0", root / "build", weights=str(FIXTURE), num_classes=4, options=ExportOptions(image_size=256, nms="onnx"))
+    # model.sim.onnx: no NMS tail (NumPy NMS in the Detector); model.fp32.onnx: the ONNX NonMaxSuppression tail.
+    # Exported as a user would (`--weights demo`: D0, 256 px, 4 classes and their names in build.json).
+    exported = subprocess.run([sys.executable, "-m", "effedge", "export", "--weights", "demo", "--nms", "onnx",
+                               "--out", str(root / "build")], capture_output=True, text=True, timeout=600)
+    assert exported.returncode == 0, exported.stderr
     calib = generate(root / "calib", 40, size=(256, 256), seed=78).parent / "images"
     # percentile: the calibration that kept int8 within 0.1 mAP of fp32 on this model (entropy lost 11 points)
     convert(root / "build" / "model.sim.onnx", options=PrecisionOptions(precision="int8", calib_dir=calib,
@@ -104,6 +105,30 @@ def test_detect_on_a_4000x3000_photo_gives_boxes_in_its_pixels(models, tmp_path)
     assert (found, missed) == (len(objects), 0), (boxes, [(c, np.array(b) * scale) for c, b in objects])
 
 
+def test_detect_names_the_demo_shapes(models, tmp_path):
+    """``effedge detect`` on the `--weights demo` build and a folder of generated images: every object found with its
+    shape's name (tools/shapes.py CATEGORIES), no category_id (not a COCO head)."""
+    paths, annotations = models
+    coco, _ = generated_images(annotations)
+    result = subprocess.run([sys.executable, "-m", "effedge", "detect", str(paths["onnx-nms"]),
+                             str(annotations.parent / "images"), "--score-threshold", "0.5", "--out",
+                             str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert len(report) == len(coco["images"])
+    found = missed = 0
+    for record, entry in zip(coco["images"], report):
+        assert entry["image"].endswith(record["file_name"])
+        assert all(d["name"] == CATEGORIES[d["class"]] and "category_id" not in d for d in entry["detections"])
+        truth = [a for a in coco["annotations"] if a["image_id"] == record["id"]]
+        counts = tally(truth, np.array([d["box"] for d in entry["detections"]], np.float32).reshape(-1, 4),
+                       np.array([d["class"] for d in entry["detections"]]))
+        found, missed = found + counts[0], missed + counts[1]
+    assert found >= 0.9 * (found + missed), (found, missed)
+    named = {name for name in CATEGORIES if f" {name}" in result.stdout}
+    assert len(named) >= 3, result.stdout  # the summary lines name the shapes
+
+
 def test_eval_on_phone_size_photos_matches_the_small_images(models, tmp_path):
     """The test set enlarged 12× (256 -> 3072 px JPEGs, annotations scaled): the same mAP as at 256 px."""
     from effedge.evaluate.coco import EVAL_SCORE_THRESHOLD, evaluate
@@ -140,6 +165,8 @@ def test_eval_compare_ranks_the_trained_model_above_an_untrained_one(models, tmp
     assert result.returncode == 0, result.stderr
     trained, untrained, int8 = json.loads(result.stdout)
     assert [row["images"] for row in (trained, untrained, int8)] == [4, 4, 4]
+    # the demo build names its classes as the annotation file does; the untrained export has no names
+    assert [row["category_mapping"] for row in (trained, untrained, int8)] == ["name", "class+1", "name"]
     assert trained["mAP"] > 0.6, trained  # the fixture finds its shapes (0.84 on the 60-image validation set)
     assert untrained["mAP"] < 0.05, untrained  # random weights find nothing
     assert abs(int8["mAP"] - trained["mAP"]) < 0.15, (trained, int8)

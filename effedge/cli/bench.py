@@ -56,6 +56,7 @@ def bench_command(target, backend, variants, precisions, batches, nms, baselines
     from effedge.bench.targets import auto_backend, bench_baselines, bench_one, first_run_text, resolve_target
     from effedge.pipeline import bench_matrix
     from effedge.quantize.images import find_images
+    from effedge.runtime.labels import random_weights_warning
 
     settings = bench.BenchSettings(warmup_s=warmup, min_iterations=iterations, min_duration_s=duration,
                                    cuda_graph=cuda_graph, transfers=not no_transfers, batch=batches[0])
@@ -68,6 +69,8 @@ def bench_command(target, backend, variants, precisions, batches, nms, baselines
                                progress=rich_progress)
     elif target:
         path, manifest = resolve_target(target, backend)
+        if random_weights_warning(manifest):
+            progress(f"warning: {random_weights_warning(manifest)}")
         chosen = backend if backend != "auto" else auto_backend(path, manifest)
         results = []
         for batch in batches:

@@ -39,7 +39,13 @@ def export(variant, phi, weights, num_classes, pad, imgsz, batch, dynamic_batch,
     from effedge.arch.scaling import resolve
 
     from effedge.pipeline.compile import choose_backend, resolve_nms
+    from effedge.demo import DEMO_NAME, resolve_demo
 
+    class_names = None
+    if weights == DEMO_NAME:  # the shipped detector fixes the model; a differing option is refused
+        demo = resolve_demo(variant if variant is not None else phi, imgsz, num_classes)
+        variant, phi, imgsz, num_classes, weights, class_names = (demo.variant, None, demo.image_size,
+                                                                  demo.num_classes, str(demo.weights), demo.class_names)
     target = variant_arg(variant, phi)
     if nms == "auto":
         nms = resolve_nms(nms, choose_backend("auto").name, resolve(target).family == "efficientdet")
@@ -48,7 +54,7 @@ def export(variant, phi, weights, num_classes, pad, imgsz, batch, dynamic_batch,
                             iou_threshold=iou_threshold, max_detections=max_detections)
     out_dir = out or f"runs/{resolve(target).name}"
     manifest = run_export(target, out_dir, weights=weights, num_classes=num_classes, pad=pad, options=options,
-                          log=progress)
+                          class_names=class_names, log=progress)
     if as_json:
         print_json(manifest)
         return
@@ -182,12 +188,19 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
     \b
     Examples:
       effedge compile --variant d0 --precision int8
+      effedge compile --weights demo           the shipped shapes detector (offline; see demo-images)
       effedge compile --variant d2 --precision mixed --calib ~/site-images --fidelity-target 25
       effedge compile --phi 1.5 --precision fp16 --dynamic-batch 1:4:8 --backend tensorrt
       effedge compile --variant d0 --precision int8 --backend tensorrt-rtx --compute-capability 8.6,8.9
     """
+    from effedge.demo import DEMO_NAME, resolve_demo
     from effedge.pipeline.compile import CompileConfig, compile_model
 
+    class_names = None
+    if weights == DEMO_NAME:  # the shipped detector fixes the model; a differing option is refused
+        demo = resolve_demo(variant if variant is not None else phi, imgsz, num_classes)
+        variant, phi, imgsz, num_classes, weights, class_names = (demo.variant, None, demo.image_size,
+                                                                  demo.num_classes, str(demo.weights), demo.class_names)
     if profile_name:
         from effedge.pipeline.measure import calibrated
         from effedge.plan.latency import select
@@ -218,7 +231,7 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
         input_format=input_format, opset=opset, calib_dir=calib_dir, calib_images=calib_images, holdout=holdout,
         percentile=percentile, calib_method=calib_method, fidelity_target=fidelity_target, backend=backend,
         dla_core=dla_core, workspace_mb=workspace_mb, optimization_level=optimization_level,
-        compute_capabilities=tuple(split_list(compute_capabilities)) or None)
+        compute_capabilities=tuple(split_list(compute_capabilities)) or None, class_names=class_names)
     manifest = compile_model(config, out, force=force, log=progress, progress=rich_progress)
     if as_json:
         print_json(manifest)

@@ -4,73 +4,161 @@ from __future__ import annotations
 import click
 
 from effedge.cli.main import cli
-from effedge.cli.options import ImageFolder, InputFile, print_json, progress, rich_progress, table, threshold
+from effedge.errors import EffedgeError
+from effedge.cli.options import InputFile, print_json, progress, rich_progress, table, threshold
 
 
-@cli.command()
+IMAGES_HELP = ("IMAGES: image files, folders (their own files; --recursive adds subfolders) and globs, quoted globs "
+               "expanded by effedge ('calib/*.png', 'photos/**/*.jpg'). Other files are skipped, one line each.")
+
+
+@cli.command(epilog=IMAGES_HELP)
 @click.argument("model", type=InputFile("model"))
-@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.argument("images", nargs=-1, required=True)
+@click.option("--recursive", "-r", is_flag=True, help="Include the images in subfolders of a folder (default: not "
+              "recursive, the folder's own files only).")
+@click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
+              help="Class names, one per line (line i = class i) [default: build.json's, COCO for a 90-class "
+              "detector].")
+@click.option("--strict", is_flag=True, help="Exit non-zero when any image cannot be read (default: only when none "
+              "can).")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/detect", show_default=True,
               help="Folder for annotated images and detections.json.")
 @click.option("--score-threshold", type=threshold(zero_ok=True, one_ok=False), default=0.3, show_default=True, help="Score threshold.")
 @click.option("--iou-threshold", type=threshold(zero_ok=False, one_ok=True), default=0.5, show_default=True,
               help="NMS IoU threshold (graphs without an NMS tail).")
 @click.option("--json", "as_json", is_flag=True, help="Print the detections as JSON.")
-def detect(model, images, out, score_threshold, iou_threshold, as_json) -> None:
+def detect(model, images, recursive, labels_file, strict, out, score_threshold, iou_threshold, as_json) -> None:
     """Detect objects in IMAGES with MODEL (an engine or ONNX file) and draw them.
 
     \b
     Examples:
       effedge detect runs/d0-fp16-onnxruntime-…/model.fp16.onnx street.jpg park.png
-      effedge detect model.int8.engine photos/*.jpg --score-threshold 0.5 --out annotated
+      effedge detect model.int8.engine photos/ --recursive --score-threshold 0.5 --out annotated
+      effedge detect model.fp16.onnx 'calib/*.png' --labels names.txt
     """
+    from collections import Counter
     from pathlib import Path
 
     from effedge.io import write_json
     from effedge.runtime.detector import Detector, draw
+    from effedge.runtime.images import find_inputs
 
+    inputs = find_inputs(images, recursive=recursive)
+    for name, reason in inputs.skipped:
+        progress(f"skipped {name}: {reason}")
+    with Detector(model, score_threshold=score_threshold, iou_threshold=iou_threshold,
+                  labels_file=labels_file) as detector:
+        for note in detector.warnings:
+            progress(f"warning: {note}")
+        results = detector.detect_files(inputs.images, progress=rich_progress)
+        labels = detector.labels
     out_dir = Path(out)
-    with Detector(model, score_threshold=score_threshold, iou_threshold=iou_threshold) as detector:
-        results = detector([Path(p) for p in images])
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = []
-    for path, detections in zip(images, results):
-        target = out_dir / (Path(path).stem + ".jpg")
-        draw(Path(path), detections, target)
-        report.append({"image": str(path), "annotated": str(target), "detections": detections.to_list()})
+    report, taken = [], set()
+    for result in (r for r in results if r.error is None):
+        stem, copy = result.path.stem, 1
+        while f"{stem}.jpg" in taken:  # the same name in two folders: keep both
+            copy += 1
+            stem = f"{result.path.stem}-{copy}"
+        taken.add(f"{stem}.jpg")
+        target = out_dir / f"{stem}.jpg"
+        draw(result.path, result.detections, target, labels)
+        report.append({"image": str(result.path), "annotated": str(target),
+                       "detections": result.detections.to_list(labels)})
     write_json(out_dir / "detections.json", report)
     if as_json:
         print_json(report)
-        return
-    for entry in report:
-        click.echo(f"{entry['image']}: {len(entry['detections'])} detection(s) -> {entry['annotated']}")
+    else:
+        for entry in report:
+            counts = Counter(d.get("name") or str(d["class"]) for d in entry["detections"])
+            what = f" ({', '.join(f'{n} {name}' for name, n in counts.most_common())})" if counts else ""
+            click.echo(f"{entry['image']}: {len(entry['detections'])} detection(s){what} -> {entry['annotated']}")
+    failures = [r for r in results if r.error is not None]
+    if failures:
+        progress(f"{len(failures)} of {len(results)} image(s) could not be read:")
+        for failure in failures:
+            progress(f"  {failure.path}: {failure.error}")
+    if not report:
+        raise EffedgeError(f"none of the {len(results)} image(s) could be read")
+    if failures and strict:
+        raise EffedgeError(f"{len(failures)} image(s) could not be read (--strict)")
 
 
 @cli.command("eval")
 @click.argument("model", type=InputFile("model"))
-@click.option("--images", "images_dir", required=True, type=ImageFolder(), help="Image folder.")
+@click.option("--images", required=True, help="The annotated images: their folder (annotation file_names are "
+              "relative to it), or a quoted glob such as 'val/*.png' (the annotated images among its matches).")
 @click.option("--annotations", required=True, type=InputFile("json"), help="COCO instances JSON.")
 @click.option("--compare", "others", multiple=True, type=InputFile("model"),
               help="More models (e.g. other precisions) to evaluate into the same table; repeat the option.")
+@click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
+              help="Class names, one per line (line i = class i), matched to the annotation file's category names.")
+@click.option("--strict", is_flag=True, help="Exit non-zero when any annotated image cannot be read (default: such "
+              "images are left out and listed).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def eval_command(model, images_dir, annotations, others, as_json) -> None:
-    """COCO mAP of MODEL (engine or ONNX) on an annotated image folder.
+def eval_command(model, images, annotations, others, labels_file, strict, as_json) -> None:
+    """COCO mAP of MODEL (engine or ONNX) on annotated images.
 
+    \b
+    Head classes map onto the annotation file's categories by COCO category id (a COCO head), by name
+    (the file's category names are among the model's class names) or as class + 1; the output says which.
     \b
     Examples:
       effedge eval runs/d0-fp32-…/model.fp32.onnx --images val/images --annotations val/instances.json
       effedge eval model.fp32.onnx --compare model.fp16.onnx --compare model.int8.onnx --images … --annotations …
     """
+    from pathlib import Path
+
     from effedge.evaluate.coco import EVAL_SCORE_THRESHOLD, METRICS, evaluate
     from effedge.runtime.detector import Detector
+    from effedge.runtime.images import find_inputs
 
+    if Path(images).expanduser().is_dir():
+        image_set = Path(images).expanduser()
+    else:
+        image_set = find_inputs([images]).images
     rows = []
     for path in (model, *others):
         progress(f"evaluating {path}")
-        with Detector(path, score_threshold=EVAL_SCORE_THRESHOLD) as detector:
-            rows.append({"model": path, **evaluate(detector, images_dir, annotations, progress=rich_progress)})
+        with Detector(path, score_threshold=EVAL_SCORE_THRESHOLD, labels_file=labels_file) as detector:
+            for note in detector.warnings:
+                progress(f"warning: {note}")
+            rows.append({"model": path, **evaluate(detector, image_set, annotations, labels=detector.labels,
+                                                   progress=rich_progress)})
+        progress(f"classes -> categories: by {rows[-1]['category_mapping']}")
+        for failure in rows[-1]["failed"]:
+            progress(f"  left out {failure['image']}: {failure['error']}")
     if as_json:
         print_json(rows)
+    else:
+        table("COCO bbox evaluation", ["model", *METRICS, "images", "detections", "classes by"],
+              [[r["model"], *(f"{r[m]:.3f}" for m in METRICS), r["images"], r["detections"], r["category_mapping"]]
+               for r in rows])
+    if strict and any(r["failed"] for r in rows):
+        raise EffedgeError(f"{sum(len(r['failed']) for r in rows)} annotated image(s) could not be read (--strict)")
+
+
+@cli.command("demo-images")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--count", type=click.IntRange(1, 10_000), default=16, show_default=True, help="Images to write.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=3, show_default=True,
+              help="Random seed (1 and 2 made the demo detector's training and validation sets).")
+@click.option("--json", "as_json", is_flag=True, help="Print the folder, annotation file and count as JSON.")
+def demo_images_command(out, count, seed, as_json) -> None:
+    """Write OUT/images/*.png (256 px shapes: circle, square, triangle, cross) and OUT/instances.json (COCO):
+    images for the demo detector, `effedge compile --weights demo`.
+
+    \b
+    Examples:
+      effedge demo-images demo && effedge compile --weights demo --out runs/demo
+      effedge detect runs/demo/model.fp16.onnx demo/images
+      effedge eval runs/demo/model.fp16.onnx --images demo/images --annotations demo/instances.json
+    """
+    from effedge.demo import demo_images
+
+    annotations = demo_images(out, count, seed=seed)
+    if as_json:
+        print_json({"images": str(annotations.parent / "images"), "annotations": str(annotations), "count": count})
         return
-    table("COCO bbox evaluation", ["model", *METRICS, "images", "detections"],
-           [[r["model"], *(f"{r[m]:.3f}" for m in METRICS), r["images"], r["detections"]] for r in rows])
+    click.echo(f"{annotations.parent / 'images'}: {count} image(s); annotations {annotations}")

@@ -209,7 +209,8 @@ _MODEL_OPTIONS = (
     click.option("--variant", help="b0..b7, d0..d7x."),
     click.option("--phi", type=FiniteFloatRange(*PHI_RANGE),
                  help="Custom compound coefficient φ (0–7) instead of --variant."),
-    click.option("--weights", help="Checkpoint: .pth file, URL, or known name (tf_efficientdet_d0, …)."),
+    click.option("--weights", help="Checkpoint: .pth file, URL, or known name (tf_efficientdet_d0, …); demo: the "
+                 "shipped shapes detector (sets D0, 256 px, 4 classes and their names; works offline)."),
     click.option("--num-classes", type=click.IntRange(1, 100_000), help="Classes of the head (default 90 for detectors, 1000 for "
                  "classifiers)."),
     click.option("--pad", type=click.Choice(["same", "symmetric"]), default="same", show_default=True,

@@ -1,8 +1,10 @@
 """COCO-style mAP of a detector on an annotated image folder, with pycocotools (the maintained evaluator).
 
-Class index ``i`` of the model's head is COCO category id ``i + 1`` (the convention of the TF-ported
-EfficientDet checkpoints and of :mod:`shapes`). Detections are taken at a low score threshold
-(0.001) and at most 100 per image, as COCO evaluation expects.
+Head classes map onto the annotation file's categories (:func:`category_mapping`): by COCO category id for a COCO
+head, by name where the file's category names are among the model's class names, else class ``i`` → id ``i + 1``
+(the convention of the TF-ported EfficientDet checkpoints and of :mod:`effedge.demo.shapes`). Detections are
+taken at a low score threshold (0.001) and at most 100 per image, as COCO evaluation expects. An image that
+cannot be read is left out of the evaluation and listed in ``failed``.
 """
 from __future__ import annotations
 
@@ -10,24 +12,42 @@ import contextlib
 import io
 import json
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 from effedge.errors import EffedgeError
+from effedge.runtime.labels import Labels
 
 EVAL_SCORE_THRESHOLD = 0.001
 METRICS = ("mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
 
 
-def evaluate(detect: Callable[[Sequence[Path]], list], images_dir: str | Path, annotations: str | Path,
-             *, batch: int = 8, progress=lambda items, total, description: items) -> dict:
-    """Run ``detect`` (e.g. a :class:`~effedge.runtime.detector.Detector`) over the annotated images; returns the COCO
-    metrics and the number of images and detections."""
+def category_mapping(labels: Optional[Labels], categories: list[dict]) -> tuple[Callable[[int], Optional[int]], str]:
+    """(head class -> annotation category id, how): ``category_id`` for a COCO head whose ids agree with the file's
+    names, ``name`` where every category name of the file is one of the model's class names, else ``class+1``."""
+    file_names = {c["id"]: c.get("name") for c in categories}
+    if labels is not None and labels.category_ids is not None:
+        by_id = {labels.category_id(i): labels.name(i) for i in range(len(labels.names))}
+        if all(name is None or by_id.get(cid) in (None, name) for cid, name in file_names.items()):
+            return labels.category_id, "category_id"
+    if labels is not None and file_names and all(name is not None for name in file_names.values()):
+        ids = {name: cid for cid, name in file_names.items()}
+        if set(ids) <= {name for name in labels.names if name is not None}:
+            return (lambda cls: ids.get(labels.name(cls))), "name"
+    return (lambda cls: cls + 1), "class+1"
+
+
+def evaluate(detect: Callable[[Sequence[Path]], list], images: Union[str, Path, Sequence[Path]],
+             annotations: str | Path, *, batch: int = 8, labels: Optional[Labels] = None,
+             progress=lambda items, total, description: items) -> dict:
+    """Run ``detect`` (e.g. a :class:`~effedge.runtime.detector.Detector`) over the annotated images — all of an
+    image folder's, or those among a list of files (matched by their annotated ``file_name``) — and return the COCO
+    metrics, the number of images and detections, the class mapping used and the images that failed."""
     try:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
     except ImportError as exc:
         raise EffedgeError("COCO evaluation needs pycocotools (pip install pycocotools)") from exc
-    annotations, images_dir = Path(annotations), Path(images_dir)
+    annotations = Path(annotations)
     if not annotations.is_file():
         raise EffedgeError(f"annotations {annotations} not found")
     try:
@@ -36,23 +56,67 @@ def evaluate(detect: Callable[[Sequence[Path]], list], images_dir: str | Path, a
     except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as exc:  # pycocotools asserts the format
         raise EffedgeError(f"{annotations} is not a COCO instances file ({exc})") from exc
     records = ground_truth.loadImgs(ground_truth.getImgIds())
-    missing = [r["file_name"] for r in records if not (images_dir / r["file_name"]).is_file()]
-    if missing:
-        raise EffedgeError(f"{len(missing)} annotated image(s) missing from {images_dir}, e.g. {missing[0]}")
-    results = []
-    chunks = [records[i:i + batch] for i in range(0, len(records), batch)]
+    files = _annotated_files(records, images)
+    to_category, mapping = category_mapping(labels, ground_truth.loadCats(ground_truth.getCatIds()))
+    results, failed = [], []
+    chunks = [files[i:i + batch] for i in range(0, len(files), batch)]
     for chunk in progress(chunks, len(chunks), "evaluating"):
-        for record, found in zip(chunk, detect([images_dir / r["file_name"] for r in chunk])):
-            for (x1, y1, x2, y2), score, cls in zip(found.boxes, found.scores, found.classes):
-                results.append({"image_id": record["id"], "category_id": int(cls) + 1, "score": float(score),
-                                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]})
-    report = {"images": len(records), "detections": len(results)}
+        for (record, path), found in zip(chunk, _detect_each(detect, [path for _, path in chunk], failed)):
+            for (x1, y1, x2, y2), score, cls in (zip(found.boxes, found.scores, found.classes) if found is not None else ()):
+                category = to_category(int(cls))
+                if category is not None:  # a class the annotation file has no category for
+                    results.append({"image_id": record["id"], "category_id": category, "score": float(score),
+                                    "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]})
+    failed_names = {str(path) for path, _ in failed}
+    evaluated = [record["id"] for record, path in files if str(path) not in failed_names]
+    if not evaluated:
+        raise EffedgeError(f"none of the {len(files)} annotated image(s) could be read, e.g. {failed[0][0]}: "
+                           f"{failed[0][1]}")
+    report = {"images": len(evaluated), "detections": len(results), "category_mapping": mapping,
+              "failed": [{"image": str(path), "error": error} for path, error in failed]}
     if not results:
         return {**report, **{metric: 0.0 for metric in METRICS}}
     with contextlib.redirect_stdout(io.StringIO()):
         predictions = ground_truth.loadRes(results)
         evaluator = COCOeval(ground_truth, predictions, "bbox")
+        evaluator.params.imgIds = evaluated  # images that failed are left out, not counted as finding nothing
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
     return {**report, **{metric: max(0.0, float(value)) for metric, value in zip(METRICS, evaluator.stats[:6])}}
+
+
+def _annotated_files(records: list[dict], images: Union[str, Path, Sequence[Path]]) -> list[tuple[dict, Path]]:
+    if isinstance(images, (str, Path)):
+        folder = Path(images)
+        missing = [r["file_name"] for r in records if not (folder / r["file_name"]).is_file()]
+        if missing:
+            raise EffedgeError(f"{len(missing)} annotated image(s) missing from {folder}, e.g. {missing[0]}")
+        return [(r, folder / r["file_name"]) for r in records]
+    given = [Path(p) for p in images]
+    chosen = []
+    for record in records:
+        tail = Path(record["file_name"]).parts
+        match = next((p for p in given if p.parts[-len(tail):] == tail), None)
+        if match is not None:
+            chosen.append((record, match))
+    if not chosen:
+        raise EffedgeError(f"none of the {len(given)} image(s) given is in the annotations (matched by file_name, "
+                           f"e.g. {records[0]['file_name'] if records else '-'})")
+    return chosen
+
+
+def _detect_each(detect, paths: list[Path], failed: list[tuple[Path, str]]) -> list:
+    """``detect(paths)``; when that fails on an unreadable file, one image at a time, so only that one is lost."""
+    try:
+        return detect(paths)
+    except EffedgeError:
+        pass
+    found = []
+    for path in paths:
+        try:
+            found.extend(detect([path]))
+        except EffedgeError as exc:
+            failed.append((path, str(exc)))
+            found.append(None)
+    return found

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -185,9 +185,10 @@ def example_input(image_size: tuple[int, int], batch: int, input_format: str, se
 
 def export(variant: Union[str, float, ModelSpec], out_dir: Union[str, Path], *, weights: Optional[str] = None,
            num_classes: Optional[int] = None, pad: str = "same", options: ExportOptions = ExportOptions(),
-           log: Callable[[str], None] = lambda message: None) -> dict:
+           class_names: Optional[Sequence[str]] = None, log: Callable[[str], None] = lambda message: None) -> dict:
     """Export ``variant`` into ``out_dir`` (``model.onnx``, ``model.sim.onnx``, ``build.json``); returns the
-    manifest. Nothing is left in ``out_dir`` if any step fails."""
+    manifest. ``class_names`` (one per class) go into build.json for the Detector. Nothing is left in ``out_dir``
+    if any step fails."""
     spec = resolve(variant)
     is_detector = isinstance(spec, EfficientDetSpec)
     options.validate(is_detector)
@@ -196,10 +197,11 @@ def export(variant: Union[str, float, ModelSpec], out_dir: Union[str, Path], *, 
 
     input_size_for(spec, options.image_size)  # bad sizes fail before anything is written
     with output_directory(out_dir) as out:
-        return _export(spec, out, weights=weights, num_classes=num_classes, pad=pad, options=options, log=log)
+        return _export(spec, out, weights=weights, num_classes=num_classes, pad=pad, options=options,
+                       class_names=class_names, log=log)
 
 
-def _export(spec, out: Path, *, weights, num_classes, pad, options: ExportOptions, log) -> dict:
+def _export(spec, out: Path, *, weights, num_classes, pad, options: ExportOptions, class_names, log) -> dict:
     import onnx
     import torch
 
@@ -215,6 +217,8 @@ def _export(spec, out: Path, *, weights, num_classes, pad, options: ExportOption
         log(f"warning: no --weights: {spec.name} gets random weights (fine for latency, meaningless detections)")
     model = build_model(spec, weights=weights, num_classes=num_classes, image_size=options.image_size, pad=pad)
     image_size = model.image_size
+    if class_names is not None and len(class_names) != model.num_classes:
+        raise EffedgeError(f"{len(class_names)} class names for a head of {model.num_classes} classes")
     wrapper = deployable(model, options.input_format)
     names = output_names(is_detector)
     batch = options.example_batch
@@ -266,6 +270,7 @@ def _export(spec, out: Path, *, weights, num_classes, pad, options: ExportOption
             "phi": spec.phi,
             "resolution": list(image_size),
             "num_classes": model.num_classes,
+            **({"class_names": list(class_names)} if class_names is not None else {}),
             "pad": pad,
             "weights": "random" if weights is None else (str(weights) if isinstance(weights, (str, Path))
                                                          else "<state dict>"),

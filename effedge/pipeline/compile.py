@@ -57,6 +57,7 @@ class CompileConfig:
     workspace_mb: Optional[int] = None
     optimization_level: Optional[int] = None
     compute_capabilities: Optional[tuple[str, ...]] = None  # TensorRT-RTX targets ("8.6", …); None: its default
+    class_names: Optional[tuple[str, ...]] = None  # recorded in build.json (the demo detector's shapes)
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,7 @@ def _run_stages(config: CompileConfig, spec: ModelSpec, backend: BackendChoice, 
 
     clock = time.perf_counter()
     export(spec, out, weights=config.weights, num_classes=config.num_classes, pad=config.pad,
-           options=ExportOptions(image_size=config.image_size, batch=config.batch, dynamic_batch=config.dynamic_batch,
+           class_names=config.class_names, options=ExportOptions(image_size=config.image_size, batch=config.batch, dynamic_batch=config.dynamic_batch,
                                  opset=opset or 17, input_format=config.input_format), log=log)
     seconds["export"] = time.perf_counter() - clock
 

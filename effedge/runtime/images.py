@@ -3,10 +3,14 @@ orientation applied, every mode (grayscale, RGBA, palette, CMYK, 16-bit) convert
 while decoding. Needs Pillow."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import glob
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
+
+from effedge.errors import EffedgeError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_PIXELS = 400_000_000  # larger files are refused rather than decoded (decompression bombs)
@@ -25,6 +29,65 @@ class DecodedImage:
     pixels: np.ndarray
     size: tuple[int, int]
     reduction: int
+
+
+@dataclass
+class ImageInputs:
+    """What a list of command-line image arguments names: ``images`` (in argument order, folders sorted, each file
+    once) and ``skipped`` (file or folder, reason): files that are not images, subfolders left out."""
+
+    images: list[Path] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def find_inputs(arguments: Iterable[str | Path], *, recursive: bool = False) -> ImageInputs:
+    """Expand image files, folders (their files; subfolders too with ``recursive``) and globs (``calib/*.png``,
+    ``photos/**/*.jpg``, expanded here so a quoted pattern works) into image files, by suffix. Hidden files are
+    ignored; other files that are not images are skipped with their reason. A path that does not exist, a glob
+    that matches nothing or arguments that hold no image are refused (:class:`EffedgeError`)."""
+    found = ImageInputs()
+    seen: set[Path] = set()
+
+    def add_file(path: Path) -> None:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            found.skipped.append((str(path), f"not an image ({', '.join(s[1:] for s in IMAGE_SUFFIXES)})"))
+        elif path.resolve() not in seen:
+            seen.add(path.resolve())
+            found.images.append(path)
+
+    def add(path: Path, *, named: bool) -> None:
+        if path.is_dir():
+            for child in sorted(path.iterdir()):
+                if child.name.startswith("."):
+                    continue
+                if child.is_dir():
+                    if recursive:
+                        add(child, named=False)
+                    else:
+                        found.skipped.append((str(child), "a subfolder (add --recursive to include it)"))
+                elif child.is_file():
+                    add_file(child)
+        elif path.is_file() and (named or not path.name.startswith(".")):
+            add_file(path)
+
+    for argument in arguments:
+        path = Path(argument).expanduser()
+        if path.exists():
+            add(path, named=True)
+        elif glob.has_magic(str(path)):
+            matches = sorted(glob.glob(str(path), recursive=True))
+            if not matches:
+                raise EffedgeError(f"no file matches {argument!r}")
+            for match in matches:
+                add(Path(match), named=False)
+        else:
+            raise EffedgeError(f"{argument} not found: give image files, folders or globs")
+    if not found.images:
+        subfolders = any(reason.startswith("a subfolder") for _, reason in found.skipped)
+        raise EffedgeError(f"no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) in "
+                           f"{', '.join(str(a) for a in arguments)}"
+                           + (" (add --recursive to look in subfolders)" if subfolders else ""))
+    return found
 
 
 def load_rgb(path: Path, target: tuple[int, int] | None = None) -> np.ndarray:
