@@ -119,14 +119,17 @@ def test_plan_has_every_model_precision_batch_on_every_device():
         (v, p, b, d) for v in ("d0", "b0") for p in ("fp32", "fp16") for b in (1, 2) for d in ("cpu-a", "cpu-b")}
 
 
-def test_result_key_is_artefact_device_and_bench_settings():
+def test_result_key_is_artefact_device_bench_settings_and_fingerprint():
     spec = example()
     a, b = spec.devices
-    key = result_key("0" * 64, a, spec.bench)
-    assert key == result_key("0" * 64, a, spec.bench)
-    assert len({key, result_key("1" * 64, a, spec.bench), result_key("0" * 64, b, spec.bench),
-                result_key("0" * 64, a, dataclasses.replace(spec.bench, min_duration_s=9)),
-                result_key("0" * 64, dataclasses.replace(a, backend="tensorrt"), spec.bench)}) == 5
+    fingerprint = {"tensorrt": "10.3.0", "power_mode": "MAXN"}
+    key = result_key("0" * 64, a, spec.bench, fingerprint)
+    assert key == result_key("0" * 64, a, spec.bench, dict(fingerprint))
+    assert len({key, result_key("1" * 64, a, spec.bench, fingerprint), result_key("0" * 64, b, spec.bench, fingerprint),
+                result_key("0" * 64, a, dataclasses.replace(spec.bench, min_duration_s=9), fingerprint),
+                result_key("0" * 64, dataclasses.replace(a, backend="tensorrt"), spec.bench, fingerprint),
+                result_key("0" * 64, a, spec.bench, {**fingerprint, "tensorrt": "10.13.3"}),
+                result_key("0" * 64, a, spec.bench, {**fingerprint, "power_mode": "15W"})}) == 7
 
 
 # --- in process --------------------------------------------------------------------------------------------
@@ -168,6 +171,42 @@ def test_rerun_runs_only_the_missing_cell(first_sweep):
     assert again.stats["host_tasks"] == 1 and again.stats["device_tasks"] == 1 and again.stats["cached"] == 7
     rerun = [c for c in again.cells if not c["cached"]]
     assert [c["cell"] for c in rerun] == [lost["cell"]] and rerun[0]["run_id"] == again.run_id
+
+
+def test_device_fingerprint_names_runtime_gpu_l4t_and_power_mode(monkeypatch):
+    import effedge.bench.harness
+    from effedge.fleet import device
+
+    monkeypatch.setattr(device, "_nvidia_gpu", lambda: {"name": "Orin", "compute_capability": "8.7",
+                                                        "driver": "540.4.0"})
+    monkeypatch.setattr(device, "_first_line", lambda path: "# R36 (release), REVISION: 4.3" if "tegra" in path else None)
+    monkeypatch.setattr(effedge.bench.harness, "jetson_state", lambda: {"power_mode": "MAXN"})
+    monkeypatch.setattr(device, "tool_versions", lambda: {"tensorrt": "10.3.0", "onnxruntime": "1.31.0"})
+    fingerprint = device.device_fingerprint("tensorrt")
+    assert fingerprint["tensorrt"] == "10.3.0" and "onnxruntime" not in fingerprint
+    assert fingerprint["gpu"] == {"name": "Orin", "compute_capability": "8.7", "driver": "540.4.0"}
+    assert fingerprint["l4t"] == "# R36 (release), REVISION: 4.3" and fingerprint["power_mode"] == "MAXN"
+    assert device.device_fingerprint("onnxruntime")["onnxruntime"] == "1.31.0"
+
+
+def test_an_upgrade_or_another_power_mode_measures_again(first_sweep, monkeypatch):
+    """Cached results count only under the software and power mode they were measured with: after the
+    device's runtime is upgraded every cell runs again (on the compiled graphs), and again after the power
+    mode changes; the new measurements are cached under the new fingerprint."""
+    import effedge.bench.harness
+    from effedge.fleet import device
+
+    versions = device.tool_versions
+    monkeypatch.setattr(device, "tool_versions", lambda: {**versions(), "onnxruntime": "99.0.0"})
+    upgraded = run_sweep(load_sweep(EXAMPLE))
+    assert upgraded.stats["device_tasks"] == 8 and upgraded.stats["cached"] == 0
+    assert {c["device_fingerprint"]["onnxruntime"] for c in upgraded.cells} == {"99.0.0"}
+    assert run_sweep(load_sweep(EXAMPLE)).stats["cached"] == 8  # measured under this fingerprint now
+    monkeypatch.setattr(effedge.bench.harness, "jetson_state", lambda: {"power_mode": "15W"})
+    small = example(models=("b0",), precisions=("fp32",))
+    other_mode = run_sweep(small)
+    assert other_mode.stats["device_tasks"] == 2 and other_mode.stats["cached"] == 0
+    assert {c["device_fingerprint"]["power_mode"] for c in other_mode.cells} == {"15W"}
 
 
 def test_results_follow_the_artefact_hash(first_sweep):

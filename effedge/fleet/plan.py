@@ -5,7 +5,8 @@
   compile configuration, the calibration images (by content), effedge's code and the tool versions, so the
   ledger entry ``fleet/host/<key>.json`` says which artefact (by sha256) it produced.
 * A **cell** is one host job on one device. Its result is cached as ``fleet/results/<key>.json`` under the
-  key (artefact sha256, device, backend, bench settings): a re-run executes only the cells without one.
+  key (artefact sha256, device, backend, bench settings, and the fingerprint of the device's software and
+  power mode that its device stage reports): a re-run executes only the cells without one.
 """
 from __future__ import annotations
 
@@ -92,9 +93,11 @@ def bench_settings_for(spec: SweepSpec, job: HostJob) -> BenchSettings:
     return replace(spec.bench, batch=job.batch)
 
 
-def result_key(artefact_sha256: str, device: DeviceSpec, settings: BenchSettings) -> str:
+def result_key(artefact_sha256: str, device: DeviceSpec, settings: BenchSettings, fingerprint: dict) -> str:
+    """A measurement's key: what was measured, where, how, and under which software (``fingerprint``, from
+    :func:`effedge.fleet.device.device_fingerprint` on the device)."""
     return _digest({"artefact": artefact_sha256, "device": device.name, "backend": device.backend,
-                    "bench": settings_dict(settings)})
+                    "bench": settings_dict(settings), "fingerprint": fingerprint})
 
 
 def make_plan(spec: SweepSpec) -> tuple[list[HostJob], list[Cell]]:
