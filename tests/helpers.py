@@ -47,3 +47,17 @@ def photo(size=(96, 64), seed=0) -> np.ndarray:
     yy, xx = np.mgrid[0:size[1], 0:size[0]]
     base = np.stack([xx * 255 / size[0], yy * 255 / size[1], (xx + yy) % 256], -1)
     return np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
+
+
+def raw_outputs_graph(batch: int, anchors: int, classes: int, opset: int = 17):
+    """An ONNX graph that passes ``raw_boxes`` and ``raw_scores`` through as ``boxes [B, N, 4]`` and
+    ``scores [B, N, C]``, the exported detector's outputs an NMS tail consumes."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Identity", [f"raw_{n}"], [n]) for n in ("boxes", "scores")]
+    graph = helper.make_graph(nodes, "raw", [
+        helper.make_tensor_value_info("raw_boxes", TensorProto.FLOAT, [batch, anchors, 4]),
+        helper.make_tensor_value_info("raw_scores", TensorProto.FLOAT, [batch, anchors, classes])], [
+        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [batch, anchors, 4]),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, anchors, classes])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import effedge_cli, random_weights
+from helpers import effedge_cli, random_weights, raw_outputs_graph
 
 from effedge import build_model
 from effedge.runtime.onnxruntime import OnnxRuntimeRunner
@@ -136,19 +136,6 @@ def reference_tail(boxes, scores, *, score_threshold, iou_threshold, max_per_cla
     rows = batched_nms(boxes[kept], scores[kept], score_threshold=score_threshold, iou_threshold=iou_threshold,
                        max_per_class=max_per_class)
     return sorted((int(cls), int(kept[slot])) for cls, slot in rows)
-
-
-def raw_outputs_graph(batch: int, anchors: int, classes: int, opset: int):
-    """A graph that passes boxes and scores through, in the exported detector's output layout."""
-    from onnx import TensorProto, helper
-
-    nodes = [helper.make_node("Identity", [f"raw_{n}"], [n]) for n in ("boxes", "scores")]
-    graph = helper.make_graph(nodes, "raw", [
-        helper.make_tensor_value_info("raw_boxes", TensorProto.FLOAT, [batch, anchors, 4]),
-        helper.make_tensor_value_info("raw_scores", TensorProto.FLOAT, [batch, anchors, classes])], [
-        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [batch, anchors, 4]),
-        helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, anchors, classes])])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def clustered_detections(rng, batch, anchors, classes):

@@ -25,6 +25,7 @@ from effedge.errors import EffedgeError
 from effedge.fleet import SweepInterrupted, load_sweep, make_plan, run_sweep
 from effedge.fleet.plan import FleetCache, fleet_dir, result_key
 from effedge.fleet.spec import FaultPolicy
+from effedge.plan.profiles import load_profile
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sweep-local.yaml"
 RAY_MISSING = "Ray is not installed (pip install 'effedge[fleet]'); the Ray executor's tests need it"
@@ -281,14 +282,33 @@ def test_csv_has_device_node_and_attempt_for_every_cell(first_sweep, tmp_path):
     assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
 
 
+def tail_free_profiles(tmp_path):
+    """The example's devices, each with its own copy of cpu-local that deploys tail-free graphs (as a sweep
+    measures them)."""
+    import yaml
+
+    data = yaml.safe_load((load_sweep(EXAMPLE).path.parent.parent / "profiles" / "cpu-local.yaml").read_text())
+    data["target"]["nms"] = "none"
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(data))
+    return tuple(dataclasses.replace(d, profile=str(tmp_path / f"{n}.yaml"))
+                 for d, n in zip(load_sweep(EXAMPLE).devices, "ab"))
+
+
+def test_fit_refuses_a_profile_that_deploys_another_nms_tail(tmp_path):
+    """cpu-local deploys the onnx tail (what compile puts on ONNX Runtime): tail-free sweep graphs would fit it
+    to the wrong graph, so --fit refuses before running anything."""
+    shutil.copy(load_sweep(EXAMPLE).path.parent.parent / "profiles" / "cpu-local.yaml", tmp_path / "a.yaml")
+    spec = load_sweep(EXAMPLE)
+    device = dataclasses.replace(spec.devices[0], profile=str(tmp_path / "a.yaml"))
+    with pytest.raises(EffedgeError, match=r"deploys the onnx NMS tail.*set target.nms: none"):
+        run_sweep(dataclasses.replace(spec, devices=(device,)), fit=True, log=lambda m: pytest.fail("it ran"))
+
+
 def test_fit_fits_each_device_profile_from_its_own_results(first_sweep, tmp_path, monkeypatch):
     monkeypatch.setenv("EFFEDGE_PROFILE_DIR", str(tmp_path / "fitted"))  # fits go to the user profile directory
-    source = load_sweep(EXAMPLE).path.parent.parent / "profiles" / "cpu-local.yaml"
-    for name in ("a", "b"):
-        shutil.copy(source, tmp_path / f"{name}.yaml")
-    spec = load_sweep(EXAMPLE)
-    devices = tuple(dataclasses.replace(d, profile=str(tmp_path / f"{n}.yaml")) for d, n in zip(spec.devices, "ab"))
-    report = run_sweep(dataclasses.replace(spec, devices=devices), fit=True)
+    devices = tail_free_profiles(tmp_path)
+    report = run_sweep(dataclasses.replace(load_sweep(EXAMPLE), devices=devices), fit=True)
     import yaml
 
     for device, name in zip(devices, "ab"):
@@ -298,10 +318,22 @@ def test_fit_fits_each_device_profile_from_its_own_results(first_sweep, tmp_path
         assert sorted(m["latency_ms"] for m in stored["measured"]) == sorted(c["latency_ms"]["median"] for c in mine)
         precisions = {c["precision"] for c in mine}
         assert set(stored["fits"]) == precisions == set(report.fits[device.name]["fitted"])
+        assert {m["nms"] for m in stored["measured"]} == {"none"} == {f["nms"] for f in stored["fits"].values()}
+        assert {tuple(m["resolution"]) for m in stored["measured"]} == {(128, 128)}
         for precision in precisions:  # each fit reproduces its own device's points
             points = report.fits[device.name]["fitted"][precision]["points"]
             assert len(points) == sum(c["precision"] == precision for c in mine)
             assert all(abs(p["error"]) <= 0.05 for p in points)
+    # the measured points were taken at 128 px: they count for D0 at 128 px, never for D0 at its own 512 px
+    from effedge.plan import latency
+    from effedge.plan.latency import LayerCost
+
+    monkeypatch.setattr(latency, "candidate_costs", lambda spec, precision: [LayerCost("conv", 1e9 * (1 + spec.phi),
+                                                                                       1e6, 0)])
+    fitted = load_profile(str(tmp_path / "fitted" / "a.yaml"))
+    assert fitted.measured_ms("d0", 128, 1, "fp32") is not None
+    candidates, _ = latency.select(fitted, precision="fp32")
+    assert {c.source for c in candidates} == {"predicted"}
 
 
 def test_fit_refuses_devices_sharing_a_profile():

@@ -228,18 +228,12 @@ def test_onnx_tail_parses_in_tensorrt_rtx_and_is_refused_as_before(tmp_path):
     parser (onnx-tensorrt, as full TensorRT's) still takes the whole tail, and the build still refuses it before
     parsing because the NMS layer has no runner there (full TensorRT builds it: test_engine_builder)."""
     import tensorrt_rtx as trt
-    from onnx import TensorProto
+    from helpers import raw_outputs_graph
 
     from effedge.export.nms_tail import append_nms_tail
 
-    nodes = [helper.make_node("Identity", [f"raw_{n}"], [n]) for n in ("boxes", "scores")]
-    graph = helper.make_graph(nodes, "raw", [
-        helper.make_tensor_value_info("raw_boxes", TensorProto.FLOAT, [1, 3000, 4]),
-        helper.make_tensor_value_info("raw_scores", TensorProto.FLOAT, [1, 3000, 90])], [
-        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 3000, 4]),
-        helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 3000, 90])])
-    model = append_nms_tail(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), "onnx",
-                            score_threshold=0.05, iou_threshold=0.5, max_detections=100)
+    model = append_nms_tail(raw_outputs_graph(1, 3000, 90), "onnx", score_threshold=0.05, iou_threshold=0.5,
+                            max_detections=100)
     assert {"TopK", "NonMaxSuppression"} <= {n.op_type for n in model.graph.node}
     path = tmp_path / "tail.onnx"
     onnx.save(model, str(path))

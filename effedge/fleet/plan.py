@@ -20,6 +20,8 @@ from effedge.io import write_json
 from effedge.bench.harness import BenchSettings, settings_dict
 from effedge.fleet.spec import DeviceSpec, SweepSpec
 
+SWEEP_NMS = "none"  # the NMS tail of every sweep graph: one graph runs on every device (no plugin, no NMS layer)
+
 
 def _digest(material: object) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
@@ -56,7 +58,7 @@ class HostJob:
         # built for ONNX Runtime, whose deployable is the precision graph itself; engines are built later on
         # each device from that graph.
         return CompileConfig(variant=self.variant, precision=self.precision, batch=self.batch,
-                             image_size=self.image_size, nms="none", backend="onnxruntime",
+                             image_size=self.image_size, nms=SWEEP_NMS, backend="onnxruntime",
                              calib_dir=self.calib_dir if calibrated else None,
                              calib_images=self.calib_images if calibrated else 300)
 

@@ -7,6 +7,7 @@ from typing import Callable, Optional
 from effedge.errors import EffedgeError
 from effedge.fleet.device import device_fingerprint
 from effedge.fleet.local import run_in_process
+from effedge.fleet.plan import SWEEP_NMS
 from effedge.fleet.results import fit_profiles
 from effedge.fleet.spec import SweepSpec
 from effedge.fleet.tracker import SweepInterrupted, SweepReport, SweepStatus, SweepTracker
@@ -15,7 +16,10 @@ __all__ = ["SweepInterrupted", "SweepReport", "SweepStatus", "check_fittable", "
 
 
 def check_fittable(spec: SweepSpec) -> None:
-    """--fit writes each device's profile from its own results: two devices may not share one."""
+    """--fit writes each device's profile from its own results: two devices may not share one, and a profile
+    is fitted only to graphs with the NMS tail it deploys (a sweep's have none)."""
+    from effedge.plan.profiles import load_profile
+
     seen: dict[str, str] = {}
     for device in spec.devices:
         if device.profile in seen:
@@ -23,6 +27,13 @@ def check_fittable(spec: SweepSpec) -> None:
                                f"{device.profile}; --fit fits one profile per device: give each device a profile "
                                "file of its own (profile: ./NAME.yaml)")
         seen[device.profile] = device.name
+    for device in spec.devices:
+        deployed = load_profile(device.profile).nms
+        if deployed != SWEEP_NMS:
+            raise EffedgeError(f"{spec.path}: device {device.name}'s profile {device.profile} deploys the {deployed} "
+                               f"NMS tail, and a sweep measures graphs with NMS tail {SWEEP_NMS}; --fit fits a profile "
+                               f"to what it deploys: set target.nms: {SWEEP_NMS} in it (the Detector then runs NMS), "
+                               f"or fit it with `effedge bench --nms {deployed} --json` and `effedge profile fit`")
 
 
 def run_sweep(spec: SweepSpec, *, ray: Optional[str] = None, fit: bool = False,
