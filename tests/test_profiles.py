@@ -289,6 +289,11 @@ def test_profile_fit_uses_only_results_of_the_profiles_nms_tail(tmp_path, user_p
               "variant": "m", "resolution": [16, 16], "mode": "inference"}
     path = _bench_json(tmp_path, [{**result, "nms": "none", "latency_ms": {"median": 28.6}},
                                   {**result, "label": "m fp32 tailed", "nms": "onnx", "latency_ms": {"median": 30.1}}])
+    from helpers import effedge_cli
+
+    run = effedge_cli("profile", "fit", "cpu-local", str(path))
+    assert run.returncode == 0, run.stderr
+    assert "left out 1 result(s) measured with another NMS tail than cpu-local's (onnx): m fp32" in run.stderr
     report = latency.fit_profile("cpu-local", [str(path)])
     assert [p["measured_ms"] for p in report["fits"]["fp32"]["points"]] == [30.1]
     assert report["left_out"] == [{"label": "m fp32", "nms": "none"}]
