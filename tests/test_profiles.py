@@ -317,8 +317,8 @@ def test_verify_compiles_with_the_profiles_nms_tail(monkeypatch):
     monkeypatch.setattr(effedge.bench.targets, "bench_one", lambda *args, **kwargs: {"latency_ms": {"median": 1.0}})
     profile = load_profile("cpu-local")
     choice = latency.Candidate("d0", 0.0, 512, 2.5e9, 1.0, "predicted", True)
-    measure.verify_choice(profile, [choice], choice, 10.0, "fp32")
-    assert [c.nms for c in compiled] == ["onnx"]
+    verification = measure.verify_choice(profile, [choice], choice, 10.0, "fp32")
+    assert [c.nms for c in compiled] == ["onnx"] and verification["nms"] == "onnx"
 
 
 def test_unfitted_device_profile_says_so_and_how_to_fit(monkeypatch):

@@ -99,4 +99,4 @@ def verify_choice(profile: Profile, candidates: list[Candidate], choice: Optiona
         larger = ordered[index + 1]
         ms = measure(larger)
         steps.append({"name": larger.name, "measured_ms": ms, "within_budget": ms <= budget, "next_larger": True})
-    return {"choice": verified, "steps": steps}
+    return {"choice": verified, "nms": profile.nms, "steps": steps}
