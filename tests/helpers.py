@@ -142,3 +142,17 @@ def check_hashes_name_their_files(build_dir) -> int:
 
     walk(json.loads((build_dir / "build.json").read_text()))
     return checked
+
+
+def raw_outputs_graph(batch: int, anchors: int, classes: int, opset: int = 17):
+    """An ONNX graph that passes ``raw_boxes`` and ``raw_scores`` through as ``boxes [B, N, 4]`` and
+    ``scores [B, N, C]``, the exported detector's outputs an NMS tail consumes."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Identity", [f"raw_{n}"], [n]) for n in ("boxes", "scores")]
+    graph = helper.make_graph(nodes, "raw", [
+        helper.make_tensor_value_info("raw_boxes", TensorProto.FLOAT, [batch, anchors, 4]),
+        helper.make_tensor_value_info("raw_scores", TensorProto.FLOAT, [batch, anchors, classes])], [
+        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [batch, anchors, 4]),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, anchors, classes])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

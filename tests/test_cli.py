@@ -43,8 +43,9 @@ def test_usage_errors():
     assert result.returncode == 2 and "give a VARIANT or --phi" in result.stderr
 
 
-def test_profile_does_not_silently_override_an_explicit_precision_or_batch():
-    for extra, named in ((["--precision", "fp16"], "--precision"), (["--batch", "4"], "--batch")):
+def test_profile_does_not_silently_override_an_explicit_precision_batch_or_nms():
+    for extra, named in ((["--precision", "fp16"], "--precision"), (["--batch", "4"], "--batch"),
+                         (["--nms", "onnx"], "--nms")):
         result = CliRunner().invoke(cli, ["compile", "--profile", "orin-nx-16gb", *extra])
         assert result.exit_code == 2 and f"drop {named}" in result.output, result.output
 

@@ -5,11 +5,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import effedge_cli, random_weights
+from helpers import effedge_cli, random_weights, raw_outputs_graph
 
 from effedge import build_model
 from effedge.runtime.onnxruntime import OnnxRuntimeRunner
 from effedge.export.onnx_export import ExportOptions, example_input, export
+from effedge.export.nms_tail import PRE_NMS_TOP
 from effedge.runtime.nms import batched_nms
 from effedge.runtime.preprocess import normalize
 from effedge.arch.scaling import NAMED_VARIANTS
@@ -128,6 +129,62 @@ def test_uint8_input_normalizes_in_the_graph(tmp_path):
     assert manifest["input"]["layout"] == "NHWC" and manifest["graph"]["simplified"]["inputs"][0]["dtype"] == "uint8"
 
 
+def reference_tail(boxes, scores, *, score_threshold, iou_threshold, max_per_class, top):
+    """What the onnx tail must select in one image, in NumPy: the ``top`` anchors with the highest class score,
+    then per-class NMS over them; rows (class, original anchor)."""
+    kept = np.argsort(-scores.max(axis=1), kind="stable")[:top]
+    rows = batched_nms(boxes[kept], scores[kept], score_threshold=score_threshold, iou_threshold=iou_threshold,
+                       max_per_class=max_per_class)
+    return sorted((int(cls), int(kept[slot])) for cls, slot in rows)
+
+
+def clustered_detections(rng, batch, anchors, classes):
+    """Boxes in a few overlapping clusters (NMS suppresses), scores spread so many pass the threshold; the last
+    class scores lower, so its best anchors are not the image's best."""
+    centres = rng.uniform(20, 100, (batch, 6, 2))[:, rng.integers(0, 6, anchors)]
+    centres += rng.normal(0, 4, centres.shape)
+    sizes = rng.uniform(10, 30, (batch, anchors, 2))
+    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=-1).astype(np.float32)
+    scores = rng.uniform(0, 1, (batch, anchors, classes))
+    scores[..., -1] *= 0.6
+    return boxes, scores.astype(np.float32)
+
+
+@pytest.mark.parametrize("opset", [17, 19])  # ReduceMax's axes: an attribute up to 17, an input from 18
+def test_onnx_tail_keeps_the_best_anchors_and_matches_reference_nms(monkeypatch, opset):
+    """Batch 2, more anchors than the tail hands to NMS: every selected row is the reference's (top-k by the
+    best class score, then per-class NMS), its anchor indexes the original anchors, and boxes and scores are
+    that anchor's, as the Detector reads them."""
+    from effedge.export import nms_tail
+    from effedge.runtime.onnxruntime import ort_session
+
+    monkeypatch.setattr(nms_tail, "PRE_NMS_TOP", 40)
+    batch, anchors, classes = 2, 300, 3
+    boxes, scores = clustered_detections(np.random.default_rng(3), batch, anchors, classes)
+    model = nms_tail.append_nms_tail(raw_outputs_graph(batch, anchors, classes, opset), "onnx", score_threshold=0.3,
+                                     iou_threshold=0.5, max_detections=5)
+    onnx.checker.check_model(model, full_check=True)
+    session = ort_session(model)
+    names = [o.name for o in session.get_outputs()]
+    out = dict(zip(names, session.run(None, {"raw_boxes": boxes, "raw_scores": scores})))
+    assert set(names) == {"selected_indices", "detection_boxes", "detection_scores"}
+    indices = out["selected_indices"]
+    for image in range(batch):
+        mine = indices[:, 0] == image
+        expected = reference_tail(boxes[image], scores[image], score_threshold=0.3, iou_threshold=0.5,
+                                  max_per_class=5, top=40)
+        assert sorted(map(tuple, indices[mine][:, 1:].tolist())) == expected
+        np.testing.assert_array_equal(out["detection_boxes"][mine], boxes[image][indices[mine, 2]])
+        np.testing.assert_array_equal(out["detection_scores"][mine], scores[image][indices[mine, 2], indices[mine, 1]])
+        # the pre-selection took the best anchors: all of them rank among the 40 highest class scores ...
+        best = scores[image].max(axis=1)
+        assert (best[indices[mine, 2]] >= np.sort(best)[-40]).all()
+        # ... and it mattered: over every anchor, NMS would have selected others
+        assert sorted(map(tuple, batched_nms(boxes[image], scores[image], score_threshold=0.3, iou_threshold=0.5,
+                                             max_per_class=5).tolist())) != expected
+    assert len(indices) >= 20
+
+
 def test_onnx_nms_tail_matches_reference_nms(tmp_path):
     weights = random_weights("d0", 128, seed=7)
     nms_options = dict(image_size=128, score_threshold=0.6, iou_threshold=0.5, max_detections=20)
@@ -145,11 +202,11 @@ def test_onnx_nms_tail_matches_reference_nms(tmp_path):
     detections = [run(tmp_path / "nms" / "model.fp32.onnx", images[i:i + 1]) for i in range(2)]
     total = 0
     for i, det in enumerate(detections):
-        expected = batched_nms(raw["boxes"][i], raw["scores"][i], score_threshold=0.6, iou_threshold=0.5,
-                               max_per_class=20)
+        expected = reference_tail(raw["boxes"][i], raw["scores"][i], score_threshold=0.6, iou_threshold=0.5,
+                                  max_per_class=20, top=PRE_NMS_TOP)
         got = det["selected_indices"]
         assert (got[:, 0] == 0).all()
-        assert sorted(map(tuple, got[:, 1:])) == sorted(map(tuple, expected))
+        assert sorted(map(tuple, got[:, 1:].tolist())) == expected
         np.testing.assert_allclose(det["detection_boxes"], raw["boxes"][i][got[:, 2]], atol=1e-3)
         np.testing.assert_allclose(det["detection_scores"], raw["scores"][i][got[:, 2], got[:, 1]], atol=1e-6)
         total += len(got)

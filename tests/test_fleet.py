@@ -25,6 +25,7 @@ from effedge.errors import EffedgeError
 from effedge.fleet import SweepInterrupted, load_sweep, make_plan, run_sweep
 from effedge.fleet.plan import FleetCache, fleet_dir, result_key
 from effedge.fleet.spec import FaultPolicy
+from effedge.plan.profiles import load_profile
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sweep-local.yaml"
 RAY_MISSING = "Ray is not installed (pip install 'effedge[fleet]'); the Ray executor's tests need it"
@@ -119,14 +120,17 @@ def test_plan_has_every_model_precision_batch_on_every_device():
         (v, p, b, d) for v in ("d0", "b0") for p in ("fp32", "fp16") for b in (1, 2) for d in ("cpu-a", "cpu-b")}
 
 
-def test_result_key_is_artefact_device_and_bench_settings():
+def test_result_key_is_artefact_device_bench_settings_and_fingerprint():
     spec = example()
     a, b = spec.devices
-    key = result_key("0" * 64, a, spec.bench)
-    assert key == result_key("0" * 64, a, spec.bench)
-    assert len({key, result_key("1" * 64, a, spec.bench), result_key("0" * 64, b, spec.bench),
-                result_key("0" * 64, a, dataclasses.replace(spec.bench, min_duration_s=9)),
-                result_key("0" * 64, dataclasses.replace(a, backend="tensorrt"), spec.bench)}) == 5
+    fingerprint = {"tensorrt": "10.3.0", "power_mode": "MAXN"}
+    key = result_key("0" * 64, a, spec.bench, fingerprint)
+    assert key == result_key("0" * 64, a, spec.bench, dict(fingerprint))
+    assert len({key, result_key("1" * 64, a, spec.bench, fingerprint), result_key("0" * 64, b, spec.bench, fingerprint),
+                result_key("0" * 64, a, dataclasses.replace(spec.bench, min_duration_s=9), fingerprint),
+                result_key("0" * 64, dataclasses.replace(a, backend="tensorrt"), spec.bench, fingerprint),
+                result_key("0" * 64, a, spec.bench, {**fingerprint, "tensorrt": "10.13.3"}),
+                result_key("0" * 64, a, spec.bench, {**fingerprint, "power_mode": "15W"})}) == 7
 
 
 # --- in process --------------------------------------------------------------------------------------------
@@ -168,6 +172,42 @@ def test_rerun_runs_only_the_missing_cell(first_sweep):
     assert again.stats["host_tasks"] == 1 and again.stats["device_tasks"] == 1 and again.stats["cached"] == 7
     rerun = [c for c in again.cells if not c["cached"]]
     assert [c["cell"] for c in rerun] == [lost["cell"]] and rerun[0]["run_id"] == again.run_id
+
+
+def test_device_fingerprint_names_runtime_gpu_l4t_and_power_mode(monkeypatch):
+    import effedge.bench.harness
+    from effedge.fleet import device
+
+    monkeypatch.setattr(device, "_nvidia_gpu", lambda: {"name": "Orin", "compute_capability": "8.7",
+                                                        "driver": "540.4.0"})
+    monkeypatch.setattr(device, "_first_line", lambda path: "# R36 (release), REVISION: 4.3" if "tegra" in path else None)
+    monkeypatch.setattr(effedge.bench.harness, "jetson_state", lambda: {"power_mode": "MAXN"})
+    monkeypatch.setattr(device, "tool_versions", lambda: {"tensorrt": "10.3.0", "onnxruntime": "1.31.0"})
+    fingerprint = device.device_fingerprint("tensorrt")
+    assert fingerprint["tensorrt"] == "10.3.0" and "onnxruntime" not in fingerprint
+    assert fingerprint["gpu"] == {"name": "Orin", "compute_capability": "8.7", "driver": "540.4.0"}
+    assert fingerprint["l4t"] == "# R36 (release), REVISION: 4.3" and fingerprint["power_mode"] == "MAXN"
+    assert device.device_fingerprint("onnxruntime")["onnxruntime"] == "1.31.0"
+
+
+def test_an_upgrade_or_another_power_mode_measures_again(first_sweep, monkeypatch):
+    """Cached results count only under the software and power mode they were measured with: after the
+    device's runtime is upgraded every cell runs again (on the compiled graphs), and again after the power
+    mode changes; the new measurements are cached under the new fingerprint."""
+    import effedge.bench.harness
+    from effedge.fleet import device
+
+    versions = device.tool_versions
+    monkeypatch.setattr(device, "tool_versions", lambda: {**versions(), "onnxruntime": "99.0.0"})
+    upgraded = run_sweep(load_sweep(EXAMPLE))
+    assert upgraded.stats["device_tasks"] == 8 and upgraded.stats["cached"] == 0
+    assert {c["device_fingerprint"]["onnxruntime"] for c in upgraded.cells} == {"99.0.0"}
+    assert run_sweep(load_sweep(EXAMPLE)).stats["cached"] == 8  # measured under this fingerprint now
+    monkeypatch.setattr(effedge.bench.harness, "jetson_state", lambda: {"power_mode": "15W"})
+    small = example(models=("b0",), precisions=("fp32",))
+    other_mode = run_sweep(small)
+    assert other_mode.stats["device_tasks"] == 2 and other_mode.stats["cached"] == 0
+    assert {c["device_fingerprint"]["power_mode"] for c in other_mode.cells} == {"15W"}
 
 
 def test_results_follow_the_artefact_hash(first_sweep):
@@ -242,14 +282,33 @@ def test_csv_has_device_node_and_attempt_for_every_cell(first_sweep, tmp_path):
     assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
 
 
+def tail_free_profiles(tmp_path):
+    """The example's devices, each with its own copy of cpu-local that deploys tail-free graphs (as a sweep
+    measures them)."""
+    import yaml
+
+    data = yaml.safe_load((load_sweep(EXAMPLE).path.parent.parent / "profiles" / "cpu-local.yaml").read_text())
+    data["target"]["nms"] = "none"
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(data))
+    return tuple(dataclasses.replace(d, profile=str(tmp_path / f"{n}.yaml"))
+                 for d, n in zip(load_sweep(EXAMPLE).devices, "ab"))
+
+
+def test_fit_refuses_a_profile_that_deploys_another_nms_tail(tmp_path):
+    """cpu-local deploys the onnx tail (what compile puts on ONNX Runtime): tail-free sweep graphs would fit it
+    to the wrong graph, so --fit refuses before running anything."""
+    shutil.copy(load_sweep(EXAMPLE).path.parent.parent / "profiles" / "cpu-local.yaml", tmp_path / "a.yaml")
+    spec = load_sweep(EXAMPLE)
+    device = dataclasses.replace(spec.devices[0], profile=str(tmp_path / "a.yaml"))
+    with pytest.raises(EffedgeError, match=r"deploys the onnx NMS tail.*set target.nms: none"):
+        run_sweep(dataclasses.replace(spec, devices=(device,)), fit=True, log=lambda m: pytest.fail("it ran"))
+
+
 def test_fit_fits_each_device_profile_from_its_own_results(first_sweep, tmp_path, monkeypatch):
     monkeypatch.setenv("EFFEDGE_PROFILE_DIR", str(tmp_path / "fitted"))  # fits go to the user profile directory
-    source = load_sweep(EXAMPLE).path.parent.parent / "profiles" / "cpu-local.yaml"
-    for name in ("a", "b"):
-        shutil.copy(source, tmp_path / f"{name}.yaml")
-    spec = load_sweep(EXAMPLE)
-    devices = tuple(dataclasses.replace(d, profile=str(tmp_path / f"{n}.yaml")) for d, n in zip(spec.devices, "ab"))
-    report = run_sweep(dataclasses.replace(spec, devices=devices), fit=True)
+    devices = tail_free_profiles(tmp_path)
+    report = run_sweep(dataclasses.replace(load_sweep(EXAMPLE), devices=devices), fit=True)
     import yaml
 
     for device, name in zip(devices, "ab"):
@@ -259,10 +318,22 @@ def test_fit_fits_each_device_profile_from_its_own_results(first_sweep, tmp_path
         assert sorted(m["latency_ms"] for m in stored["measured"]) == sorted(c["latency_ms"]["median"] for c in mine)
         precisions = {c["precision"] for c in mine}
         assert set(stored["fits"]) == precisions == set(report.fits[device.name]["fitted"])
+        assert {m["nms"] for m in stored["measured"]} == {"none"} == {f["nms"] for f in stored["fits"].values()}
+        assert {tuple(m["resolution"]) for m in stored["measured"]} == {(128, 128)}
         for precision in precisions:  # each fit reproduces its own device's points
             points = report.fits[device.name]["fitted"][precision]["points"]
             assert len(points) == sum(c["precision"] == precision for c in mine)
             assert all(abs(p["error"]) <= 0.05 for p in points)
+    # the measured points were taken at 128 px: they count for D0 at 128 px, never for D0 at its own 512 px
+    from effedge.plan import latency
+    from effedge.plan.latency import LayerCost
+
+    monkeypatch.setattr(latency, "candidate_costs", lambda spec, precision: [LayerCost("conv", 1e9 * (1 + spec.phi),
+                                                                                       1e6, 0)])
+    fitted = load_profile(str(tmp_path / "fitted" / "a.yaml"))
+    assert fitted.measured_ms("d0", 128, 1, "fp32") is not None
+    candidates, _ = latency.select(fitted, precision="fp32")
+    assert {c.source for c in candidates} == {"predicted"}
 
 
 def test_fit_refuses_devices_sharing_a_profile():

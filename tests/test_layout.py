@@ -37,62 +37,71 @@ def test_top_level_holds_at_most_four_modules():
     assert len(list(PACKAGE.glob("*.py"))) <= 4
 
 
-def _module_imports(stage: str) -> dict[str, set[str]]:
-    """{module: the effedge modules it imports anywhere (in functions too)} for the modules of ``stage``; ``from
-    package import name`` counts as the submodule where ``name`` is one, else as the package."""
+def _module_imports() -> dict[str, set[str]]:
+    """effedge's own import graph, lazy (function-level) imports included: ``from pkg import sub`` is an edge
+    to the submodule when ``sub`` is one, else to the package."""
     import ast
 
-    def module_name(path: Path) -> str:
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
         parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-    known = {module_name(path) for path in PACKAGE.rglob("*.py")}
-    graph = {}
-    for path in (PACKAGE / stage).glob("*.py"):
-        targets = set()
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
-                targets |= {alias.name for alias in node.names}
+                targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                for alias in node.names:
-                    targets.add(f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in known else node.module)
-        graph[module_name(path)] = {t for t in targets if t in known}
+                targets = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                           for alias in node.names]
+            else:
+                continue
+            graph[name].update(t for t in targets if t in modules and t != name)
     return graph
 
 
-def test_runtime_and_engine_have_no_import_cycles():
-    """A runner module never imports what imports it (the TensorRT-RTX runner subclasses the TensorRT one; the
-    factory choosing between them lives apart)."""
-    graph = {**_module_imports("runtime"), **_module_imports("engine")}
-    cycles = []
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
 
-    def visit(module: str, path: list[str]) -> None:
-        for target in sorted(graph.get(module, ())):
-            if target in path:
-                cycles.append(" -> ".join(path[path.index(target):] + [target]))
-            elif target in graph:
-                visit(target, path + [target])
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in sorted(graph[node]):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
 
-    for module in sorted(graph):
-        visit(module, [module])
-    assert cycles == []
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
 
 
-def test_bench_benches_built_targets_and_orchestrates_nothing():
-    """Only pipeline/, fleet/ and cli/ run stages in order: bench/ never reaches for them (the matrix's compiling
-    is effedge.pipeline.bench_matrix)."""
-    for path in (PACKAGE / "bench").glob("*.py"):
-        assert not re.search(r"^\s*(from|import) effedge\.(pipeline|fleet|cli)\b", path.read_text(), re.MULTILINE), \
-            path.name
+def test_no_import_cycles_between_modules():
+    assert _cycles(_module_imports()) == []
 
 
-@pytest.mark.parametrize("package_dir", ["bench", "pipeline"])
-def test_no_module_imports_names_from_a_package_init_that_imports_it_back(package_dir):
-    init = PACKAGE / package_dir / "__init__.py"
-    package = f"effedge.{package_dir}"
-    offenders = []
-    for path in init.parent.glob("*.py"):
-        imported_by_init = re.search(rf"^\s*(from|import) {package}\.{path.stem}\b", init.read_text(), re.MULTILINE)
-        if imported_by_init and re.search(rf"^\s*from {package} import ", path.read_text(), re.MULTILINE):
-            offenders.append(path.name)
+def test_the_cycle_finder_sees_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_stage_imports_pipeline_fleet_or_cli():
+    orchestrators = ("effedge.pipeline", "effedge.fleet", "effedge.cli")
+    offenders = [f"{name} -> {target}" for name, targets in _module_imports().items()
+                 if not name.startswith(orchestrators) and name != "effedge.__main__" for target in targets if target.startswith(orchestrators)]
     assert offenders == []

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
+from effedge.errors import EffedgeError
 from effedge.pipeline import measure
 from effedge.plan import latency
 from effedge.plan.latency import LayerCost, graph_costs, latency_terms, predict_ms
@@ -204,7 +205,8 @@ def test_selection_on_constructed_costs(monkeypatch):
     candidates, choice = latency.select(profile, latency_ms=budget)
     assert choice.phi == max(c.phi for c in candidates if (1 + c.phi) * ms_per_gmac <= budget * 0.9 + 1e-9)
     assert choice.phi == 3.0 and all(c.fits == (c.predicted_ms <= budget * 0.9) for c in candidates)
-    profile.measured = [Measured(variant="d3", precision="fp32", batch=1, latency_ms=budget * 10)]
+    profile.measured = [Measured(variant="d3", precision="fp32", batch=1, resolution=[896, 896], nms="onnx",
+                                 latency_ms=budget * 10)]
     candidates, choice = latency.select(profile, latency_ms=budget)  # measured overrides
     assert choice.name == "phi2.5" and next(c for c in candidates if c.name == "d3").source == "measured"
     assert latency.select(profile, latency_ms=ms_per_gmac * 0.5)[1] is None
@@ -216,8 +218,8 @@ def test_unfitted_cpu_profile_calibrates_itself_once(monkeypatch, user_profile_d
     timed = []
     on_this_cpu = {"d0": 30.0, "d1": 75.0}  # d1 has twice d0's MACs, and takes 2.5 times as long
 
-    def time_reference(variant, precision, batch, percentile, log):
-        timed.append((variant, precision))
+    def time_reference(variant, precision, batch, percentile, nms, log):
+        timed.append((variant, precision, nms))
         return on_this_cpu[variant]
 
     monkeypatch.setattr(measure, "time_reference", time_reference)
@@ -225,12 +227,14 @@ def test_unfitted_cpu_profile_calibrates_itself_once(monkeypatch, user_profile_d
     shipped = profile.path.read_text()
     assert latency.needs_calibration(profile, "fp32")
     candidates, choice = latency.select(measure.calibrated(profile, "fp32"), latency_ms=90)
-    assert timed == [("d0", "fp32"), ("d1", "fp32")]
+    # timed with the tail compile deploys on ONNX Runtime, not the tail-free graph
+    assert timed == [("d0", "fp32", "onnx"), ("d1", "fp32", "onnx")]
     by_name = {c.name: c for c in candidates}
     assert (by_name["d0"].predicted_ms, by_name["d1"].predicted_ms) == (30.0, 75.0)
     assert by_name["d0"].source == by_name["d1"].source == "measured"
     calibrated = load_profile("cpu-local")  # now the user copy
     assert calibrated.path.parent == user_profile_dir and calibrated.fits["fp32"].method == "self-calibration"
+    assert calibrated.fits["fp32"].nms == "onnx" and {m.nms for m in calibrated.measured} == {"onnx"}
     for variant, ms in on_this_cpu.items():  # the fit itself reproduces both points
         costs = latency.candidate_costs(latency.resolve(variant), "fp32")
         assert predict_ms(costs, calibrated, "fp32") == pytest.approx(ms, rel=1e-9)
@@ -239,8 +243,82 @@ def test_unfitted_cpu_profile_calibrates_itself_once(monkeypatch, user_profile_d
     assert choice.name == "d1"  # measured 75 ms ≤ 0.9 · 90 ms; φ = 1.5 is predicted at 93.75 ms
     latency.select(measure.calibrated(calibrated, "fp32"), latency_ms=90)
     assert len(timed) == 2  # stored: not timed again
-    assert "self-calibrated on d0 fp32 b1, d1 fp32 b1" in latency.describe_model(calibrated, "fp32")
+    assert "(NMS tail onnx): self-calibrated on d0 fp32 b1, d1 fp32 b1" in latency.describe_model(calibrated, "fp32")
     assert profile.path.read_text() == shipped
+
+
+def test_measured_points_count_only_at_their_size_batch_precision_and_nms_tail(monkeypatch):
+    """The reported case: `sweep --fit` at 128 px stored D0 as measured, and select showed D0 at 512 px as
+    "measured 2.3 ms". A point counts only for the variant, input size, batch, precision and NMS tail it was
+    measured at (cpu-local deploys the onnx tail)."""
+    profile = _with_priors("cpu-local", compute=1.0, memory=1.0, overhead_us=0.0)
+    monkeypatch.setattr(latency, "candidate_costs", lambda spec, precision: [LayerCost("conv", 1e9 * (1 + spec.phi),
+                                                                                       0, 0)])
+    exact = dict(variant="d0", precision="fp32", batch=1, resolution=[512, 512], nms="onnx")
+    elsewhere = [{**exact, "resolution": [128, 128]}, {**exact, "batch": 4}, {**exact, "precision": "fp16"},
+                 {**exact, "nms": "none"}, {**exact, "nms": None}, {**exact, "resolution": None}]
+    profile.measured = [Measured(**point, latency_ms=2.3) for point in elsewhere]
+    d0 = next(c for c in latency.select(profile, latency_ms=100, precision="fp32")[0] if c.name == "d0")
+    assert d0.source == "predicted" and d0.predicted_ms != 2.3
+    profile.measured.append(Measured(**exact, latency_ms=7.5))
+    d0 = next(c for c in latency.select(profile, latency_ms=100, precision="fp32")[0] if c.name == "d0")
+    assert (d0.source, d0.predicted_ms) == ("measured", 7.5)
+
+
+def test_a_fit_of_another_nms_tail_is_not_used(monkeypatch):
+    """A fit to tail-free graphs says nothing about the tailed graph cpu-local deploys: predictions fall back
+    to the priors, the note says why, and the CPU profile calibrates itself again."""
+    profile = load_profile("cpu-local")
+    prior = predict_ms([LayerCost("conv", 1e9, 0, 0)], profile, "fp32")
+    fitted = Fit(compute=3.0, memory=3.0, overhead=3.0, method="self-calibration", points=["d0 fp32 b1"],
+                 shape_error=0.0, nms="none")
+    profile.fits = {"fp32": fitted}
+    assert predict_ms([LayerCost("conv", 1e9, 0, 0)], profile, "fp32") == prior
+    assert latency.needs_calibration(profile, "fp32")
+    assert "measured with NMS tail none, it deploys onnx" in latency.describe_model(profile, "fp32")
+    profile.fits = {"fp32": fitted.model_copy(update={"nms": "onnx"})}
+    assert predict_ms([LayerCost("conv", 1e9, 0, 0)], profile, "fp32") == pytest.approx(3 * prior)
+    assert not latency.needs_calibration(profile, "fp32")
+
+
+def test_profile_fit_uses_only_results_of_the_profiles_nms_tail(tmp_path, user_profile_dir):
+    """Tail-free and tailed results of the same model: the fit (and the measured points) take the tailed one
+    cpu-local deploys, the other is listed as left out; with none of the deployed tail, one line says so."""
+    onnx.save(_tiny_graph(16), str(tmp_path / "m.onnx"))
+    result = {"label": "m fp32", "target": "m.onnx", "backend": "onnxruntime", "precision": "fp32", "batch": 1,
+              "variant": "m", "resolution": [16, 16], "mode": "inference"}
+    path = _bench_json(tmp_path, [{**result, "nms": "none", "latency_ms": {"median": 28.6}},
+                                  {**result, "label": "m fp32 tailed", "nms": "onnx", "latency_ms": {"median": 30.1}}])
+    from helpers import effedge_cli
+
+    run = effedge_cli("profile", "fit", "cpu-local", str(path))
+    assert run.returncode == 0, run.stderr
+    assert "left out 1 result(s) measured with another NMS tail than cpu-local's (onnx): m fp32" in run.stderr
+    report = latency.fit_profile("cpu-local", [str(path)])
+    assert [p["measured_ms"] for p in report["fits"]["fp32"]["points"]] == [30.1]
+    assert report["left_out"] == [{"label": "m fp32", "nms": "none"}]
+    fitted = load_profile("cpu-local")
+    assert fitted.fits["fp32"].nms == "onnx"
+    assert [(m.latency_ms, m.nms, m.resolution) for m in fitted.measured] == [(30.1, "onnx", [16, 16])]
+    only_tail_free = _bench_json(tmp_path / "b", [{**result, "target": str(tmp_path / "m.onnx"), "nms": "none",
+                                                   "latency_ms": {"median": 28.6}}])
+    with pytest.raises(EffedgeError, match=r"NMS tail \(onnx; the results have none\): "
+                                                                    r"bench with --nms onnx"):
+        latency.fit_profile("cpu-local", [str(only_tail_free)])
+
+
+def test_verify_compiles_with_the_profiles_nms_tail(monkeypatch):
+    import effedge.bench.targets
+    import effedge.pipeline.compile
+
+    compiled = []
+    monkeypatch.setattr(effedge.pipeline.compile, "compile_model", lambda config, **kwargs: compiled.append(config)
+                        or {"compile": {"out_dir": "/nowhere", "deployable": "model.fp32.onnx"}, "backend": "onnxruntime"})
+    monkeypatch.setattr(effedge.bench.targets, "bench_one", lambda *args, **kwargs: {"latency_ms": {"median": 1.0}})
+    profile = load_profile("cpu-local")
+    choice = latency.Candidate("d0", 0.0, 512, 2.5e9, 1.0, "predicted", True)
+    verification = measure.verify_choice(profile, [choice], choice, 10.0, "fp32")
+    assert [c.nms for c in compiled] == ["onnx"] and verification["nms"] == "onnx"
 
 
 def test_unfitted_device_profile_says_so_and_how_to_fit(monkeypatch):
@@ -250,7 +328,7 @@ def test_unfitted_device_profile_says_so_and_how_to_fit(monkeypatch):
     assert measure.calibrated(profile, "int8") is profile
     note = latency.describe_model(profile, "int8")
     assert "unfitted" in note and "MLPerf" in note
-    assert "effedge bench --variants d0,d1,d2 --precisions int8 --json > bench.json" in note
+    assert "effedge bench --variants d0,d1,d2 --precisions int8 --nms efficientnms --json > bench.json" in note
     assert "effedge profile fit orin-nx-16gb bench.json" in note
 
 
@@ -292,6 +370,7 @@ def test_compile_with_a_profile_compiles_the_selected_model(monkeypatch):
     assert config.variant == "d3"  # φ = 3 fits 4.2 units, φ = 3.5 does not (the prior's overhead: 2 µs)
     assert config.precision == profile.target.precision and config.batch == profile.target.batch
     assert config.backend == "tensorrt"
+    assert config.nms == profile.nms == "efficientnms"  # what it was selected for, what compile deploys there
 
 
 @pytest.mark.parametrize("content, message", [("{not json", "is not valid JSON"), ('[{"x": 1}]', "holds no `effedge bench")])
@@ -326,7 +405,7 @@ def test_profile_fit_writes_a_user_copy_and_resolves_paths_from_anywhere(tmp_pat
         ms = float(latency_terms(graph_costs(model, "fp32"), profile, "fp32") @ truth)
         results.append({"label": f"m{size} fp32 onnxruntime", "target": f"models/m{size}.onnx",
                         "backend": "onnxruntime", "precision": "fp32", "batch": 1, "variant": f"m{size}",
-                        "mode": "inference", "latency_ms": {"median": ms, "p90": 2 * ms}})
+                        "mode": "inference", "nms": "onnx", "latency_ms": {"median": ms, "p90": 2 * ms}})
     path = _bench_json(bench_dir, results)
     shipped = (PROFILE_DIR / "cpu-local.yaml").read_bytes()
     elsewhere = tmp_path / "elsewhere"
@@ -353,7 +432,7 @@ def test_profile_fit_names_a_missing_model(tmp_path):
     from helpers import effedge_cli
 
     path = _bench_json(tmp_path, [{"label": "x", "target": "gone/model.fp32.onnx", "backend": "onnxruntime",
-                                   "precision": "fp32", "latency_ms": {"median": 1.0}}])
+                                   "precision": "fp32", "nms": "onnx", "latency_ms": {"median": 1.0}}])
     result = effedge_cli("profile", "fit", "cpu-local", str(path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{tmp_path / 'gone/model.fp32.onnx'}" in result.stderr and "fitting needs the ONNX graph" in result.stderr
@@ -369,6 +448,21 @@ def test_bench_json_target_is_absolute(tmp_path, monkeypatch):
                        BenchSettings(warmup_s=0, min_iterations=2, min_duration_s=0, energy=False))
     monkeypatch.chdir(REPO)
     assert Path(result["target"]).is_absolute() and Path(result["target"]) == tmp_path / "tiny.onnx"
+    assert result["nms"] == "none"
+
+
+def test_bench_records_the_nms_tail_of_what_it_measured(tmp_path):
+    from helpers import raw_outputs_graph
+
+    from effedge.bench.harness import BenchSettings
+    from effedge.bench.targets import bench_one
+    from effedge.export.nms_tail import append_nms_tail
+
+    onnx.save(append_nms_tail(raw_outputs_graph(1, 50, 3), "onnx", score_threshold=0.3, iou_threshold=0.5,
+                              max_detections=5), str(tmp_path / "tailed.onnx"))
+    result = bench_one(tmp_path / "tailed.onnx", {}, "onnxruntime",
+                       BenchSettings(warmup_s=0, min_iterations=2, min_duration_s=0, energy=False))
+    assert result["nms"] == "onnx"
 
 
 @pytest.mark.slow

@@ -232,3 +232,29 @@ def test_engine_into_a_new_directory(workspace, tmp_path):
     recorded = json.loads((tmp_path / "new" / "dir" / "build.json").read_text())["engines"]["model.engine"]
     assert recorded["bytes"] == report["bytes"] == (tmp_path / "new" / "dir" / "model.engine").stat().st_size
     assert recorded["source"]["file"] == str(source.resolve())  # another directory: the full path
+
+
+def test_onnx_tail_parses_in_tensorrt_rtx_and_is_refused_as_before(tmp_path):
+    """The top-k pre-selection adds ReduceMax, TopK and batched GatherND before NonMaxSuppression: TensorRT-RTX's
+    parser (onnx-tensorrt, as full TensorRT's) still takes the whole tail, and the build still refuses it before
+    parsing because the NMS layer has no runner there (full TensorRT builds it: test_engine_builder)."""
+    import tensorrt_rtx as trt
+    from helpers import raw_outputs_graph
+
+    from effedge.export.nms_tail import append_nms_tail
+
+    model = append_nms_tail(raw_outputs_graph(1, 3000, 90), "onnx", score_threshold=0.05, iou_threshold=0.5,
+                            max_detections=100)
+    assert {"TopK", "NonMaxSuppression"} <= {n.op_type for n in model.graph.node}
+    path = tmp_path / "tail.onnx"
+    onnx.save(model, str(path))
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse(path.read_bytes()), [parser.get_error(i).desc() for i in range(parser.num_errors)]
+    assert {network.get_output(i).name for i in range(network.num_outputs)} == {
+        "selected_indices", "detection_boxes", "detection_scores"}
+    with pytest.raises(EffedgeError, match="NonMaxSuppression .* cannot run on TensorRT-RTX"):
+        build_engine_file(path, tmp_path / "tail.engine", backend="tensorrt-rtx")
+    assert not (tmp_path / "tail.engine").exists()

@@ -13,6 +13,7 @@ import numpy as np
 
 import effedge.bench.harness as bench
 from effedge.engine.capabilities import PRODUCTS
+from effedge.export.nms_tail import tail_of
 from effedge.errors import EffedgeError
 from effedge.io import MANIFEST, read_manifest
 from effedge.provenance import tool_versions
@@ -248,6 +249,7 @@ def bench_one(path: Path, manifest: dict, backend: str, settings: bench.BenchSet
     load_start = time.perf_counter()
     with runner, contextlib.ExitStack() as cleanup:
         load_seconds = time.perf_counter() - load_start
+        nms = tail_of(o.name for o in runner.output_info())  # recorded with the numbers: a fit matches on it
         if end_to_end:
             if settings.batch != 1:
                 raise EffedgeError("end-to-end mode decodes one image per inference; use --batch 1")
@@ -280,7 +282,7 @@ def bench_one(path: Path, manifest: dict, backend: str, settings: bench.BenchSet
         "label": label or f"{manifest.get('variant', path.stem)} {precision} {backend}",
         "target": str(path.resolve()), "backend": backend, "precision": precision, "batch": settings.batch,
         "variant": manifest.get("variant"), "phi": manifest.get("phi"), "resolution": manifest.get("resolution"),
-        "mode": "end-to-end" if end_to_end else "inference",
+        "nms": nms, "mode": "end-to-end" if end_to_end else "inference",
         **summary,
         "first_run": {"load_seconds": load_seconds, **runner.startup, "first_iteration_ms": first.latency},
         "warnings": bench.warnings_for(summary, machine_kind) + runner.notes,

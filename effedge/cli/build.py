@@ -209,10 +209,10 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
         if variant or phi is not None:
             raise click.UsageError("--profile chooses the variant; drop --variant/--phi")
         context = click.get_current_context()
-        explicit = [f"--{name.replace('_', '-')}" for name in ("precision", "batch")
+        explicit = [f"--{name.replace('_', '-')}" for name in ("precision", "batch", "nms")
                     if context.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
-        if explicit:  # the profile's choice was made for its own precision and batch
-            raise click.UsageError(f"--profile sets the precision and batch it was selected for; drop "
+        if explicit:  # the profile's choice was made for its own precision, batch and NMS tail
+            raise click.UsageError(f"--profile sets the precision, batch and NMS tail it was selected for; drop "
                                    f"{' and '.join(explicit)}, or compile without --profile")
         prof = load_profile(profile_name)
         backend = backend if backend != "auto" else prof.software.backend
@@ -222,9 +222,9 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
         if choice is None:
             raise click.ClickException(f"no candidate meets {prof.name}'s budget of {prof.target.latency_ms:g} ms")
         progress(f"profile {prof.name}: compiling {choice.name} ({choice.predicted_ms:.1f} ms {choice.source})")
-        variant, phi, precision, batch = (choice.name if choice.name[0] == "d" else None,
-                                          None if choice.name[0] == "d" else choice.phi,
-                                          prof.target.precision, prof.target.batch)
+        variant, phi, precision, batch, nms = (choice.name if choice.name[0] == "d" else None,
+                                               None if choice.name[0] == "d" else choice.phi,
+                                               prof.target.precision, prof.target.batch, prof.nms)
     config = CompileConfig(
         variant=variant_arg(variant, phi), precision=precision, weights=weights, num_classes=num_classes, pad=pad,
         image_size=imgsz, batch=batch, dynamic_batch=dynamic_batch, nms=nms,

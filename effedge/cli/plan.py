@@ -67,6 +67,10 @@ def profile_fit(name, results, as_json) -> None:
         print_json(report)
         return
     click.echo(f"wrote {report['written_to']}")
+    if report["left_out"]:
+        click.echo(f"note: left out {len(report['left_out'])} result(s) measured with another NMS tail than "
+                   f"{report['profile']}'s ({report['nms']}): " + ", ".join(r["label"] for r in report["left_out"]),
+                   err=True)
     for precision, fitted in report["fits"].items():
         weights = ", ".join(f"{term} ×{fitted[term]:.3g}" for term in TERMS)
         click.echo(f"{report['profile']} {precision} ({len(fitted['points'])} points at {fitted['percentile']}): "

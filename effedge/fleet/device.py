@@ -11,9 +11,11 @@ import hashlib
 import json
 import os
 import platform
+import shutil
+import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from effedge.io import atomic_write, sha256_file, write_json
 from effedge.bench.harness import BenchSettings
@@ -21,6 +23,41 @@ from effedge.errors import EffedgeError
 from effedge.fleet.plan import Cell, fleet_dir, result_key
 from effedge.io import MANIFEST, read_manifest
 from effedge.provenance import tool_versions
+
+
+def _nvidia_gpu() -> Optional[dict]:
+    """Name, compute capability and driver of the first NVIDIA GPU, from nvidia-smi (absent on a CPU node)."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        output = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap,driver_version",
+                                 "--format=csv,noheader"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    fields = [field.strip() for field in output.strip().splitlines()[0].split(",")] if output.strip() else []
+    return dict(zip(("name", "compute_capability", "driver"), fields)) if len(fields) == 3 else None
+
+
+def _first_line(path: str) -> Optional[str]:
+    try:
+        return Path(path).read_text().strip().splitlines()[0].strip()
+    except (OSError, IndexError):
+        return None
+
+
+def device_fingerprint(backend: str) -> dict:
+    """The device's software and mode, as far as this node can read them: the runtime's version (TensorRT, or
+    ONNX Runtime and the CPU model), the GPU (name, compute capability, driver), the L4T release (which fixes
+    the JetPack) and the power mode. A measurement counts only under the fingerprint it was taken with: after
+    an upgrade, a driver change or another power mode the device is measured again."""
+    from effedge.bench.harness import jetson_state
+
+    cpu = next((line.split(":", 1)[1].strip() for line in (Path("/proc/cpuinfo").read_text().splitlines()
+                if Path("/proc/cpuinfo").is_file() else []) if line.startswith("model name")), platform.processor())
+    runtime = "tensorrt" if backend == "tensorrt" else "onnxruntime"
+    return {"backend": backend, runtime: tool_versions()[runtime], "gpu": _nvidia_gpu(),
+            "l4t": _first_line("/etc/nv_tegra_release"), "power_mode": jetson_state().get("power_mode"),
+            "cpu": cpu or platform.machine()}
 
 
 def attempts_file(run_id: str, cell: Cell) -> Path:
@@ -79,6 +116,7 @@ def run_device_stage(cell: Cell, payload: dict, settings: BenchSettings, run_id:
     from effedge.bench.targets import bench_one
 
     attempt = record_attempt(run_id, cell)
+    fingerprint = device_fingerprint(cell.device.backend)
     workdir = fleet_dir() / "devices" / cell.device.name / payload["sha256"][:24]
     target = materialize(payload, workdir)
     engine = None
@@ -90,5 +128,6 @@ def run_device_stage(cell: Cell, payload: dict, settings: BenchSettings, run_id:
     result = bench_one(target, read_manifest(workdir), cell.device.backend, settings, label=cell.id)
     return {**result, "cell": cell.id, "device": cell.device.name, "profile": cell.device.profile,
             "node": platform.node(), "attempt": attempt, "status": "ok", "artefact_sha256": payload["sha256"],
-            "result_key": result_key(payload["sha256"], cell.device, settings), "run_id": run_id,
-            "engine": engine}
+            "device_fingerprint": fingerprint, "result_key": result_key(payload["sha256"], cell.device, settings,
+                                                                        fingerprint),
+            "run_id": run_id, "engine": engine}

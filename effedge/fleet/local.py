@@ -10,7 +10,7 @@ from typing import Callable
 from effedge.fleet.device import run_device_stage
 from effedge.fleet.host import run_host_stage
 from effedge.fleet.plan import bench_settings_for
-from effedge.fleet.sweep import SweepTracker, reason_of
+from effedge.fleet.tracker import SweepTracker, reason_of
 
 
 def run_in_process(tracker: SweepTracker, log: Callable[[str], None]) -> None:

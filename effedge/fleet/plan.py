@@ -5,7 +5,8 @@
   compile configuration, the calibration images (by content), effedge's code and the tool versions, so the
   ledger entry ``fleet/host/<key>.json`` says which artefact (by sha256) it produced.
 * A **cell** is one host job on one device. Its result is cached as ``fleet/results/<key>.json`` under the
-  key (artefact sha256, device, backend, bench settings): a re-run executes only the cells without one.
+  key (artefact sha256, device, backend, bench settings, and the fingerprint of the device's software and
+  power mode that its device stage reports): a re-run executes only the cells without one.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from effedge.cache import mark_used
 from effedge.io import write_json
 from effedge.bench.harness import BenchSettings, settings_dict
 from effedge.fleet.spec import DeviceSpec, SweepSpec
+
+SWEEP_NMS = "none"  # the NMS tail of every sweep graph: one graph runs on every device (no plugin, no NMS layer)
 
 
 def _digest(material: object) -> str:
@@ -56,7 +59,7 @@ class HostJob:
         # built for ONNX Runtime, whose deployable is the precision graph itself; engines are built later on
         # each device from that graph.
         return CompileConfig(variant=self.variant, precision=self.precision, batch=self.batch,
-                             image_size=self.image_size, nms="none", backend="onnxruntime",
+                             image_size=self.image_size, nms=SWEEP_NMS, backend="onnxruntime",
                              calib_dir=self.calib_dir if calibrated else None,
                              calib_images=self.calib_images if calibrated else 300)
 
@@ -93,9 +96,11 @@ def bench_settings_for(spec: SweepSpec, job: HostJob) -> BenchSettings:
     return replace(spec.bench, batch=job.batch)
 
 
-def result_key(artefact_sha256: str, device: DeviceSpec, settings: BenchSettings) -> str:
+def result_key(artefact_sha256: str, device: DeviceSpec, settings: BenchSettings, fingerprint: dict) -> str:
+    """A measurement's key: what was measured, where, how, and under which software (``fingerprint``, from
+    :func:`effedge.fleet.device.device_fingerprint` on the device)."""
     return _digest({"artefact": artefact_sha256, "device": device.name, "backend": device.backend,
-                    "bench": settings_dict(settings)})
+                    "bench": settings_dict(settings), "fingerprint": fingerprint})
 
 
 def make_plan(spec: SweepSpec) -> tuple[list[HostJob], list[Cell]]:

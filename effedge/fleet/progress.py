@@ -5,7 +5,7 @@ import contextlib
 import time
 from typing import Callable, Iterator
 
-from effedge.fleet.sweep import SweepStatus
+from effedge.fleet.tracker import SweepStatus
 
 REFRESH_S = 0.25
 

@@ -24,10 +24,11 @@ import ray
 
 from effedge.errors import EffedgeError
 from effedge.fleet.plan import Cell, HostJob, bench_settings_for
-from effedge.fleet.sweep import SweepTracker, reason_of
+from effedge.fleet.tracker import SweepTracker, reason_of
 
 POLL_S = 0.5  # ray.wait timeout: how often progress and the cluster's devices are looked at
 CONNECT_TIMEOUT_S = 5.0
+FINGERPRINT_TIMEOUT_S = 30.0  # a present device that does not say what it runs in this time is measured again
 
 
 def _host_task(job: HostJob, key: str) -> tuple[dict, dict]:
@@ -43,6 +44,30 @@ def _device_task(cell: Cell, payload: dict, settings, run_id: str) -> dict:
     context = ray.get_runtime_context()
     result = run_device_stage(cell, payload, settings, run_id)
     return {**result, "ray_node_id": context.get_node_id(), "ray_resources": context.get_assigned_resources()}
+
+
+def _fingerprint_task(backend: str) -> dict:
+    from effedge.fleet.device import device_fingerprint
+
+    return device_fingerprint(backend)
+
+
+def fingerprints(tracker: SweepTracker) -> dict[str, dict]:
+    """Each present device's fingerprint, from a small task on it (it holds the device's resource)."""
+    present = {name for name, amount in ray.cluster_resources().items() if amount >= 1}
+    task = ray.remote(_fingerprint_task)
+    refs = {task.options(resources={device.name: 1}, num_cpus=0, name=f"fingerprint {device.name}").remote(
+        device.backend): device.name for device in tracker.spec.devices if device.name in present}
+    ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=FINGERPRINT_TIMEOUT_S) if refs else ([], [])
+    for ref in late:
+        ray.cancel(ref, force=True)
+    found = {}
+    for ref in ready:
+        try:
+            found[refs[ref]] = ray.get(ref)
+        except Exception:  # its worker died: the device's cells are measured (and fail there if it is broken)
+            pass
+    return found
 
 
 def _check_reachable(address: str) -> None:
@@ -210,6 +235,10 @@ def run_on_ray(tracker: SweepTracker, address: str, log: Callable[[str], None]) 
         offered = {name for name, amount in ray.cluster_resources().items() if amount >= 1}
         log(f"Ray: {sum(n['Alive'] for n in ray.nodes())} node(s) alive; devices present: "
             + (", ".join(d.name for d in tracker.spec.devices if d.name in offered) or "none yet"))
+        tracker.resume(fingerprints(tracker))
+        if not tracker.jobs_to_run():
+            log("every cell is cached: nothing to run")
+            return
         _Driver(tracker).run()
     finally:
         if started:

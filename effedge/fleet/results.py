@@ -15,7 +15,7 @@ from effedge.bench import report as bench_report
 from effedge.io import atomic_write
 from effedge.errors import EffedgeError
 from effedge.fleet.spec import SweepSpec
-from effedge.fleet.sweep import SweepReport, SweepTracker
+from effedge.fleet.tracker import SweepReport, SweepTracker
 
 COLUMNS = ["device", "model", "precision", "batch", "median ms", "p90 ms", "images/s", "node", "attempt", "status"]
 FLEET_CSV_COLUMNS = ["cell", "device", "profile", "node", "ray_node_id", "attempt", "status", "cached", "error",

@@ -207,11 +207,9 @@ def compile_model(config: CompileConfig, out_dir: Optional[Union[str, Path]] = N
 def resolve_nms(nms: str, backend: str, is_detector: bool) -> str:
     """``auto``: the tail the backend runs — EfficientNMS_TRT on TensorRT, ONNX NonMaxSuppression on ONNX
     Runtime, none on TensorRT-RTX (no plugins, no NMS layer: the Detector runs NMS) and for classifiers."""
-    if nms != "auto":
-        return nms
-    if not is_detector or backend == "tensorrt-rtx":
-        return "none"
-    return "efficientnms" if backend == "tensorrt" else "onnx"
+    from effedge.export.nms_tail import default_tail
+
+    return nms if nms != "auto" else default_tail(backend, is_detector)
 
 
 def _precision_options(config: CompileConfig, opset: Optional[int], backend: Optional[str] = None):

@@ -1,5 +1,7 @@
 """Measurements the planner asks for, as orchestration: compile and time the candidates that an unfitted
-local-CPU profile calibrates itself on, and verify a selection by compiling and benchmarking it."""
+local-CPU profile calibrates itself on, and verify a selection by compiling and benchmarking it. Both compile
+with the profile's NMS tail (:attr:`Profile.nms`, what `compile` deploys), so what is timed is what is
+fitted, selected and deployed."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,15 +13,16 @@ from effedge.plan.latency import CALIBRATION_VARIANTS, Candidate
 from effedge.plan.profiles import Measured, Profile, load_profile, save_model, user_profile_dir
 
 
-def time_reference(variant: str, precision: str, batch: int, percentile: str, log) -> float:
-    """Compile ``variant`` at ``precision`` into the cache (once) and time it briefly on ONNX Runtime."""
+def time_reference(variant: str, precision: str, batch: int, percentile: str, nms: str, log) -> float:
+    """Compile ``variant`` at ``precision`` with the ``nms`` tail into the cache (once) and time it briefly on
+    ONNX Runtime."""
     from effedge.bench.harness import BenchSettings
     from effedge.bench.targets import bench_one
     from effedge.pipeline.compile import CompileConfig, compile_model
     from effedge.io import cache_root
 
-    out = cache_root() / "calibration" / f"{variant}-{precision}-b{batch}"
-    manifest = compile_model(CompileConfig(variant=variant, precision=precision, batch=batch, nms="none",
+    out = cache_root() / "calibration" / f"{variant}-{precision}-b{batch}-nms-{nms}"
+    manifest = compile_model(CompileConfig(variant=variant, precision=precision, batch=batch, nms=nms,
                                            backend="onnxruntime"), out_dir=out, log=log)
     log(f"timing {variant} {precision} on this CPU")
     settings = BenchSettings(warmup_s=0.5, min_iterations=15, min_duration_s=1.5, batch=batch, energy=False)
@@ -46,15 +49,15 @@ def calibrated(profile: Profile, precision: str, log=lambda message: None) -> Pr
         log(f"warning: this machine is busy (load {load:.1f} on {cpus} CPUs), so the calibration may come out slow; "
             f"to redo it later, delete {user_profile_dir() / (profile.name + '.yaml')}")
     start, batch, points, labels = time.perf_counter(), profile.target.batch, [], []
-    measured = [m for m in profile.measured if not (m.variant in CALIBRATION_VARIANTS and m.precision == precision
-                                                    and m.batch == batch)]
-    for variant in CALIBRATION_VARIANTS:
-        ms = time_reference(variant, precision, batch, profile.target.percentile, log)
-        spec = resolve(variant)
+    specs = [resolve(variant) for variant in CALIBRATION_VARIANTS]
+    measured = [m for m in profile.measured if (m.variant, m.resolution, m.precision, m.batch, m.nms) not in
+                {(s.name, [s.resolution] * 2, precision, batch, profile.nms) for s in specs}]
+    for spec in specs:
+        ms = time_reference(spec.name, precision, batch, profile.target.percentile, profile.nms, log)
         points.append((latency.candidate_costs(spec, precision), ms))
-        labels.append(f"{variant} {precision} b{batch}")
-        measured.append(Measured(variant=variant, precision=precision, batch=batch,
-                                 resolution=[spec.resolution, spec.resolution], latency_ms=ms))
+        labels.append(f"{spec.name} {precision} b{batch}")
+        measured.append(Measured(variant=spec.name, precision=precision, batch=batch,
+                                 resolution=[spec.resolution, spec.resolution], latency_ms=ms, nms=profile.nms))
     fitted = latency.fit(points, profile, precision, batch, labels=labels, method="self-calibration")
     path = save_model(profile, {**profile.fits, precision: fitted}, measured)
     log(f"calibrated {profile.name} {precision} in {time.perf_counter() - start:.0f} s: " + ", ".join(
@@ -74,7 +77,7 @@ def verify_choice(profile: Profile, candidates: list[Candidate], choice: Optiona
     def measure(candidate: Candidate) -> float:
         variant = candidate.name if candidate.name[0] == "d" else candidate.phi
         manifest = compile_model(CompileConfig(variant=variant, precision=precision, batch=profile.target.batch,
-                                               nms="none", backend=profile.software.backend), log=log)
+                                               nms=profile.nms, backend=profile.software.backend), log=log)
         out = manifest["compile"]["out_dir"]
         log(f"benchmarking {candidate.name}")
         result = bench_one(Path(out) / manifest["compile"]["deployable"], manifest,
@@ -96,4 +99,4 @@ def verify_choice(profile: Profile, candidates: list[Candidate], choice: Optiona
         larger = ordered[index + 1]
         ms = measure(larger)
         steps.append({"name": larger.name, "measured_ms": ms, "within_budget": ms <= budget, "next_larger": True})
-    return {"choice": verified, "steps": steps}
+    return {"choice": verified, "nms": profile.nms, "steps": steps}

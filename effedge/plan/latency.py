@@ -9,7 +9,8 @@ in its weights, so the fit is a non-negative least-squares problem with no local
 weights as come within 5 % of the measured points (one point: one scale factor). Per-point corrections
 (measured ÷ weighted roofline) then make the fit reproduce every point it was fitted on; between points they
 are interpolated along the prior time, beyond them the nearest one holds. Measured points override
-predictions; an unfitted local-CPU profile calibrates itself by timing D0 and D1
+predictions. A fit and a measured point count only for the NMS tail they were measured with (the profile's:
+:attr:`Profile.nms`), a measured point only for its variant, input size, batch and precision. An unfitted local-CPU profile calibrates itself by timing D0 and D1
 (:mod:`effedge.pipeline.measure`, which compiles and benchmarks: planning itself runs no stage).
 
 Candidates' graphs come from exports at the two smallest valid inputs (the largest stride and twice it):
@@ -183,8 +184,8 @@ def _correction(fitted: Fit, prior_ms: float) -> float:
 def predict_ms(costs: list[LayerCost], profile: Profile, precision: str, fitted: Optional[Fit] = None,
                batch: int = 1) -> float:
     """Predicted latency: the prior roofline's terms, weighted and corrected by the profile's fit for
-    ``precision`` (or ``fitted``); the plain prior roofline where there is none."""
-    fitted = fitted if fitted is not None else profile.fits.get(precision)
+    ``precision`` at its NMS tail (or ``fitted``); the plain prior roofline where there is none."""
+    fitted = fitted if fitted is not None else profile.fit_for(precision)
     terms = latency_terms(costs, profile, precision, batch)
     if fitted is None:
         return float(terms.sum())
@@ -216,7 +217,8 @@ def fit_weights(terms: np.ndarray, measured: np.ndarray) -> tuple[np.ndarray, fl
     return best[1], best[0]
 
 
-def fit_terms(terms: np.ndarray, measured: np.ndarray, labels: list[str], method: str = "fit") -> Fit:
+def fit_terms(terms: np.ndarray, measured: np.ndarray, labels: list[str], method: str = "fit",
+              nms: Optional[str] = None) -> Fit:
     """A Fit to measured points given their prior terms (points × 3): the weights of ``fit_weights``, then
     per point the correction measured ÷ weighted roofline, so that the fit reproduces every point it was
     fitted on (points at the same prior time share their mean correction)."""
@@ -228,15 +230,15 @@ def fit_terms(terms: np.ndarray, measured: np.ndarray, labels: list[str], method
     corrections = [Correction(prior_ms=prior, factor=float(np.exp(np.mean(logs))))
                    for prior, logs in sorted(by_prior.items())]
     return Fit(compute=float(weights[0]), memory=float(weights[1]), overhead=float(weights[2]),
-               corrections=corrections, method=method, points=labels, shape_error=shape_error)
+               corrections=corrections, method=method, points=labels, shape_error=shape_error, nms=nms)
 
 
 def fit(points: list[tuple[list[LayerCost], float]], profile: Profile, precision: str, batch: int = 1,
         labels: Optional[list[str]] = None, method: str = "fit") -> Fit:
-    """Fit ``profile``'s prior roofline to measured (costs, ms) points; see fit_terms."""
+    """Fit ``profile``'s prior roofline to (costs, ms) points measured with its NMS tail; see fit_terms."""
     terms = np.stack([latency_terms(costs, profile, precision, batch) for costs, _ in points])
     return fit_terms(terms, np.array([ms for _, ms in points]),
-                     labels or [f"point {i + 1}" for i in range(len(points))], method)
+                     labels or [f"point {i + 1}" for i in range(len(points))], method, profile.nms)
 
 
 @dataclass
@@ -260,21 +262,21 @@ def candidate_specs(step: float = 0.5) -> list[ModelSpec]:
 def select(profile: Profile, *, latency_ms: Optional[float] = None, precision: Optional[str] = None,
            step: float = 0.5, log=lambda message: None) -> tuple[list[Candidate], Optional[Candidate]]:
     """Rank candidates by predicted latency at the profile's percentile; pick the largest (most MACs) that
-    fits ``(1 − margin) × budget``. Measured points in the profile override predictions. (An unfitted
-    local-CPU profile can first be calibrated on this machine: ``effedge.pipeline.measure.calibrated``.)"""
+    fits ``(1 − margin) × budget``. A point measured at the candidate's input size, the profile's batch, this
+    precision and the profile's NMS tail overrides its prediction. (An unfitted local-CPU profile can first be
+    calibrated on this machine: ``effedge.pipeline.measure.calibrated``.)"""
     budget = latency_ms or profile.target.latency_ms
     precision = precision or profile.target.precision
     limit = budget * (1 - profile.target.margin)
-    measured = {(m.variant, m.precision, m.batch): m.latency_ms for m in profile.measured}
     candidates = []
     specs = candidate_specs(step)
     for index, spec in enumerate(specs):
         log(f"costing {spec.name} ({index + 1}/{len(specs)})")
         costs = candidate_costs(spec, precision)
         macs = sum(c.macs for c in costs)
-        key = (spec.name, precision, profile.target.batch)
-        if key in measured:
-            ms, source = measured[key], "measured"
+        ms = profile.measured_ms(spec.name, spec.resolution, profile.target.batch, precision)
+        if ms is not None:
+            source = "measured"
         else:
             ms, source = predict_ms(costs, profile, precision, batch=profile.target.batch), "predicted"
         candidates.append(Candidate(spec.name, spec.phi, spec.resolution, macs, ms, source, ms <= limit))
@@ -285,20 +287,23 @@ def select(profile: Profile, *, latency_ms: Optional[float] = None, precision: O
 
 def fit_command(profile: Profile, precision: str) -> str:
     """The commands that measure this profile's device and fit it."""
-    return (f"effedge bench --variants d0,d1,d2 --precisions {precision} --json > bench.json && "
+    return (f"effedge bench --variants d0,d1,d2 --precisions {precision} --nms {profile.nms} --json > bench.json && "
             f"effedge profile fit {profile.name} bench.json")
 
 
 def describe_model(profile: Profile, precision: str) -> str:
     """One line: what the predictions for ``precision`` rest on (a fit, a self-calibration, or priors)."""
-    fitted = profile.fits.get(precision)
+    fitted = profile.fit_for(precision)
     if fitted is None:
         priors = profile.priors or GENERIC_PRIORS
-        return (f"{profile.name} is unfitted for {precision}: predictions come from priors ({priors.source}); "
+        other = profile.fits.get(precision)
+        why = (f" (its {precision} fit was measured with NMS tail {other.nms or 'unrecorded'}, it deploys "
+               f"{profile.nms})" if other is not None else "")
+        return (f"{profile.name} is unfitted for {precision}{why}: predictions come from priors ({priors.source}); "
                 f"fit it on the device: {fit_command(profile, precision)}")
     how = "self-calibrated on" if fitted.method == "self-calibration" else "fitted to"
-    return (f"{profile.name} {precision}: {how} {', '.join(fitted.points)} (reproduced; the weighted roofline "
-            f"alone is within {fitted.shape_error:.1%} of them)"
+    return (f"{profile.name} {precision} (NMS tail {fitted.nms}): {how} {', '.join(fitted.points)} (reproduced; "
+            f"the weighted roofline alone is within {fitted.shape_error:.1%} of them)"
             + (f"; a fit on more variants predicts larger ones better: {fit_command(profile, precision)}"
                if len(fitted.points) < 2 else ""))
 
@@ -306,7 +311,7 @@ def describe_model(profile: Profile, precision: str) -> str:
 def needs_calibration(profile: Profile, precision: str) -> bool:
     """A CPU profile run by ONNX Runtime describes this machine, so it can be measured here and now."""
     return (profile.device.kind == "cpu" and profile.software.backend == "onnxruntime"
-            and precision not in profile.fits)
+            and profile.fit_for(precision) is None)
 
 
 def _resolve_target(target: str, json_dir: Path) -> Path:
@@ -350,23 +355,31 @@ def _read_results(result_files: list) -> list[tuple[dict, Path]]:
 
 
 def fit_profile(name: str, result_files: list) -> dict:
-    """Fit a profile, per precision, to bench results; write it with the fits and measured points to the
-    user profile directory. Returns a JSON-ready report: where it was written, and per precision the fit
-    and each point's measured and reproduced latency."""
+    """Fit a profile, per precision, to bench results of graphs with the profile's NMS tail (results of another
+    tail are left out and listed); write it with the fits and measured points to the user profile directory.
+    Returns a JSON-ready report: where it was written, the results left out, and per precision the fit and
+    each point's measured and reproduced latency."""
     from effedge.plan.profiles import Measured, load_profile, save_model
 
     profile = load_profile(name)
     percentile = profile.target.percentile
+    results = _read_results(result_files)
+    matching = [(r, d) for r, d in results if r.get("nms") == profile.nms]
+    if not matching:
+        found = ", ".join(sorted({str(r.get("nms", "unrecorded")) for r, _ in results}))
+        raise EffedgeError(f"no result was measured with {profile.name}'s NMS tail ({profile.nms}; the results have "
+                           f"{found}): bench with --nms {profile.nms}, or set target.nms in the profile to what "
+                           "you deploy")
     by_precision: dict[str, list] = {}
-    for result, json_dir in _read_results(result_files):
+    for result, json_dir in matching:
         by_precision.setdefault(result["precision"], []).append(
             (result, _result_costs(result, json_dir), result["latency_ms"][percentile]))
     fits, report = dict(profile.fits), {}
-    measured = {(m.variant, m.precision, m.batch): m for m in profile.measured}
+    measured = {(m.variant, tuple(m.resolution or ()), m.batch, m.precision, m.nms): m for m in profile.measured}
     for precision, rows in by_precision.items():
         labels = [r.get("variant") or r["label"] for r, _, _ in rows]
         terms = np.stack([latency_terms(costs, profile, precision, r.get("batch", 1)) for r, costs, _ in rows])
-        fitted = fits[precision] = fit_terms(terms, np.array([ms for _, _, ms in rows]), labels)
+        fitted = fits[precision] = fit_terms(terms, np.array([ms for _, _, ms in rows]), labels, nms=profile.nms)
         report[precision] = {**fitted.model_dump(), "percentile": percentile, "points": [
             {"label": label, "batch": r.get("batch", 1), "measured_ms": ms,
              "predicted_ms": predict_ms(costs, profile, precision, fitted, r.get("batch", 1)),
@@ -375,7 +388,9 @@ def fit_profile(name: str, result_files: list) -> dict:
             point["error"] = point["predicted_ms"] / point["measured_ms"] - 1
         for r, _, ms in rows:
             point = Measured(variant=r.get("variant"), precision=precision, batch=r.get("batch", 1),
-                             resolution=r.get("resolution"), latency_ms=ms)
-            measured[(point.variant, point.precision, point.batch)] = point
+                             resolution=r.get("resolution"), latency_ms=ms, nms=profile.nms)
+            measured[(point.variant, tuple(point.resolution or ()), point.batch, precision, point.nms)] = point
     path = save_model(profile, fits, list(measured.values()))
-    return {"profile": profile.name, "written_to": str(path), "fits": report}
+    left_out = [{"label": r["label"], "nms": r.get("nms")} for r, _ in results if r.get("nms") != profile.nms]
+    return {"profile": profile.name, "nms": profile.nms, "written_to": str(path), "fits": report,
+            "left_out": left_out}

@@ -7,7 +7,7 @@ A profile file::
                dla_cores, compute_capability, sources: [...]}
     software: {backend: tensorrt|onnxruntime, jetpack, tensorrt}
     target:   {latency_ms, percentile: median|p90|p95|p99, batch, precision: fp32|fp16|int8|mixed,
-               power_mode, margin}
+               power_mode, margin, nms: none|onnx|efficientnms}   # nms: default what compile deploys
     priors:   {compute: {fp32, fp16, int8}, memory, overhead_us, source}    # optional: generic priors
     model:    {fits: {PRECISION: {...}}, measured: [...]}  # written by `effedge profile fit` / self-calibration
 
@@ -60,6 +60,7 @@ def _as_text(value: Any) -> Any:
 
 Version = Annotated[str, BeforeValidator(_as_text)]
 Precision = Literal["fp32", "fp16", "int8", "mixed"]
+NmsTail = Literal["none", "onnx", "efficientnms"]
 Teraflops = _number("TFLOPS", gt=0)
 Teraops = _number("TOPS", gt=0)
 Bandwidth = _number("GB/s", gt=0)
@@ -108,6 +109,7 @@ class Target(_Section):
     precision: Precision = "fp16"
     power_mode: Optional[Version] = None
     margin: Margin = 0.1  # predicted latency must be ≤ (1 − margin) × budget
+    nms: Optional[NmsTail] = None  # the NMS tail deployed (default: what compile picks on the backend)
 
     @field_validator("latency_ms")
     @classmethod
@@ -151,6 +153,7 @@ class Fit(_Section):
     method: Literal["fit", "self-calibration"]
     points: list[str]
     shape_error: RelativeError  # largest error of the weighted roofline alone on the points
+    nms: Optional[NmsTail] = None  # the NMS tail of the measured graphs (None: not recorded, so never used)
 
 
 class Measured(_Section):
@@ -159,6 +162,7 @@ class Measured(_Section):
     batch: int = 1
     resolution: Optional[list[int]] = None
     latency_ms: PositiveMilliseconds
+    nms: Optional[NmsTail] = None  # the measured graph's NMS tail (None: not recorded)
 
 
 class FittedModel(_Section):
@@ -184,6 +188,26 @@ class Profile:
     priors: Optional[Priors] = None
     fits: dict[str, Fit] = field(default_factory=dict)  # by precision
     measured: list[Measured] = field(default_factory=list)
+
+    @property
+    def nms(self) -> str:
+        """The NMS tail this profile selects, verifies, fits and compiles for: ``target.nms``, else the one
+        ``compile --nms auto`` deploys on the profile's backend."""
+        from effedge.export.nms_tail import default_tail
+
+        return self.target.nms or default_tail(self.software.backend)
+
+    def fit_for(self, precision: str) -> Optional[Fit]:
+        """The fit for ``precision``, if it was fitted to graphs with this profile's NMS tail."""
+        fitted = self.fits.get(precision)
+        return fitted if fitted is not None and fitted.nms == self.nms else None
+
+    def measured_ms(self, variant: str, resolution: int, batch: int, precision: str) -> Optional[float]:
+        """A measured latency that counts for this variant at this input size, batch, precision and the
+        profile's NMS tail (the last one stored wins), else None."""
+        return next((m.latency_ms for m in reversed(self.measured)
+                     if (m.variant, m.resolution, m.batch, m.precision, m.nms)
+                     == (variant, [resolution, resolution], batch, precision, self.nms)), None)
 
     @property
     def user_copy(self) -> bool:
