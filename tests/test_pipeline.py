@@ -150,7 +150,7 @@ def test_int8_for_onnxruntime_is_right_in_a_default_session(tmp_path, private_ca
     default = ort.InferenceSession(str(tmp_path / "build" / "model.int8.onnx"), providers=["CPUExecutionProvider"])
     fp32 = ort.InferenceSession(str(tmp_path / "build" / "model.sim.onnx"), providers=["CPUExecutionProvider"])
     signal = error = 0.0
-    for batch in held_out.batches(held_out.holdout, (128, 128), "float"):
+    for batch in held_out.batches(held_out.holdout_views(), (128, 128), "float"):
         (expected,) = fp32.run(["class_logits"], {"images": batch})
         (got,) = default.run(["class_logits"], {"images": batch})
         signal += float((expected.astype(np.float64) ** 2).sum())

@@ -85,17 +85,21 @@ def _print_precision_report(report: dict) -> None:
         if qdq and qdq.get("int8_groups"):
             lines.append("int8: " + ", ".join(f"{group} ({count} conv)" for group, count in qdq["int8_groups"]))
     fidelity = report["fidelity"]
+    held = report.get("holdout") or {}
+    lines.append(f"fidelity against fp32 on {fidelity.get('images', 0)} held-out view(s) of {held.get('photos', 0)} "
+                 f"photo(s) ({held.get('views_per_photo', 0)} crops/mirrors each):")
     for name, figures in fidelity["outputs"].items():
         if figures.get("nonfinite"):
             lines.append(f"  {name:15s} FAILED: {figures['nonfinite']} non-finite values where fp32 is finite")
             continue
         sqnr = "identical" if figures["sqnr_db"] is None else f"{figures['sqnr_db']:6.1f} dB"
         lines.append(f"  {name:15s} SQNR {sqnr}  cosine {figures['cosine']:.6f}")
-    if "detections" in fidelity:
-        d = fidelity["detections"]
+    d = fidelity.get("detection_agreement")
+    if d:
         lines.append(f"  detections agree with fp32: F1 {d['f1']:.3f} (recall {d['recall']:.3f}, precision "
-                     f"{d['precision']:.3f}; {d['fp32']} fp32 detections ≥ {d['score_threshold']}) on "
-                     f"{fidelity['images']} held-out image(s)")
+                     f"{d['precision']:.3f}; {d['fp32']} fp32 detections ≥ {d['score_threshold']})")
+    elif "detection_agreement_note" in fidelity:
+        lines.append(f"  detection agreement: not reported ({fidelity['detection_agreement_note']})")
     click.echo("\n".join(lines))
 
 
