@@ -85,9 +85,7 @@ def _print_precision_report(report: dict) -> None:
         if qdq and qdq.get("int8_groups"):
             lines.append("int8: " + ", ".join(f"{group} ({count} conv)" for group, count in qdq["int8_groups"]))
     fidelity = report["fidelity"]
-    held = report.get("holdout") or {}
-    lines.append(f"fidelity against fp32 on {fidelity.get('images', 0)} held-out view(s) of {held.get('photos', 0)} "
-                 f"photo(s) ({held.get('views_per_photo', 0)} crops/mirrors each):")
+    lines.append(f"fidelity against fp32 on {_held_out(report)}:")
     for name, figures in fidelity["outputs"].items():
         if figures.get("nonfinite"):
             lines.append(f"  {name:15s} FAILED: {figures['nonfinite']} non-finite values where fp32 is finite")
@@ -99,8 +97,30 @@ def _print_precision_report(report: dict) -> None:
         lines.append(f"  detections agree with fp32: F1 {d['f1']:.3f} (recall {d['recall']:.3f}, precision "
                      f"{d['precision']:.3f}; {d['fp32']} fp32 detections ≥ {d['score_threshold']})")
     elif "detection_agreement_note" in fidelity:
-        lines.append(f"  detection agreement: not reported ({fidelity['detection_agreement_note']})")
+        lines.append(f"  detection agreement not reported: {fidelity['detection_agreement_note']}")
     click.echo("\n".join(lines))
+
+
+def _held_out(report: dict) -> str:
+    held = report.get("holdout") or {}
+    return (f"{report['fidelity'].get('images', 0)} held-out view(s) of {held.get('photos', 0)} photo(s) "
+            f"({held.get('views_per_photo', 0)} crops/mirrors each)")
+
+
+def _fidelity_summary(report: dict | None) -> str | None:
+    """compile's one line on fidelity: the worst raw-output SQNR and the detection agreement, or why none."""
+    if not report:
+        return None
+    from effedge.quantize.fidelity import min_sqnr
+
+    worst = min_sqnr(report["fidelity"]) if report["fidelity"]["outputs"] else None
+    sqnr = ("no held-out view" if worst is None else "identical" if worst == float("inf") else
+            "FAILED (non-finite values)" if worst == float("-inf") else f"{worst:.1f} dB")
+    agreement = report["fidelity"].get("detection_agreement")
+    detections = (f"detection F1 {agreement['f1']:.3f}" if agreement else
+                  f"detection agreement not reported: {report['fidelity']['detection_agreement_note']}"
+                  if "detection_agreement_note" in report["fidelity"] else None)
+    return f"  fidelity on {_held_out(report)}: worst SQNR {sqnr}" + (f"; {detections}" if detections else "")
 
 
 @cli.command()
@@ -244,6 +264,9 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
     state = f"cache hit, reused {info['out_dir']}" if info["cache_hit"] else f"built in {info['total_seconds']:.1f} s"
     click.echo(f"{manifest['variant']} {manifest['precision']} on {manifest['backend']} (nms {manifest['nms']}): "
                f"{state}\n  deployable: {info['out_dir']}/{info['deployable']}")
+    fidelity = _fidelity_summary(manifest.get("precisions", {}).get(manifest["precision"]))
+    if fidelity:
+        click.echo(fidelity)
 
 
 @cli.command("build")
