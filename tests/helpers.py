@@ -121,9 +121,10 @@ def overflowing_model(size: int = 32):
     return model
 
 
-def fake_export(model):
+def fake_export(model, **recorded):
     """A stand-in for effedge.export.onnx_export.export that writes ``model`` as the export of any variant
-    (model.onnx, model.sim.onnx, build.json): compile's later stages then run on a graph of seconds."""
+    (model.onnx, model.sim.onnx, build.json with ``recorded`` added, e.g. weights="random"): compile's later
+    stages then run on a graph of seconds."""
     def export(variant, out_dir, **kwargs):
         import json
         from pathlib import Path
@@ -138,7 +139,7 @@ def fake_export(model):
             onnx.save(model, str(out / name))
         manifest = {"effedge_manifest": 1, "variant": str(variant), "precision": "fp32",
                     "artifacts": {name: {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
-                                  for name in ("model.onnx", "model.sim.onnx")}}
+                                  for name in ("model.onnx", "model.sim.onnx")}, **recorded}
         (out / "build.json").write_text(json.dumps(manifest))
         return manifest
     return export
