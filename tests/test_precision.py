@@ -448,8 +448,8 @@ def test_detection_agreement_is_reported_only_where_fp32_detections_decide(tmp_p
     onnx.save(tiny_detector(stride=stride, gain=gain, bias=bias), str(tmp_path / "model.sim.onnx"))
     if build_json:
         (tmp_path / "build.json").write_text(json.dumps({"effedge_manifest": 1, **build_json}))
-    report = convert(tmp_path / "model.sim.onnx", options=PrecisionOptions(precision="fp16",
-                                                                           random_weights=random_weights))
+    told = {} if random_weights is None else {"random_weights": random_weights}
+    report = convert(tmp_path / "model.sim.onnx", options=PrecisionOptions(precision="fp16", **told))
     fidelity = report["fidelity"]
     assert fidelity["outputs"]["class_logits"]["sqnr_db"] > 40  # SQNR is reported either way
     recorded = json.loads((tmp_path / "build.json").read_text())["precisions"]["fp16"]["fidelity"]
