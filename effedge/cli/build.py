@@ -130,7 +130,8 @@ def _fidelity_summary(report: dict | None) -> str | None:
 @click.option("--calib", "calib_dir", type=ImageFolder(), help="Folder of calibration images [default: calib/].")
 @click.option("--calib-images", type=click.IntRange(1), default=300, show_default=True,
               help="Calibration images taken (deterministic shuffled subset).")
-@click.option("--holdout", type=click.IntRange(0), help="Held-out images for the fidelity report [default: 20%, at most 16].")
+@click.option("--holdout", type=click.IntRange(0), help="Held-out photos for the fidelity report, each seen "
+              "through crops/mirrors until there are 8 views [default: 20%, at most 16].")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=DEFAULT_CALIB_METHOD, show_default=True,
               help=CALIB_METHOD_HELP)
 @click.option("--percentile", type=FiniteFloatRange(50, 100, min_open=True), default=99.99, show_default=True, help="For --calib-method percentile.")
@@ -180,7 +181,8 @@ def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, p
 @click.option("--calib", "calib_dir", type=ImageFolder(), help="Calibration images for int8/mixed [default: calib/].")
 @click.option("--calib-images", type=click.IntRange(1), default=300, show_default=True,
               help="Calibration images taken (deterministic shuffled subset).")
-@click.option("--holdout", type=click.IntRange(0), help="Held-out images for the fidelity report [default: 20%, at most 16].")
+@click.option("--holdout", type=click.IntRange(0), help="Held-out photos for the fidelity report, each seen "
+              "through crops/mirrors until there are 8 views [default: 20%, at most 16].")
 @click.option("--percentile", type=FiniteFloatRange(50, 100, min_open=True), default=99.99, show_default=True, help="For --calib-method percentile.")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=DEFAULT_CALIB_METHOD, show_default=True,
               help=CALIB_METHOD_HELP)

@@ -129,8 +129,8 @@ class FidelityMeter:
         if self.reference_noise:
             return self.reference_noise
         if not self.reference_detections:
-            return (f"fp32 detects nothing at score ≥ {self.score_threshold:g} on the held-out views (the test model: "
-                    f"{self.test_detections}): nothing to agree on")
+            return (f"fp32 detects nothing at score ≥ {self.score_threshold:g} on the held-out views (the test "
+                    f"model: {self.test_detections}): nothing to agree on")
         if self.fragile > TIE_FRACTION * self.reference_detections:
             return (f"fp32's detections are near-tied: {self.fragile} of {self.reference_detections} would drop with "
                     f"a score change of {TIE_MARGIN:g} (at the {self.score_threshold:g} threshold or the "
