@@ -70,6 +70,36 @@ def tiny_model(batch: int, size: int = 32, seed: int = 0):
     return model
 
 
+def tiny_detector(stride: int, gain: float, bias: float, size: int = 32, classes: int = 2, seed: int = 0):
+    """A detector in two nodes: a ``stride``×``stride`` convolution (weights × ``gain``, bias ``bias``) gives
+    ``class_logits`` per anchor, ``scores`` their sigmoid, and ``boxes`` the fixed, non-overlapping anchor cells.
+    Large ``gain``: a few decisive scores; tiny ``gain``: a crowd of near-tied ones."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    cells = size // stride
+    weight = rng.standard_normal((classes, 3, stride, stride)) * gain / (3 * stride * stride) ** 0.5
+    ys, xs = np.mgrid[0:cells, 0:cells].reshape(2, -1) * stride
+    anchors = np.stack([xs, ys, xs + stride, ys + stride], -1)[None].astype(np.float32)
+    initializers = [numpy_helper.from_array(weight.astype(np.float32), "w"),
+                    numpy_helper.from_array(np.full(classes, bias, np.float32), "b"),
+                    numpy_helper.from_array(np.array([1, classes, cells * cells], np.int64), "shape"),
+                    numpy_helper.from_array(anchors, "anchors")]
+    nodes = [helper.make_node("Conv", ["images", "w", "b"], ["conv"], strides=[stride, stride], name="head/conv"),
+             helper.make_node("Reshape", ["conv", "shape"], ["flat"], name="head/reshape"),
+             helper.make_node("Transpose", ["flat"], ["class_logits"], perm=[0, 2, 1], name="head/transpose"),
+             helper.make_node("Sigmoid", ["class_logits"], ["scores"], name="head/sigmoid"),
+             helper.make_node("Identity", ["anchors"], ["boxes"], name="head/boxes")]
+    outputs = [helper.make_tensor_value_info("class_logits", TensorProto.FLOAT, [1, cells * cells, classes]),
+               helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, cells * cells, 4]),
+               helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, cells * cells, classes])]
+    graph = helper.make_graph(nodes, "tiny_detector", [helper.make_tensor_value_info(
+        "images", TensorProto.FLOAT, [1, 3, size, size])], outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 def overflowing_model(size: int = 32):
     """A convolution whose reciprocal is finite in fp32 but not in int8 with fp16 around it: the conv output's
     near-zero values become exact zeros or overflow fp16, so 1/x is infinite where fp32's is large but finite."""
@@ -91,9 +121,10 @@ def overflowing_model(size: int = 32):
     return model
 
 
-def fake_export(model):
+def fake_export(model, **recorded):
     """A stand-in for effedge.export.onnx_export.export that writes ``model`` as the export of any variant
-    (model.onnx, model.sim.onnx, build.json): compile's later stages then run on a graph of seconds."""
+    (model.onnx, model.sim.onnx, build.json with ``recorded`` added, e.g. weights="random"): compile's later
+    stages then run on a graph of seconds."""
     def export(variant, out_dir, **kwargs):
         import json
         from pathlib import Path
@@ -108,7 +139,7 @@ def fake_export(model):
             onnx.save(model, str(out / name))
         manifest = {"effedge_manifest": 1, "variant": str(variant), "precision": "fp32",
                     "artifacts": {name: {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
-                                  for name in ("model.onnx", "model.sim.onnx")}}
+                                  for name in ("model.onnx", "model.sim.onnx")}, **recorded}
         (out / "build.json").write_text(json.dumps(manifest))
         return manifest
     return export

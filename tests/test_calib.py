@@ -9,7 +9,7 @@ import pytest
 from helpers import photo
 from PIL import Image
 
-from effedge.quantize.images import DEFAULT_CALIB_DIR, ImageSet, find_images
+from effedge.quantize.images import DEFAULT_CALIB_DIR, MIN_HOLDOUT_VIEWS, HeldOutView, ImageSet, find_images
 from effedge.runtime.images import load_rgb
 from effedge.errors import EffedgeError
 from effedge.runtime.preprocess import MEAN_PIXEL, letterbox
@@ -92,6 +92,29 @@ def test_deterministic_subset_holdout_and_hash(tmp_path):
     assert len(find_images(folder)) == 13  # recursive, the .txt ignored
     assert first.content_hash() == again.content_hash()
     assert ImageSet.from_folder(folder, count=6, holdout=3).content_hash() != first.content_hash()
+
+
+def test_held_out_views_multiply_only_the_held_out_photos(tmp_path):
+    """Two held-out photos: four views each (the photo, mirrored, crops), view by view; eight held-out photos are
+    measured alone; an unreadable held-out photo is skipped once, not once per view."""
+    images = ImageSet.from_folder(_folder(tmp_path), holdout=2)
+    views = images.holdout_views()
+    assert len(views) == MIN_HOLDOUT_VIEWS == 8 and {v.path for v in views} == set(images.holdout)
+    assert not {v.path for v in views} & set(images.calibration)
+    assert [v.path for v in views[:2]] == images.holdout  # the first views are different photos
+    assert len({(v.path, v.crop, v.mirror) for v in views}) == 8
+    whole, mirrored = views[0], views[2]
+    assert np.array_equal(next(images.batches([whole], (64, 64), "uint8")),
+                          next(images.batches([images.holdout[0]], (64, 64), "uint8")))  # the photo as calibrated
+    assert np.array_equal(mirrored.load((64, 64)), whole.load((64, 64))[:, ::-1])
+    crop = HeldOutView(whole.path, (0.2, 0.2, 0.8, 0.8)).load((64, 64))
+    assert crop.shape == (38, 58, 3) and np.array_equal(crop, whole.load((64, 64))[13:51, 19:77])
+    many = ImageSet.from_folder(tmp_path, holdout=8).holdout_views()
+    assert [v.path for v in many] == ImageSet.from_folder(tmp_path, holdout=8).holdout
+    assert all(v.crop == (0, 0, 1, 1) and not v.mirror for v in many)
+    assert ImageSet.from_folder(tmp_path, holdout=0).holdout_views() == []
+    images.holdout[0].write_bytes(b"not a photo")
+    assert len(list(images.batches(views, (64, 64), "float"))) == 4 and len(images.skipped) == 1
 
 
 def test_truncated_and_fake_files_are_skipped_and_counted(tmp_path):

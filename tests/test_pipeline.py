@@ -150,7 +150,7 @@ def test_int8_for_onnxruntime_is_right_in_a_default_session(tmp_path, private_ca
     default = ort.InferenceSession(str(tmp_path / "build" / "model.int8.onnx"), providers=["CPUExecutionProvider"])
     fp32 = ort.InferenceSession(str(tmp_path / "build" / "model.sim.onnx"), providers=["CPUExecutionProvider"])
     signal = error = 0.0
-    for batch in held_out.batches(held_out.holdout, (128, 128), "float"):
+    for batch in held_out.batches(held_out.holdout_views(), (128, 128), "float"):
         (expected,) = fp32.run(["class_logits"], {"images": batch})
         (got,) = default.run(["class_logits"], {"images": batch})
         signal += float((expected.astype(np.float64) ** 2).sum())
@@ -198,3 +198,28 @@ def test_runner_checks_inputs(tmp_path):
             runner.infer({"images": np.zeros((1, 3, 64, 64), np.float32)})
         with pytest.raises(EffedgeError, match="is float64"):
             runner.infer({"images": np.zeros((1, 3, 128, 128))})
+
+
+def test_compile_and_quantize_say_what_was_held_out_and_why_there_is_no_detection_figure(tmp_path, private_cache,
+                                                                                        monkeypatch):
+    """A random-weights build on calib/: both summaries name the 8 held-out views of 1 photo and say why detection
+    agreement is not reported (build.json holds the same); the SQNR is still there."""
+    from click.testing import CliRunner
+    from helpers import tiny_detector
+
+    from effedge.cli import cli
+
+    monkeypatch.setattr("effedge.export.onnx_export.export", fake_export(tiny_detector(8, 8.0, -2.0), weights="random"))
+    compiled = CliRunner().invoke(cli, ["compile", "--variant", "d0", "--precision", "fp16", "--nms", "none",
+                                        "--backend", "onnxruntime", "--out", str(tmp_path / "build")])
+    assert compiled.exit_code == 0, compiled.output
+    quantized = CliRunner().invoke(cli, ["quantize", str(tmp_path / "build" / "model.sim.onnx"), "--precision", "fp16",
+                                         "--out", str(tmp_path / "again")])
+    assert quantized.exit_code == 0, quantized.output
+    for output in (compiled.output, quantized.output):
+        assert "8 held-out view(s) of 1 photo(s) (8 crops/mirrors each)" in output
+        assert "detection agreement not reported: random weights" in output
+    assert "worst SQNR" in compiled.output and "class_logits    SQNR" in quantized.output
+    recorded = json.loads((tmp_path / "build" / "build.json").read_text())["precisions"]["fp16"]
+    assert recorded["holdout"]["views"] == 8 and recorded["fidelity"]["detection_agreement"] is None
+    assert recorded["fidelity"]["detection_agreement_note"].startswith("random weights")

@@ -170,3 +170,14 @@ def test_eval_compare_ranks_the_trained_model_above_an_untrained_one(models, tmp
     assert trained["mAP"] > 0.6, trained  # the fixture finds its shapes (0.84 on the 60-image validation set)
     assert untrained["mAP"] < 0.05, untrained  # random weights find nothing
     assert abs(int8["mAP"] - trained["mAP"]) < 0.15, (trained, int8)
+
+
+def test_int8_detection_agreement_is_reported_for_the_trained_model(models):
+    """The trained model's detections are decisions (few, far from any score cut), unlike random weights': the
+    int8 report in build.json gives an F1 against fp32, on 4 held-out photos × 2 views, and it is high."""
+    paths, _ = models
+    report = json.loads((paths["fp32"].parent / "build.json").read_text())["precisions"]["int8"]
+    assert report["holdout"] == {"photos": 4, "views": 8, "views_per_photo": 2, "minimum_views": 8}
+    agreement = report["fidelity"]["detection_agreement"]
+    assert agreement["fp32"] >= 8 and agreement["fp32_fragile"] <= agreement["fp32"] / 2
+    assert agreement["f1"] > 0.8, agreement

@@ -93,7 +93,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for label, (wall, report) in rows.items():
         outputs = report["fidelity"]["outputs"]
-        det = report["fidelity"].get("detections", {})
+        det = report["fidelity"].get("detection_agreement") or {}
         seconds = report["seconds"]
         calib = report.get("calibration", {})
         print(f"| {label} | {wall:.1f} | {seconds.get('placement', 0):.1f} | {seconds.get('calibration', 0):.1f} | "

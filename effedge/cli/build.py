@@ -85,18 +85,42 @@ def _print_precision_report(report: dict) -> None:
         if qdq and qdq.get("int8_groups"):
             lines.append("int8: " + ", ".join(f"{group} ({count} conv)" for group, count in qdq["int8_groups"]))
     fidelity = report["fidelity"]
+    lines.append(f"fidelity against fp32 on {_held_out(report)}:")
     for name, figures in fidelity["outputs"].items():
         if figures.get("nonfinite"):
             lines.append(f"  {name:15s} FAILED: {figures['nonfinite']} non-finite values where fp32 is finite")
             continue
         sqnr = "identical" if figures["sqnr_db"] is None else f"{figures['sqnr_db']:6.1f} dB"
         lines.append(f"  {name:15s} SQNR {sqnr}  cosine {figures['cosine']:.6f}")
-    if "detections" in fidelity:
-        d = fidelity["detections"]
+    d = fidelity.get("detection_agreement")
+    if d:
         lines.append(f"  detections agree with fp32: F1 {d['f1']:.3f} (recall {d['recall']:.3f}, precision "
-                     f"{d['precision']:.3f}; {d['fp32']} fp32 detections ≥ {d['score_threshold']}) on "
-                     f"{fidelity['images']} held-out image(s)")
+                     f"{d['precision']:.3f}; {d['fp32']} fp32 detections ≥ {d['score_threshold']})")
+    elif "detection_agreement_note" in fidelity:
+        lines.append(f"  detection agreement not reported: {fidelity['detection_agreement_note']}")
     click.echo("\n".join(lines))
+
+
+def _held_out(report: dict) -> str:
+    held = report.get("holdout") or {}
+    return (f"{report['fidelity'].get('images', 0)} held-out view(s) of {held.get('photos', 0)} photo(s) "
+            f"({held.get('views_per_photo', 0)} crops/mirrors each)")
+
+
+def _fidelity_summary(report: dict | None) -> str | None:
+    """compile's one line on fidelity: the worst raw-output SQNR and the detection agreement, or why none."""
+    if not report:
+        return None
+    from effedge.quantize.fidelity import min_sqnr
+
+    worst = min_sqnr(report["fidelity"]) if report["fidelity"]["outputs"] else None
+    sqnr = ("no held-out view" if worst is None else "identical" if worst == float("inf") else
+            "FAILED (non-finite values)" if worst == float("-inf") else f"{worst:.1f} dB")
+    agreement = report["fidelity"].get("detection_agreement")
+    detections = (f"detection F1 {agreement['f1']:.3f}" if agreement else
+                  f"detection agreement not reported: {report['fidelity']['detection_agreement_note']}"
+                  if "detection_agreement_note" in report["fidelity"] else None)
+    return f"  fidelity on {_held_out(report)}: worst SQNR {sqnr}" + (f"; {detections}" if detections else "")
 
 
 @cli.command()
@@ -106,7 +130,8 @@ def _print_precision_report(report: dict) -> None:
 @click.option("--calib", "calib_dir", type=ImageFolder(), help="Folder of calibration images [default: calib/].")
 @click.option("--calib-images", type=click.IntRange(1), default=300, show_default=True,
               help="Calibration images taken (deterministic shuffled subset).")
-@click.option("--holdout", type=click.IntRange(0), help="Held-out images for the fidelity report [default: 20%, at most 16].")
+@click.option("--holdout", type=click.IntRange(0), help="Held-out photos for the fidelity report, each seen "
+              "through crops/mirrors until there are 8 views [default: 20%, at most 16].")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=DEFAULT_CALIB_METHOD, show_default=True,
               help=CALIB_METHOD_HELP)
 @click.option("--percentile", type=FiniteFloatRange(50, 100, min_open=True), default=99.99, show_default=True, help="For --calib-method percentile.")
@@ -156,7 +181,8 @@ def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, p
 @click.option("--calib", "calib_dir", type=ImageFolder(), help="Calibration images for int8/mixed [default: calib/].")
 @click.option("--calib-images", type=click.IntRange(1), default=300, show_default=True,
               help="Calibration images taken (deterministic shuffled subset).")
-@click.option("--holdout", type=click.IntRange(0), help="Held-out images for the fidelity report [default: 20%, at most 16].")
+@click.option("--holdout", type=click.IntRange(0), help="Held-out photos for the fidelity report, each seen "
+              "through crops/mirrors until there are 8 views [default: 20%, at most 16].")
 @click.option("--percentile", type=FiniteFloatRange(50, 100, min_open=True), default=99.99, show_default=True, help="For --calib-method percentile.")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=DEFAULT_CALIB_METHOD, show_default=True,
               help=CALIB_METHOD_HELP)
@@ -240,6 +266,9 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
     state = f"cache hit, reused {info['out_dir']}" if info["cache_hit"] else f"built in {info['total_seconds']:.1f} s"
     click.echo(f"{manifest['variant']} {manifest['precision']} on {manifest['backend']} (nms {manifest['nms']}): "
                f"{state}\n  deployable: {info['out_dir']}/{info['deployable']}")
+    fidelity = _fidelity_summary(manifest.get("precisions", {}).get(manifest["precision"]))
+    if fidelity:
+        click.echo(fidelity)
 
 
 @cli.command("build")

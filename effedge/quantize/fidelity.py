@@ -2,7 +2,14 @@
 
 Per output: SQNR (10·log10 of signal over error power) and cosine similarity, accumulated over all images.
 For detectors also detection agreement: fp32 detections (score ≥ threshold, per-class NMS) matched one-to-one
-by a detection of the same class with IoU ≥ 0.5; reported as recall, precision and F1 against fp32.
+by a detection of the same class with IoU ≥ 0.5; reported as recall, precision and F1 against fp32 — but only
+where fp32's detections are decisions worth agreeing with. It is null, with the reason, when the weights are known
+to be random, when fp32 detects nothing, or when most of fp32's detections are ties: a detection is fragile when
+a score change of :data:`TIE_MARGIN` would drop it (it scores within the margin of the threshold, or of the best
+candidate the max-detections limit left out). Reduced precision moves scores by more than that (int8) or close
+to it (fp16 moves a near-tied crowd enough to reorder it), so where over :data:`TIE_FRACTION` of fp32's
+detections are fragile, F1 measures how ties break, not the precision. Random weights give exactly that crowd
+(e.g. D0: 12 000 anchors at 0.536–0.537), a trained detector a few detections far from any cut.
 
 A non-finite value where fp32 has a finite one (or a different non-finite one) is a fidelity failure, not
 noise to drop: such an output is reported with its count of non-finite values and no SQNR or cosine, and
@@ -17,6 +24,9 @@ import numpy as np
 from effedge.runtime.nms import iou_one_to_many, select_detections
 
 MATCH_IOU = 0.5
+TIE_MARGIN = 0.01  # a score change this small flips a fragile detection
+TIE_FRACTION = 0.5  # above this share of fragile fp32 detections, agreement is not reported
+RANDOM_WEIGHTS_NOTE = "random weights: the fp32 model's detections are noise (export with --weights to measure them)"
 
 
 @dataclass
@@ -33,8 +43,11 @@ class FidelityMeter:
     score_threshold: float = 0.3
     iou_threshold: float = 0.5
     max_detections: int = 100
+    reference_noise: str | None = None  # why fp32's detections mean nothing, known beforehand (random weights)
     sums: dict[str, _Sums] = field(default_factory=dict)
+    detector: bool = False
     reference_detections: int = 0
+    fragile: int = 0  # fp32 detections a score change of TIE_MARGIN would drop
     test_detections: int = 0
     matched: int = 0
 
@@ -54,15 +67,20 @@ class FidelityMeter:
             s.dot += float(r @ t)
             s.test += float(t @ t)
         if "boxes" in reference and "scores" in reference:
+            self.detector = True
             for i in range(reference["boxes"].shape[0]):
                 self._match(reference["boxes"][i], reference["scores"][i], test["boxes"][i], test["scores"][i])
 
     def _match(self, ref_boxes, ref_scores, test_boxes, test_scores) -> None:
         options = dict(score_threshold=self.score_threshold, iou_threshold=self.iou_threshold,
                        max_detections=self.max_detections)
-        rb, _, rc = select_detections(ref_boxes, ref_scores, **options)
+        # fp32 without the limit, to see where it cuts: the threshold, or the best candidate left out
+        rb, rs, rc = select_detections(ref_boxes, ref_scores, **{**options, "max_detections": ref_scores.size})
+        cut = rs[self.max_detections] if len(rs) > self.max_detections else self.score_threshold
+        rb, rs, rc = rb[:self.max_detections], rs[:self.max_detections], rc[:self.max_detections]
         tb, _, tc = select_detections(test_boxes, test_scores, **options)
         self.reference_detections += len(rb)
+        self.fragile += int(np.count_nonzero(rs < cut + TIE_MARGIN))
         self.test_detections += len(tb)
         free = np.ones(len(tb), bool)
         for box, cls in zip(rb, rc):
@@ -91,14 +109,33 @@ class FidelityMeter:
         broken = {name: s.nonfinite for name, s in self.sums.items() if s.nonfinite}
         if broken:
             report["nonfinite"] = broken
-        if self.reference_detections or self.test_detections:
-            recall = self.matched / self.reference_detections if self.reference_detections else 1.0
-            precision = self.matched / self.test_detections if self.test_detections else 1.0
-            f1 = 2 * recall * precision / (recall + precision) if recall + precision else 0.0
-            report["detections"] = {"fp32": self.reference_detections, "test": self.test_detections,
-                                    "matched": self.matched, "recall": recall, "precision": precision, "f1": f1,
-                                    "score_threshold": self.score_threshold}
+        if self.detector:
+            reason = self._meaningless()
+            if reason:
+                report["detection_agreement"] = None
+                report["detection_agreement_note"] = reason
+            else:
+                recall = self.matched / self.reference_detections
+                precision = self.matched / self.test_detections if self.test_detections else 1.0
+                f1 = 2 * recall * precision / (recall + precision) if recall + precision else 0.0
+                report["detection_agreement"] = {
+                    "f1": f1, "recall": recall, "precision": precision, "fp32": self.reference_detections,
+                    "test": self.test_detections, "matched": self.matched, "fp32_fragile": self.fragile,
+                    "score_threshold": self.score_threshold}
         return report
+
+    def _meaningless(self) -> str | None:
+        """Why fp32's detections are no reference to agree with, or None."""
+        if self.reference_noise:
+            return self.reference_noise
+        if not self.reference_detections:
+            return (f"fp32 detects nothing at score ≥ {self.score_threshold:g} on the held-out views (the test "
+                    f"model: {self.test_detections}): nothing to agree on")
+        if self.fragile > TIE_FRACTION * self.reference_detections:
+            return (f"fp32's detections are near-tied: {self.fragile} of {self.reference_detections} would drop with "
+                    f"a score change of {TIE_MARGIN:g} (at the {self.score_threshold:g} threshold or the "
+                    f"{self.max_detections}-detection limit), so F1 would measure tie-breaking, not precision")
+        return None
 
 
 def finite_or_none(value: float) -> float | None:

@@ -1,7 +1,9 @@
 """Calibration images: a folder of photos -> preprocessed batches, exactly as the runtime prepares inputs.
 
 Files are found recursively (jpg, jpeg, png, bmp, webp, tif, tiff), sorted, shuffled with a fixed seed and
-split into held-out images (for the fidelity report, never used to calibrate) and calibration images. Each
+split into held-out photos (for the fidelity report, never used to calibrate) and calibration images. A few held-out
+photos are measured through several fixed views each (crops at three scales, mirrored or not), so the fidelity
+figures rest on at least :data:`MIN_HOLDOUT_VIEWS` inputs; views multiply only the held-out photos. Each
 image is decoded with EXIF orientation applied, converted to 8-bit RGB (grayscale, RGBA, palette, CMYK,
 16-bit), reduced cheaply if huge, then letterboxed and normalized by :mod:`effedge.runtime.preprocess`. Files that
 cannot be decoded are skipped and counted; a folder where no calibration file is an image is refused up front,
@@ -10,6 +12,7 @@ from the headers. For a static-batch model, a last partial batch is filled up wi
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,16 @@ from effedge.runtime.preprocess import letterbox, to_model_input
 RECOMMENDED_IMAGES = 500
 FEW_IMAGES = 100
 DEFAULT_CALIB_DIR = shipped_data("calib")
+MIN_HOLDOUT_VIEWS = 8
+# (left, top, right, bottom) as fractions of the photo, mirrored or not. The whole photo comes first, so a folder
+# with MIN_HOLDOUT_VIEWS held-out photos or more is measured on the photos alone; then crops at 80 % and 60 %,
+# which the letterbox enlarges (other scales, other content at each anchor).
+VIEW_RECIPES: tuple[tuple[tuple[float, float, float, float], bool], ...] = (
+    ((0.0, 0.0, 1.0, 1.0), False), ((0.0, 0.0, 1.0, 1.0), True),
+    ((0.0, 0.0, 0.8, 0.8), False), ((0.2, 0.2, 1.0, 1.0), True),
+    ((0.2, 0.0, 1.0, 0.8), False), ((0.0, 0.2, 0.8, 1.0), True),
+    ((0.2, 0.2, 0.8, 0.8), False), ((0.2, 0.2, 0.8, 0.8), True),
+)
 
 
 def find_images(folder: str | Path) -> list[Path]:
@@ -38,6 +51,31 @@ def find_images(folder: str | Path) -> list[Path]:
         raise EffedgeError(f"no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) in {root}; "
                            "pass --calib with a folder of images")
     return files
+
+
+@dataclass(frozen=True)
+class HeldOutView:
+    """One input of the fidelity report: a crop of a photo (fractions of its width and height), maybe mirrored."""
+
+    path: Path
+    crop: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    mirror: bool = False
+
+    def name(self, root: Path) -> str:
+        name = str(self.path.relative_to(root))
+        if self.crop == (0.0, 0.0, 1.0, 1.0) and not self.mirror:
+            return name
+        left, top, right, bottom = self.crop
+        return f"{name}[{left:g},{top:g}:{right:g},{bottom:g}{' mirrored' if self.mirror else ''}]"
+
+    def load(self, size: tuple[int, int]) -> np.ndarray:
+        """HWC uint8 RGB, decoded at enough resolution that the crop still covers ``size`` (H, W)."""
+        left, top, right, bottom = self.crop
+        pixels = load_rgb(self.path, (math.ceil(size[0] / (bottom - top)), math.ceil(size[1] / (right - left))))
+        height, width = pixels.shape[:2]
+        pixels = pixels[round(top * height):max(round(bottom * height), round(top * height) + 1),
+                        round(left * width):max(round(right * width), round(left * width) + 1)]
+        return np.ascontiguousarray(pixels[:, ::-1] if self.mirror else pixels)
 
 
 @dataclass
@@ -66,6 +104,15 @@ class ImageSet:
                                "add images or lower the hold-out")
         return cls(Path(folder), rest[:count] if count else rest, held)
 
+    def holdout_views(self, minimum: int = MIN_HOLDOUT_VIEWS) -> list[HeldOutView]:
+        """The held-out photos, each through as many of :data:`VIEW_RECIPES` as it takes to reach ``minimum``
+        views (all eight at most). Ordered view by view, so the first ones are different photos where there are
+        several (the mixed-precision search probes the first few)."""
+        if not self.holdout:
+            return []
+        per_photo = min(len(VIEW_RECIPES), math.ceil(minimum / len(self.holdout)))
+        return [HeldOutView(path, crop, mirror) for crop, mirror in VIEW_RECIPES[:per_photo] for path in self.holdout]
+
     def content_hash(self) -> str:
         """sha256 over the calibration files' names and bytes (what calibration results are keyed by)."""
         digest = hashlib.sha256()
@@ -74,24 +121,27 @@ class ImageSet:
             digest.update(hashlib.sha256(path.read_bytes()).digest())
         return digest.hexdigest()
 
-    def batches(self, paths: list[Path], size: tuple[int, int], input_format: str,
+    def batches(self, paths: list[Path | HeldOutView], size: tuple[int, int], input_format: str,
                 batch: int = 1) -> Iterator[np.ndarray]:
-        """Model-ready batches of the readable images among ``paths`` (the last one may be smaller); unreadable
-        ones are recorded in ``skipped``."""
+        """Model-ready batches of the readable images (or views) among ``paths`` (the last one may be smaller);
+        unreadable files are recorded in ``skipped``, once each."""
         for images, real in self.padded_batches(paths, size, input_format, batch):
             yield images[:real]
 
-    def padded_batches(self, paths: list[Path], size: tuple[int, int], input_format: str,
+    def padded_batches(self, paths: list[Path | HeldOutView], size: tuple[int, int], input_format: str,
                        batch: int) -> Iterator[tuple[np.ndarray, int]]:
         """Batches of exactly ``batch`` images, for a model with a static batch, each with the number of real
         images at its start. A last partial batch is filled up by repeating its own images: the model sees only
         real data (so maxima are unchanged), and callers drop the repeats from their statistics."""
         pending = []
-        for path in paths:
+        for item in paths:
+            view = item if isinstance(item, HeldOutView) else HeldOutView(item)
             try:
-                pending.append(letterbox(load_rgb(path, size), *size)[0])
+                pending.append(letterbox(view.load(size), *size)[0])
             except ImageDecodeError as exc:
-                self.skipped.append((str(path.relative_to(self.root)), str(exc)))
+                entry = (str(view.path.relative_to(self.root)), str(exc))
+                if entry not in self.skipped:  # one file, several views: skipped once
+                    self.skipped.append(entry)
                 continue
             if len(pending) == batch:
                 yield to_model_input(np.stack(pending), input_format), batch

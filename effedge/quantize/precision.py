@@ -32,9 +32,9 @@ import numpy as np
 
 from effedge.cache import mark_used
 from effedge.io import atomic_write, cache_root, private_tempdir, sha256_file, write_json
-from effedge.quantize.images import DEFAULT_CALIB_DIR, ImageSet
+from effedge.quantize.images import DEFAULT_CALIB_DIR, MIN_HOLDOUT_VIEWS, ImageSet
 from effedge.quantize.calibrators import ALGORITHM_VERSION, CALIB_METHODS, DEFAULT_METHOD, RangeCollector
-from effedge.quantize.fidelity import nonfinite_warning
+from effedge.quantize.fidelity import RANDOM_WEIGHTS_NOTE, nonfinite_warning
 from effedge.errors import EffedgeError, RunError
 from effedge.io import MANIFEST
 from effedge.provenance import cache_identity
@@ -63,6 +63,7 @@ class PrecisionOptions:
     fidelity_target: float = 20.0  # dB, worst raw-output SQNR (mixed)
     opset: Optional[int] = None  # None: 19 (fp16 Q/DQ scales); ≤ 17 for TensorRT 8.5/8.6
     score_threshold: float = 0.3  # detection agreement
+    random_weights: Optional[bool] = None  # None: as the source's build.json says (no detection agreement if so)
     high_precision: Optional[str] = None  # int8/mixed: None is fp16, or fp32 below opset 19; fp32 for ONNX Runtime
 
     def validate(self) -> None:
@@ -270,21 +271,32 @@ def _real_images(values: np.ndarray, real: int, batch: int) -> np.ndarray:
 # --- fidelity --------------------------------------------------------------------------------------------
 
 def _reference_outputs(source: Path, images: ImageSet, inputs: ModelInput) -> list[tuple[np.ndarray, int, dict]]:
-    """(batch, real images in it, fp32 outputs of the real images) for the held-out images."""
+    """(batch, real images in it, fp32 outputs of the real images) for the held-out views."""
     session = ort_session(source)
     names = [o.name for o in session.get_outputs()]
     return [(batch, real, {name: _real_images(value, real, inputs.batch)
                            for name, value in zip(names, session.run(names, {inputs.name: batch}))})
-            for batch, real in images.padded_batches(images.holdout, inputs.size, inputs.format, inputs.batch)]
+            for batch, real in images.padded_batches(images.holdout_views(), inputs.size, inputs.format,
+                                                     inputs.batch)]
+
+
+def _has_random_weights(source: Path, told: Optional[bool]) -> bool:
+    """Whether ``source`` was exported without weights: as told, else as its build.json says."""
+    if told is not None:
+        return told
+    try:
+        return json.loads((source.parent / MANIFEST).read_text()).get("weights") == "random"
+    except (OSError, ValueError, AttributeError):  # no build.json, or not one of ours: not known to be random
+        return False
 
 
 def measure_fidelity(model, references: list[tuple[np.ndarray, int, dict]], inputs: ModelInput,
-                     score_threshold: float) -> dict:
+                     score_threshold: float, reference_noise: Optional[str] = None) -> dict:
     from effedge.quantize.fidelity import FidelityMeter
 
     session = ort_session(model)
     names = [o.name for o in session.get_outputs()]
-    meter = FidelityMeter(score_threshold=score_threshold)
+    meter = FidelityMeter(score_threshold=score_threshold, reference_noise=reference_noise)
     for batch, real, reference in references:
         outputs = session.run(names, {inputs.name: batch})
         meter.update(reference, {name: _real_images(value, real, inputs.batch) for name, value in zip(names, outputs)})
@@ -434,13 +446,19 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
                                f"({problems[0]}); please report this with the model")
 
     clock = time.perf_counter()
-    report["fidelity"] = measure_fidelity(result, references, inputs, options.score_threshold)
+    report["fidelity"] = measure_fidelity(result, references, inputs, options.score_threshold,
+                                          RANDOM_WEIGHTS_NOTE if _has_random_weights(source, options.random_weights)
+                                          else None)
     seconds["fidelity"] = time.perf_counter() - clock
     broken = nonfinite_warning(report["fidelity"], options.precision)
     if broken:
         report.setdefault("warnings", []).append(broken)
         log(f"warning: {broken}")
     report["holdout_images"] = [str(p.relative_to(images.root)) for p in images.holdout]
+    views = images.holdout_views()
+    report["holdout"] = {"photos": len(images.holdout), "views": len(views),
+                         "views_per_photo": len(views) // len(images.holdout) if images.holdout else 0,
+                         "minimum_views": MIN_HOLDOUT_VIEWS}
 
     name = f"model.{options.precision}.onnx"
     out.mkdir(parents=True, exist_ok=True)
