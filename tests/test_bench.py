@@ -405,6 +405,47 @@ def test_torch_on_cuda_follows_the_transfer_policy_of_tensorrt(monkeypatch, tran
         assert result["settings"]["transfer_policy"].startswith("none timed (--no-transfers)")
 
 
+def test_torch_on_cuda_latency_waits_for_the_gpu(monkeypatch):
+    """The host latency of a torch CUDA iteration spans its GPU work: the clock stops only after
+    torch.cuda.synchronize. (Here, as on a GPU, launches return at once and the GPU's 1 ms per step passes on the
+    host clock only when the host waits: a latency read before the wait would miss it.)"""
+    import time
+
+    import torch
+
+    import effedge.export
+    from effedge.bench.targets import bench_one
+
+    log, pending, waited = [], [], {"ms": 0.0}
+    runner = _recorded_cuda_torch_runner(log)
+    for step in ("to_device", "forward", "to_host"):
+        def queued(*args, _step=getattr(runner, step)):
+            pending.append(1.0)
+            return _step(*args)
+        setattr(runner, step, queued)
+    activate = runner.activate
+
+    def activate_with_a_waiting_sync():
+        activate()
+        synchronize = runner.torch.cuda.synchronize
+
+        def wait():
+            waited["ms"] += sum(pending)
+            pending.clear()
+            synchronize()
+        runner.torch.cuda.synchronize = wait
+
+    runner.activate = activate_with_a_waiting_sync
+    real_clock = time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: real_clock() + waited["ms"] / 1e3)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(effedge.export, "torch_runner", lambda manifest, device, half: runner)
+    settings = bench.BenchSettings(warmup_s=0, min_iterations=3, min_duration_s=0, batch=2, energy=False)
+    result = bench_one(Path("model.sim.onnx"), {"variant": "d0"}, "torch", settings)
+    assert result["latency_ms"]["min"] >= 3.0  # H2D + compute + D2H of the fake GPU
+    assert result["first_run"]["first_iteration_ms"] >= 3.0
+
+
 def test_torch_runs_uint8_input_in_the_weights_dtype():
     """PyTorch in fp16 on CUDA with --input-format uint8 crashed: the normalization made float32 for fp16
     weights. The same path on the CPU with the weights in bfloat16 (CPU kernels have it) must run, float32

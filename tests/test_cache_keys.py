@@ -87,15 +87,18 @@ def test_compile_key_follows_the_weights_content_not_their_path(tmp_path):
     assert key(first) != before
 
 
+_REAL_CACHE_KEY = pipeline.cache_key
+
+
 def _compile_key(monkeypatch, tmp_path, calib_dir) -> str:
     """The key compile_model computes for an int8 build calibrated on ``calib_dir`` (the stages do not run)."""
     seen = {}
 
-    def stop(config, backend, nms, key, *args):
-        seen["key"] = key
+    def stop(*args, **kwargs):
+        seen["key"] = _REAL_CACHE_KEY(*args, **kwargs)
         raise KeyboardInterrupt  # past the key: nothing more to see
 
-    monkeypatch.setattr(pipeline, "_run_stages", stop)
+    monkeypatch.setattr(pipeline, "cache_key", stop)
     with pytest.raises(KeyboardInterrupt):
         pipeline.compile_model(CompileConfig(variant="d0", precision="int8", backend="onnxruntime",
                                              calib_dir=str(calib_dir)), tmp_path / "build")

@@ -63,6 +63,23 @@ def test_map_of_perfect_shifted_and_mislabeled_detections(dataset):
     assert evaluate(_oracle(annotations, wrong_class=True), out / "images", annotations)["mAP"] == 0.0
 
 
+def test_a_size_range_without_ground_truth_has_no_ap_not_zero(dataset):
+    """COCO's AP_small/medium/large are undefined (-1) where nothing of that size is annotated: reported as None
+    ("-" in the table), not as 0.0, which would read as "misses every large object"."""
+    out, annotations = dataset
+    areas = [a["area"] for a in json.loads(annotations.read_text())["annotations"]]
+    present = {"AP_small": any(a <= 32 ** 2 for a in areas), "AP_medium": any(32 ** 2 <= a <= 96 ** 2 for a in areas),
+               "AP_large": any(a >= 96 ** 2 for a in areas)}
+    assert not all(present.values())  # the dataset lacks a size, or the test checks nothing
+    perfect = evaluate(_oracle(annotations), out / "images", annotations)
+    nothing = evaluate(lambda paths: [Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                                                 np.zeros(0, np.int64)) for _ in paths], out / "images", annotations)
+    for metric, annotated in present.items():
+        assert perfect[metric] == (pytest.approx(1.0) if annotated else None), metric
+        assert nothing[metric] == (0.0 if annotated else None), metric
+    assert nothing["mAP"] == 0.0
+
+
 def test_bad_evaluation_inputs(dataset, tmp_path):
     out, annotations = dataset
     with pytest.raises(EffedgeError, match="not found"):

@@ -326,6 +326,21 @@ def test_nonfinite_outputs_are_a_failure_not_a_perfect_match():
     assert "nonfinite" not in meter.report()["outputs"]["box_regression"]
 
 
+def test_the_nonfinite_warning_advises_what_helps_that_precision():
+    """mixed keeps blocks out of int8 in fp16: it repairs an int8 overflow, not an fp16 (or mixed) one."""
+    from test_cli_validation import check_suggestions
+
+    from effedge.quantize.fidelity import nonfinite_warning
+
+    report = {"nonfinite": {"box_regression": 3}}
+    assert "--precision mixed" in nonfinite_warning(report, "int8")
+    for precision in ("fp16", "mixed"):
+        warning = nonfinite_warning(report, precision)
+        assert "mixed (" not in warning and "effedge compile --precision fp32" in warning, warning
+        check_suggestions(warning, ["compile"])
+    assert nonfinite_warning({"outputs": {}}, "int8") is None
+
+
 def test_an_int8_graph_that_overflows_fails_fidelity_and_mixed_repairs_it(tmp_path, monkeypatch):
     """A graph whose int8 form gives inf where fp32 is finite: int8 is reported as failing (with a warning in
     build.json), and mixed precision does not count the target as met until the output is finite again."""

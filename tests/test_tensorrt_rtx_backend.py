@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from cuda_fake import FakeCudaRuntime
+from test_cli_validation import check_suggestions
 from trt_fixtures import declare_engine_io, doubling_execute
 
 from effedge.runtime.engine_manifest import engine_backend
@@ -227,7 +228,12 @@ def test_an_unsupported_gpu_is_one_line_naming_the_supported_capabilities(rtx, m
             TensorRTRTXRunner(engine, manifest=manifest).__enter__()
         assert str(error.value) == (
             "TensorRT-RTX engines run on compute capability 7.5, 8.0, 8.6, 8.9, 12.0, 12.1; this GPU "
-            f"({name.decode()}) is {capability[0]}.{capability[1]}: use --backend tensorrt (full TensorRT) on it")
+            f"({name.decode()}) is {capability[0]}.{capability[1]}: build a full TensorRT engine on it instead "
+            "(effedge build MODEL.onnx --backend tensorrt)")
+        # Said to detect, eval and bench alike: the advice must be a command, not an option detect lacks (nor
+        # bench --backend tensorrt, which refuses an RTX engine: a loop).
+        for command in (["detect"], ["eval"], ["bench"]):
+            check_suggestions(str(error.value), command)
     assert not rtx.calls_to("Runtime.get_engine_validity") and not rtx.calls_to("Runtime.deserialize_cuda_engine")
 
 

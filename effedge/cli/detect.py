@@ -133,7 +133,7 @@ def eval_command(model, images, annotations, others, labels_file, strict, as_jso
         print_json(rows)
     else:
         table("COCO bbox evaluation", ["model", *METRICS, "images", "detections", "classes by"],
-              [[r["model"], *(f"{r[m]:.3f}" for m in METRICS), r["images"], r["detections"], r["category_mapping"]]
+              [[r["model"], *("-" if r[m] is None else f"{r[m]:.3f}" for m in METRICS), r["images"], r["detections"], r["category_mapping"]]
                for r in rows])
     if strict and any(r["failed"] for r in rows):
         raise EffedgeError(f"{sum(len(r['failed']) for r in rows)} annotated image(s) could not be read (--strict)")

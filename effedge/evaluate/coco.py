@@ -18,7 +18,8 @@ from effedge.errors import EffedgeError
 from effedge.runtime.labels import Labels
 
 EVAL_SCORE_THRESHOLD = 0.001
-METRICS = ("mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
+METRICS = ("mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")  # None: nothing of that size annotated
+AREA_RANGES = {"AP_small": (0, 32 ** 2), "AP_medium": (32 ** 2, 96 ** 2), "AP_large": (96 ** 2, float("inf"))}  # COCO's
 
 
 def category_mapping(labels: Optional[Labels], categories: list[dict]) -> tuple[Callable[[int], Optional[int]], str]:
@@ -74,8 +75,11 @@ def evaluate(detect: Callable[[Sequence[Path]], list], images: Union[str, Path, 
                            f"{failed[0][1]}")
     report = {"images": len(evaluated), "detections": len(results), "category_mapping": mapping,
               "failed": [{"image": str(path), "error": error} for path, error in failed]}
-    if not results:
-        return {**report, **{metric: 0.0 for metric in METRICS}}
+    if not results:  # pycocotools cannot load no results: nothing found is 0 where there was something to find
+        areas = [a["area"] for a in ground_truth.loadAnns(ground_truth.getAnnIds(imgIds=evaluated, iscrowd=False))]
+        ranges = {"mAP": (0, float("inf")), "AP50": (0, float("inf")), "AP75": (0, float("inf")), **AREA_RANGES}
+        return {**report, **{metric: 0.0 if any(low <= a <= high for a in areas) else None
+                             for metric, (low, high) in ranges.items()}}
     with contextlib.redirect_stdout(io.StringIO()):
         predictions = ground_truth.loadRes(results)
         evaluator = COCOeval(ground_truth, predictions, "bbox")
@@ -83,7 +87,9 @@ def evaluate(detect: Callable[[Sequence[Path]], list], images: Union[str, Path, 
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {**report, **{metric: max(0.0, float(value)) for metric, value in zip(METRICS, evaluator.stats[:6])}}
+    # COCOeval's -1: no ground truth in that area range (e.g. no large objects), not an AP of 0
+    return {**report, **{metric: None if value < 0 else float(value)
+                         for metric, value in zip(METRICS, evaluator.stats[:6])}}
 
 
 def _annotated_files(records: list[dict], images: Union[str, Path, Sequence[Path]]) -> list[tuple[dict, Path]]:

@@ -161,5 +161,8 @@ def nonfinite_warning(report: dict, precision: str) -> str | None:
     if not broken:
         return None
     counts = ", ".join(f"{name} {count}" for name, count in broken.items())
+    # mixed keeps blocks in the high-precision dtype (fp16 for TensorRT): it helps int8, not an fp16 overflow
+    fix = ("use --precision mixed (it keeps blocks out of int8 until the outputs are right) or fp32"
+           if precision == "int8" else "deploy it in fp32 (effedge compile --precision fp32)")
     return (f"{precision} gives non-finite values where fp32 is finite ({counts} on held-out images): the graph "
-            "overflows; use --precision mixed (it keeps blocks out of int8 until the outputs are right) or fp32")
+            f"overflows; {fix}")

@@ -44,7 +44,8 @@ def check_engine_compatible(entry: Optional[Mapping], trt, compute_capability: O
         supported = list(compute_capability_targets(trt))
         if compute_capability not in supported:
             raise EffedgeError(f"{caps.product} engines run on compute capability {', '.join(supported)}; "
-                               f"{this_gpu} is {compute_capability}: use --backend tensorrt (full TensorRT) on it")
+                               f"{this_gpu} is {compute_capability}: build a full TensorRT engine on it instead "
+                               "(effedge build MODEL.onnx --backend tensorrt)")
     if not entry:
         return
     built_by = entry.get("backend")
