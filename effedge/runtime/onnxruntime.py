@@ -41,10 +41,15 @@ def check_no_tensorrt_plugins(model_path: Path) -> None:
     manifest = read_manifest(model_path.parent) if (model_path.parent / MANIFEST).is_file() else {}
     variant = manifest.get("variant", "<variant>")
     if plugins == ["EfficientNMS_TRT"]:
+        tail_free = model_path.parent / "model.sim.onnx"
+        # the tail-free graph beside it holds the same weights; a re-export must repeat the build's own options
+        fix = (f"run {tail_free} instead (no tail: the Detector runs NMS in NumPy)" if tail_free.is_file() and tail_free != model_path else
+               f"re-export with the same --weights/--imgsz/--num-classes and `effedge export --variant {variant} "
+               "--nms onnx` (or --nms none)")
         raise EffedgeError(
             f"{model_path.name} ends in the EfficientNMS_TRT tail (--nms efficientnms), which only full TensorRT "
             "runs; ONNX Runtime runs the onnx tail (NonMaxSuppression, also TensorRT >= 8.5) or none (NMS in NumPy, "
-            f"every backend): re-export with `effedge export --variant {variant} --nms onnx` (or --nms none)")
+            f"every backend): {fix}")
     raise EffedgeError(f"{model_path.name} holds TensorRT plugin nodes ({', '.join(plugins)}) that ONNX Runtime "
                        "cannot run; run it as a TensorRT engine (effedge build) or export it without them")
 

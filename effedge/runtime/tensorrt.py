@@ -244,7 +244,8 @@ class TensorRTRunner(Runner):
     def _output_allocator(self, name: str, dtype: np.dtype) -> OutputAllocator:
         if not self.caps.output_allocator:
             raise EffedgeError(f"output '{name}' of {self.engine_path.name} has a data-dependent shape, which "
-                               f"{self.caps.name} cannot run (no IOutputAllocator); rebuild with --nms efficientnms")
+                               f"{self.caps.name} cannot run (no IOutputAllocator); recompile with the same options and "
+                               "`effedge compile --nms efficientnms`")
         allocator = OutputAllocator(name, self.cuda_api)
         allocator.attach(self.trt, self.context)
         return allocator

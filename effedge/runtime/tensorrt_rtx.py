@@ -22,7 +22,8 @@ RUNTIME_CACHE_SUFFIX = ".runtime.cache"
 # What to do about each EngineInvalidityDiagnostics flag (by member name).
 _DIAGNOSTIC_FIXES = {
     "VERSION_MISMATCH": "rebuild it with this TensorRT-RTX",
-    "UNSUPPORTED_CC": "rebuild it for this GPU (effedge build --backend tensorrt-rtx --compute-capability ...)",
+    "UNSUPPORTED_CC": "rebuild it for this GPU (effedge build MODEL.onnx --backend tensorrt-rtx --compute-capability "
+                      "X.Y, with this GPU's compute capability, e.g. 8.6)",
     "OLD_CUDA_DRIVER": "update the NVIDIA driver",
     "OLD_CUDA_RUNTIME": "update the CUDA runtime",
     "INSUFFICIENT_GPU_MEMORY": "free GPU memory",
