@@ -456,6 +456,11 @@ def test_compile_with_a_profile_compiles_the_selected_model(monkeypatch):
     assert config.precision == profile.target.precision and config.batch == profile.target.batch
     assert config.backend == "tensorrt"
     assert config.nms == profile.nms == "efficientnms"  # what it was selected for, what compile deploys there
+    selected_at = []  # with --imgsz, selected at the size it compiles
+    monkeypatch.setattr(latency, "candidate_costs", lambda spec, precision: selected_at.append(spec.resolution)
+                        or [LayerCost("conv", unit * 1e9 * (1 + spec.phi), 0, 0)])
+    assert CliRunner().invoke(cli, ["compile", "--profile", "orin-nx-16gb", "--imgsz", "384"]).exit_code == 0
+    assert set(selected_at) == {384} and compiled["config"].image_size == 384
 
 
 @pytest.mark.parametrize("content, message", [("{not json", "is not valid JSON"), ('[{"x": 1}]', "holds no `effedge bench")])
