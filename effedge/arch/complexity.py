@@ -91,7 +91,7 @@ class _Tally:
 
 @dataclass(frozen=True)
 class Layer:
-    """One layer of the exported graph: its op class (conv, pointwise, depthwise, matmul or memory), MACs, and
+    """One layer of the exported graph: its op class (conv, pointwise, depthwise or memory), its MACs, and
     the elements it reads and writes (activations: inputs and outputs; weights: constant inputs)."""
     op_class: str
     macs: int
