@@ -309,6 +309,36 @@ def test_a_cpu_run_gets_cpu_advice_and_claims_no_energy(tmp_path, monkeypatch):
     assert result["energy_mj_per_image"] is None and result["energy_mj_per_batch"] is None
 
 
+def test_matrix_imgsz_compiles_every_variant_at_that_size(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    import effedge.pipeline.matrix
+    from effedge.cli import cli
+    from effedge.errors import VariantError
+    from effedge.pipeline import bench_matrix
+
+    class Compiled(Exception):
+        pass
+
+    compiled = []
+
+    def stop(config, **kwargs):
+        compiled.append(config)
+        raise Compiled  # enough: what it was asked to compile
+
+    monkeypatch.setattr(effedge.pipeline.matrix, "compile_model", stop)
+    settings = bench.BenchSettings(warmup_s=0, min_iterations=1, min_duration_s=0, energy=False)
+    with pytest.raises(Compiled):
+        bench_matrix(["d0", "d1"], ["fp32"], [1], backend="onnxruntime", settings=settings, image_size=256)
+    assert [(c.variant, c.image_size) for c in compiled] == [("d0", 256)]
+    with pytest.raises(VariantError, match="not a multiple of 128"):  # before anything is compiled
+        bench_matrix(["d0", "d1"], ["fp32"], [1], backend="onnxruntime", settings=settings, image_size=200)
+    assert len(compiled) == 1
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07")
+    refused = CliRunner().invoke(cli, ["bench", str(tmp_path / "m.onnx"), "--imgsz", "256"])
+    assert refused.exit_code == 2 and "--imgsz sizes the --variants matrix" in refused.output
+
+
 def test_matrix_rows_carry_their_speedups(small_build, monkeypatch):
     """--variants ... --baselines: every row of the matrix, baselines included, has its speedup against eager,
     in the JSON and in the table."""

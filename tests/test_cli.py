@@ -76,6 +76,38 @@ def test_every_option_has_help_and_every_reporting_command_has_json():
         assert any(p.name == "as_json" for p in command.params), f"{name} has no --json"
 
 
+def test_help_examples_render_one_per_line():
+    """Every example in a command's help is a line of its own (Click rewraps a paragraph unless a \\b line
+    opens it); profile list/fit and select have examples."""
+    import inspect
+
+    from click.testing import CliRunner
+
+    with_examples = set()
+    for name, command in [("profile", cli.commands["profile"]), *_commands(cli)]:
+        examples = [line.strip() for line in (inspect.getdoc(command.callback) or "").splitlines()
+                    if line.strip().startswith("effedge ")]
+        if not examples:
+            continue
+        with_examples.add(name)
+        rendered = [line.strip() for line in CliRunner().invoke(cli, [*name.split(), "--help"]).output.splitlines()]
+        assert [e for e in examples if e not in rendered] == [], name
+    assert {"profile list", "profile fit", "select", "bench", "sweep"} <= with_examples
+
+
+def test_imgsz_is_one_knob_across_commands():
+    """compile, export, bench (--variants), select and sweep size models with the same --imgsz."""
+    import click
+
+    found = {}
+    for name, command in _commands(cli):
+        for param in command.params:
+            if isinstance(param, click.Option) and "--imgsz" in param.opts:
+                found[name] = (param.type.min, param.type.max, param.default)
+    assert {"export", "compile", "bench", "select", "sweep"} <= set(found)
+    assert len(set(found.values())) == 1, found
+
+
 def test_one_name_for_one_thing_across_commands():
     """Thresholds are --score-threshold/--iou-threshold everywhere; --nms defaults alike, so bench hits compile's
     cache; --out is always a directory."""

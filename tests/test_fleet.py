@@ -61,8 +61,9 @@ def write_sweep(path: Path, text: str) -> Path:
 def test_example_sweep_loads():
     spec = load_sweep(EXAMPLE)
     assert spec.models == ("d0", "b0") and spec.precisions == ("fp32", "fp16") and spec.image_size == 128
-    assert [(d.name, d.profile, d.backend) for d in spec.devices] == [("cpu-a", "cpu-local", "onnxruntime"),
-                                                                      ("cpu-b", "cpu-local", "onnxruntime")]
+    own = EXAMPLE.parent / "profiles"
+    assert [(d.name, d.profile, d.backend) for d in spec.devices] == [
+        ("cpu-a", str(own / "cpu-a.yaml"), "onnxruntime"), ("cpu-b", str(own / "cpu-b.yaml"), "onnxruntime")]
     assert spec.bench.min_duration_s == 0.5 and spec.faults == FaultPolicy(2, 60.0, 3)
 
 
@@ -337,8 +338,40 @@ def test_fit_fits_each_device_profile_from_its_own_results(first_sweep, tmp_path
 
 
 def test_fit_refuses_devices_sharing_a_profile():
-    with pytest.raises(EffedgeError, match="devices cpu-a and cpu-b share the profile cpu-local"):
-        run_sweep(load_sweep(EXAMPLE), fit=True)
+    spec = load_sweep(EXAMPLE)
+    shared = tuple(dataclasses.replace(d, profile=spec.devices[0].profile) for d in spec.devices)
+    with pytest.raises(EffedgeError, match="devices cpu-a and cpu-b share the profile .*cpu-a.yaml"):
+        run_sweep(dataclasses.replace(spec, devices=shared), fit=True, log=lambda m: pytest.fail("it ran"))
+
+
+def test_the_example_sweep_fits_as_shipped(first_sweep, tmp_path, monkeypatch):
+    """`effedge sweep examples/sweep-local.yaml --fit` (its cells cached by first_sweep) fits each stand-in
+    device's own profile from its own results."""
+    from click.testing import CliRunner
+
+    from effedge.cli import cli
+
+    monkeypatch.setenv("EFFEDGE_PROFILE_DIR", str(tmp_path / "fitted"))
+    result = CliRunner().invoke(cli, ["sweep", str(EXAMPLE), "--fit", "--json"])
+    assert result.exit_code == 0, result.output
+    for device in ("cpu-a", "cpu-b"):
+        fitted = load_profile(str(tmp_path / "fitted" / f"{device}.yaml"))
+        assert set(fitted.fits) == {"fp32", "fp16"} and {f.nms for f in fitted.fits.values()} == {"none"}
+        assert fitted.measured_ms("d0", 128, 1, "fp32") is not None
+
+
+def test_sweep_imgsz_sizes_every_model(tmp_path):
+    from click.testing import CliRunner
+
+    from effedge.cli import cli
+    from effedge.fleet import with_image_size
+
+    spec = with_image_size(load_sweep(EXAMPLE), 256)
+    assert spec.image_size == 256 and {job.image_size for job in make_plan(spec)[0]} == {256}
+    with pytest.raises(EffedgeError, match=r"sweep-local.yaml: --imgsz: 192 is not a multiple of 128"):
+        with_image_size(load_sweep(EXAMPLE), 192)
+    result = CliRunner().invoke(cli, ["sweep", str(EXAMPLE), "--imgsz", "192"])
+    assert result.exit_code != 0 and "--imgsz: 192 is not a multiple of 128" in str(result.exception)
 
 
 def test_device_stage_runs_without_torch_or_onnx(first_sweep, tmp_path):

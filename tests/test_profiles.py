@@ -321,6 +321,33 @@ def test_verify_compiles_with_the_profiles_nms_tail(monkeypatch):
     assert [c.nms for c in compiled] == ["onnx"] and verification["nms"] == "onnx"
 
 
+def test_select_imgsz_costs_every_candidate_at_that_size(monkeypatch):
+    from click.testing import CliRunner
+
+    import effedge.bench.targets
+    import effedge.pipeline.compile
+    from effedge.cli import cli
+
+    result = CliRunner().invoke(cli, ["select", "--profile", "orin-nx-16gb", "--imgsz", "384", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["image_size"] == 384 and {c["resolution"] for c in report["candidates"]} == {384}
+    assert "d7x" not in {c["name"] for c in report["candidates"]}  # its largest stride is 256
+    assert "left out at 384 px" in result.stderr and "d7x" in result.stderr
+    table = CliRunner().invoke(cli, ["select", "--profile", "orin-nx-16gb", "--imgsz", "384"])
+    assert "every candidate costed at 384 px (--imgsz)" in table.stdout
+    refused = CliRunner().invoke(cli, ["select", "--profile", "orin-nx-16gb", "--imgsz", "320"])
+    assert refused.exit_code != 0 and "not a multiple of any candidate's largest stride" in str(refused.exception)
+    # --verify compiles at that size too
+    compiled = []
+    monkeypatch.setattr(effedge.pipeline.compile, "compile_model", lambda config, **kwargs: compiled.append(config)
+                        or {"compile": {"out_dir": "/nowhere", "deployable": "model.fp32.onnx"}, "backend": "onnxruntime"})
+    monkeypatch.setattr(effedge.bench.targets, "bench_one", lambda *args, **kwargs: {"latency_ms": {"median": 1.0}})
+    choice = latency.Candidate("d0", 0.0, 384, 2.5e9, 1.0, "predicted", True)
+    measure.verify_choice(load_profile("cpu-local"), [choice], choice, 10.0, "fp32", image_size=384)
+    assert [c.image_size for c in compiled] == [384]
+
+
 def test_unfitted_device_profile_says_so_and_how_to_fit(monkeypatch):
     monkeypatch.setattr(measure, "time_reference", lambda *args: pytest.fail("a device profile cannot be timed "
                                                                               "on this machine"))
@@ -337,11 +364,68 @@ def test_small_export_scales_to_the_full_graph(tmp_path):
 
     export("d0", tmp_path)
     full = graph_costs(onnx.load(str(tmp_path / "model.sim.onnx")), "fp32")
-    predicted = latency.candidate_costs(latency.resolve("d0"), "fp32", cache_dir=tmp_path / "costs")
+    predicted = latency.exported_costs(latency.resolve("d0"), "fp32", cache_dir=tmp_path / "costs")
     assert sum(c.macs for c in predicted) == pytest.approx(sum(c.macs for c in full), rel=1e-3)
     assert sum(c.activation_bytes for c in predicted) == pytest.approx(sum(c.activation_bytes for c in full),
                                                                        rel=1e-2)
     assert len(predicted) == len(full)
+
+
+def _exported_graph(variant, size: int, tmp_path: Path):
+    """The simplified export with raw outputs that the latency predictor costs (as exported_costs makes it)."""
+    import torch
+
+    from effedge.export.onnx_export import deployable, example_input, output_names, torch_export
+    from effedge.export.simplify import simplify_model
+    from effedge.models import build_model
+
+    torch_export(deployable(build_model(variant, image_size=size), "float"),
+                 torch.from_numpy(example_input((size, size), 1, "float")), tmp_path / "m.onnx",
+                 output_names(True), 17, None)
+    return simplify_model(onnx.load(str(tmp_path / "m.onnx")))
+
+
+@pytest.mark.parametrize("variant", ["d0", 0.5, pytest.param("d1", marks=pytest.mark.slow)], ids=str)
+def test_architecture_costs_agree_with_the_exported_graph(variant, tmp_path):
+    """select costs candidates from their architecture, not an export: the layer list must be the graph's
+    (convolutions exactly; the export's constant folding leaves one fusion Mul fewer, 0.3 % of the memory-bound
+    bytes), so that every shipped profile predicts the same latency to within 0.5 %."""
+    import dataclasses
+
+    spec = dataclasses.replace(latency.resolve(variant), image_size=128)
+    graph = _exported_graph(variant, 128, tmp_path)
+    exported = graph_costs(graph, "fp16")
+    analytic = latency.candidate_costs(spec, "fp16")
+
+    def by_kind(costs, field):
+        return {kind: sum(getattr(c, field) for c in costs if c.op_class == kind) for kind in
+                ("conv", "pointwise", "depthwise", "memory")}
+
+    counts = lambda costs: {k: sum(c.op_class == k for c in costs) for k in by_kind(costs, "macs")}  # noqa: E731
+    assert {k: v for k, v in counts(analytic).items() if k != "memory"} == \
+           {k: v for k, v in counts(exported).items() if k != "memory"}
+    assert abs(counts(analytic)["memory"] - counts(exported)["memory"]) <= 2
+    assert by_kind(analytic, "macs") == by_kind(exported, "macs")
+    for field in ("activation_bytes", "weight_bytes"):
+        ours, theirs = by_kind(analytic, field), by_kind(exported, field)
+        for kind in ("conv", "pointwise", "depthwise"):
+            assert ours[kind] == theirs[kind], (field, kind)
+        assert ours["memory"] == pytest.approx(theirs["memory"], rel=5e-3), field
+    for precision in ("fp32", "fp16", "int8"):
+        exported, analytic = graph_costs(graph, precision), latency.candidate_costs(spec, precision)
+        for path in all_profiles():
+            profile = load_profile(path)
+            assert predict_ms(analytic, profile, precision) == pytest.approx(
+                predict_ms(exported, profile, precision), rel=5e-3), (path.stem, precision)
+
+
+def test_select_exports_nothing(monkeypatch):
+    """The first select answers from the architecture: no candidate is built or exported."""
+    import effedge.export.onnx_export as onnx_export
+
+    monkeypatch.setattr(onnx_export, "torch_export", lambda *args: pytest.fail("select exported a candidate"))
+    candidates, choice = latency.select(load_profile("orin-nx-16gb"))
+    assert len(candidates) == len(latency.candidate_specs()) and choice is not None
 
 
 def test_compile_with_a_profile_compiles_the_selected_model(monkeypatch):
@@ -371,6 +455,11 @@ def test_compile_with_a_profile_compiles_the_selected_model(monkeypatch):
     assert config.precision == profile.target.precision and config.batch == profile.target.batch
     assert config.backend == "tensorrt"
     assert config.nms == profile.nms == "efficientnms"  # what it was selected for, what compile deploys there
+    selected_at = []  # with --imgsz, selected at the size it compiles
+    monkeypatch.setattr(latency, "candidate_costs", lambda spec, precision: selected_at.append(spec.resolution)
+                        or [LayerCost("conv", unit * 1e9 * (1 + spec.phi), 0, 0)])
+    assert CliRunner().invoke(cli, ["compile", "--profile", "orin-nx-16gb", "--imgsz", "384"]).exit_code == 0
+    assert set(selected_at) == {384} and compiled["config"].image_size == 384
 
 
 @pytest.mark.parametrize("content, message", [("{not json", "is not valid JSON"), ('[{"x": 1}]', "holds no `effedge bench")])

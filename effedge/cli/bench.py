@@ -5,8 +5,8 @@ import dataclasses
 import click
 
 from effedge.cli.main import cli
-from effedge.cli.options import (FiniteFloatRange, ImageFolder, IntList, MAX_BATCH, print_json, progress,
-                                 rich_progress, split_list, table)
+from effedge.cli.options import (FiniteFloatRange, ImageFolder, IntList, MAX_BATCH, image_size_option, print_json,
+                                 progress, rich_progress, split_list, table)
 
 
 @cli.command("bench")
@@ -21,6 +21,8 @@ from effedge.cli.options import (FiniteFloatRange, ImageFolder, IntList, MAX_BAT
 @click.option("--nms", type=click.Choice(["auto", "none", "onnx", "efficientnms"]), default="auto",
               show_default=True, help="Matrix: NMS tail compiled into the models (auto: as compile picks it, so the "
               "matrix reuses compile's cache).")
+@image_size_option("Matrix: every variant at this input size (square) instead of its own; a multiple of the "
+                   "largest stride.")
 @click.option("--baselines", is_flag=True, help="Also PyTorch eager and ONNX Runtime fp32, with speedups.")
 @click.option("--warmup", type=FiniteFloatRange(0, 3600), default=1.0, show_default=True, help="Warm-up seconds.")
 @click.option("--duration", type=FiniteFloatRange(0, 3600), default=3.0, show_default=True, help="Minimum measured seconds.")
@@ -34,7 +36,7 @@ from effedge.cli.options import (FiniteFloatRange, ImageFolder, IntList, MAX_BAT
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write the results as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write latency-vs-φ and "
               "throughput-vs-latency plots (PNG).")
-def bench_command(target, backend, variants, precisions, batches, nms, baselines, warmup, duration, iterations,
+def bench_command(target, backend, variants, precisions, batches, nms, imgsz, baselines, warmup, duration, iterations,
                   cuda_graph, no_transfers, images_dir, as_json, markdown, csv_path, plot_path) -> None:
     """Benchmark TARGET (an engine, an ONNX file or a build directory) or a matrix of variants.
 
@@ -47,6 +49,7 @@ def bench_command(target, backend, variants, precisions, batches, nms, baselines
       effedge bench runs/d0-int8-onnxruntime-1a2b3c4d --baselines
       effedge bench model.int8.engine --cuda-graph --json
       effedge bench --variants d0,d1 --precisions fp32,fp16,int8 --csv bench.csv --plot bench.png
+      effedge bench --variants d0,d1,d2 --imgsz 384
       effedge bench runs/d0-fp16-tensorrt-… --end-to-end ~/images
     """
     from pathlib import Path
@@ -65,9 +68,11 @@ def bench_command(target, backend, variants, precisions, batches, nms, baselines
         if target:
             raise click.UsageError("give a TARGET or --variants, not both")
         results = bench_matrix(split_list(variants), split_list(precisions), batches, backend=backend,
-                               settings=settings, nms=nms, baselines=baselines, log=progress,
+                               settings=settings, nms=nms, baselines=baselines, image_size=imgsz, log=progress,
                                progress=rich_progress)
     elif target:
+        if imgsz:
+            raise click.UsageError("--imgsz sizes the --variants matrix; a TARGET was built at its own size")
         path, manifest = resolve_target(target, backend)
         if random_weights_warning(manifest):
             progress(f"warning: {random_weights_warning(manifest)}")

@@ -244,7 +244,7 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
         backend = backend if backend != "auto" else prof.software.backend
         prof = for_backend(prof, backend)  # TensorRT-RTX: fp16, not its profile's int8
         prof = calibrated(prof, prof.target.precision, log=progress)
-        _, choice = select(prof, log=progress)
+        _, choice = select(prof, image_size=imgsz, log=progress)  # costed at the size it compiles
         if choice is None:
             raise click.ClickException(f"no candidate meets {prof.name}'s budget of {prof.target.latency_ms:g} ms")
         progress(f"profile {prof.name}: compiling {choice.name} ({choice.predicted_ms:.1f} ms {choice.source})")

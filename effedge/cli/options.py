@@ -205,6 +205,11 @@ def split_list(value: str | None, cast=str) -> list:
     return [cast(part.strip()) for part in value.split(",") if part.strip()] if value else []
 
 
+def image_size_option(help_text: str):
+    """--imgsz: one input size (square) for what the command builds (compile, bench --variants, select, sweep)."""
+    return click.option("--imgsz", type=click.IntRange(32, 4096), help=help_text)
+
+
 _MODEL_OPTIONS = (
     click.option("--variant", help="b0..b7, d0..d7x."),
     click.option("--phi", type=FiniteFloatRange(*PHI_RANGE),
@@ -215,8 +220,7 @@ _MODEL_OPTIONS = (
                  "classifiers)."),
     click.option("--pad", type=click.Choice(["same", "symmetric"]), default="same", show_default=True,
                  help="Checkpoint layout: TF-ported (same) or PyTorch-trained (symmetric)."),
-    click.option("--imgsz", type=click.IntRange(32, 4096), help="Input size (square); default the variant's. Multiple of the largest "
-                 "stride."),
+    image_size_option("Input size (square); default the variant's. Multiple of the largest stride."),
     click.option("--batch", type=batch_size(), default=1, show_default=True, help="Static batch size."),
     click.option("--dynamic-batch", type=DynamicBatch(), help="Dynamic batch instead of --batch, e.g. 1:4:8."),
 )

@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from effedge.cli.main import cli
-from effedge.cli.options import PHI_RANGE, FiniteFloatRange, InputFile, print_json, progress, table
+from effedge.cli.options import PHI_RANGE, FiniteFloatRange, InputFile, image_size_option, print_json, progress, \
+    table
 
 
 @cli.group()
@@ -32,7 +33,13 @@ def _model_summary(prof) -> str:
 @profile.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def profile_list(as_json) -> None:
-    """Validate and list the profiles: shipped ones, and fitted copies in the user profile directory."""
+    """Validate and list the profiles: shipped ones, and fitted copies in the user profile directory.
+
+    \b
+    Examples:
+      effedge profile list
+      effedge profile list --json
+    """
     from effedge.plan.profiles import all_profiles, load_profile, user_profiles
 
     shipped, user = all_profiles(), user_profiles()
@@ -59,7 +66,16 @@ def profile_list(as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def profile_fit(name, results, as_json) -> None:
     """Fit profile NAME to `effedge bench --json` RESULTS (per precision) and store the fit and the measured
-    points in a copy of the profile in the user profile directory (the shipped file is never changed)."""
+    points in a copy of the profile in the user profile directory (the shipped file is never changed).
+
+    Only results measured with the profile's NMS tail count (bench with --nms as the profile deploys).
+
+    \b
+    Examples:
+      effedge bench --variants d0,d1,d2 --precisions int8 --nms efficientnms --json > bench.json
+      effedge profile fit orin-nx-16gb bench.json
+      effedge profile fit cpu-local fp32.json fp16.json --json
+    """
     from effedge.plan.latency import FIT_TOLERANCE, TERMS, fit_profile
 
     report = fit_profile(name, list(results))
@@ -90,16 +106,23 @@ def profile_fit(name, results, as_json) -> None:
 @click.option("--latency-ms", type=FiniteFloatRange(0, 1e6, min_open=True), help="Latency budget instead of the profile's.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "mixed"]), help="Instead of the profile's.")
 @click.option("--step", type=FiniteFloatRange(0, PHI_RANGE[1], min_open=True), default=0.5, show_default=True, help="φ grid step for custom candidates.")
-@click.option("--verify", is_flag=True, help="Compile and benchmark the choice; step down while it misses.")
+@image_size_option("Cost every candidate at this input size (square) instead of its own; a multiple of the "
+                   "largest stride (128; 256 for d7x, which is left out otherwise).")
+@click.option("--verify", is_flag=True, help="Compile and benchmark the choice with the profile's backend on this "
+              "machine; while it misses the budget, the next smaller candidate; once one meets it, also the next "
+              "larger one (to show the budget is tight).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def select_command(profile_name, latency_ms, precision, step, verify, as_json) -> None:
+def select_command(profile_name, latency_ms, precision, step, imgsz, verify, as_json) -> None:
     """Choose the largest EfficientDet (named or fractional φ) that meets a profile's latency budget.
 
-    An unfitted CPU profile (cpu-local) first calibrates itself by timing D0 and D1 on this machine (seconds,
-    once per precision); device profiles predict from published-measurement priors until fitted.
+    Candidates are costed from their architecture (milliseconds). An unfitted CPU profile (cpu-local) first
+    calibrates itself by timing D0 and D1 on this machine (seconds, once per precision); device profiles
+    predict from published-measurement priors until fitted.
+
     \b
     Examples:
       effedge select --profile orin-nx-16gb
+      effedge select --profile orin-nx-16gb --imgsz 384 --precision fp16
       effedge select --profile cpu-local --latency-ms 150 --verify
     """
     import sys
@@ -120,14 +143,16 @@ def select_command(profile_name, latency_ms, precision, step, verify, as_json) -
                                f"({exc.__cause__ or exc}); run it on the device, or drop --verify") from exc
     precision = precision or prof.target.precision
     prof = calibrated(prof, precision, log=progress)
-    candidates, choice = select(prof, latency_ms=latency_ms, precision=precision, step=step, log=progress)
+    candidates, choice = select(prof, latency_ms=latency_ms, precision=precision, step=step, image_size=imgsz,
+                                log=progress)
     budget = latency_ms or prof.target.latency_ms
     note = describe_model(prof, precision)
-    verification = verify_choice(prof, candidates, choice, budget, precision, log=progress) if verify else None
+    verification = (verify_choice(prof, candidates, choice, budget, precision, image_size=imgsz, log=progress)
+                    if verify else None)
     nothing_fits = (f"error: no candidate meets {budget:g} ms on {prof.name} at {precision}; raise --latency-ms "
                     "or choose a faster --precision")
     if as_json:
-        print_json({"profile": prof.name, "budget_ms": budget, "model": note,
+        print_json({"profile": prof.name, "budget_ms": budget, "image_size": imgsz, "model": note,
                      "candidates": [asdict(c) for c in candidates],
                      "choice": asdict(choice) if choice else None, "verification": verification})
         if choice is None:
@@ -139,6 +164,8 @@ def select_command(profile_name, latency_ms, precision, step, verify, as_json) -
            [[c.name, f"{c.phi:g}", c.resolution, f"{c.macs / 1e9:.2f}", f"{c.predicted_ms:.1f}", c.source,
              "yes" if c.fits else "no"] for c in candidates])
     click.echo(note)
+    if imgsz:
+        click.echo(f"every candidate costed at {imgsz} px (--imgsz), not at its own input size")
     if choice is None:
         click.echo(nothing_fits, err=True)
         sys.exit(1)

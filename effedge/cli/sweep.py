@@ -6,7 +6,7 @@ import sys
 import click
 
 from effedge.cli.main import cli
-from effedge.cli.options import InputFile, print_json, progress, table
+from effedge.cli.options import InputFile, image_size_option, print_json, progress, table
 
 
 @cli.command("sweep")
@@ -17,8 +17,11 @@ from effedge.cli.options import InputFile, print_json, progress, table
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write the results as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write latency and throughput plots (PNG).")
-@click.option("--fit", is_flag=True, help="Fit every device's profile from its own results.")
-def sweep_command(sweep_file, ray_address, as_json, csv_path, plot_path, fit) -> None:
+@click.option("--fit", is_flag=True, help="Fit every device's profile from its own results (each device needs a "
+              "profile of its own that deploys tail-free graphs: target.nms: none).")
+@image_size_option("Every model at this input size (square) instead of the sweep file's image_size (or each "
+                   "model's own); a multiple of every model's largest stride.")
+def sweep_command(sweep_file, ray_address, as_json, csv_path, plot_path, fit, imgsz) -> None:
     """Measure every model × precision × batch of SWEEP_FILE on every device it names.
 
     \b
@@ -28,11 +31,14 @@ def sweep_command(sweep_file, ray_address, as_json, csv_path, plot_path, fit) ->
     Examples:
       effedge sweep examples/sweep-local.yaml
       effedge sweep examples/sweep-local.yaml --ray local --json
+      effedge sweep examples/sweep-local.yaml --imgsz 256 --fit
       effedge sweep fleet.yaml --ray auto --csv fleet.csv --plot fleet.png --fit
     """
     from effedge import fleet
 
     spec = fleet.load_sweep(sweep_file)
+    if imgsz:
+        spec = fleet.with_image_size(spec, imgsz)
     try:
         with fleet.console_progress() as bar:
             report = fleet.run_sweep(spec, ray=ray_address, fit=fit, progress=bar, log=progress)

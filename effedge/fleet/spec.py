@@ -3,7 +3,8 @@
 ::
 
     models: [d0, b0, 1.5]          # named variants or φ values
-    image_size: 128                # optional: every model at this input size (default: each model's own)
+    image_size: 128                # optional: every model at this input size (default: each model's own;
+                                   # `effedge sweep --imgsz N` overrides it)
     precisions: [fp32, fp16]       # fp32 | fp16 | int8 | mixed
     batches: [1, 4]                # static batch of each compiled model
     calibration: {dir: calib, images: 64}         # int8 / mixed (default: the shipped calibration set)
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -106,7 +107,8 @@ def _list(path: Path, where: str, value: Any) -> list:
     return value
 
 
-def _models(path: Path, raw: Any, image_size: Optional[int]) -> tuple[Union[str, float], ...]:
+def _models(path: Path, raw: Any, image_size: Optional[int],
+            size_field: str = "image_size") -> tuple[Union[str, float], ...]:
     from effedge.arch.scaling import EfficientDetSpec, resolve
 
     models, names = [], {}
@@ -123,7 +125,7 @@ def _models(path: Path, raw: Any, image_size: Optional[int]) -> tuple[Union[str,
         names[spec.name] = index
         stride = spec.largest_stride if isinstance(spec, EfficientDetSpec) else None
         if image_size is not None and stride and image_size % stride:
-            _fail(path, "image_size", f"{image_size} is not a multiple of {stride}, the largest feature stride "
+            _fail(path, size_field, f"{image_size} is not a multiple of {stride}, the largest feature stride "
                                       f"of {spec.name}; use e.g. {max(stride, image_size // stride * stride)}")
         models.append(float(value) if isinstance(value, (int, float)) else value)
     return tuple(models)
@@ -177,6 +179,12 @@ def _section(path: Path, data: dict, name: str, keys: dict) -> dict:
     _check_keys(path, name, raw, keys)
     minimum = {"min_iterations": 1, "max_consecutive_failures": 1}
     return {key: _number(path, f"{name}.{key}", value, keys[key], minimum.get(key, 0)) for key, value in raw.items()}
+
+
+def with_image_size(spec: SweepSpec, image_size: int) -> SweepSpec:
+    """``spec`` with every model at ``image_size`` instead of the file's ``image_size`` (``sweep --imgsz``)."""
+    _models(spec.path, list(spec.models), image_size, size_field="--imgsz")  # a multiple of every model's stride
+    return replace(spec, image_size=image_size)
 
 
 def load_sweep(sweep_file: Union[str, Path]) -> SweepSpec:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from effedge.bench.harness import BenchSettings
 from effedge.bench.targets import bench_baselines, bench_one
@@ -13,12 +13,20 @@ from effedge.pipeline.compile import CompileConfig, choose_backend, compile_mode
 
 
 def bench_matrix(variants: list[str], precisions: list[str], batches: list[int], *, backend: str,
-                 settings: BenchSettings, nms: str = "auto", baselines: bool = False,
+                 settings: BenchSettings, nms: str = "auto", baselines: bool = False, image_size: Optional[int] = None,
                  log: Callable[[str], None] = lambda message: None, progress=None) -> list[dict]:
-    """Compile what is missing (through the compile cache), then bench every combination; with ``baselines``,
-    also PyTorch eager and ONNX Runtime fp32 of each variant and batch, and speedups against eager."""
+    """Compile what is missing (through the compile cache; every variant at ``image_size``, else its own), then
+    bench every combination; with ``baselines``, also PyTorch eager and ONNX Runtime fp32 of each variant and
+    batch, and speedups against eager."""
+    if image_size is not None:  # a size some variant cannot take fails before anything is compiled
+        from effedge.arch.scaling import resolve
+        from effedge.arch.topology import input_size_for
+
+        for variant in variants:
+            input_size_for(resolve(variant), image_size)
     if backend == "torch":
-        return _torch_matrix(variants, precisions, batches, settings=settings, log=log, progress=progress)
+        return _torch_matrix(variants, precisions, batches, settings=settings, image_size=image_size, log=log,
+                             progress=progress)
     chosen = choose_backend(backend).name
     results = []
     for variant in variants:
@@ -27,7 +35,8 @@ def bench_matrix(variants: list[str], precisions: list[str], batches: list[int],
             group, fp32_export = [], None
             for precision in precisions:
                 manifest = compile_model(CompileConfig(variant=variant, precision=precision, batch=batch, nms=nms,
-                                                       backend=chosen), log=log, progress=progress)
+                                                       image_size=image_size, backend=chosen), log=log,
+                                         progress=progress)
                 out = Path(manifest["compile"]["out_dir"])
                 fp32_export = fp32_export or (out / "model.sim.onnx", manifest)
                 log(f"benchmarking {variant} {precision} batch {batch} on {chosen}")
@@ -39,7 +48,7 @@ def bench_matrix(variants: list[str], precisions: list[str], batches: list[int],
 
 
 def _torch_matrix(variants: list[str], precisions: list[str], batches: list[int], *, settings: BenchSettings,
-                  log: Callable[[str], None], progress) -> list[dict]:
+                  image_size: Optional[int], log: Callable[[str], None], progress) -> list[dict]:
     """PyTorch eager per variant and batch: fp32 on the CPU, fp16 on a CUDA GPU (the model comes from the fp32
     ONNX Runtime build's manifest, through the compile cache)."""
     import torch
@@ -53,7 +62,8 @@ def _torch_matrix(variants: list[str], precisions: list[str], batches: list[int]
     for variant in variants:
         for batch in batches:
             manifest = compile_model(CompileConfig(variant=variant, precision="fp32", batch=batch, nms="none",
-                                                   backend="onnxruntime"), log=log, progress=progress)
+                                                   image_size=image_size, backend="onnxruntime"), log=log,
+                                     progress=progress)
             out = Path(manifest["compile"]["out_dir"])
             log(f"benchmarking {variant} {device_precision} batch {batch} on torch")
             results.append(bench_one(out / "model.sim.onnx", manifest, "torch", replace(settings, batch=batch)))

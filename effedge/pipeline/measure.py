@@ -67,9 +67,10 @@ def calibrated(profile: Profile, precision: str, log=lambda message: None) -> Pr
 
 
 def verify_choice(profile: Profile, candidates: list[Candidate], choice: Optional[Candidate], budget: float,
-                  precision: str, log=lambda message: None) -> dict:
-    """Compile and benchmark the choice; while it misses the budget, step down to the next smaller candidate.
-    Also measures the next larger candidate, to show the budget is tight."""
+                  precision: str, image_size: Optional[int] = None, log=lambda message: None) -> dict:
+    """Compile (at ``image_size``, else each candidate's own) and benchmark the choice; while it misses the
+    budget, step down to the next smaller candidate. Once one meets it, also measures the next larger
+    candidate, to show the budget is tight."""
     from effedge.bench import harness as bench
     from effedge.bench.targets import bench_one
     from effedge.pipeline.compile import CompileConfig, compile_model
@@ -77,7 +78,8 @@ def verify_choice(profile: Profile, candidates: list[Candidate], choice: Optiona
     def measure(candidate: Candidate) -> float:
         variant = candidate.name if candidate.name[0] == "d" else candidate.phi
         manifest = compile_model(CompileConfig(variant=variant, precision=precision, batch=profile.target.batch,
-                                               nms=profile.nms, backend=profile.software.backend), log=log)
+                                               image_size=image_size, nms=profile.nms,
+                                               backend=profile.software.backend), log=log)
         out = manifest["compile"]["out_dir"]
         log(f"benchmarking {candidate.name}")
         result = bench_one(Path(out) / manifest["compile"]["deployable"], manifest,

@@ -13,12 +13,16 @@ predictions. A fit and a measured point count only for the NMS tail they were me
 :attr:`Profile.nms`), a measured point only for its variant, input size, batch and precision. An unfitted local-CPU profile calibrates itself by timing D0 and D1
 (:mod:`effedge.pipeline.measure`, which compiles and benchmarks: planning itself runs no stage).
 
-Candidates' graphs come from exports at the two smallest valid inputs (the largest stride and twice it):
-input sizes are multiples of the largest stride, so each layer's cost is a + b·(input area) — feature-map
-layers proportional, pooled squeeze-excite layers constant — and two sizes give it exactly.
+A detector candidate's layers come from its architecture (:func:`effedge.arch.complexity.analytic_layers`:
+the layers of its simplified export, counted as :func:`graph_costs` counts them; milliseconds for every
+candidate). The export's costing stays (:func:`exported_costs`, also for classifiers): exports at the two
+smallest valid inputs (the largest stride and twice it): input sizes are multiples of the largest stride, so
+each layer's cost is a + b·(input area) — feature-map layers proportional, pooled squeeze-excite layers
+constant — and two sizes give it exactly.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -27,7 +31,7 @@ from typing import Optional
 
 import numpy as np
 
-from effedge.errors import EffedgeError
+from effedge.errors import EffedgeError, VariantError
 from effedge.plan.profiles import ComputeEfficiency, Correction, Fit, Priors, Profile
 from effedge.arch.scaling import EFFICIENTDETS, EfficientDetSpec, ModelSpec, resolve
 
@@ -98,8 +102,21 @@ def extrapolated(small: list[LayerCost], large: list[LayerCost], small_area: flo
             for a, b in zip(small, large)]
 
 
-def candidate_costs(spec: ModelSpec, precision: str, cache_dir=None) -> list[LayerCost]:
-    """Costs of ``spec`` at its input size, from cached exports at the two smallest valid inputs."""
+def candidate_costs(spec: ModelSpec, precision: str) -> list[LayerCost]:
+    """Per-layer costs of ``spec`` at its input size: a detector's from its architecture (no export), a
+    classifier's from its export (:func:`exported_costs`)."""
+    if not isinstance(spec, EfficientDetSpec):
+        return exported_costs(spec, precision)
+    from effedge.arch.complexity import analytic_layers
+
+    element = ELEMENT_BYTES[precision]
+    return [LayerCost(layer.op_class, float(layer.macs), float(layer.activations * element),
+                      float(layer.weights * element)) for layer in analytic_layers(spec, spec.resolution)]
+
+
+def exported_costs(spec: ModelSpec, precision: str, cache_dir=None) -> list[LayerCost]:
+    """Costs of ``spec``'s simplified export at its input size, from cached exports at the two smallest valid
+    inputs."""
     import tempfile
 
     import onnx
@@ -260,18 +277,30 @@ def candidate_specs(step: float = 0.5) -> list[ModelSpec]:
 
 
 def select(profile: Profile, *, latency_ms: Optional[float] = None, precision: Optional[str] = None,
-           step: float = 0.5, log=lambda message: None) -> tuple[list[Candidate], Optional[Candidate]]:
+           step: float = 0.5, image_size: Optional[int] = None,
+           log=lambda message: None) -> tuple[list[Candidate], Optional[Candidate]]:
     """Rank candidates by predicted latency at the profile's percentile; pick the largest (most MACs) that
-    fits ``(1 − margin) × budget``. A point measured at the candidate's input size, the profile's batch, this
-    precision and the profile's NMS tail overrides its prediction. (An unfitted local-CPU profile can first be
-    calibrated on this machine: ``effedge.pipeline.measure.calibrated``.)"""
+    fits ``(1 − margin) × budget``. Each candidate at its own input size, or every one at ``image_size``
+    (candidates whose largest stride it is not a multiple of are left out). A point measured at the
+    candidate's input size, the profile's batch, this precision and the profile's NMS tail overrides its
+    prediction. (An unfitted local-CPU profile can first be calibrated on this machine:
+    ``effedge.pipeline.measure.calibrated``.)"""
     budget = latency_ms or profile.target.latency_ms
     precision = precision or profile.target.precision
     limit = budget * (1 - profile.target.margin)
     candidates = []
     specs = candidate_specs(step)
-    for index, spec in enumerate(specs):
-        log(f"costing {spec.name} ({index + 1}/{len(specs)})")
+    if image_size is not None:
+        left_out = [s.name for s in specs if image_size % s.largest_stride]
+        if len(left_out) == len(specs):
+            raise VariantError(f"input size {image_size} is not a multiple of any candidate's largest stride "
+                               f"({', '.join(sorted({str(s.largest_stride) for s in specs}))}); use e.g. "
+                               f"{max(128, image_size // 128 * 128)}")
+        if left_out:
+            log(f"left out at {image_size} px (not a multiple of their largest stride): {', '.join(left_out)}")
+        specs = [dataclasses.replace(s, image_size=image_size) for s in specs if s.name not in left_out]
+    log(f"costing {len(specs)} candidates " + (f"at {image_size} px" if image_size else "at their own input sizes"))
+    for spec in specs:
         costs = candidate_costs(spec, precision)
         macs = sum(c.macs for c in costs)
         ms = profile.measured_ms(spec.name, spec.resolution, profile.target.batch, precision)
