@@ -240,11 +240,11 @@ def test_efficientnms_tail_is_the_documented_plugin_node(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--variant", "d9"], "unknown variant 'd9'; did you mean d7x?"),
-    (["--phi", "-0.5"], "φ=-0.5 is out of range"),
-    (["--phi", "40"], "φ=40.0 is out of range"),
+    (["--phi", "-0.5"], "'--phi': -0.5 is not in the range 0.0<=x<=7.0"),
+    (["--phi", "40"], "'--phi': 40.0 is not in the range 0.0<=x<=7.0"),
     (["--variant", "d0", "--imgsz", "500"], "not a multiple of 128"),
     (["--variant", "b0", "--nms", "onnx"], "--nms applies to detectors"),
-    (["--variant", "d0", "--opset", "9"], "--opset 9 is not supported"),
+    (["--variant", "d0", "--opset", "9"], "'--opset': 9 is not in the range 13<=x<=21"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, args, message):
     out = tmp_path / "out"

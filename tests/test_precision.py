@@ -185,7 +185,7 @@ def test_model_input_reads_layout():
 @pytest.mark.parametrize("args, message", [
     (["--calib", "{tmp}/nope"], "does not exist"),
     (["--calib", "{tmp}"], "no images"),
-    (["--calib-images", "0"], "--calib-images 0: use at least 1"),
+    (["--calib-images", "0"], "'--calib-images': 0 is not in the range x>=1"),
 ])
 def test_quantize_cli_bad_input(workspace, tmp_path, args, message):
     model = workspace[0] / "build" / "model.sim.onnx"
