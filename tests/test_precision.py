@@ -202,6 +202,7 @@ def test_quantize_cli_refuses_a_missing_model_and_nms_tails(tmp_path, workspace)
     assert result.returncode == 2 and "has an NMS tail" in result.stderr
 
 
+@pytest.mark.slow  # a full mixed search over 8 held-out views (~50 s); the default run keeps the target search
 def test_mixed_with_everything_kept_is_fp16(workspace):
     """An unreachable target keeps every block in fp16: then no activation or weight may still be quantized
     (residual Adds, pools and resizes included), and fidelity is fp16's."""
