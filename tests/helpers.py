@@ -187,3 +187,20 @@ def raw_outputs_graph(batch: int, anchors: int, classes: int, opset: int = 17):
         helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [batch, anchors, 4]),
         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, anchors, classes])])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def run_main(monkeypatch, capsys, args: list[str], *, drop_progress: bool = False) -> tuple[int, str, str]:
+    """The real console entry point in this process: (exit code, stdout, stderr), stderr without the
+    ``[effedge]`` progress lines with ``drop_progress``."""
+    from effedge.cli.main import main
+
+    monkeypatch.setattr("sys.argv", ["effedge", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    if drop_progress:
+        err = "\n".join(line for line in err.splitlines() if not line.startswith("[effedge]"))
+    return code, out, err

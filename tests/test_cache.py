@@ -9,21 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers import run_main as run_entry_point
+
 DAY = 86400
 
 
 def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """The real console entry point in this process: (exit code, stdout, stderr)."""
-    from effedge.cli.main import main
-
-    monkeypatch.setattr("sys.argv", ["effedge", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_entry_point(monkeypatch, capsys, list(args))
 
 
 def write(path: Path, size: int, age_days: float = 0.0) -> Path:

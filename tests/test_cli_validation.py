@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from effedge.cli import cli
+from helpers import run_main as run_entry_point
 from effedge.cli import cache as cli_cache
 from effedge.cli import options as cli_options
 
@@ -21,17 +22,7 @@ HEAVY = ("torch", "onnx", "onnxruntime", "tensorrt_rtx", "modelopt", "effedge.pi
 
 
 def run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str, str]:
-    """The real console entry point in this process: (exit code, stdout, stderr without progress lines)."""
-    from effedge.cli.main import main
-
-    monkeypatch.setattr("sys.argv", ["effedge", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, "\n".join(line for line in err.splitlines() if not line.startswith("[effedge]"))
+    return run_entry_point(monkeypatch, capsys, args, drop_progress=True)
 
 
 def leaf_commands(group: click.Group = cli, path: tuple[str, ...] = ()):

@@ -359,6 +359,13 @@ def test_an_int8_graph_that_overflows_fails_fidelity_and_mixed_repairs_it(tmp_pa
     assert "nonfinite" not in mixed["fidelity"] and mixed["fidelity"]["outputs"]["inverse"]["sqnr_db"] > 1
 
 
+def _photos(folder, count: int = 5):
+    folder.mkdir()
+    for i in range(count):
+        Image.fromarray(photo((48, 40), seed=i)).save(folder / f"{i}.png")
+    return folder
+
+
 def _tiny_int8(tmp_path, calib_dir, **options):
     return convert(tmp_path / "model.sim.onnx", options=PrecisionOptions(precision="int8", calib_dir=calib_dir,
                                                                          holdout=1, **options))
@@ -369,10 +376,7 @@ def test_calibration_cache_follows_the_images_content_not_their_folder(tmp_path,
 
     monkeypatch.setenv("EFFEDGE_CACHE_DIR", str(tmp_path / "cache"))
     onnx.save(tiny_model(1), str(tmp_path / "model.sim.onnx"))
-    first = tmp_path / "first"
-    first.mkdir()
-    for i in range(5):
-        Image.fromarray(photo((48, 40), seed=i)).save(first / f"{i}.png")
+    first = _photos(tmp_path / "first")
     assert _tiny_int8(tmp_path, first)["calibration"]["cached"] is False
     copy = tmp_path / "elsewhere" / "same-images"
     shutil.copytree(first, copy)
@@ -385,10 +389,7 @@ def test_calibration_cache_follows_the_images_content_not_their_folder(tmp_path,
 def test_percentile_is_part_of_the_calibration_key(tmp_path, monkeypatch):
     monkeypatch.setenv("EFFEDGE_CACHE_DIR", str(tmp_path / "cache"))
     onnx.save(tiny_model(1), str(tmp_path / "model.sim.onnx"))
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(5):
-        Image.fromarray(photo((48, 40), seed=i)).save(images / f"{i}.png")
+    images = _photos(tmp_path / "images")
     assert _tiny_int8(tmp_path, images, percentile=99.99)["calibration"]["cached"] is False
     assert _tiny_int8(tmp_path, images, percentile=99.99)["calibration"]["cached"] is True
     again = _tiny_int8(tmp_path, images, percentile=90.0)
