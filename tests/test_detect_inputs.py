@@ -230,6 +230,23 @@ def test_category_mapping_falls_back_to_class_plus_one():
     assert how == "class+1"
 
 
+@pytest.mark.parametrize("categories", [
+    [{"id": 12, "name": "stop sign"}],  # renumbered onto a COCO id the head has no class for
+    [{"id": 100, "name": "stop sign"}, {"id": 101, "name": "car"}],  # ids past the head's 90
+])
+def test_a_renumbered_file_is_matched_by_name_not_by_id(categories):
+    """Ids that no COCO class agrees with are not COCO's: by id, stop signs (slot 12, COCO id 13) would all miss."""
+    to_category, how = category_mapping(coco90(), categories)
+    assert how == "name"
+    assert to_category(12) == categories[0]["id"]
+
+
+def test_a_labels_file_saved_with_a_bom_names_its_first_class(tmp_path):
+    (tmp_path / "names.txt").write_bytes("apple\npear\n".encode("utf-8-sig"))  # Windows Notepad's UTF-8
+    labels = labels_for({"num_classes": 2}, labels_file=tmp_path / "names.txt")
+    assert labels.names == ("apple", "pear")
+
+
 # --- drawing: visible on a large photo ----------------------------------------------------------------------------
 
 

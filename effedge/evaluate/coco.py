@@ -28,7 +28,11 @@ def category_mapping(labels: Optional[Labels], categories: list[dict]) -> tuple[
     file_names = {c["id"]: c.get("name") for c in categories}
     if labels is not None and labels.category_ids is not None:
         by_id = {labels.category_id(i): labels.name(i) for i in range(len(labels.names))}
-        if all(name is None or by_id.get(cid) in (None, name) for cid, name in file_names.items()):
+        named = {cid: name for cid, name in file_names.items() if name is not None}
+        # COCO's own ids: some named category sits at its head id, none elsewhere (a renumbered file whose ids
+        # all fall on COCO's unused ids or past 90 is matched by name, not silently by id)
+        if any(by_id.get(cid) == name for cid, name in named.items()) and all(
+                cid in by_id and by_id[cid] in (None, name) for cid, name in named.items()):
             return labels.category_id, "category_id"
     if labels is not None and file_names and all(name is not None for name in file_names.values()):
         ids = {name: cid for cid, name in file_names.items()}
