@@ -39,7 +39,7 @@ def read_names(path: Path) -> tuple[Optional[str], ...]:
     """One name per line (line i = class i); an empty line is a class without a name; trailing empty lines end
     the file."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM is not part of the name
     except (OSError, UnicodeDecodeError) as exc:
         raise EffedgeError(f"cannot read the labels file {path}: {exc}") from exc
     while lines and not lines[-1].strip():
