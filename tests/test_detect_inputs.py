@@ -225,6 +225,25 @@ def test_eval_without_names_maps_class_plus_one_and_leaves_out_unreadable_images
     assert strict.returncode == 2 and "could not be read (--strict)" in strict.stderr
 
 
+def test_a_misspelt_labels_file_says_why_eval_fell_back_to_class_plus_one(tmp_path):
+    """--labels with 'plumb' for 'plum': eval cannot match by name, and says which name it lacks."""
+    model = slot_detector(tmp_path / "build", 2, 3)
+    annotations = annotated(tmp_path, [{"id": 7, "name": "apple"}, {"id": 8, "name": "pear"},
+                                       {"id": 9, "name": "plum"}], 9)
+    (tmp_path / "names.txt").write_text("apple\npear\nplumb\n")
+    result = effedge("eval", model, "--images", tmp_path / "images", "--annotations", annotations,
+                     "--labels", tmp_path / "names.txt", "--json")
+    assert result.returncode == 0, result.stderr
+    [row] = json.loads(result.stdout)
+    assert row["category_mapping"] == "class+1" and row["unnamed_categories"] == ["plum"], row
+    assert "warning: not matched by name: the model has no class named plum" in result.stderr
+    (tmp_path / "names.txt").write_text("apple\npear\nplum\n")
+    fixed = effedge("eval", model, "--images", tmp_path / "images", "--annotations", annotations,
+                    "--labels", tmp_path / "names.txt", "--json")
+    [row] = json.loads(fixed.stdout)
+    assert row["category_mapping"] == "name" and row["mAP"] == pytest.approx(1.0) and "warning" not in fixed.stderr
+
+
 def test_category_mapping_falls_back_to_class_plus_one():
     _, how = category_mapping(coco90(), [{"id": 1, "name": "circle"}])  # names COCO does not know
     assert how == "class+1"

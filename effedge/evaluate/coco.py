@@ -78,6 +78,8 @@ def evaluate(detect: Callable[[Sequence[Path]], list], images: Union[str, Path, 
         raise EffedgeError(f"none of the {len(files)} annotated image(s) could be read, e.g. {failed[0][0]}: "
                            f"{failed[0][1]}")
     report = {"images": len(evaluated), "detections": len(results), "category_mapping": mapping,
+              "unnamed_categories": _unnamed_categories(labels, ground_truth.loadCats(ground_truth.getCatIds()))
+              if mapping == "class+1" else [],
               "failed": [{"image": str(path), "error": error} for path, error in failed]}
     if not results:  # pycocotools cannot load no results: nothing found is 0 where there was something to find
         areas = [a["area"] for a in ground_truth.loadAnns(ground_truth.getAnnIds(imgIds=evaluated, iscrowd=False))]
@@ -94,6 +96,15 @@ def evaluate(detect: Callable[[Sequence[Path]], list], images: Union[str, Path, 
     # COCOeval's -1: no ground truth in that area range (e.g. no large objects), not an AP of 0
     return {**report, **{metric: None if value < 0 else float(value)
                          for metric, value in zip(METRICS, evaluator.stats[:6])}}
+
+
+def _unnamed_categories(labels: Optional[Labels], categories: list[dict]) -> list[str]:
+    """The file's category names the model's class names lack, where the model has names (a typo in --labels
+    turns a match by name into class+1, which is right only if the file numbers its categories class + 1)."""
+    if labels is None:
+        return []
+    known = {name for name in labels.names if name is not None}
+    return sorted({c["name"] for c in categories if c.get("name") is not None and c["name"] not in known})
 
 
 def _annotated_files(records: list[dict], images: Union[str, Path, Sequence[Path]]) -> list[tuple[dict, Path]]:
