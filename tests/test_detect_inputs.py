@@ -143,6 +143,27 @@ def test_find_inputs_refuses_what_names_nothing(tmp_path):
     assert found.images == [tmp_path / "sub" / "x.png"]  # each file once
 
 
+def test_recursive_walks_a_symlink_loop_once(tmp_path):
+    """Two links back up the tree: without remembering the folders walked, 2^40 paths before the OS says ELOOP."""
+    save_scene(tmp_path / "a.png")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up").symlink_to("..")
+    (tmp_path / "sub" / "top").symlink_to(tmp_path)
+    calls = []
+    real_iterdir = type(tmp_path).iterdir
+
+    def counted_iterdir(self):
+        calls.append(self)
+        assert len(calls) <= 50, "walked the loop"
+        return real_iterdir(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(tmp_path), "iterdir", counted_iterdir)
+        found = find_inputs([tmp_path], recursive=True)
+    assert found.images == [tmp_path / "a.png"]
+    assert len(calls) == 2  # the folder and sub, once each
+
+
 # --- names out ---------------------------------------------------------------------------------------------------
 
 
