@@ -265,6 +265,22 @@ def test_a_misspelt_labels_file_says_why_eval_fell_back_to_class_plus_one(tmp_pa
     assert row["category_mapping"] == "name" and row["mAP"] == pytest.approx(1.0) and "warning" not in fixed.stderr
 
 
+def test_eval_refuses_a_glob_that_matches_an_annotated_name_twice(coco_model, tmp_path):
+    """'data/*/*.png' over train/a.png and val/a.png: evaluating train's a.png against val's boxes is wrong."""
+    (tmp_path / "val").mkdir()
+    annotations = annotated(tmp_path / "val", [{"id": 2, "name": "bicycle"}], 2)
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    save_scene(tmp_path / "train" / "images" / "a.png", box=(0, 0, 20, 20))  # another photo of the same name
+    result = effedge("eval", coco_model, "--images", f"{tmp_path}/*/images/*.png", "--annotations", annotations)
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.strip().splitlines()[-1:] == [
+        f"error: 2 of the images given are the annotated a.png ({tmp_path / 'train' / 'images' / 'a.png'}, "
+        f"{tmp_path / 'val' / 'images' / 'a.png'}); give the annotated images' folder as --images"]
+    folder = effedge("eval", coco_model, "--images", tmp_path / "val" / "images", "--annotations", annotations,
+                     "--json")
+    assert folder.returncode == 0 and json.loads(folder.stdout)[0]["mAP"] == pytest.approx(1.0), folder.stderr
+
+
 def test_category_mapping_falls_back_to_class_plus_one():
     _, how = category_mapping(coco90(), [{"id": 1, "name": "circle"}])  # names COCO does not know
     assert how == "class+1"

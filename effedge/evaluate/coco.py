@@ -118,9 +118,12 @@ def _annotated_files(records: list[dict], images: Union[str, Path, Sequence[Path
     chosen = []
     for record in records:
         tail = Path(record["file_name"]).parts
-        match = next((p for p in given if p.parts[-len(tail):] == tail), None)
-        if match is not None:
-            chosen.append((record, match))
+        matches = [p for p in given if p.parts[-len(tail):] == tail]
+        if len(matches) > 1:  # e.g. train/0001.png and val/0001.png: which one was annotated is unknown
+            raise EffedgeError(f"{len(matches)} of the images given are the annotated {record['file_name']} "
+                               f"({matches[0]}, {matches[1]}); give the annotated images' folder as --images")
+        if matches:
+            chosen.append((record, matches[0]))
     if not chosen:
         raise EffedgeError(f"none of the {len(given)} image(s) given is in the annotations (matched by file_name, "
                            f"e.g. {records[0]['file_name'] if records else '-'})")
