@@ -143,6 +143,27 @@ def test_find_inputs_refuses_what_names_nothing(tmp_path):
     assert found.images == [tmp_path / "sub" / "x.png"]  # each file once
 
 
+def test_recursive_walks_a_symlink_loop_once(tmp_path):
+    """Two links back up the tree: without remembering the folders walked, 2^40 paths before the OS says ELOOP."""
+    save_scene(tmp_path / "a.png")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up").symlink_to("..")
+    (tmp_path / "sub" / "top").symlink_to(tmp_path)
+    calls = []
+    real_iterdir = type(tmp_path).iterdir
+
+    def counted_iterdir(self):
+        calls.append(self)
+        assert len(calls) <= 50, "walked the loop"
+        return real_iterdir(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(tmp_path), "iterdir", counted_iterdir)
+        found = find_inputs([tmp_path], recursive=True)
+    assert found.images == [tmp_path / "a.png"]
+    assert len(calls) == 2  # the folder and sub, once each
+
+
 # --- names out ---------------------------------------------------------------------------------------------------
 
 
@@ -225,9 +246,61 @@ def test_eval_without_names_maps_class_plus_one_and_leaves_out_unreadable_images
     assert strict.returncode == 2 and "could not be read (--strict)" in strict.stderr
 
 
+def test_a_misspelt_labels_file_says_why_eval_fell_back_to_class_plus_one(tmp_path):
+    """--labels with 'plumb' for 'plum': eval cannot match by name, and says which name it lacks."""
+    model = slot_detector(tmp_path / "build", 2, 3)
+    annotations = annotated(tmp_path, [{"id": 7, "name": "apple"}, {"id": 8, "name": "pear"},
+                                       {"id": 9, "name": "plum"}], 9)
+    (tmp_path / "names.txt").write_text("apple\npear\nplumb\n")
+    result = effedge("eval", model, "--images", tmp_path / "images", "--annotations", annotations,
+                     "--labels", tmp_path / "names.txt", "--json")
+    assert result.returncode == 0, result.stderr
+    [row] = json.loads(result.stdout)
+    assert row["category_mapping"] == "class+1" and row["unnamed_categories"] == ["plum"], row
+    assert "warning: not matched by name: the model has no class named plum" in result.stderr
+    (tmp_path / "names.txt").write_text("apple\npear\nplum\n")
+    fixed = effedge("eval", model, "--images", tmp_path / "images", "--annotations", annotations,
+                    "--labels", tmp_path / "names.txt", "--json")
+    [row] = json.loads(fixed.stdout)
+    assert row["category_mapping"] == "name" and row["mAP"] == pytest.approx(1.0) and "warning" not in fixed.stderr
+
+
+def test_eval_refuses_a_glob_that_matches_an_annotated_name_twice(coco_model, tmp_path):
+    """'data/*/*.png' over train/a.png and val/a.png: evaluating train's a.png against val's boxes is wrong."""
+    (tmp_path / "val").mkdir()
+    annotations = annotated(tmp_path / "val", [{"id": 2, "name": "bicycle"}], 2)
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    save_scene(tmp_path / "train" / "images" / "a.png", box=(0, 0, 20, 20))  # another photo of the same name
+    result = effedge("eval", coco_model, "--images", f"{tmp_path}/*/images/*.png", "--annotations", annotations)
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.strip().splitlines()[-1:] == [
+        f"error: 2 of the images given are the annotated a.png ({tmp_path / 'train' / 'images' / 'a.png'}, "
+        f"{tmp_path / 'val' / 'images' / 'a.png'}); give the annotated images' folder as --images"]
+    folder = effedge("eval", coco_model, "--images", tmp_path / "val" / "images", "--annotations", annotations,
+                     "--json")
+    assert folder.returncode == 0 and json.loads(folder.stdout)[0]["mAP"] == pytest.approx(1.0), folder.stderr
+
+
 def test_category_mapping_falls_back_to_class_plus_one():
     _, how = category_mapping(coco90(), [{"id": 1, "name": "circle"}])  # names COCO does not know
     assert how == "class+1"
+
+
+@pytest.mark.parametrize("categories", [
+    [{"id": 12, "name": "stop sign"}],  # renumbered onto a COCO id the head has no class for
+    [{"id": 100, "name": "stop sign"}, {"id": 101, "name": "car"}],  # ids past the head's 90
+])
+def test_a_renumbered_file_is_matched_by_name_not_by_id(categories):
+    """Ids that no COCO class agrees with are not COCO's: by id, stop signs (slot 12, COCO id 13) would all miss."""
+    to_category, how = category_mapping(coco90(), categories)
+    assert how == "name"
+    assert to_category(12) == categories[0]["id"]
+
+
+def test_a_labels_file_saved_with_a_bom_names_its_first_class(tmp_path):
+    (tmp_path / "names.txt").write_bytes("apple\npear\n".encode("utf-8-sig"))  # Windows Notepad's UTF-8
+    labels = labels_for({"num_classes": 2}, labels_file=tmp_path / "names.txt")
+    assert labels.names == ("apple", "pear")
 
 
 # --- drawing: visible on a large photo ----------------------------------------------------------------------------
@@ -261,6 +334,7 @@ def test_random_weights_warn_once(tmp_path):
     assert result.stderr.count("random weights: these detections mean nothing") == 1
     bench = effedge("bench", model, "--warmup", "0", "--duration", "0", "--iterations", "1", "--json")
     assert bench.returncode == 0, bench.stderr
-    assert bench.stderr.count("random weights: these detections mean nothing") == 1
+    assert bench.stderr.count("random weights: the network's latency is a trained model's") == 1
+    assert "these detections mean nothing" not in bench.stderr  # bench prints no detections: it says what is off
     trained = slot_detector(tmp_path / "trained", 0, 90)
     assert "random weights" not in effedge("detect", trained, tmp_path / "a.png", "--out", tmp_path / "o2").stderr

@@ -74,8 +74,8 @@ def bench_command(target, backend, variants, precisions, batches, nms, imgsz, ba
         if imgsz:
             raise click.UsageError("--imgsz sizes the --variants matrix; a TARGET was built at its own size")
         path, manifest = resolve_target(target, backend)
-        if random_weights_warning(manifest):
-            progress(f"warning: {random_weights_warning(manifest)}")
+        if random_weights_warning(manifest, timing=True):
+            progress(f"warning: {random_weights_warning(manifest, timing=True)}")
         chosen = backend if backend != "auto" else auto_backend(path, manifest)
         results = []
         for batch in batches:

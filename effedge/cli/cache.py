@@ -97,7 +97,8 @@ def list_command(runs_dir: str, as_json: bool) -> None:
 
 @cache.command("clean")
 @click.option("--older-than", type=Duration(), metavar="DURATION",
-              help="Remove entries not used for this long: 30m, 12h, 7d, 2w.")
+              help="Remove entries not used for this long: 30m, 12h, 7d, 2w (build folders: not changed for this "
+              "long; running a model does not count as use).")
 @click.option("--all", "everything", is_flag=True, help="Remove every entry.")
 @click.option("--runs", "runs_dir", is_flag=False, flag_value="runs", type=click.Path(file_okay=False),
               metavar="[DIR]", help="Also remove build folders (those holding an effedge build.json) in DIR "

@@ -127,6 +127,11 @@ def eval_command(model, images, annotations, others, labels_file, strict, as_jso
             rows.append({"model": path, **evaluate(detector, image_set, annotations, labels=detector.labels,
                                                    progress=rich_progress)})
         progress(f"classes -> categories: by {rows[-1]['category_mapping']}")
+        if rows[-1]["unnamed_categories"]:
+            unnamed = rows[-1]["unnamed_categories"]
+            progress(f"warning: not matched by name: the model has no class named {', '.join(unnamed[:5])}"
+                     + (f" (and {len(unnamed) - 5} more)" if len(unnamed) > 5 else "")
+                     + "; check --labels, or the file's category ids must be class + 1")
         for failure in rows[-1]["failed"]:
             progress(f"  left out {failure['image']}: {failure['error']}")
     if as_json:

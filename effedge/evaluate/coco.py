@@ -28,7 +28,11 @@ def category_mapping(labels: Optional[Labels], categories: list[dict]) -> tuple[
     file_names = {c["id"]: c.get("name") for c in categories}
     if labels is not None and labels.category_ids is not None:
         by_id = {labels.category_id(i): labels.name(i) for i in range(len(labels.names))}
-        if all(name is None or by_id.get(cid) in (None, name) for cid, name in file_names.items()):
+        named = {cid: name for cid, name in file_names.items() if name is not None}
+        # COCO's own ids: some named category sits at its head id, none elsewhere (a renumbered file whose ids
+        # all fall on COCO's unused ids or past 90 is matched by name, not silently by id)
+        if any(by_id.get(cid) == name for cid, name in named.items()) and all(
+                cid in by_id and by_id[cid] in (None, name) for cid, name in named.items()):
             return labels.category_id, "category_id"
     if labels is not None and file_names and all(name is not None for name in file_names.values()):
         ids = {name: cid for cid, name in file_names.items()}
@@ -74,6 +78,8 @@ def evaluate(detect: Callable[[Sequence[Path]], list], images: Union[str, Path, 
         raise EffedgeError(f"none of the {len(files)} annotated image(s) could be read, e.g. {failed[0][0]}: "
                            f"{failed[0][1]}")
     report = {"images": len(evaluated), "detections": len(results), "category_mapping": mapping,
+              "unnamed_categories": _unnamed_categories(labels, ground_truth.loadCats(ground_truth.getCatIds()))
+              if mapping == "class+1" else [],
               "failed": [{"image": str(path), "error": error} for path, error in failed]}
     if not results:  # pycocotools cannot load no results: nothing found is 0 where there was something to find
         areas = [a["area"] for a in ground_truth.loadAnns(ground_truth.getAnnIds(imgIds=evaluated, iscrowd=False))]
@@ -92,6 +98,15 @@ def evaluate(detect: Callable[[Sequence[Path]], list], images: Union[str, Path, 
                          for metric, value in zip(METRICS, evaluator.stats[:6])}}
 
 
+def _unnamed_categories(labels: Optional[Labels], categories: list[dict]) -> list[str]:
+    """The file's category names the model's class names lack, where the model has names (a typo in --labels
+    turns a match by name into class+1, which is right only if the file numbers its categories class + 1)."""
+    if labels is None:
+        return []
+    known = {name for name in labels.names if name is not None}
+    return sorted({c["name"] for c in categories if c.get("name") is not None and c["name"] not in known})
+
+
 def _annotated_files(records: list[dict], images: Union[str, Path, Sequence[Path]]) -> list[tuple[dict, Path]]:
     if isinstance(images, (str, Path)):
         folder = Path(images)
@@ -103,9 +118,12 @@ def _annotated_files(records: list[dict], images: Union[str, Path, Sequence[Path
     chosen = []
     for record in records:
         tail = Path(record["file_name"]).parts
-        match = next((p for p in given if p.parts[-len(tail):] == tail), None)
-        if match is not None:
-            chosen.append((record, match))
+        matches = [p for p in given if p.parts[-len(tail):] == tail]
+        if len(matches) > 1:  # e.g. train/0001.png and val/0001.png: which one was annotated is unknown
+            raise EffedgeError(f"{len(matches)} of the images given are the annotated {record['file_name']} "
+                               f"({matches[0]}, {matches[1]}); give the annotated images' folder as --images")
+        if matches:
+            chosen.append((record, matches[0]))
     if not chosen:
         raise EffedgeError(f"none of the {len(given)} image(s) given is in the annotations (matched by file_name, "
                            f"e.g. {records[0]['file_name'] if records else '-'})")

@@ -47,6 +47,7 @@ def find_inputs(arguments: Iterable[str | Path], *, recursive: bool = False) -> 
     that matches nothing or arguments that hold no image are refused (:class:`EffedgeError`)."""
     found = ImageInputs()
     seen: set[Path] = set()
+    folders_seen: set[Path] = set()  # resolved: a symlink back up the tree (photos/up -> ..) is walked once
 
     def add_file(path: Path) -> None:
         if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -57,6 +58,9 @@ def find_inputs(arguments: Iterable[str | Path], *, recursive: bool = False) -> 
 
     def add(path: Path, *, named: bool) -> None:
         if path.is_dir():
+            if path.resolve() in folders_seen:
+                return
+            folders_seen.add(path.resolve())
             for child in sorted(path.iterdir()):
                 if child.name.startswith("."):
                     continue

@@ -39,7 +39,7 @@ def read_names(path: Path) -> tuple[Optional[str], ...]:
     """One name per line (line i = class i); an empty line is a class without a name; trailing empty lines end
     the file."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM is not part of the name
     except (OSError, UnicodeDecodeError) as exc:
         raise EffedgeError(f"cannot read the labels file {path}: {exc}") from exc
     while lines and not lines[-1].strip():
@@ -80,9 +80,14 @@ def labels_for(manifest: Mapping, num_classes: Optional[int] = None,
     return None
 
 
-def random_weights_warning(manifest: Mapping) -> Optional[str]:
-    """The one-line warning for a build exported without weights (build.json ``weights: random``)."""
+def random_weights_warning(manifest: Mapping, *, timing: bool = False) -> Optional[str]:
+    """The one-line warning for a build exported without weights (build.json ``weights: random``); ``timing``:
+    the wording for bench, where the network's latency does not depend on the weights but an NMS tail's does."""
     if manifest.get("weights") != "random":
         return None
+    if timing:
+        return ("random weights: the network's latency is a trained model's, but an NMS tail's and end-to-end "
+                "times depend on how many boxes pass, which random weights do not set as a trained model would "
+                "(compiled without --weights; try --weights demo, or a checkpoint)")
     return ("random weights: these detections mean nothing (the model was compiled without --weights; "
             "try --weights demo, or a checkpoint)")
