@@ -91,7 +91,8 @@ def _reduced_size(name):
     return getattr(spec, "largest_stride", 64)
 
 
-SLOW_EXPORTS = {"b6", "b7", "d5", "d6", "d7"}  # 20-30 s each on 2 cores; their scaling paths are covered by others
+SLOW_EXPORTS = {"b6", "b7", "d2", "d3", "d4", "d5", "d6", "d7", "d7x"}  # 15-35 s each on 2 cores; d0, d1, b0-b5 and
+# the fractional φ exports cover the same scaling paths in the default run
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_EXPORTS else n
