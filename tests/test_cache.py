@@ -266,3 +266,15 @@ def test_a_cache_hit_says_which_folder_it_reused(cache, monkeypatch):
     assert manifest["compile"]["cache_hit"] and manifest["compile"]["out_dir"] == str(folder)
     assert any(m.startswith(f"cache hit: reused {folder}") for m in messages), messages
     assert time.time() - folder.stat().st_mtime < 60  # marked used: clean --older-than keeps it
+
+
+def test_a_cache_root_set_to_the_home_folder_is_never_cleaned(tmp_path, monkeypatch, capsys):
+    """EFFEDGE_CACHE_DIR=~ by mistake: ~/calibration is the user's, whatever its name says."""
+    home = tmp_path / "home"
+    (home / "calibration").mkdir(parents=True)
+    (home / "calibration" / "notes.json").write_text("{}")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("EFFEDGE_CACHE_DIR", str(home))
+    code, _, err = run_main(monkeypatch, capsys, "cache", "clean", "--all")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "refusing to clean" in err and "Traceback" not in err
+    assert (home / "calibration" / "notes.json").is_file()

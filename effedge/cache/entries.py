@@ -260,12 +260,23 @@ def _leftovers(root: Path, entries: Iterable[Entry]) -> list[Path]:
     return found
 
 
+def _refuse_a_shared_folder(root: Path) -> None:
+    """A cache root mis-set to the home folder (or above it, or a filesystem root) holds the user's own folders,
+    some named like cache kinds (``~/calibration``): never clean there."""
+    resolved, home = root.expanduser().resolve(), Path.home().resolve()
+    if resolved == Path(resolved.anchor) or resolved == home or resolved in home.parents:
+        where = "your home folder" if resolved == home else "a folder that holds your home folder, or a root"
+        raise EffedgeError(f"refusing to clean {root}: it is {where}, not a cache of effedge's own; set "
+                           "EFFEDGE_CACHE_DIR (or --runs) to a folder that only effedge uses")
+
+
 def clean(entries: list[Entry], root: Path, *, older_than: Optional[float] = None, everything: bool = False,
           dry_run: bool = False, now: Optional[float] = None) -> CleanReport:
     """Remove the ``entries`` (from :func:`list_cache` or :func:`build_folders`, all under ``root``) last used
     more than ``older_than`` seconds ago, or all of them with ``everything``; ``dry_run`` removes nothing."""
     if (older_than is None) == (not everything):
         raise EffedgeError("give --older-than DURATION or --all (one of them)")
+    _refuse_a_shared_folder(root)
     now = time.time() if now is None else now
     chosen = [e for e in entries if everything or now - e.modified > older_than]
     report = CleanReport([], [e for e in entries if e not in chosen], dry_run)
