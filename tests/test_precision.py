@@ -34,6 +34,7 @@ def workspace(tmp_path_factory):
 
 def _convert(workspace, precision, **extra):
     root, images, _ = workspace
+    extra.setdefault("holdout_views", 4)  # one view per held-out photo: the suite's time; 8 where a test counts them
     options = PrecisionOptions(precision=precision, calib_dir=images, holdout=4, **extra)
     return convert(root / "build" / "model.sim.onnx", options=options)
 
@@ -102,7 +103,7 @@ def test_activation_scales_come_from_calibration(workspace):
 
 
 def test_fidelity_is_measured_not_assumed(workspace):
-    report = _convert(workspace, "int8", calib_images=10)
+    report = _convert(workspace, "int8", calib_images=10, holdout_views=8)
     reported = report["fidelity"]["outputs"]["class_logits"]["sqnr_db"]
     from effedge.quantize.images import ImageSet
 

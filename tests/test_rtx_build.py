@@ -62,7 +62,8 @@ def with_precision(workspace, source, precision, method="percentile"):
     folder.mkdir(exist_ok=True)
     shutil.copy(source, folder / "model.sim.onnx")
     convert(folder / "model.sim.onnx", options=PrecisionOptions(precision=precision, calib_dir=images,
-                                                                 method=method, holdout=2, fidelity_target=45))
+                                                                 method=method, holdout=2, holdout_views=2,
+                                                                 fidelity_target=35))
     return folder / f"model.{precision}.onnx"
 
 
@@ -151,7 +152,8 @@ def test_all_zero_activation_and_weight_channel_build(workspace):
     folder = root / "zeros"
     folder.mkdir()
     _zero_graph(folder / "model.sim.onnx")
-    convert(folder / "model.sim.onnx", options=PrecisionOptions(precision="int8", calib_dir=images, holdout=2))
+    convert(folder / "model.sim.onnx", options=PrecisionOptions(precision="int8", calib_dir=images, holdout=2,
+                                                                                holdout_views=2))
     model = onnx.load(str(folder / "model.int8.onnx"))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     scales = {n.name: inits[n.input[1]] for n in model.graph.node if n.op_type == "QuantizeLinear"}
@@ -184,7 +186,8 @@ def test_invalid_scales_are_found():
 def test_compile_writes_an_rtx_engine_and_records_it(workspace, tmp_path):
     _, images = workspace
     manifest = compile_model(CompileConfig(variant="d0", precision="int8", image_size=SIZE, calib_dir=str(images),
-                                           backend="tensorrt-rtx", compute_capabilities=("8.6", "8.9")),
+                                           holdout=2, holdout_views=2, backend="tensorrt-rtx",
+                                           compute_capabilities=("8.6", "8.9")),
                              tmp_path / "build")
     assert manifest["backend"] == "tensorrt-rtx" and manifest["nms"] == "none"  # NMS runs in the Detector
     entry = manifest["engines"]["model.int8.engine"]

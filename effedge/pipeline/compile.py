@@ -20,6 +20,7 @@ from typing import Callable, Optional, Union
 from effedge.cache import mark_used
 from effedge.io import atomic_write, sha256_file, write_json
 from effedge.quantize.calibrators import DEFAULT_METHOD
+from effedge.quantize.images import MIN_HOLDOUT_VIEWS
 from effedge.errors import BackendUnavailable, EffedgeError
 from effedge.io import MANIFEST, read_manifest
 from effedge.provenance import cache_identity
@@ -50,6 +51,7 @@ class CompileConfig:
     calib_method: str = DEFAULT_METHOD
     percentile: float = 99.99
     holdout: Optional[int] = None
+    holdout_views: int = MIN_HOLDOUT_VIEWS  # fewer makes fidelity (and the mixed search) cheaper
     fidelity_target: float = 20.0
     opset: Optional[int] = None  # None: 17 for the export; the precision graph 19, or 17 for TensorRT 8.5/8.6
     backend: str = "auto"
@@ -218,7 +220,8 @@ def _precision_options(config: CompileConfig, opset: Optional[int], backend: Opt
     # ONNX Runtime computes fp16 next to Q/DQ wrongly in a default session: its graphs keep fp32 there
     high_precision = "fp32" if backend == "onnxruntime" else None
     return PrecisionOptions(precision=config.precision, calib_dir=Path(config.calib_dir) if config.calib_dir else None,
-                            calib_images=config.calib_images, holdout=config.holdout, method=config.calib_method,
+                            calib_images=config.calib_images, holdout=config.holdout, holdout_views=config.holdout_views,
+                            method=config.calib_method,
                             percentile=config.percentile, fidelity_target=config.fidelity_target, opset=opset,
                             high_precision=high_precision)
 

@@ -86,14 +86,18 @@ class ImageSet:
     calibration: list[Path]
     holdout: list[Path]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    min_views: int = MIN_HOLDOUT_VIEWS  # held-out views the fidelity figures rest on, at least
 
     @classmethod
     def from_folder(cls, folder: str | Path, *, count: int | None = None, holdout: int | None = None,
-                    seed: int = 0) -> "ImageSet":
+                    seed: int = 0, min_views: int = MIN_HOLDOUT_VIEWS) -> "ImageSet":
         """``count`` calibration images (default all but the held-out ones) and ``holdout`` held-out images
-        (default 20 %, between 1 and 16, none when the folder has a single image)."""
+        (default 20 %, between 1 and 16, none when the folder has a single image), measured through at least
+        ``min_views`` views."""
         if count is not None and count < 1:
             raise EffedgeError(f"--calib-images {count}: use at least 1 (500+ recommended)")
+        if min_views < 1:
+            raise EffedgeError(f"holdout views {min_views}: use at least 1 (default {MIN_HOLDOUT_VIEWS})")
         files = find_images(folder)
         random.Random(seed).shuffle(files)
         if holdout is None:
@@ -102,15 +106,15 @@ class ImageSet:
         if not rest:
             raise EffedgeError(f"{folder} has {len(files)} image(s), all held out for the fidelity report; "
                                "add images or lower the hold-out")
-        return cls(Path(folder), rest[:count] if count else rest, held)
+        return cls(Path(folder), rest[:count] if count else rest, held, min_views=min_views)
 
-    def holdout_views(self, minimum: int = MIN_HOLDOUT_VIEWS) -> list[HeldOutView]:
-        """The held-out photos, each through as many of :data:`VIEW_RECIPES` as it takes to reach ``minimum``
-        views (all eight at most). Ordered view by view, so the first ones are different photos where there are
+    def holdout_views(self) -> list[HeldOutView]:
+        """The held-out photos, each through as many of :data:`VIEW_RECIPES` as it takes to reach
+        ``min_views`` views (all eight at most). Ordered view by view, so the first ones are different photos where there are
         several (the mixed-precision search probes the first few)."""
         if not self.holdout:
             return []
-        per_photo = min(len(VIEW_RECIPES), math.ceil(minimum / len(self.holdout)))
+        per_photo = min(len(VIEW_RECIPES), math.ceil(self.min_views / len(self.holdout)))
         return [HeldOutView(path, crop, mirror) for crop, mirror in VIEW_RECIPES[:per_photo] for path in self.holdout]
 
     def content_hash(self) -> str:

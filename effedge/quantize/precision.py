@@ -58,6 +58,7 @@ class PrecisionOptions:
     calib_dir: Optional[Path] = None  # default: the images shipped in calib/
     calib_images: Optional[int] = 300
     holdout: Optional[int] = None
+    holdout_views: int = MIN_HOLDOUT_VIEWS  # fidelity measured on at least this many views of the held-out photos
     method: str = DEFAULT_METHOD
     percentile: float = 99.99
     fidelity_target: float = 20.0  # dB, worst raw-output SQNR (mixed)
@@ -367,7 +368,7 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
     inputs = model_input(model)
     out = Path(out_dir) if out_dir else source.parent
     images = ImageSet.from_folder(options.calib_dir or DEFAULT_CALIB_DIR, count=options.calib_images,
-                                  holdout=options.holdout)
+                                  holdout=options.holdout, min_views=options.holdout_views)
     if options.precision != "fp16":
         images.require_readable()  # before the reference pass and the Q/DQ placement
     model_hash = sha256_file(source)
@@ -458,7 +459,7 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
     views = images.holdout_views()
     report["holdout"] = {"photos": len(images.holdout), "views": len(views),
                          "views_per_photo": len(views) // len(images.holdout) if images.holdout else 0,
-                         "minimum_views": MIN_HOLDOUT_VIEWS}
+                         "minimum_views": images.min_views}
 
     name = f"model.{options.precision}.onnx"
     out.mkdir(parents=True, exist_ok=True)
