@@ -10,8 +10,10 @@ def test_models_json_lists_every_variant_with_counts():
     result = CliRunner().invoke(cli, ["models", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert [r["variant"] for r in rows] == [f"b{i}" for i in range(8)] + [f"d{i}" for i in range(8)] + ["d7x"]
-    d0 = rows[8]
+    assert [r["variant"] for r in rows] == ([f"b{i}" for i in range(8)] + [f"lite{i}" for i in range(5)]
+                                            + [f"d{i}" for i in range(8)] + ["d7x"]
+                                            + ["d-lite0", "d-lite1", "d-lite2", "d-lite3", "d-lite3x", "d-lite4"])
+    d0 = rows[13]
     assert d0["resolution"] == 512 and d0["params"] == 3_880_067 and 2.4e9 < d0["macs"] < 2.6e9
     assert d0["bifpn_channels"] == 64 and d0["bifpn_layers"] == 3 and d0["head_layers"] == 3
 

@@ -2,6 +2,11 @@
 
 Named variants reproduce the published tables (Tan & Le 2019, Tan et al. 2020, as implemented by the
 reference ports), which deviate from the formula in places (B1's width, D5's BiFPN depth, D7's backbone).
+The Lite family (EfficientNet-Lite0–4, EfficientDet-Lite0–4 and Lite3x; Google's edge variants, as in timm's
+``tf_efficientnet_lite*`` and effdet's ``tf_efficientdet_lite*``) is the same network made friendly to integer
+accelerators: ReLU6 instead of SiLU, no squeeze-excitation, a stem and head that are not scaled, first and last
+stages whose depth is not scaled, plain-sum BiFPN fusion, and inputs normalized with mean = std = 0.5.
+
 A custom compound coefficient φ (any float in [0, 7]) follows the formulas:
 
 * backbone: width β^φ, depth α^φ, classifier resolution 224·γ^φ (α=1.2, β=1.1, γ=1.15);
@@ -30,6 +35,20 @@ CHANNEL_DIVISOR = 8
 PHI_RANGE = (0.0, 7.0)
 
 Fusion = Literal["fast_normalized", "sum"]
+Activation = Literal["silu", "relu6"]
+ACTIVATIONS: tuple[str, ...] = ("silu", "relu6")
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """What the network expects of an RGB pixel p in [0, 255]: (p/255 − mean) / std, per channel."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+IMAGENET_NORMALIZATION = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # B0–B7, D0–D7x
+LITE_NORMALIZATION = Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the Lite family (timm, effdet)
 
 
 @dataclass(frozen=True)
@@ -99,28 +118,35 @@ class EfficientNetSpec:
     depth: float
     resolution: int
     dropout: float  # classifier dropout; training only, kept for completeness of the table
+    lite: bool = False  # the Lite rules: ReLU6, no SE, fixed stem/head and first/last stage depth
+    normalization: Normalization = IMAGENET_NORMALIZATION
+
+    @property
+    def activation(self) -> Activation:
+        return "relu6" if self.lite else "silu"
 
     @property
     def stem_channels(self) -> int:
-        return make_divisible(BASE_STEM_CHANNELS * self.width)
+        return BASE_STEM_CHANNELS if self.lite else make_divisible(BASE_STEM_CHANNELS * self.width)
 
     @property
     def head_channels(self) -> int:
-        return make_divisible(BASE_HEAD_CHANNELS * self.width)
+        return BASE_HEAD_CHANNELS if self.lite else make_divisible(BASE_HEAD_CHANNELS * self.width)
 
     @property
     def stages(self) -> tuple[ScaledStage, ...]:
+        last = len(BASE_STAGES) - 1
         return tuple(
             ScaledStage(
                 block=s.block,
-                repeats=scale_repeats(s.repeats, self.depth),
+                repeats=s.repeats if self.lite and i in (0, last) else scale_repeats(s.repeats, self.depth),
                 kernel=s.kernel,
                 stride=s.stride,
                 expansion=s.expansion,
                 out_channels=make_divisible(s.channels * self.width),
-                se_ratio=s.se_ratio,
+                se_ratio=0.0 if self.lite else s.se_ratio,
             )
-            for s in BASE_STAGES
+            for i, s in enumerate(BASE_STAGES)
         )
 
     @property
@@ -146,7 +172,13 @@ class EfficientDetSpec:
     anchor_scale: float = 4.0
     num_scales: int = 3
     aspect_ratios: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
+    lite: bool = False  # ReLU6 in the BiFPN and heads (the backbone says the rest)
+    normalization: Normalization = IMAGENET_NORMALIZATION
     family: ClassVar[str] = "efficientdet"
+
+    @property
+    def activation(self) -> Activation:
+        return "relu6" if self.lite else "silu"
 
     @property
     def resolution(self) -> int:
@@ -159,6 +191,13 @@ class EfficientDetSpec:
     @property
     def largest_stride(self) -> int:
         return 2**self.max_level
+
+    @property
+    def size_multiple(self) -> int:
+        """What input sizes must be a multiple of: the largest stride, so every level is exactly half the one
+        below; 32 (the backbone's stride) for the Lite family, whose published 320 and 448 px are not multiples of
+        128 (P6/P7 round up, as the reference does)."""
+        return 32 if self.lite else self.largest_stride
 
     @property
     def num_anchors(self) -> int:
@@ -185,6 +224,21 @@ _EFFICIENTNET_TABLE = {
 EFFICIENTNETS: dict[str, EfficientNetSpec] = {
     name: EfficientNetSpec(name, float(i), w, d, r, drop)
     for i, (name, (w, d, r, drop)) in enumerate(_EFFICIENTNET_TABLE.items())
+}
+
+# name: (width, depth, resolution, dropout) — Google's EfficientNet-Lite table (tensorflow/tpu, lite/), as in timm.
+# φ places each on the compound-scaling axis of the B variant with the same width/depth (Lite3 ≈ B3, Lite4 ≈ B4).
+_LITE_TABLE = {
+    "lite0": (0, 1.0, 1.0, 224, 0.2),
+    "lite1": (1, 1.0, 1.1, 240, 0.2),
+    "lite2": (2, 1.1, 1.2, 260, 0.3),
+    "lite3": (3, 1.2, 1.4, 280, 0.3),
+    "lite4": (4, 1.4, 1.8, 300, 0.3),
+}
+
+EFFICIENTNET_LITES: dict[str, EfficientNetSpec] = {
+    name: EfficientNetSpec(name, float(phi), w, d, r, drop, lite=True, normalization=LITE_NORMALIZATION)
+    for name, (phi, w, d, r, drop) in _LITE_TABLE.items()
 }
 
 # name: (φ, input, backbone, BiFPN channels, BiFPN layers, head layers, max level, fusion, anchor scale)
@@ -217,7 +271,27 @@ EFFICIENTDETS: dict[str, EfficientDetSpec] = {
     in _EFFICIENTDET_TABLE.items()
 }
 
-NAMED_VARIANTS: dict[str, ModelSpec] = {**EFFICIENTNETS, **EFFICIENTDETS}
+# name: (φ, input, backbone, BiFPN channels, BiFPN layers, head layers, anchor scale) — effdet's
+# tf_efficientdet_lite* (google/automl): plain-sum fusion, ReLU6, levels P3–P7, 9 anchors per location.
+_EFFICIENTDET_LITE_TABLE = {
+    "d-lite0": (0, 320, "lite0", 64, 3, 3, 3.0),
+    "d-lite1": (1, 384, "lite1", 88, 4, 3, 3.0),
+    "d-lite2": (2, 448, "lite2", 112, 5, 3, 3.0),
+    "d-lite3": (3, 512, "lite3", 160, 6, 4, 4.0),
+    "d-lite3x": (3, 640, "lite3", 200, 6, 4, 3.0),
+    "d-lite4": (4, 640, "lite4", 224, 7, 4, 4.0),
+}
+
+EFFICIENTDET_LITES: dict[str, EfficientDetSpec] = {
+    name: EfficientDetSpec(
+        name=name, phi=float(phi), image_size=size, backbone=EFFICIENTNET_LITES[backbone], fpn_channels=channels,
+        fpn_layers=layers, head_layers=heads, fusion="sum", anchor_scale=anchor_scale, lite=True,
+        normalization=LITE_NORMALIZATION)
+    for name, (phi, size, backbone, channels, layers, heads, anchor_scale) in _EFFICIENTDET_LITE_TABLE.items()
+}
+
+NAMED_VARIANTS: dict[str, ModelSpec] = {**EFFICIENTNETS, **EFFICIENTNET_LITES, **EFFICIENTDETS,
+                                        **EFFICIENTDET_LITES}
 
 
 def check_phi(phi: float) -> float:
@@ -265,7 +339,8 @@ def efficientdet_for_phi(phi: float) -> EfficientDetSpec:
 
 
 def resolve(variant: Union[str, float, int, ModelSpec]) -> ModelSpec:
-    """A named variant ("b0".."b7", "d0".."d7x") or a φ (float, or a numeric string) -> its spec; a spec is
+    """A named variant ("b0".."b7", "d0".."d7x", "lite0".."lite4", "d-lite0".."d-lite4", "d-lite3x"; the timm and
+    effdet names too) or a φ (float, or a numeric string) -> its spec; a spec is
     returned as it is, so a caller resolves once and passes the spec on.
 
     A φ means a custom EfficientDet; use :func:`efficientnet_for_phi` for a custom classifier.
@@ -277,7 +352,8 @@ def resolve(variant: Union[str, float, int, ModelSpec]) -> ModelSpec:
 
 def _lookup(variant: Union[str, float, int]) -> ModelSpec:
     if isinstance(variant, bool):
-        raise VariantError(f"unknown variant {variant!r}; use b0..b7, d0..d7x or a number φ")
+        raise VariantError(f"unknown variant {variant!r}; use b0..b7, d0..d7x, lite0..lite4, d-lite0..d-lite4 "
+                           "or a number φ")
     if isinstance(variant, (int, float)):
         return efficientdet_for_phi(variant)
     text = str(variant).strip().lower()
@@ -285,6 +361,8 @@ def _lookup(variant: Union[str, float, int]) -> ModelSpec:
                    "efficientnet-"):
         if text.startswith(prefix):
             text = text[len(prefix):]
+            if "det" in prefix and text.startswith("lite"):  # tf_efficientdet_lite0 is the detector d-lite0
+                text = "d-" + text
             break
     if text in NAMED_VARIANTS:
         return NAMED_VARIANTS[text]
@@ -295,10 +373,11 @@ def _lookup(variant: Union[str, float, int]) -> ModelSpec:
         phi = None
     if phi is not None:
         return efficientdet_for_phi(phi)
-    family_top = {"b": "b7", "d": "d7x"}
-    if len(text) > 1 and text[0] in family_top and text[1:].isdigit():  # e.g. "d8": past the end of the table
-        close = [family_top[text[0]]]
+    family_top = {"b": "b7", "d": "d7x", "lite": "lite4", "d-lite": "d-lite4"}
+    head = text.rstrip("0123456789")
+    if head in family_top and head != text:  # e.g. "d8", "lite5": past the end of the table
+        close = [family_top[head]]
     else:
         close = difflib.get_close_matches(text, list(NAMED_VARIANTS), n=1, cutoff=0.5)
-    hint = f"did you mean {close[0]}?" if close else "use b0..b7, d0..d7x, or a number φ such as 1.5"
+    hint = f"did you mean {close[0]}?" if close else "use b0..b7, d0..d7x, lite0..lite4, d-lite0..d-lite4 (and d-lite3x), or a number φ such as 1.5"
     raise VariantError(f"unknown variant {variant!r}; {hint}")

@@ -12,19 +12,20 @@ Size = tuple[int, int]
 
 
 def input_size_for(spec: ModelSpec, image_size: Union[int, Size, None] = None) -> Size:
-    """The (H, W) a model is built for; detectors need a multiple of their largest stride."""
+    """The (H, W) a model is built for; detectors need a multiple of their ``size_multiple``."""
     if image_size is None:
         return spec.resolution, spec.resolution
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if len(size) != 2 or any(not isinstance(s, int) or s <= 0 for s in size):
         raise VariantError(f"input size {image_size!r} is not a positive integer or (height, width) pair")
     if isinstance(spec, EfficientDetSpec):
-        stride = spec.largest_stride
+        stride = spec.size_multiple
         if any(s % stride for s in size):
             near = sorted({max(stride, s // stride * stride) for s in size} | {(s // stride + 1) * stride
                                                                                 for s in size})
-            raise VariantError(f"input size {size[0]}x{size[1]} is not a multiple of {stride}, the largest "
-                               f"feature stride of {spec.name}; use e.g. {' or '.join(map(str, near[:2]))}")
+            what = "the backbone stride" if spec.lite else "the largest feature stride"
+            raise VariantError(f"input size {size[0]}x{size[1]} is not a multiple of {stride}, {what} of "
+                               f"{spec.name}; use e.g. {' or '.join(map(str, near[:2]))}")
     return size
 
 

@@ -123,7 +123,7 @@ def _models(path: Path, raw: Any, image_size: Optional[int],
         if spec.name in names:
             _fail(path, where, f"{value!r} is the same model as models[{names[spec.name]}]")
         names[spec.name] = index
-        stride = spec.largest_stride if isinstance(spec, EfficientDetSpec) else None
+        stride = spec.size_multiple if isinstance(spec, EfficientDetSpec) else None
         if image_size is not None and stride and image_size % stride:
             _fail(path, size_field, f"{image_size} is not a multiple of {stride}, the largest feature stride "
                                       f"of {spec.name}; use e.g. {max(stride, image_size // stride * stride)}")

@@ -291,10 +291,10 @@ def select(profile: Profile, *, latency_ms: Optional[float] = None, precision: O
     candidates = []
     specs = candidate_specs(step)
     if image_size is not None:
-        left_out = [s.name for s in specs if image_size % s.largest_stride]
+        left_out = [s.name for s in specs if image_size % s.size_multiple]
         if len(left_out) == len(specs):
             raise VariantError(f"input size {image_size} is not a multiple of any candidate's largest stride "
-                               f"({', '.join(sorted({str(s.largest_stride) for s in specs}))}); use e.g. "
+                               f"({', '.join(sorted({str(s.size_multiple) for s in specs}))}); use e.g. "
                                f"{max(128, image_size // 128 * 128)}")
         if left_out:
             log(f"left out at {image_size} px (not a multiple of their largest stride): {', '.join(left_out)}")
