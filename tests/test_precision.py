@@ -1,11 +1,12 @@
 """fp16 / int8 / mixed graphs: valid, runnable, quantized as TensorRT wants, fidelity measured, cached."""
+import copy
 import json
 
 import numpy as np
 import onnx
 import pytest
 from helpers import effedge_cli
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 from PIL import Image
 from helpers import overflowing_model, photo, random_weights, tiny_detector, tiny_model
 
@@ -479,3 +480,28 @@ def test_detection_agreement_is_reported_only_where_fp32_detections_decide(tmp_p
     else:
         assert fidelity["detection_agreement"] is None and expected in fidelity["detection_agreement_note"]
         assert recorded["detection_agreement_note"] == fidelity["detection_agreement_note"]
+
+
+def test_linear_dead_end_cleanup_gives_modelopts_own_result():
+    """effedge's one-pass replacement for ModelOpt's quadratic dead-end cleanup changes the speed, not the graph:
+    on a graph with a dead-end branch (and an output fed straight by a node), both give the same bytes."""
+    from modelopt.onnx.autocast import convert_to_f16
+
+    from effedge.quantize.precision import linear_dead_end_cleanup
+
+    weight = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Relu", ["c"], ["y"], name="relu"),
+             helper.make_node("Sigmoid", ["x"], ["unused"], name="dead_end"),
+             helper.make_node("Tanh", ["c"], ["z"], name="to_output")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", 1, [1, 4, 8, 8]),
+                               helper.make_tensor_value_info("z", 1, [1, 4, 8, 8])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    reference = convert_to_f16(copy.deepcopy(model), keep_io_types=True)
+    with linear_dead_end_cleanup():
+        ours = convert_to_f16(copy.deepcopy(model), keep_io_types=True)
+    assert ours.SerializeToString() == reference.SerializeToString()
+    assert "dead_end" not in {n.name for n in ours.graph.node} and {o.name for o in ours.graph.output} == {"y", "z"}
+    from modelopt.onnx.autocast.precisionconverter import PrecisionConverter
+    assert PrecisionConverter._cleanup_no_consumer_nodes.__module__.startswith("modelopt")  # restored
