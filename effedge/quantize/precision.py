@@ -6,7 +6,8 @@
   ranges itself in one streaming ONNX Runtime pass (:mod:`effedge.quantize.calibrators`) and writes them into the
   graph. ModelOpt's placement depends only on the graph and effedge's ranges only on (model, images, method,
   input shape), so both are cached: a re-run with the same inputs neither re-places nor recalibrates.
-* ``mixed`` — INT8, then a sensitivity pass over blocks (backbone stages, BiFPN layers, heads): each block is
+* ``mixed`` — INT8, then a sensitivity pass over blocks (:func:`effedge.quantize.qdq.layer_group`: the stem and
+  each backbone stage, each BiFPN layer, each detector head; a classifier's head and its Linear): each block is
   tried in fp16 alone, then the most sensitive are kept in fp16, in order, until the worst raw-output SQNR on
   held-out images reaches ``fidelity_target`` (dB).
 
