@@ -156,6 +156,16 @@ def test_mixed_keeps_sensitive_blocks_until_the_target(workspace):
     assert mixed_worst > worst
 
 
+def test_detector_groups_are_its_stages_bifpn_layers_and_heads(workspace):
+    """The mixed search's groups of D0: the backbone's stem and stages, each BiFPN layer, the extra-level
+    resampling, each head, and the rest (box decoding); every convolution in one of the network's parts."""
+    graph = onnx.load(str(workspace[0] / "build" / "model.sim.onnx")).graph
+    expected = {"backbone/stem", *(f"backbone/blocks.{i}" for i in range(7)), "fpn/cell.0", "fpn/cell.1",
+                "fpn/cell.2", "fpn/resample", "class_net", "box_net", "other"}
+    assert {qdq.layer_group(n.name) for n in graph.node} == expected
+    assert "other" not in {qdq.layer_group(n.name) for n in graph.node if n.op_type == "Conv"}
+
+
 def test_failed_calibration_leaves_no_cache_entry_or_artefact(tmp_path, monkeypatch):
     monkeypatch.setenv("EFFEDGE_CACHE_DIR", str(tmp_path / "cache"))
     broken = tmp_path / "broken"
@@ -426,13 +436,13 @@ def test_qdq_summary_counts_every_int8_convolution_of_the_graph():
              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"])]
     for w in ("w1", "w2"):
         nodes.append(helper.make_node("DequantizeLinear", [f"{w}/q", f"{w}/scale"], [f"{w}/d"], axis=0))
-        nodes.append(helper.make_node("Conv", ["xd", f"{w}/d"], [f"y_{w}"], name="/model/head/conv"))
+        nodes.append(helper.make_node("Conv", ["xd", f"{w}/d"], [f"y_{w}"], name="/model/class_net/predict/Conv"))
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
                               [helper.make_tensor_value_info(f"y_{w}", TensorProto.FLOAT, None) for w in ("w1", "w2")],
                               inits)
     summary = qdq.summary(helper.make_model(graph))
     assert summary["convolutions"] == summary["convolutions_int8"] == 2
-    assert summary["int8_groups"] == [("head", 2)]
+    assert summary["int8_groups"] == [("class_net", 2)]
 
 
 def test_the_shipped_photos_give_stable_figures_on_enough_held_out_views(tmp_path, monkeypatch):

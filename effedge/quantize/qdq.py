@@ -8,6 +8,7 @@ that is all zero on the calibration set gets that floor instead of a zero range.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -158,25 +159,36 @@ def dequantize_nodes(model, node_names: set[str]) -> int:
     return bypassed
 
 
+# The network's parts by module name (the layout of the reference checkpoints, shared by both families).
+_STAGE = re.compile(r"blocks\.(\d+)(\.\d+)?$")  # a stage ("blocks.3"), or a block in it ("blocks.3.1")
+_PARTS = {"conv_stem": "stem", "bn1": "stem", "conv_head": "head", "bn2": "head", "classifier": "classifier",
+          "class_net": "class_net", "box_net": "box_net"}
+
+
 def layer_group(node_name: str) -> str:
-    """The block a node belongs to, from the exporter's module path ("/model/backbone/blocks.3/…"):
-    a backbone stage, the stem, a BiFPN layer, the extra-level resampling, a head, or the classifier head."""
-    parts = [p for p in node_name.split("/") if p][1:]  # drop the wrapper's "model"
+    """The block a node belongs to, from the module path the exporter writes into its name
+    ("/model/backbone/blocks.3/blocks.3.1/conv_pw/Conv"; the last part is the operator's own name).
+
+    The outermost scope that names a part of the network decides: the stem (conv_stem, bn1), a stage
+    (blocks.N), a classifier's head (conv_head, bn2) and its Linear (classifier), a BiFPN layer (fpn/cell.N) or
+    the extra-level resampling (fpn/resample), a detector head (class_net, box_net); a detector's backbone parts
+    are prefixed "backbone/". Scopes around the network (the export wrapper, its input normalization, a
+    Sequential called whole) name no part and are passed over, so the groups do not depend on how deep the
+    network sits in the exported module; a node in no part (pooling, box decoding) is "other"."""
+    scopes = [scope for scope in node_name.split("/")[:-1] if scope]
     prefix = ""
-    if parts[:1] == ["backbone"]:
-        prefix, parts = "backbone/", parts[1:]
-    if not parts:
-        return "other"
-    first = parts[0]
-    if first.startswith("blocks."):
-        return prefix + first
-    if first in ("conv_stem", "bn1"):
-        return prefix + "stem"
-    if first == "fpn":
-        return "fpn/" + (parts[1] if len(parts) > 1 and parts[1].startswith("cell.") else "resample")
-    if first in ("conv_head", "bn2", "classifier"):
-        return "head"
-    return prefix + first
+    for index, scope in enumerate(scopes):
+        stage = _STAGE.match(scope)
+        if stage:
+            return f"{prefix}blocks.{stage[1]}"
+        if scope in _PARTS:
+            return prefix + _PARTS[scope]
+        if scope == "fpn":
+            layer = scopes[index + 1] if index + 1 < len(scopes) else ""
+            return "fpn/" + (layer if layer.startswith("cell.") else "resample")
+        if scope == "backbone":
+            prefix = "backbone/"
+    return "other"
 
 
 def summary(model) -> dict:
