@@ -68,6 +68,35 @@ def test_family_filter():
         latency.candidate_specs(family="b")
 
 
+def test_the_choice_is_the_most_accurate_that_fits_not_the_largest(monkeypatch):
+    """Across families MACs no longer rank accuracy: d-lite3x has more MACs than D2 and 0.4 AP less."""
+    gmacs = {"d-lite0": 1.0, "d2": 5.0, "d-lite3x": 6.0}
+    monkeypatch.setattr(latency, "candidate_costs", lambda spec, precision: [
+        latency.LayerCost("conv", 1e9 * gmacs.get(spec.name, 100.0), 0, 0)])
+    profile = load_profile("cpu-local")
+    ms_per_gmac = latency.predict_ms([latency.LayerCost("conv", 1e9, 0, 0)], profile, "fp32")
+    candidates, choice = latency.select(profile, latency_ms=6.5 * ms_per_gmac / 0.9)
+    assert {c.name for c in candidates if c.fits} == set(gmacs)
+    assert choice.name == "d2" and choice.accuracy == 43.0
+
+
+def test_classifier_costs_extrapolate_from_small_exports(tmp_path):
+    """Classifier candidates are costed from two small exports; at 32 px the export drops the global pool."""
+    from effedge.export.onnx_export import deployable, example_input, output_names, torch_export
+    from effedge.export.simplify import simplify_model
+    from effedge.models import build_model
+    import torch
+
+    spec = dataclasses.replace(resolve("lite0"), resolution=160)
+    predicted = latency.exported_costs(spec, "fp32", cache_dir=tmp_path / "costs")
+    torch_export(deployable(build_model(spec, image_size=160), "float"),
+                 torch.from_numpy(example_input((160, 160), 1, "float")), tmp_path / "m.onnx", output_names(False),
+                 17, None)
+    full = graph_costs(simplify_model(onnx.load(str(tmp_path / "m.onnx"))), "fp32")
+    assert len(predicted) == len(full)
+    assert sum(c.macs for c in predicted) == pytest.approx(sum(c.macs for c in full), rel=1e-6)
+
+
 def test_lite_sizes_are_multiples_of_32_and_others_are_left_out():
     candidates, choice = latency.select(load_profile("orin-nx-16gb"), image_size=320)
     assert {c.name for c in candidates} == set(EFFICIENTDET_LITES) and choice is not None
