@@ -23,7 +23,7 @@ def user_profile_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("EFFEDGE_PROFILE_DIR", str(tmp_path / "user-profiles"))
 
 
-# The figures as their sources print them (see effedge/arch/accuracy.py): COCO AP test-dev, ImageNet top-1.
+# The figures as their sources print them (see effedge/arch/accuracy.py): COCO AP, ImageNet top-1.
 SOURCE_TABLES = {
     "d0": 34.6, "d1": 40.5, "d2": 43.0, "d3": 47.5, "d4": 49.7, "d5": 51.5, "d6": 52.6, "d7": 53.7, "d7x": 55.1,
     "d-lite0": 26.4, "d-lite1": 31.5, "d-lite2": 35.1, "d-lite3": 38.8, "d-lite4": 43.2, "d-lite3x": 42.6,
@@ -109,7 +109,7 @@ def test_select_reports_the_choices_accuracy(monkeypatch, capsys):
                                                     "--family", "d", "--json"])
     assert code == 0, err
     report = json.loads(out)
-    assert report["family"] == "d" and report["accuracy_metric"] == "COCO AP (test-dev)"
+    assert report["family"] == "d" and report["accuracy_metric"] == "COCO AP"
     choice = report["choice"]
     assert choice["accuracy"] == SOURCE_TABLES[choice["name"]] and choice["accuracy_source"] == "published"
     for candidate in report["candidates"]:
@@ -118,7 +118,7 @@ def test_select_reports_the_choices_accuracy(monkeypatch, capsys):
     code, out, err = run_main(monkeypatch, capsys, ["select", "--profile", "orin-nx-16gb", "--latency-ms", "33",
                                                     "--family", "d"])
     assert code == 0 and f"choice: {choice['name']} " in out
-    assert f"COCO AP (test-dev) {choice['accuracy']:.1f} ({choice['name']} as published)" in out
+    assert f"COCO AP {choice['accuracy']:.1f} ({choice['name']} as published: COCO test-dev2017" in out
     candidates = latency.select(load_profile("orin-nx-16gb"), step=0.25, family="d")[0]
     custom = next(c for c in candidates if c.name == "phi1.25")
     assert custom.predicted_ms < next(c.predicted_ms for c in candidates if c.name == "d2")

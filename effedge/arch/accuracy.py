@@ -1,9 +1,10 @@
 """Published accuracy of the named variants, as data, and what a custom φ can claim.
 
-Detectors: COCO AP on test-dev2017 (single model, single scale). D0–D7x from the google/automl EfficientDet
+Detectors: COCO AP (single model, single scale). D0–D7x on test-dev2017, from the google/automl EfficientDet
 README's checkpoint table (github.com/google/automl/blob/master/efficientdet/README.md, "Pretrained EfficientDet
 Checkpoints", AP^test column; its tf2/ copy lists older D2/D3 checkpoints at 43.9/47.2). EfficientDet-Lite0–4 and
-Lite3x: google/automl's EfficientDet-Lite table (float models), as quoted in issue 19 (not re-checked here).
+Lite3x: google/automl's EfficientDet-Lite table (float models), as quoted in issue 19 (neither the figures nor the
+COCO split they were measured on are re-checked here, so a Lite and a D differing by a few tenths are a tie).
 
 Classifiers: ImageNet top-1. B0–B7 from Tan & Le 2019 (EfficientNet, Table 2); Lite0–4 (float) from Google's
 EfficientNet-Lite table (tensorflow/tpu, models/official/efficientnet/lite/README.md), as quoted in issue 19.
@@ -19,8 +20,14 @@ from typing import Literal, Optional
 
 from effedge.arch.scaling import EFFICIENTDETS, EFFICIENTNETS, NAMED_VARIANTS, EfficientDetSpec, ModelSpec
 
-COCO_AP = "COCO AP (test-dev)"
+COCO_AP = "COCO AP"
 IMAGENET_TOP1 = "ImageNet top-1 %"
+_SOURCES = {  # by the table a variant belongs to
+    "d": "COCO test-dev2017, google/automl EfficientDet README",
+    "d-lite": "google/automl EfficientDet-Lite table, float model",
+    "b": "ImageNet, Tan & Le 2019 Table 2",
+    "lite": "ImageNet, EfficientNet-Lite table (tensorflow/tpu), float model",
+}
 
 PUBLISHED: dict[str, float] = {
     # COCO AP test-dev: google/automl efficientdet/README.md
@@ -53,9 +60,9 @@ def accuracy_of(spec: ModelSpec) -> Optional[Accuracy]:
     metric = _metric(spec)
     native = NAMED_VARIANTS.get(spec.name)
     if native is not None and spec.name in PUBLISHED:
-        basis = f"{spec.name} as published"
+        basis = f"{spec.name} as published: {_SOURCES[spec.name.rstrip('0123456789x')]}"
         if native.resolution != spec.resolution:
-            basis += f" at {native.resolution} px (this one runs at {spec.resolution} px)"
+            basis += f", at {native.resolution} px (this one runs at {spec.resolution} px)"
         return Accuracy(PUBLISHED[spec.name], metric, "published", basis)
     named = EFFICIENTDETS if isinstance(spec, EfficientDetSpec) else EFFICIENTNETS
     anchors = sorted((v.phi, name) for name, v in named.items() if name in PUBLISHED and name != "d7x")

@@ -123,8 +123,7 @@ def _accuracy_cell(candidate) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def select_command(profile_name, latency_ms, precision, step, family, imgsz, verify, as_json) -> None:
     """Choose the most accurate EfficientDet (D0-D7x, fractional φ, or EfficientDet-Lite) that meets a profile's
-    latency budget, and report its accuracy: COCO AP (test-dev) as published, or interpolated on φ for a custom
-    one.
+    latency budget, and report its accuracy: COCO AP as published, or interpolated on φ for a custom one.
 
     Candidates are costed from their architecture (milliseconds). An unfitted CPU profile (cpu-local) first
     calibrates itself by timing D0 and D1 on this machine (seconds, once per precision); device profiles

@@ -272,7 +272,7 @@ class Candidate:
     source: str  # "predicted" or "measured"
     fits: bool = False
     family: str = "d"  # "d" (EfficientDet and custom φ) or "lite" (EfficientDet-Lite)
-    accuracy: Optional[float] = None  # COCO AP (test-dev), see accuracy_basis
+    accuracy: Optional[float] = None  # COCO AP; accuracy_basis says which table (or interpolation)
     accuracy_source: Optional[str] = None  # "published" or "interpolated"
     accuracy_basis: Optional[str] = None
 
