@@ -58,11 +58,11 @@ def accuracy_of(spec: ModelSpec) -> Optional[Accuracy]:
     still labelled with it, and the basis says so), or for a custom φ the linear interpolation between the named
     variants on either side of it on the φ axis; None for a φ outside the table."""
     metric = _metric(spec)
-    native = NAMED_VARIANTS.get(spec.name)
-    if native is not None and spec.name in PUBLISHED:
+    if spec.name in PUBLISHED:
         basis = f"{spec.name} as published: {_SOURCES[spec.name.rstrip('0123456789x')]}"
-        if native.resolution != spec.resolution:
-            basis += f", at {native.resolution} px (this one runs at {spec.resolution} px)"
+        native = NAMED_VARIANTS[spec.name].resolution
+        if native != spec.resolution:
+            basis += f", at {native} px (this one runs at {spec.resolution} px)"
         return Accuracy(PUBLISHED[spec.name], metric, "published", basis)
     named = EFFICIENTDETS if isinstance(spec, EfficientDetSpec) else EFFICIENTNETS
     anchors = sorted((v.phi, name) for name, v in named.items() if name in PUBLISHED and name != "d7x")
