@@ -193,3 +193,26 @@ def test_reference_lite_graph_has_the_activations_and_convolutions_costed(effdet
     assert ops["Clip"] == REFERENCE_ACTIVATIONS["d-lite0"] and "Sigmoid" not in ops and "ReduceMean" not in ops
     layers = complexity.analytic_layers("d-lite0")
     assert sum(layer.op_class != "memory" for layer in layers) == ops["Conv"]
+
+
+def test_verify_steps_down_to_the_next_less_accurate(monkeypatch):
+    """--verify: a choice that misses the budget on this machine gives way to the next less accurate candidate
+    (not the next with fewer MACs: d-lite3x has more MACs than D2 and less AP); the next more accurate one is
+    measured after, to show the budget is tight."""
+    import effedge.bench.targets
+    import effedge.pipeline.compile
+    from effedge.pipeline import measure
+
+    measured = {"d-lite4": 12.0, "d2": 11.0, "d-lite3x": 9.0, "d1": 6.0}
+    compiled = []
+    monkeypatch.setattr(effedge.pipeline.compile, "compile_model", lambda config, **kwargs: compiled.append(
+        config.variant) or {"compile": {"out_dir": "/nowhere", "deployable": "m.onnx"}, "backend": "onnxruntime"})
+    monkeypatch.setattr(effedge.bench.targets, "bench_one",
+                        lambda *args, **kwargs: {"latency_ms": {"median": measured[compiled[-1]]}})
+    candidates = [latency.Candidate(name, 0.0, 640, gmacs * 1e9, 5.0, "predicted", True,
+                                    accuracy=accuracy_of(resolve(name)).value)
+                  for name, gmacs in (("d1", 6.0), ("d2", 10.8), ("d-lite3x", 14.0), ("d-lite4", 20.2))]
+    choice = max(candidates, key=latency.selection_key)
+    verification = measure.verify_choice(load_profile("cpu-local"), candidates, choice, 10.0, "fp32")
+    assert [step["name"] for step in verification["steps"]] == ["d-lite4", "d2", "d-lite3x", "d2"]
+    assert verification["choice"] == "d-lite3x"
