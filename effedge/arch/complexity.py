@@ -12,13 +12,13 @@ padding, the ``tf_*`` checkpoints' biases before the BiFPN and head BatchNorms),
 
 Feature maps follow TF 'same' arithmetic: a stride-s layer gives ceil(size / s).
 
-The same walk also lists a detector's layers as its simplified ONNX export has them (:func:`analytic_layers`,
-what the latency predictor costs): BatchNorm folded into the convolution before it (which then has a bias),
-SiLU as Sigmoid and Mul (ReLU6, the Lite family's, as one Clip), squeeze-excite's mean, pooling, up-sampling,
-fusion and residual sums, and the output tail (reshapes, concatenations, box decoding). The export's constant
-folding moves fast-normalized fusion weights into the producing convolutions where it can, leaving about one Mul per fused input but one per node
-(the count differs by a layer or so per BiFPN cell); ``tests/test_profiles.py`` holds the list's totals to the
-exported graph's.
+The same walk also lists a detector's layers as its simplified ONNX export has them (:func:`analytic_layers`, what
+the latency predictor costs): BatchNorm folded into the convolution before it (which then has a bias), SiLU as
+Sigmoid and Mul (ReLU6, the Lite family's, as one Clip), squeeze-excite's mean, pooling, up-sampling, fusion and
+residual sums, and the output tail (reshapes, concatenations, box decoding). The export's constant folding moves
+fast-normalized fusion weights into the producing convolutions where it can, leaving about one Mul per fused input
+but one per node (the count differs by a layer or so per BiFPN cell); ``tests/test_profiles.py`` holds the list's
+totals to the exported graph's.
 """
 from __future__ import annotations
 
