@@ -101,19 +101,29 @@ def profile_fit(name, results, as_json) -> None:
                        "(a busy machine? bench again)", err=True)
 
 
+def _accuracy_cell(candidate) -> str:
+    """AP as published, or marked with ~ where it is interpolated (a custom φ)."""
+    if candidate.accuracy is None:
+        return "-"
+    return f"{'~' if candidate.accuracy_source == 'interpolated' else ''}{candidate.accuracy:.1f}"
+
+
 @cli.command("select")
 @click.option("--profile", "profile_name", required=True, help="Profile name (profiles/NAME.yaml) or file.")
 @click.option("--latency-ms", type=FiniteFloatRange(0, 1e6, min_open=True), help="Latency budget instead of the profile's.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "mixed"]), help="Instead of the profile's.")
 @click.option("--step", type=FiniteFloatRange(0, PHI_RANGE[1], min_open=True), default=0.5, show_default=True, help="φ grid step for custom candidates.")
-@image_size_option("Cost every candidate at this input size (square) instead of its own; a multiple of the "
-                   "largest stride (128; 256 for d7x, which is left out otherwise).")
+@click.option("--family", type=click.Choice(["d", "lite", "all"]), default="all", show_default=True,
+              help="Candidates: d (D0-D7x and custom φ), lite (EfficientDet-Lite0-4, Lite3x), or all.")
+@image_size_option("Cost every candidate at this input size (square) instead of its own; a multiple of its size "
+                   "multiple (128 for D0-D7 and custom φ, 256 for d7x, 32 for the Lites; others are left out).")
 @click.option("--verify", is_flag=True, help="Compile and benchmark the choice with the profile's backend on this "
               "machine; while it misses the budget, the next smaller candidate; once one meets it, also the next "
               "larger one (to show the budget is tight).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def select_command(profile_name, latency_ms, precision, step, imgsz, verify, as_json) -> None:
-    """Choose the largest EfficientDet (named or fractional φ) that meets a profile's latency budget.
+def select_command(profile_name, latency_ms, precision, step, family, imgsz, verify, as_json) -> None:
+    """Choose the most accurate EfficientDet (D0-D7x, fractional φ, or EfficientDet-Lite) that meets a profile's
+    latency budget, and report its accuracy: COCO AP as published, or interpolated on φ for a custom one.
 
     Candidates are costed from their architecture (milliseconds). An unfitted CPU profile (cpu-local) first
     calibrates itself by timing D0 and D1 on this machine (seconds, once per precision); device profiles
@@ -123,11 +133,13 @@ def select_command(profile_name, latency_ms, precision, step, imgsz, verify, as_
     Examples:
       effedge select --profile orin-nx-16gb
       effedge select --profile orin-nx-16gb --imgsz 384 --precision fp16
+      effedge select --profile orin-nano-8gb --family lite
       effedge select --profile cpu-local --latency-ms 150 --verify
     """
     import sys
     from dataclasses import asdict
 
+    from effedge.arch.accuracy import COCO_AP
     from effedge.errors import EffedgeError
     from effedge.pipeline.compile import choose_backend
     from effedge.pipeline.measure import calibrated, verify_choice
@@ -144,7 +156,7 @@ def select_command(profile_name, latency_ms, precision, step, imgsz, verify, as_
     precision = precision or prof.target.precision
     prof = calibrated(prof, precision, log=progress)
     candidates, choice = select(prof, latency_ms=latency_ms, precision=precision, step=step, image_size=imgsz,
-                                log=progress)
+                                family=family, log=progress)
     budget = latency_ms or prof.target.latency_ms
     note = describe_model(prof, precision)
     verification = (verify_choice(prof, candidates, choice, budget, precision, image_size=imgsz, log=progress)
@@ -152,7 +164,8 @@ def select_command(profile_name, latency_ms, precision, step, imgsz, verify, as_
     nothing_fits = (f"error: no candidate meets {budget:g} ms on {prof.name} at {precision}; raise --latency-ms "
                     "or choose a faster --precision")
     if as_json:
-        print_json({"profile": prof.name, "budget_ms": budget, "image_size": imgsz, "model": note,
+        print_json({"profile": prof.name, "budget_ms": budget, "image_size": imgsz, "family": family,
+                     "accuracy_metric": COCO_AP, "model": note,
                      "candidates": [asdict(c) for c in candidates],
                      "choice": asdict(choice) if choice else None, "verification": verification})
         if choice is None:
@@ -160,16 +173,20 @@ def select_command(profile_name, latency_ms, precision, step, imgsz, verify, as_
             sys.exit(1)
         return
     table(f"{prof.name}: budget {budget:g} ms at {prof.target.percentile} (margin {prof.target.margin:.0%})",
-           ["candidate", "φ", "input", "GMACs", "ms", "source", "fits"],
+           ["candidate", "φ", "input", "GMACs", "ms", "source", "AP", "fits"],
            [[c.name, f"{c.phi:g}", c.resolution, f"{c.macs / 1e9:.2f}", f"{c.predicted_ms:.1f}", c.source,
-             "yes" if c.fits else "no"] for c in candidates])
+             _accuracy_cell(c), "yes" if c.fits else "no"] for c in candidates])
     click.echo(note)
+    if any(c.accuracy_source == "interpolated" for c in candidates):
+        click.echo(f"AP: {COCO_AP} as published; ~ interpolated on φ between the named D variants (a custom φ was "
+                   "never trained)")
     if imgsz:
         click.echo(f"every candidate costed at {imgsz} px (--imgsz), not at its own input size")
     if choice is None:
         click.echo(nothing_fits, err=True)
         sys.exit(1)
-    click.echo(f"choice: {choice.name} (φ={choice.phi:g}, {choice.resolution}px)")
+    click.echo(f"choice: {choice.name} (φ={choice.phi:g}, {choice.resolution}px), {COCO_AP} "
+               + (f"{choice.accuracy:.1f} ({choice.accuracy_basis})" if choice.accuracy is not None else "unknown"))
     if verification:
         for step_result in verification["steps"]:
             click.echo(f"  measured {step_result['name']}: {step_result['measured_ms']:.1f} ms "

@@ -69,8 +69,8 @@ def calibrated(profile: Profile, precision: str, log=lambda message: None) -> Pr
 def verify_choice(profile: Profile, candidates: list[Candidate], choice: Optional[Candidate], budget: float,
                   precision: str, image_size: Optional[int] = None, log=lambda message: None) -> dict:
     """Compile (at ``image_size``, else each candidate's own) and benchmark the choice; while it misses the
-    budget, step down to the next smaller candidate. Once one meets it, also measures the next larger
-    candidate, to show the budget is tight."""
+    budget, step down to the next smaller candidate (the next less accurate, as select ranks them). Once one meets
+    it, also measures the next larger candidate, to show the budget is tight."""
     from effedge.bench import harness as bench
     from effedge.bench.targets import bench_one
     from effedge.pipeline.compile import CompileConfig, compile_model
@@ -86,7 +86,7 @@ def verify_choice(profile: Profile, candidates: list[Candidate], choice: Optiona
                            manifest["backend"], bench.BenchSettings(batch=profile.target.batch, energy=False))
         return result["latency_ms"][profile.target.percentile]
 
-    ordered = sorted(candidates, key=lambda c: c.macs)
+    ordered = sorted(candidates, key=latency.selection_key)  # "smaller": the next less accurate
     steps = []
     index = ordered.index(choice) if choice else -1
     verified = None

@@ -15,8 +15,9 @@ predictions. A fit and a measured point count only for the NMS tail they were me
 
 A detector candidate's layers come from its architecture (:func:`effedge.arch.complexity.analytic_layers`:
 the layers of its simplified export, counted as :func:`graph_costs` counts them; milliseconds for every
-candidate). The export's costing stays (:func:`exported_costs`, also for classifiers): exports at the two
-smallest valid inputs (the largest stride and twice it): input sizes are multiples of the largest stride, so
+candidate). The export's costing stays (:func:`exported_costs`, also for classifiers): exports at two small
+valid inputs (a detector's largest stride and twice it; 64 and 128 px for a classifier): input sizes are
+multiples of the largest stride, so
 each layer's cost is a + b·(input area) — feature-map layers proportional, pooled squeeze-excite layers
 constant — and two sizes give it exactly.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -33,7 +35,8 @@ import numpy as np
 
 from effedge.errors import EffedgeError, VariantError
 from effedge.plan.profiles import ComputeEfficiency, Correction, Fit, Priors, Profile
-from effedge.arch.scaling import EFFICIENTDETS, EfficientDetSpec, ModelSpec, resolve
+from effedge.arch.accuracy import accuracy_of
+from effedge.arch.scaling import EFFICIENTDET_LITES, EFFICIENTDETS, EfficientDetSpec, ModelSpec, resolve
 
 ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1, "mixed": 1}
 PRIORS = {"conv": 1.0, "pointwise": 0.8, "depthwise": 0.15, "matmul": 1.0}
@@ -128,8 +131,9 @@ def exported_costs(spec: ModelSpec, precision: str, cache_dir=None) -> list[Laye
     from effedge.io import cache_root
     from effedge.export.simplify import simplify_model
 
-    stride = spec.largest_stride if isinstance(spec, EfficientDetSpec) else 32
-    sizes = (stride, 2 * stride)
+    # A classifier at twice and four times its stride: at its stride the last map is 1×1 and the export drops the
+    # global pool for a Squeeze, so the two graphs would differ in structure.
+    sizes = (spec.largest_stride, 2 * spec.largest_stride) if isinstance(spec, EfficientDetSpec) else (64, 128)
     key = hashlib.sha256(json.dumps([spec.name, spec.phi, sizes, precision, 2]).encode()).hexdigest()[:24]
     path = (cache_dir or cache_root() / "costs") / f"{spec.name}-{key}.json"
     if path.is_file():
@@ -267,37 +271,53 @@ class Candidate:
     predicted_ms: float
     source: str  # "predicted" or "measured"
     fits: bool = False
+    family: str = "d"  # "d" (EfficientDet and custom φ) or "lite" (EfficientDet-Lite)
+    accuracy: Optional[float] = None  # COCO AP; accuracy_basis says which table (or interpolation)
+    accuracy_source: Optional[str] = None  # "published" or "interpolated"
+    accuracy_basis: Optional[str] = None
 
 
-def candidate_specs(step: float = 0.5) -> list[ModelSpec]:
-    """Named EfficientDets and custom φ on a grid, ordered by MACs."""
-    specs = list(EFFICIENTDETS.values()) + [resolve(float(phi)) for phi in np.arange(0.0, 7.0 + 1e-9, step)
-                                            if float(phi) != int(phi)]
+FAMILIES = ("d", "lite", "all")
+
+
+def candidate_specs(step: float = 0.5, family: str = "all") -> list[ModelSpec]:
+    """The detectors ``select`` weighs: family "d" (named EfficientDets and custom φ on a grid of ``step``),
+    "lite" (the EfficientDet-Lites), or "all"."""
+    if family not in FAMILIES:
+        raise VariantError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
+    specs: list[ModelSpec] = []
+    if family in ("d", "all"):
+        specs += list(EFFICIENTDETS.values()) + [resolve(float(phi)) for phi in np.arange(0.0, 7.0 + 1e-9, step)
+                                                 if float(phi) != int(phi)]
+    if family in ("lite", "all"):
+        specs += list(EFFICIENTDET_LITES.values())
     return specs
 
 
 def select(profile: Profile, *, latency_ms: Optional[float] = None, precision: Optional[str] = None,
-           step: float = 0.5, image_size: Optional[int] = None,
+           step: float = 0.5, image_size: Optional[int] = None, family: str = "all",
            log=lambda message: None) -> tuple[list[Candidate], Optional[Candidate]]:
-    """Rank candidates by predicted latency at the profile's percentile; pick the largest (most MACs) that
-    fits ``(1 − margin) × budget``. Each candidate at its own input size, or every one at ``image_size``
-    (candidates whose largest stride it is not a multiple of are left out). A point measured at the
-    candidate's input size, the profile's batch, this precision and the profile's NMS tail overrides its
-    prediction. (An unfitted local-CPU profile can first be calibrated on this machine:
-    ``effedge.pipeline.measure.calibrated``.)"""
+    """Rank candidates of ``family`` (:func:`candidate_specs`) by predicted latency at the profile's percentile;
+    pick the most accurate (published COCO AP, or interpolated on φ for a custom one; ties: the faster) that fits
+    ``(1 − margin) × budget``. Within family "d" that is the largest that fits, as accuracy grows with φ. Each
+    candidate at its own input size, or every one at ``image_size`` (candidates whose size multiple it is not
+    a multiple of are left out). A point measured at the candidate's input size, the profile's batch, this
+    precision and the profile's NMS tail overrides its prediction. (An unfitted local-CPU profile can first be
+    calibrated on this machine: ``effedge.pipeline.measure.calibrated``.)"""
     budget = latency_ms or profile.target.latency_ms
     precision = precision or profile.target.precision
     limit = budget * (1 - profile.target.margin)
     candidates = []
-    specs = candidate_specs(step)
+    specs = candidate_specs(step, family)
     if image_size is not None:
         left_out = [s.name for s in specs if image_size % s.size_multiple]
         if len(left_out) == len(specs):
-            raise VariantError(f"input size {image_size} is not a multiple of any candidate's largest stride "
+            multiple = min(s.size_multiple for s in specs)
+            raise VariantError(f"input size {image_size} is not a multiple of any candidate's size multiple "
                                f"({', '.join(sorted({str(s.size_multiple) for s in specs}))}); use e.g. "
-                               f"{max(128, image_size // 128 * 128)}")
+                               f"{max(multiple, image_size // multiple * multiple)}")
         if left_out:
-            log(f"left out at {image_size} px (not a multiple of their largest stride): {', '.join(left_out)}")
+            log(f"left out at {image_size} px (not a multiple of their size multiple): {', '.join(left_out)}")
         specs = [dataclasses.replace(s, image_size=image_size) for s in specs if s.name not in left_out]
     log(f"costing {len(specs)} candidates " + (f"at {image_size} px" if image_size else "at their own input sizes"))
     for spec in specs:
@@ -308,10 +328,20 @@ def select(profile: Profile, *, latency_ms: Optional[float] = None, precision: O
             source = "measured"
         else:
             ms, source = predict_ms(costs, profile, precision, batch=profile.target.batch), "predicted"
-        candidates.append(Candidate(spec.name, spec.phi, spec.resolution, macs, ms, source, ms <= limit))
+        accuracy = accuracy_of(spec)
+        candidates.append(Candidate(spec.name, spec.phi, spec.resolution, macs, ms, source, ms <= limit,
+                                    family="lite" if spec.lite else "d",
+                                    accuracy=accuracy.value if accuracy else None,
+                                    accuracy_source=accuracy.source if accuracy else None,
+                                    accuracy_basis=accuracy.basis if accuracy else None))
     candidates.sort(key=lambda c: c.macs)
     fitting = [c for c in candidates if c.fits]
-    return candidates, (fitting[-1] if fitting else None)
+    return candidates, max(fitting, key=selection_key, default=None)
+
+
+def selection_key(candidate: Candidate) -> tuple[float, float]:
+    """What ``select`` maximizes among the candidates that fit: accuracy, then speed."""
+    return (candidate.accuracy if candidate.accuracy is not None else -math.inf, -candidate.predicted_ms)
 
 
 def fit_command(profile: Profile, precision: str) -> str:
