@@ -25,7 +25,7 @@ INPUT_FORMATS = ("float", "uint8")
 DEFAULT_CROP_PCT = 0.875  # timm's evaluation crop for EfficientNet B0 / Lite0
 RESIZES = ("letterbox", "center-crop")
 
-# ONNX metadata_props keys (values are JSON): the normalization and layout a graph expects
+# ONNX metadata_props keys: the normalization and layout a graph expects (lists and numbers as JSON, words as is)
 METADATA_KEYS = {"mean": "effedge.input.mean", "std": "effedge.input.std", "layout": "effedge.input.layout",
                  "format": "effedge.input.format", "resize": "effedge.input.resize",
                  "crop_pct": "effedge.input.crop_pct"}
@@ -145,12 +145,20 @@ def preprocessing_for(manifest: Mapping, metadata: Optional[Mapping[str, str]] =
     recorded = manifest.get("input") or {}
     crop_pct = float(recorded.get("crop_pct") or _metadata_value(metadata, "crop_pct") or DEFAULT_CROP_PCT)
     resize = "center-crop" if classifier else "letterbox"
-    if recorded.get("mean") and recorded.get("std"):
-        return Preprocessing(tuple(recorded["mean"]), tuple(recorded["std"]), resize, crop_pct, "build.json")
-    mean, std = _metadata_value(metadata, "mean"), _metadata_value(metadata, "std")
+    mean, std = _per_channel(recorded.get("mean")), _per_channel(recorded.get("std"))
     if mean and std:
-        return Preprocessing(tuple(mean), tuple(std), resize, crop_pct, "graph metadata")
+        return Preprocessing(mean, std, resize, crop_pct, "build.json")
+    mean, std = _per_channel(_metadata_value(metadata, "mean")), _per_channel(_metadata_value(metadata, "std"))
+    if mean and std:
+        return Preprocessing(mean, std, resize, crop_pct, "graph metadata")
     return Preprocessing(MEAN, STD, resize, crop_pct, DEFAULT_SOURCE)
+
+
+def _per_channel(value) -> Optional[tuple[float, ...]]:
+    """Three numbers (R, G, B) as a tuple, else None (absent or not one of ours)."""
+    if isinstance(value, (list, tuple)) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value):
+        return tuple(float(v) for v in value)
+    return None
 
 
 def _metadata_value(metadata: Mapping[str, str], key: str):
@@ -160,16 +168,17 @@ def _metadata_value(metadata: Mapping[str, str], key: str):
     try:
         return json.loads(text)
     except ValueError:
-        return None
+        return text
 
 
 def graph_metadata(mean: Sequence[float], std: Sequence[float], input_format: str, *,
                    classifier: bool, crop_pct: float = DEFAULT_CROP_PCT) -> dict[str, str]:
-    """The metadata_props an export writes into its graph (JSON values; for a uint8 graph the mean/std are
-    applied inside it, and the mean colour is still its letterbox fill)."""
+    """The metadata_props an export writes into its graph (for a uint8 graph the mean/std are applied inside
+    it, and the mean colour is still its letterbox fill)."""
     values = {"mean": list(mean), "std": list(std), "format": input_format,
               "layout": "NHWC" if input_format == "uint8" else "NCHW",
               "resize": "center-crop" if classifier else "letterbox"}
     if classifier:
         values["crop_pct"] = crop_pct
-    return {METADATA_KEYS[key]: json.dumps(value) for key, value in values.items()}
+    return {METADATA_KEYS[key]: value if isinstance(value, str) else json.dumps(value)
+            for key, value in values.items()}
