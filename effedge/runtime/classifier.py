@@ -52,8 +52,8 @@ class Classifier(CompiledModel):
         outputs = list(self.outputs.values())
         if not self.classifier or len(outputs) != 1 or len(outputs[0].shape) != 2:
             raise EffedgeError(f"{self.path.name} is not a classifier (outputs "
-                               f"{[(o.name, o.shape) for o in outputs]}, expected one [batch, classes]): run a "
-                               "detector with effedge detect")
+                               f"{[(o.name, o.shape) for o in outputs]}, expected one [batch, classes]): a detector "
+                               "runs with effedge detect, and effedge eval --annotations")
         self.logits = outputs[0].name
         classes = outputs[0].shape[1]
         self.num_classes = self.manifest.get("num_classes") or (classes if isinstance(classes, int) else None)

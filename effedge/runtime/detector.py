@@ -79,7 +79,7 @@ class Detector(CompiledModel):
         names = set(self.outputs)
         if self.classifier:
             raise EffedgeError(f"{self.path.name} is a classifier (outputs {sorted(names)}), not a detector: run it "
-                               "with effedge classify")
+                               "with effedge classify, and effedge eval without --annotations")
         scores_classes = self.outputs["scores"].shape[-1] if "scores" in self.outputs else None
         self.num_classes = self.manifest.get("num_classes") or (
             scores_classes if isinstance(scores_classes, int) else None)
