@@ -138,3 +138,35 @@ def test_the_calibration_reader_prepares_images_as_the_model_wants(lite0, tmp_pa
     bare = onnx.load(str(lite0 / "float" / "model.sim.onnx"))
     del bare.metadata_props[:]
     assert model_input(bare).preprocessing.source == DEFAULT_SOURCE
+
+
+def test_quantize_reports_class_agreement_for_a_classifier(lite0, tmp_path, monkeypatch, capsys):
+    """fp16 lite0: top-1 agreement and KL against fp32 next to SQNR, printed; the fp32 model against itself
+    agrees exactly; the quantized graph keeps the metadata of the input it expects."""
+    from helpers import run_main
+
+    from effedge.quantize.precision import measure_fidelity
+
+    build = tmp_path / "build"
+    shutil.copytree(lite0 / "float", build)
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for seed in range(10):
+        Image.fromarray(photo((72, 56), seed=seed)).save(folder / f"{seed}.png")
+    code, out, err = run_main(monkeypatch, capsys, ["quantize", str(build / "model.sim.onnx"), "--precision", "fp16",
+                                                    "--calib", str(folder), "--holdout", "8"])
+    assert code == 0, err
+    report = json.loads((build / "build.json").read_text())["precisions"]["fp16"]
+    agreement = report["fidelity"]["class_agreement"]
+    assert agreement["images"] == 8 and 0.0 <= agreement["top1"] <= 1.0 and 0.0 < agreement["kl_divergence"] < 0.01
+    assert report["input"]["mean"] == list(HALF) and report["input"]["resize"] == "center-crop"
+    assert f"classes agree with fp32: top-1 {agreement['top1']:.3f} of 8 view(s)" in out
+    props = {p.key: p.value for p in onnx.load(str(build / "model.fp16.onnx")).metadata_props}
+    assert json.loads(props["effedge.input.mean"]) == list(HALF)
+    # fp32 against itself: every top-1 agrees, no divergence
+    images = ImageSet.from_folder(folder, holdout=8)
+    inputs = model_input(onnx.load(str(build / "model.sim.onnx")))
+    references = [(batch, real, {"logits": run(build / "model.sim.onnx", batch)}) for batch, real in
+                  images.padded_batches(images.holdout_views(), inputs.size, inputs.format, 1, inputs.preprocessing)]
+    itself = measure_fidelity(onnx.load(str(build / "model.sim.onnx")), references, inputs, 0.3)
+    assert itself["class_agreement"] == {"top1": 1.0, "images": 8, "kl_divergence": 0.0}
