@@ -12,7 +12,7 @@ from PIL import Image
 
 from effedge.export.onnx_export import ExportOptions, export
 from effedge.quantize.images import ImageSet
-from effedge.quantize.precision import model_input
+from effedge.quantize.precision import calibrate, model_input
 from effedge.runtime import Classifier, Detector
 from effedge.runtime.onnxruntime import OnnxRuntimeRunner
 from effedge.runtime.preprocess import DEFAULT_SOURCE, MEAN, STD, center_crop, letterbox, normalize
@@ -135,6 +135,10 @@ def test_the_calibration_reader_prepares_images_as_the_model_wants(lite0, tmp_pa
         expected = np.concatenate([expected_classifier_input(np.asarray(Image.open(path).convert("RGB")))
                                    for path in images.calibration])
         np.testing.assert_allclose(batch, expected, atol=1e-6)
+    # int8 calibration reads the input as prepared: |x| ≤ 1 with 0.5/0.5 (ImageNet's would reach 2.6)
+    amax, used = calibrate(graph, ["images"], images, model_input(graph, manifest), method="max", percentile=99.99,
+                           progress=lambda items, total, description: items)
+    assert used == 2 and 0.9 < amax["images"] <= 1.0
     bare = onnx.load(str(lite0 / "float" / "model.sim.onnx"))
     del bare.metadata_props[:]
     assert model_input(bare).preprocessing.source == DEFAULT_SOURCE
