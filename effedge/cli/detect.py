@@ -140,7 +140,8 @@ def classify(model, images, recursive, top_k, labels_file, strict, as_json, back
 @cli.command("eval")
 @click.argument("model", type=InputFile("model"))
 @click.option("--images", required=True, help="The annotated images: their folder (annotation file_names are "
-              "relative to it), or a quoted glob such as 'val/*.png' (the annotated images among its matches).")
+              "relative to it), or a quoted glob such as 'val/*.png' (the annotated images among its matches); for "
+              "a classifier, a folder of class-named subfolders (or the folder --labels-csv names files in).")
 @click.option("--annotations", type=InputFile("json"), help="COCO instances JSON (detectors).")
 @click.option("--labels-csv", type=click.Path(exists=True, dir_okay=False), help="Classifiers: 'file,label' rows (files relative to "
               "--images; label a class name or index) [default: --images holds one subfolder per class, named by "

@@ -39,7 +39,7 @@ from effedge.errors import EffedgeError, RunError
 from effedge.io import MANIFEST
 from effedge.provenance import cache_identity
 from effedge.runtime.onnxruntime import ort_session
-from effedge.runtime.preprocess import Preprocessing, preprocessing_for
+from effedge.runtime.preprocess import Preprocessing, is_classifier, preprocessing_for
 
 PRECISIONS = ("fp16", "int8", "mixed")
 HIGH_PRECISIONS = ("fp16", "fp32")  # the dtype of what int8/mixed graphs do not quantize
@@ -121,9 +121,7 @@ def model_input(model, manifest: Optional[dict] = None) -> ModelInput:
         raise EffedgeError("the model must have one image input with a static height and width "
                            "(export it with effedge export)")
     manifest = manifest or {}
-    outputs = model.graph.output
-    classifier = (manifest["family"] == "efficientnet" if "family" in manifest
-                  else len(outputs) == 1 and len(outputs[0].type.tensor_type.shape.dim) == 2)
+    classifier = is_classifier(manifest, [len(o.type.tensor_type.shape.dim) for o in model.graph.output])
     preprocessing = preprocessing_for(manifest, {p.key: p.value for p in model.metadata_props}, classifier=classifier)
     return ModelInput(graph_input.name, "uint8" if uint8 else "float", (height, width), dims[0] or 1, preprocessing)
 

@@ -11,9 +11,9 @@ import numpy as np
 
 from effedge.errors import EffedgeError
 from effedge.io import MANIFEST, read_manifest
-from effedge.runtime.base import Runner, TensorInfo
+from effedge.runtime.base import Runner
 from effedge.runtime.labels import random_weights_warning
-from effedge.runtime.preprocess import Preprocessing, preprocessing_for
+from effedge.runtime.preprocess import Preprocessing, is_classifier, preprocessing_for
 
 Image = Union[str, Path, np.ndarray]
 DEFAULT_CHUNK = 8  # images per inference where the backend sets no batch limit (bounds the memory of long lists)
@@ -46,15 +46,6 @@ def open_runner(path: Path, manifest: Mapping, backend: Optional[str] = None) ->
 
         return OnnxRuntimeRunner(path)
     raise EffedgeError(f"{path.name}: expected a .engine or .onnx file")
-
-
-def is_classifier(manifest: Mapping, outputs: Sequence[TensorInfo]) -> bool:
-    """A classifier: build.json says the family is EfficientNet, or (without one) the graph's only output is
-    [batch, classes]."""
-    family = manifest.get("family")
-    if family is not None:
-        return family == "efficientnet"
-    return len(outputs) == 1 and len(outputs[0].shape) == 2
 
 
 @dataclass
@@ -94,7 +85,7 @@ class CompiledModel:
         try:
             self._configure_input()
             self.outputs = {o.name: o for o in self.runner.output_info()}
-            self.classifier = is_classifier(self.manifest, list(self.outputs.values()))
+            self.classifier = is_classifier(self.manifest, [len(o.shape) for o in self.outputs.values()])
             self.preprocessing: Preprocessing = preprocessing_for(self.manifest, self.runner.metadata(),
                                                                   classifier=self.classifier)
             self._configure()

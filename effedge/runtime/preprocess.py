@@ -136,6 +136,15 @@ class Preprocessing:
                 **({"crop_pct": self.crop_pct} if self.resize == "center-crop" else {}), "source": self.source}
 
 
+def is_classifier(manifest: Mapping, output_ranks: Sequence[int]) -> bool:
+    """A classifier: build.json says the family is EfficientNet, or (without one) the graph's only output is
+    [batch, classes] (``output_ranks``: the rank of each output)."""
+    family = manifest.get("family")
+    if family is not None:
+        return family == "efficientnet"
+    return list(output_ranks) == [2]
+
+
 def preprocessing_for(manifest: Mapping, metadata: Optional[Mapping[str, str]] = None, *,
                       classifier: bool = False) -> Preprocessing:
     """A model's :class:`Preprocessing`: the mean/std of build.json's ``input`` block, else of the graph's
