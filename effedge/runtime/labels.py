@@ -90,6 +90,8 @@ def random_weights_warning(manifest: Mapping, *, timing: bool = False, kind: str
         return ("random weights: the network's latency is a trained model's, but an NMS tail's and end-to-end "
                 "times depend on how many boxes pass, which random weights do not set as a trained model would "
                 "(compiled without --weights; try --weights demo, or a checkpoint)")
-    answers = "classes" if kind == "classifier" else "detections"
-    return (f"random weights: these {answers} mean nothing (the model was compiled without --weights; "
+    if kind == "classifier":
+        return ("random weights: these classes mean nothing (the model was compiled without --weights; give it a "
+                "checkpoint)")
+    return ("random weights: these detections mean nothing (the model was compiled without --weights; "
             "try --weights demo, or a checkpoint)")
