@@ -41,6 +41,21 @@ def random_weights(variant, image_size=None, seed=0) -> dict:
     return randomize_(build_model(variant, image_size=image_size), seed).state_dict()
 
 
+def input_sensitive_weights(variant, image_size, seed=0) -> dict:
+    """Random weights whose logits follow the image: :func:`randomize_`'s BN statistics let a deep classifier's
+    input signal fade (its logits barely move with the image), so each BN here normalizes by the statistics of a
+    batch of random inputs (scale 1)."""
+    model = randomize_(build_model(variant, image_size=image_size), seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = 1.0
+            module.weight.data.fill_(1.0)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn((8, 3, image_size, image_size), generator=torch.Generator().manual_seed(seed)))
+    return model.eval().state_dict()
+
+
 def photo(size=(96, 64), seed=0) -> np.ndarray:
     """A photo-like HWC uint8 RGB image: gradients plus noise."""
     rng = np.random.default_rng(seed)

@@ -18,6 +18,7 @@ from effedge.evaluate.coco import category_mapping, evaluate
 from effedge.runtime.detector import Detections, Detector, draw, line_width
 from effedge.runtime.images import find_inputs
 from effedge.runtime.labels import coco90, labels_for
+from effedge.runtime.preprocess import MEAN, STD
 
 BOX = (40, 30, 120, 90)  # the white rectangle of every test scene, in its 128×160 pixels
 
@@ -41,7 +42,7 @@ def slot_detector(folder, slot: int, num_classes: int, weights: str = "checkpoin
     scores.type.tensor_type.shape.dim[2].dim_value = num_classes
     onnx.save(model, str(path))
     (folder / "build.json").write_text(json.dumps({"family": "efficientdet", "num_classes": num_classes,
-                                                   "weights": weights}))
+                                                   "weights": weights, "input": {"mean": MEAN, "std": STD}}))
     return path
 
 

@@ -75,9 +75,12 @@ def test_bad_input(tmp_path):
             detector([np.zeros((8, 8, 3), np.float32)])
         with pytest.raises(EffedgeError, match="takes a list"):
             detector(np.zeros((8, 8, 3), np.uint8))
-    odd = constant_detector(tmp_path / "odd.onnx", {"logits": np.zeros((1, 10), np.float32)})
+    odd = constant_detector(tmp_path / "odd.onnx", {"features": np.zeros((1, 10, 4), np.float32)})
     with pytest.raises(EffedgeError, match="expected an effedge detector"):
         Detector(odd)
+    classifier = constant_detector(tmp_path / "classifier.onnx", {"logits": np.zeros((1, 10), np.float32)})
+    with pytest.raises(EffedgeError, match="is a classifier .*effedge classify"):
+        Detector(classifier)
     with pytest.raises(EffedgeError, match="not found"):
         Detector(tmp_path / "missing.engine")
 

@@ -60,7 +60,8 @@ def collect(model_path: Path, images: ImageSet, tensors: list[str]) -> dict[str,
     ort_percentile = HistogramCollector("percentile", True, 2048, 128, PERCENTILE, "same")
     ort_entropy = HistogramCollector("entropy", True, ORT_ENTROPY_BINS, ORT_QUANTIZED_BINS, PERCENTILE, "same")
     ort_entropy_defaults = HistogramCollector("entropy", True, 128, 128, PERCENTILE, "same")
-    for index, batch in enumerate(images.batches(images.calibration, inputs.size, inputs.format, inputs.batch)):
+    for index, batch in enumerate(images.batches(images.calibration, inputs.size, inputs.format, inputs.batch,
+                                                 inputs.preprocessing)):
         values = dict(zip(fetched, session.run(fetched, {graph_input: batch})))
         if graph_input in tensors:
             values[graph_input] = batch

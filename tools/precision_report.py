@@ -51,7 +51,8 @@ def time_fp32_forwards(model_path: Path, images: ImageSet, count: int) -> float:
 
     inputs = model_input(onnx.load(str(model_path)))
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    batches = list(images.batches(images.calibration[:count], inputs.size, inputs.format))
+    batches = list(images.batches(images.calibration[:count], inputs.size, inputs.format,
+                                  preprocessing=inputs.preprocessing))
     session.run(None, {inputs.name: batches[0]})  # warm-up
     start = time.perf_counter()
     for batch in batches:

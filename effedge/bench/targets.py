@@ -183,16 +183,18 @@ def _torch_cuda_step(runner, feed: dict, settings: bench.BenchSettings) -> Calla
 
 
 def _end_to_end_step(runner, manifest: dict, images: list[Path], score_threshold: float):
-    """Decode → letterbox → normalize → inference → decode/NMS of one file per iteration, per stage."""
+    """Decode → letterbox (a classifier: centre crop) → normalize → inference → decode/NMS of one file per
+    iteration, per stage; the preprocessing is the model's own, as build.json records it."""
     from effedge.runtime.images import ImageDecodeError, load_rgb
     from effedge.runtime.nms import select_detections
-    from effedge.runtime.preprocess import letterbox, to_model_input
+    from effedge.runtime.preprocess import is_classifier, preprocessing_for
 
     if "resolution" not in manifest:
         raise EffedgeError("--end-to-end letterboxes to the model's resolution from the build.json beside it; "
                            "bench a build directory or a model inside one")
     size = tuple(manifest["resolution"])
     input_format = manifest.get("input", {}).get("format", "float")
+    preprocessing = preprocessing_for(manifest, classifier=is_classifier(manifest, []))
     name = runner.input_info()[0].name
     cycle = itertools.cycle(images)
 
@@ -204,8 +206,8 @@ def _end_to_end_step(runner, manifest: dict, images: list[Path], score_threshold
         except ImageDecodeError as exc:
             raise EffedgeError(f"cannot decode {path}: {exc}; remove it from the --end-to-end folder") from exc
         marks.append(time.perf_counter())
-        canvas, _ = letterbox(pixels, *size)
-        batch = to_model_input(canvas[None], input_format)
+        canvas, _ = preprocessing.fit(pixels, size)
+        batch = preprocessing.model_input(canvas[None], input_format)
         marks.append(time.perf_counter())
         outputs = runner.infer({name: batch})
         marks.append(time.perf_counter())

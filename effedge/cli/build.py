@@ -98,7 +98,20 @@ def _print_precision_report(report: dict) -> None:
                      f"{d['precision']:.3f}; {d['fp32']} fp32 detections ≥ {d['score_threshold']})")
     elif "detection_agreement_note" in fidelity:
         lines.append(f"  detection agreement not reported: {fidelity['detection_agreement_note']}")
+    classes = _class_agreement(fidelity)
+    if classes:
+        lines.append(f"  classes agree with fp32: {classes}" + (f" ({fidelity['class_agreement_note']})"
+                                                                 if "class_agreement_note" in fidelity else ""))
     click.echo("\n".join(lines))
+
+
+def _class_agreement(fidelity: dict) -> str | None:
+    """A classifier's agreement with fp32 in words: top-1 and the mean KL divergence of the softmax."""
+    c = fidelity.get("class_agreement")
+    if not c:
+        return None
+    kl = "∞" if c["kl_divergence"] is None else f"{c['kl_divergence']:.4g}"
+    return f"top-1 {c['top1']:.3f} of {c['images']} view(s), mean KL {kl} nats"
 
 
 def _held_out(report: dict) -> str:
@@ -120,7 +133,9 @@ def _fidelity_summary(report: dict | None) -> str | None:
     detections = (f"detection F1 {agreement['f1']:.3f}" if agreement else
                   f"detection agreement not reported: {report['fidelity']['detection_agreement_note']}"
                   if "detection_agreement_note" in report["fidelity"] else None)
-    return f"  fidelity on {_held_out(report)}: worst SQNR {sqnr}" + (f"; {detections}" if detections else "")
+    classes = _class_agreement(report["fidelity"])
+    return (f"  fidelity on {_held_out(report)}: worst SQNR {sqnr}" + (f"; {detections}" if detections else "")
+            + (f"; {classes}" if classes else ""))
 
 
 @cli.command()

@@ -1,4 +1,4 @@
-"""effedge detect, effedge eval: run a compiled model on images, COCO mAP."""
+"""effedge detect, effedge classify, effedge eval: run a compiled model on images; COCO mAP or top-1/top-5."""
 from __future__ import annotations
 
 import click
@@ -8,6 +8,8 @@ from effedge.errors import EffedgeError
 from effedge.cli.options import InputFile, print_json, progress, rich_progress, table, threshold
 
 
+BACKEND = click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "tensorrt-rtx"]),
+                       help="Backend [default: onnxruntime for .onnx; for an engine, the one build.json says built it].")
 IMAGES_HELP = ("IMAGES: image files, folders (their own files; --recursive adds subfolders) and globs, quoted globs "
                "expanded by effedge ('calib/*.png', 'photos/**/*.jpg'). Other files are skipped, one line each.")
 
@@ -28,7 +30,9 @@ IMAGES_HELP = ("IMAGES: image files, folders (their own files; --recursive adds 
 @click.option("--iou-threshold", type=threshold(zero_ok=False, one_ok=True), default=0.5, show_default=True,
               help="NMS IoU threshold (graphs without an NMS tail).")
 @click.option("--json", "as_json", is_flag=True, help="Print the detections as JSON.")
-def detect(model, images, recursive, labels_file, strict, out, score_threshold, iou_threshold, as_json) -> None:
+@BACKEND
+def detect(model, images, recursive, labels_file, strict, out, score_threshold, iou_threshold, as_json,
+           backend) -> None:
     """Detect objects in IMAGES with MODEL (an engine or ONNX file) and draw them.
 
     \b
@@ -48,7 +52,7 @@ def detect(model, images, recursive, labels_file, strict, out, score_threshold, 
     for name, reason in inputs.skipped:
         progress(f"skipped {name}: {reason}")
     with Detector(model, score_threshold=score_threshold, iou_threshold=iou_threshold,
-                  labels_file=labels_file) as detector:
+                  labels_file=labels_file, backend=backend) as detector:
         for note in detector.warnings:
             progress(f"warning: {note}")
         results = detector.detect_files(inputs.images, progress=rich_progress)
@@ -74,22 +78,74 @@ def detect(model, images, recursive, labels_file, strict, out, score_threshold, 
             counts = Counter(d.get("name") or str(d["class"]) for d in entry["detections"])
             what = f" ({', '.join(f'{n} {name}' for name, n in counts.most_common())})" if counts else ""
             click.echo(f"{entry['image']}: {len(entry['detections'])} detection(s){what} -> {entry['annotated']}")
+    _report_failures(results, bool(report), strict)
+
+
+def _report_failures(results, any_read: bool, strict: bool) -> None:
     failures = [r for r in results if r.error is not None]
     if failures:
         progress(f"{len(failures)} of {len(results)} image(s) could not be read:")
         for failure in failures:
             progress(f"  {failure.path}: {failure.error}")
-    if not report:
+    if not any_read:
         raise EffedgeError(f"none of the {len(results)} image(s) could be read")
     if failures and strict:
         raise EffedgeError(f"{len(failures)} image(s) could not be read (--strict)")
 
 
+@cli.command(epilog=IMAGES_HELP)
+@click.argument("model", type=InputFile("model"))
+@click.argument("images", nargs=-1, required=True)
+@click.option("--recursive", "-r", is_flag=True, help="Include the images in subfolders of a folder (default: not "
+              "recursive, the folder's own files only).")
+@click.option("--top-k", type=click.IntRange(1), default=5, show_default=True, help="Classes to show per image.")
+@click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
+              help="Class names, one per line (line i = class i) [default: build.json's, ImageNet-1k for a "
+              "1000-class model].")
+@click.option("--strict", is_flag=True, help="Exit non-zero when any image cannot be read (default: only when none "
+              "can).")
+@click.option("--json", "as_json", is_flag=True, help="Print the classes as JSON.")
+@BACKEND
+def classify(model, images, recursive, top_k, labels_file, strict, as_json, backend) -> None:
+    """Classify IMAGES with MODEL (a classifier's engine or ONNX file): the top classes and their probabilities.
+
+    \b
+    Examples:
+      effedge classify runs/b0-fp16-onnxruntime-…/model.fp16.onnx calib/chelsea.png
+      effedge classify model.int8.engine photos/ --recursive --top-k 3 --json
+    """
+    from effedge.runtime.classifier import Classifier
+    from effedge.runtime.images import find_inputs
+
+    inputs = find_inputs(images, recursive=recursive)
+    for name, reason in inputs.skipped:
+        progress(f"skipped {name}: {reason}")
+    with Classifier(model, backend=backend, top_k=top_k, labels=labels_file) as classifier:
+        for note in classifier.warnings:
+            progress(f"warning: {note}")
+        results = classifier.classify_files(inputs.images, progress=rich_progress)
+        report = [{"image": str(r.path), "classes": [{"class": p.class_index, "label": p.label,
+                                                       "probability": round(p.probability, 6)}
+                                                      for p in classifier.top(r.classes)]}
+                  for r in results if r.error is None]
+    if as_json:
+        print_json(report)
+    else:
+        for entry in report:
+            click.echo(f"{entry['image']}: " + ", ".join(
+                f"{c['label'] or c['class']} {c['probability']:.3f}" for c in entry["classes"]))
+    _report_failures(results, bool(report), strict)
+
+
 @cli.command("eval")
 @click.argument("model", type=InputFile("model"))
 @click.option("--images", required=True, help="The annotated images: their folder (annotation file_names are "
-              "relative to it), or a quoted glob such as 'val/*.png' (the annotated images among its matches).")
-@click.option("--annotations", required=True, type=InputFile("json"), help="COCO instances JSON.")
+              "relative to it), or a quoted glob such as 'val/*.png' (the annotated images among its matches); for "
+              "a classifier, a folder of class-named subfolders (or the folder --labels-csv names files in).")
+@click.option("--annotations", type=InputFile("json"), help="COCO instances JSON (detectors).")
+@click.option("--labels-csv", type=click.Path(exists=True, dir_okay=False), help="Classifiers: 'file,label' rows (files relative to "
+              "--images; label a class name or index) [default: --images holds one subfolder per class, named by "
+              "its label or index].")
 @click.option("--compare", "others", multiple=True, type=InputFile("model"),
               help="More models (e.g. other precisions) to evaluate into the same table; repeat the option.")
 @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
@@ -97,8 +153,8 @@ def detect(model, images, recursive, labels_file, strict, out, score_threshold, 
 @click.option("--strict", is_flag=True, help="Exit non-zero when any annotated image cannot be read (default: such "
               "images are left out and listed).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def eval_command(model, images, annotations, others, labels_file, strict, as_json) -> None:
-    """COCO mAP of MODEL (engine or ONNX) on annotated images.
+def eval_command(model, images, annotations, labels_csv, others, labels_file, strict, as_json) -> None:
+    """COCO mAP of a detector, or top-1/top-5 accuracy of a classifier, MODEL (engine or ONNX), on labelled images.
 
     \b
     Head classes map onto the annotation file's categories by COCO category id (a COCO head), by name
@@ -107,8 +163,15 @@ def eval_command(model, images, annotations, others, labels_file, strict, as_jso
     Examples:
       effedge eval runs/d0-fp32-…/model.fp32.onnx --images val/images --annotations val/instances.json
       effedge eval model.fp32.onnx --compare model.fp16.onnx --compare model.int8.onnx --images … --annotations …
+      effedge eval runs/b0-…/model.fp16.onnx --images imagenet/val        (val/<label or index>/*.JPEG)
+      effedge eval model.int8.onnx --images photos --labels-csv photos/labels.csv
     """
     from pathlib import Path
+
+    if annotations is None:
+        return _eval_classifiers((model, *others), images, labels_csv, labels_file, strict, as_json)
+    if labels_csv is not None:
+        raise EffedgeError("--labels-csv labels a classifier's images; a detector takes --annotations (COCO JSON)")
 
     from effedge.evaluate.coco import EVAL_SCORE_THRESHOLD, METRICS, evaluate
     from effedge.runtime.detector import Detector
@@ -142,6 +205,30 @@ def eval_command(model, images, annotations, others, labels_file, strict, as_jso
                for r in rows])
     if strict and any(r["failed"] for r in rows):
         raise EffedgeError(f"{sum(len(r['failed']) for r in rows)} annotated image(s) could not be read (--strict)")
+
+
+def _eval_classifiers(models, images, labels_csv, labels_file, strict, as_json) -> None:
+    from effedge.evaluate.classification import evaluate_classifier, from_csv, from_folders
+    from effedge.runtime.classifier import Classifier
+
+    rows = []
+    for path in models:
+        progress(f"evaluating {path}")
+        with Classifier(path, labels=labels_file) as classifier:
+            for note in classifier.warnings:
+                progress(f"warning: {note}")
+            samples = (from_csv(labels_csv, images, classifier.labels, classifier.num_classes) if labels_csv else
+                       from_folders(images, classifier.labels, classifier.num_classes))
+            rows.append({"model": path, **evaluate_classifier(classifier, samples, progress=rich_progress)})
+        for failure in rows[-1]["failed"]:
+            progress(f"  left out {failure['image']}: {failure['error']}")
+    if as_json:
+        print_json(rows)
+    else:
+        table("classification", ["model", "top-1", "top-5", "images"],
+              [[r["model"], f"{r['top1']:.3f}", f"{r['top5']:.3f}", r["images"]] for r in rows])
+    if strict and any(r["failed"] for r in rows):
+        raise EffedgeError(f"{sum(len(r['failed']) for r in rows)} labelled image(s) could not be read (--strict)")
 
 
 @cli.command("demo-images")

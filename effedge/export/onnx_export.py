@@ -2,8 +2,10 @@
 
 Graph contract (detectors; ``N`` anchors, ``C`` classes):
 
-* input ``images``: NCHW float32 RGB normalized with ImageNet mean/std (``input_format="float"``), or NHWC
-  uint8 RGB 0–255 normalized inside the graph (``"uint8"``); see :mod:`effedge.runtime.preprocess`.
+* input ``images``: NCHW float32 RGB normalized with the spec's mean/std (ImageNet's for B/D, 0.5/0.5 for
+  Lite; ``input_format="float"``), or NHWC uint8 RGB 0–255 normalized inside the graph (``"uint8"``); see
+  :mod:`effedge.runtime.preprocess`. build.json's ``input`` block and the graph's metadata_props
+  (``effedge.input.mean``, ``.std``, ``.layout``, ...) record which.
 * ``class_logits [B, N, C]`` and ``box_regression [B, N, 4]`` — the heads concatenated over levels in anchor
   order (level, y, x, anchor); regression in (dx, dy, dw, dh) order (the box predictor's output channels are
   permuted at export so decoding needs no gather);
@@ -28,7 +30,7 @@ from effedge.io import output_directory, publish, sha256_file, staging
 from effedge.errors import EffedgeError
 from effedge.provenance import onnx_summary, tool_versions, write_manifest
 from effedge.export.nms_tail import NMS_TAILS, append_nms_tail
-from effedge.runtime.preprocess import INPUT_FORMATS, MEAN, MEAN_PIXEL, STD
+from effedge.runtime.preprocess import INPUT_FORMATS, graph_metadata, mean_pixel
 from effedge.arch.scaling import EfficientDetSpec, ModelSpec, resolve
 
 PARITY_RTOL = 1e-4  # max |ONNX Runtime − PyTorch| ≤ 1e-4 × max(1, max |output|)
@@ -81,11 +83,13 @@ def deployable(model, input_format: str):
 
     from effedge.arch.anchors import anchors_for
 
+    normalization = model.spec.normalization
+
     class Normalize(nn.Module):
         def __init__(self):
             super().__init__()
-            self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255)
-            self.register_buffer("inv_std", 1 / (torch.tensor(STD).view(1, 3, 1, 1) * 255))
+            self.register_buffer("mean", torch.tensor(normalization.mean).view(1, 3, 1, 1) * 255)
+            self.register_buffer("inv_std", 1 / (torch.tensor(normalization.std).view(1, 3, 1, 1) * 255))
 
         def forward(self, images):
             # Cast first: TensorRT's Transpose (and most layers) take no UInt8 input. Cast to the weights' dtype
@@ -241,6 +245,12 @@ def _export(spec, out: Path, *, weights, num_classes, pad, options: ExportOption
         clock = time.perf_counter()
         log("simplifying")
         simplified = simplify_model(raw)
+        # which normalization the graph expects, for a user without build.json (onnxruntime's custom metadata)
+        metadata = graph_metadata(spec.normalization.mean, spec.normalization.std, options.input_format,
+                                  classifier=not is_detector)
+        for graph in (raw, simplified):
+            onnx.helper.set_model_props(graph, metadata)
+        onnx.save(raw, str(stage / RAW_ONNX))
         onnx.save(simplified, str(stage / SIMPLIFIED_ONNX))
         seconds["simplify"] = time.perf_counter() - clock
 
@@ -277,7 +287,8 @@ def _export(spec, out: Path, *, weights, num_classes, pad, options: ExportOption
             "precision": "fp32",
             "input": {"name": "images", "format": options.input_format,
                       "layout": "NHWC" if options.input_format == "uint8" else "NCHW",
-                      "mean": list(MEAN), "std": list(STD), "letterbox_fill": list(MEAN_PIXEL)},
+                      "mean": list(spec.normalization.mean), "std": list(spec.normalization.std),
+                      "letterbox_fill": list(mean_pixel(spec.normalization.mean))},
             "batch": ({"min": options.dynamic_batch[0], "opt": options.dynamic_batch[1],
                        "max": options.dynamic_batch[2]} if options.dynamic_batch else {"static": options.batch}),
             "export_options": asdict(options),

@@ -11,6 +11,9 @@ to it (fp16 moves a near-tied crowd enough to reorder it), so where over :data:`
 detections are fragile, F1 measures how ties break, not the precision. Random weights give exactly that crowd
 (e.g. D0: 12 000 anchors at 0.536–0.537), a trained detector a few detections far from any cut.
 
+For classifiers (a ``logits [B, classes]`` output) also class agreement: the share of images whose top-1 class
+is fp32's, and the mean KL divergence KL(fp32 softmax ‖ test softmax) in nats (0 for identical outputs).
+
 A non-finite value where fp32 has a finite one (or a different non-finite one) is a fidelity failure, not
 noise to drop: such an output is reported with its count of non-finite values and no SQNR or cosine, and
 :func:`min_sqnr` gives it −∞ so no fidelity target counts as met.
@@ -50,6 +53,9 @@ class FidelityMeter:
     fragile: int = 0  # fp32 detections a score change of TIE_MARGIN would drop
     test_detections: int = 0
     matched: int = 0
+    classified: int = 0  # classifier images seen (a logits [B, classes] output)
+    top1_agreed: int = 0
+    kl_sum: float = 0.0  # Σ KL(fp32 softmax ‖ test softmax), nats; ∞ once a test probability underflows to 0
 
     def update(self, reference: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> None:
         for name, ref in reference.items():
@@ -66,10 +72,24 @@ class FidelityMeter:
             s.error += float((r - t) @ (r - t))
             s.dot += float(r @ t)
             s.test += float(t @ t)
+        if "logits" in reference and reference["logits"].ndim == 2:
+            self._classify(reference["logits"], test["logits"])
         if "boxes" in reference and "scores" in reference:
             self.detector = True
             for i in range(reference["boxes"].shape[0]):
                 self._match(reference["boxes"][i], reference["scores"][i], test["boxes"][i], test["scores"][i])
+
+    def _classify(self, reference: np.ndarray, test: np.ndarray) -> None:
+        def log_softmax(logits: np.ndarray) -> np.ndarray:
+            shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+            return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+        log_p, log_q = log_softmax(reference), log_softmax(test)
+        with np.errstate(invalid="ignore"):  # a non-finite test logit: counted above, here a disagreement
+            kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=1)
+        self.classified += len(reference)
+        self.top1_agreed += int(np.count_nonzero(reference.argmax(axis=1) == test.argmax(axis=1)))
+        self.kl_sum += float(np.where(np.isfinite(kl), np.maximum(kl, 0.0), np.inf).sum())
 
     def _match(self, ref_boxes, ref_scores, test_boxes, test_scores) -> None:
         options = dict(score_threshold=self.score_threshold, iou_threshold=self.iou_threshold,
@@ -109,6 +129,12 @@ class FidelityMeter:
         broken = {name: s.nonfinite for name, s in self.sums.items() if s.nonfinite}
         if broken:
             report["nonfinite"] = broken
+        if self.classified:
+            report["class_agreement"] = {
+                "top1": self.top1_agreed / self.classified, "images": self.classified,
+                "kl_divergence": finite_or_none(self.kl_sum / self.classified)}
+            if self.reference_noise:
+                report["class_agreement_note"] = self.reference_noise.replace("detections", "classes")
         if self.detector:
             reason = self._meaningless()
             if reason:

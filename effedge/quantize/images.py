@@ -5,7 +5,9 @@ split into held-out photos (for the fidelity report, never used to calibrate) an
 photos are measured through several fixed views each (crops at three scales, mirrored or not), so the fidelity
 figures rest on at least :data:`MIN_HOLDOUT_VIEWS` inputs; views multiply only the held-out photos. Each
 image is decoded with EXIF orientation applied, converted to 8-bit RGB (grayscale, RGBA, palette, CMYK,
-16-bit), reduced cheaply if huge, then letterboxed and normalized by :mod:`effedge.runtime.preprocess`. Files that
+16-bit), reduced cheaply if huge, then brought to the model's size and normalized as the model itself wants
+(:class:`effedge.runtime.preprocess.Preprocessing`: letterbox for detectors, centre crop for classifiers, the
+model's mean/std; ImageNet's letterbox where none is given). Files that
 cannot be decoded are skipped and counted; a folder where no calibration file is an image is refused up front,
 from the headers. For a static-batch model, a last partial batch is filled up with repeats of its own images.
 """
@@ -23,7 +25,7 @@ import numpy as np
 from effedge import shipped_data
 from effedge.errors import EffedgeError
 from effedge.runtime.images import IMAGE_SUFFIXES, ImageDecodeError, load_rgb
-from effedge.runtime.preprocess import letterbox, to_model_input
+from effedge.runtime.preprocess import Preprocessing
 
 RECOMMENDED_IMAGES = 500
 FEW_IMAGES = 100
@@ -126,33 +128,36 @@ class ImageSet:
         return digest.hexdigest()
 
     def batches(self, paths: list[Path | HeldOutView], size: tuple[int, int], input_format: str,
-                batch: int = 1) -> Iterator[np.ndarray]:
+                batch: int = 1, preprocessing: Preprocessing = Preprocessing()) -> Iterator[np.ndarray]:
         """Model-ready batches of the readable images (or views) among ``paths`` (the last one may be smaller);
         unreadable files are recorded in ``skipped``, once each."""
-        for images, real in self.padded_batches(paths, size, input_format, batch):
+        for images, real in self.padded_batches(paths, size, input_format, batch, preprocessing):
             yield images[:real]
 
     def padded_batches(self, paths: list[Path | HeldOutView], size: tuple[int, int], input_format: str,
-                       batch: int) -> Iterator[tuple[np.ndarray, int]]:
+                       batch: int, preprocessing: Preprocessing = Preprocessing()
+                       ) -> Iterator[tuple[np.ndarray, int]]:
         """Batches of exactly ``batch`` images, for a model with a static batch, each with the number of real
-        images at its start. A last partial batch is filled up by repeating its own images: the model sees only
-        real data (so maxima are unchanged), and callers drop the repeats from their statistics."""
+        images at its start, prepared as ``preprocessing`` says (the model's own: see
+        :func:`effedge.runtime.preprocess.preprocessing_for`). A last partial batch is filled up by repeating its
+        own images: the model sees only real data (so maxima are unchanged), and callers drop the repeats from
+        their statistics."""
         pending = []
         for item in paths:
             view = item if isinstance(item, HeldOutView) else HeldOutView(item)
             try:
-                pending.append(letterbox(view.load(size), *size)[0])
+                pending.append(preprocessing.fit(view.load(size), size)[0])
             except ImageDecodeError as exc:
                 entry = (str(view.path.relative_to(self.root)), str(exc))
                 if entry not in self.skipped:  # one file, several views: skipped once
                     self.skipped.append(entry)
                 continue
             if len(pending) == batch:
-                yield to_model_input(np.stack(pending), input_format), batch
+                yield preprocessing.model_input(np.stack(pending), input_format), batch
                 pending = []
         if pending:
             real = len(pending)
-            yield to_model_input(np.stack([pending[i % real] for i in range(batch)]), input_format), real
+            yield preprocessing.model_input(np.stack([pending[i % real] for i in range(batch)]), input_format), real
 
     def require_readable(self) -> None:
         """Fail fast, before any export or inference, when no calibration file is an image (only the headers

@@ -41,6 +41,7 @@ from effedge.errors import EffedgeError, RunError
 from effedge.io import MANIFEST
 from effedge.provenance import cache_identity
 from effedge.runtime.onnxruntime import ort_session
+from effedge.runtime.preprocess import Preprocessing, is_classifier, preprocessing_for
 
 PRECISIONS = ("fp16", "int8", "mixed")
 HIGH_PRECISIONS = ("fp16", "fp32")  # the dtype of what int8/mixed graphs do not quantize
@@ -105,9 +106,12 @@ class ModelInput:
     format: str  # "float" (NCHW normalized) or "uint8" (NHWC)
     size: tuple[int, int]
     batch: int
+    preprocessing: Preprocessing = Preprocessing()  # how images become this input (the model's own)
 
 
-def model_input(model) -> ModelInput:
+def model_input(model, manifest: Optional[dict] = None) -> ModelInput:
+    """The graph's image input, prepared as its build.json (``manifest``) or its metadata says: a classifier
+    (family efficientnet, or one [batch, classes] output) gets the centre crop, a detector the letterbox."""
     from onnx import TensorProto
 
     graph_input = model.graph.input[0]
@@ -118,7 +122,10 @@ def model_input(model) -> ModelInput:
     if len(model.graph.input) != 1 or len(dims) != 4 or not height or not width:
         raise EffedgeError("the model must have one image input with a static height and width "
                            "(export it with effedge export)")
-    return ModelInput(graph_input.name, "uint8" if uint8 else "float", (height, width), dims[0] or 1)
+    manifest = manifest or {}
+    classifier = is_classifier(manifest, [len(o.type.tensor_type.shape.dim) for o in model.graph.output])
+    preprocessing = preprocessing_for(manifest, {p.key: p.value for p in model.metadata_props}, classifier=classifier)
+    return ModelInput(graph_input.name, "uint8" if uint8 else "float", (height, width), dims[0] or 1, preprocessing)
 
 
 def _check_source(model, path: Path) -> None:
@@ -264,7 +271,8 @@ def calibrate(source_model, tensors: list[str], images: ImageSet, inputs: ModelI
     names = [o for outs in fetch.values() for o in outs if o is not None]
     collectors = {name: RangeCollector() for name in tensors}
     used = 0
-    batches = images.padded_batches(images.calibration, inputs.size, inputs.format, inputs.batch)
+    batches = images.padded_batches(images.calibration, inputs.size, inputs.format, inputs.batch,
+                                    inputs.preprocessing)
     for batch, real in progress(batches, -(-len(images.calibration) // inputs.batch), "calibrating"):
         values = dict(zip(names, session.run(names, {inputs.name: batch})))
         for name, (top, bottom, sample) in fetch.items():
@@ -310,17 +318,23 @@ def _reference_outputs(source: Path, images: ImageSet, inputs: ModelInput) -> li
     return [(batch, real, {name: _real_images(value, real, inputs.batch)
                            for name, value in zip(names, session.run(names, {inputs.name: batch}))})
             for batch, real in images.padded_batches(images.holdout_views(), inputs.size, inputs.format,
-                                                     inputs.batch)]
+                                                     inputs.batch, inputs.preprocessing)]
+
+
+def _source_manifest(source: Path) -> dict:
+    """The build.json beside ``source``; empty where there is none or it is not one of ours."""
+    try:
+        manifest = json.loads((source.parent / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
 
 
 def _has_random_weights(source: Path, told: Optional[bool]) -> bool:
     """Whether ``source`` was exported without weights: as told, else as its build.json says."""
     if told is not None:
         return told
-    try:
-        return json.loads((source.parent / MANIFEST).read_text()).get("weights") == "random"
-    except (OSError, ValueError, AttributeError):  # no build.json, or not one of ours: not known to be random
-        return False
+    return _source_manifest(source).get("weights") == "random"
 
 
 def measure_fidelity(model, references: list[tuple[np.ndarray, int, dict]], inputs: ModelInput,
@@ -402,7 +416,7 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
     if not model.graph.input:
         raise EffedgeError(f"{source} holds no ONNX graph; export it again")
     _check_source(model, source)
-    inputs = model_input(model)
+    inputs = model_input(model, _source_manifest(source))
     out = Path(out_dir) if out_dir else source.parent
     images = ImageSet.from_folder(options.calib_dir or DEFAULT_CALIB_DIR, count=options.calib_images,
                                   holdout=options.holdout, min_views=options.holdout_views)
@@ -410,7 +424,10 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
         images.require_readable()  # before the reference pass and the Q/DQ placement
     model_hash = sha256_file(source)
     seconds: dict[str, float] = {}
-    report: dict = {"precision": options.precision, "source": source.name, "options": _jsonable(asdict(options))}
+    report: dict = {"precision": options.precision, "source": source.name, "options": _jsonable(asdict(options)),
+                    "input": inputs.preprocessing.describe()}
+    if inputs.preprocessing.assumed:
+        log(f"warning: {source.name}: {inputs.preprocessing.source}")
 
     clock = time.perf_counter()
     references = _reference_outputs(source, images, inputs)
@@ -433,6 +450,7 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
         tensors = sorted(qdq.activation_quantizers(placed))
         key_text = json.dumps([ALGORITHM_VERSION, model_hash, images.content_hash(), options.method, options.percentile,
                                inputs.format, list(inputs.size), inputs.batch, tensors,
+                               inputs.preprocessing.describe(),
                                cache_identity("onnx", "onnxruntime")])
         cache_file = cache_root() / "calibration" / f"{hashlib.sha256(key_text.encode()).hexdigest()[:32]}.json"
         cached = read_calibration_cache(cache_file, tensors, log)
@@ -499,6 +517,7 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
                          "minimum_views": images.min_views}
 
     name = f"model.{options.precision}.onnx"
+    onnx.helper.set_model_props(result, {p.key: p.value for p in model.metadata_props})  # the input it expects
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / name, result.SerializeToString())
     report["file"] = name

@@ -52,6 +52,10 @@ class Runner:
     def output_info(self) -> list[TensorInfo]:
         raise NotImplementedError
 
+    def metadata(self) -> dict[str, str]:
+        """The model file's own key/value metadata (an ONNX graph's metadata_props); empty where there is none."""
+        return {}
+
     def batch_range(self) -> tuple[int, Optional[int]]:
         """The smallest and largest batch the model's inputs take: a static batch is both; (1, None) where the
         batch is dynamic and the backend knows no limit."""

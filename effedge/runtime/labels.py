@@ -80,14 +80,18 @@ def labels_for(manifest: Mapping, num_classes: Optional[int] = None,
     return None
 
 
-def random_weights_warning(manifest: Mapping, *, timing: bool = False) -> Optional[str]:
+def random_weights_warning(manifest: Mapping, *, timing: bool = False, kind: str = "detector") -> Optional[str]:
     """The one-line warning for a build exported without weights (build.json ``weights: random``); ``timing``:
-    the wording for bench, where the network's latency does not depend on the weights but an NMS tail's does."""
+    the wording for bench, where the network's latency does not depend on the weights but an NMS tail's does;
+    ``kind``: "detector" or "classifier", whose answers mean nothing."""
     if manifest.get("weights") != "random":
         return None
     if timing:
         return ("random weights: the network's latency is a trained model's, but an NMS tail's and end-to-end "
                 "times depend on how many boxes pass, which random weights do not set as a trained model would "
                 "(compiled without --weights; try --weights demo, or a checkpoint)")
+    if kind == "classifier":
+        return ("random weights: these classes mean nothing (the model was compiled without --weights; give it a "
+                "checkpoint)")
     return ("random weights: these detections mean nothing (the model was compiled without --weights; "
             "try --weights demo, or a checkpoint)")

@@ -147,6 +147,9 @@ class OnnxRuntimeRunner(Runner):
     def output_info(self) -> list[TensorInfo]:
         return self._info(self.session.get_outputs())
 
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]
         return dict(zip(names, self.session.run(names, dict(feed))))

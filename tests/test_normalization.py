@@ -1,0 +1,176 @@
+"""Normalization is part of the model: a Lite export (mean = std = 0.5) records it in build.json and in the
+graph's metadata, folds it into a uint8 graph, and the Detector, the Classifier and the calibration reader
+prepare images with it; a graph that says nothing gets ImageNet's, and says so."""
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from helpers import input_sensitive_weights, photo
+from PIL import Image
+
+from effedge.export.onnx_export import ExportOptions, export
+from effedge.quantize.images import ImageSet
+from effedge.quantize.precision import calibrate, model_input
+from effedge.runtime import Classifier, Detector
+from effedge.runtime.onnxruntime import OnnxRuntimeRunner
+from effedge.runtime.preprocess import DEFAULT_SOURCE, MEAN, STD, center_crop, letterbox, normalize
+
+SIZE = 64
+HALF = (0.5, 0.5, 0.5)
+
+
+@pytest.fixture(scope="module")
+def lite0(tmp_path_factory):
+    """lite0 at 64 px, float and uint8 inputs, the same random weights."""
+    root = tmp_path_factory.mktemp("lite0")
+    weights = input_sensitive_weights("lite0", SIZE)
+    export("lite0", root / "float", weights=weights, options=ExportOptions(image_size=SIZE))
+    export("lite0", root / "uint8", weights=weights, options=ExportOptions(image_size=SIZE, input_format="uint8"))
+    return root
+
+
+def run(path, images):
+    with OnnxRuntimeRunner(path) as runner:
+        return runner.infer({"images": images})["logits"]
+
+
+def test_a_lite_export_records_half_normalization_in_build_json_and_graph_metadata(lite0):
+    for kind, layout in (("float", "NCHW"), ("uint8", "NHWC")):
+        manifest = json.loads((lite0 / kind / "build.json").read_text())
+        assert manifest["input"] == {"name": "images", "format": kind, "layout": layout, "mean": list(HALF),
+                                     "std": list(HALF), "letterbox_fill": [128, 128, 128]}
+        props = {p.key: p.value for p in onnx.load(str(lite0 / kind / "model.sim.onnx")).metadata_props}
+        assert json.loads(props["effedge.input.mean"]) == list(HALF)
+        assert json.loads(props["effedge.input.std"]) == list(HALF)
+        assert props["effedge.input.layout"] == layout and props["effedge.input.format"] == kind
+        assert props["effedge.input.resize"] == "center-crop"
+
+
+def test_the_uint8_graph_folds_the_lite_normalization(lite0):
+    pixels = np.random.default_rng(4).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
+    from_uint8 = run(lite0 / "uint8" / "model.sim.onnx", pixels)
+    from_float = run(lite0 / "float" / "model.sim.onnx", normalize(pixels, HALF, HALF))
+    np.testing.assert_allclose(from_uint8, from_float, atol=1e-4)
+    imagenet = run(lite0 / "float" / "model.sim.onnx", normalize(pixels, MEAN, STD))
+    assert np.abs(imagenet - from_uint8).max() > 100 * np.abs(from_float - from_uint8).max()  # the constant matters
+
+
+def expected_classifier_input(image, mean=HALF, std=HALF):
+    return normalize(center_crop(image, SIZE, SIZE)[None], mean, std)
+
+
+def test_the_classifier_feeds_the_lite_normalization(lite0, tmp_path):
+    image = photo((90, 70), seed=1)
+    reference = run(lite0 / "float" / "model.sim.onnx", expected_classifier_input(image))
+    with Classifier(lite0 / "float" / "model.sim.onnx") as classifier:
+        assert classifier.preprocessing.mean == HALF and classifier.preprocessing.source == "build.json"
+        probabilities = classifier.probabilities([image])
+    shifted = np.exp(reference - reference.max())
+    np.testing.assert_allclose(probabilities, shifted / shifted.sum(), rtol=1e-5, atol=1e-7)
+    # the ONNX file alone (no build.json): its metadata says the same
+    alone = tmp_path / "model.sim.onnx"
+    shutil.copy(lite0 / "float" / "model.sim.onnx", alone)
+    with Classifier(alone) as classifier:
+        assert classifier.preprocessing.source == "graph metadata" and classifier.warnings == []
+        np.testing.assert_allclose(classifier.probabilities([image]), probabilities, rtol=1e-6)
+
+
+def capture_feed(detector, image):
+    fed = {}
+    infer = detector.runner.infer
+
+    def recording(feed):
+        fed.update(feed)
+        return infer(feed)
+
+    detector.runner.infer = recording
+    detector([image])
+    return fed["images"]
+
+
+def test_the_detector_feeds_the_recorded_normalization_and_fills_with_its_mean_colour(tmp_path):
+    from test_runtime import constant_detector, raw_outputs
+
+    image = photo((96, 48), seed=2)
+    model = constant_detector(tmp_path / "model.onnx", raw_outputs())
+    (tmp_path / "build.json").write_text(json.dumps({"family": "efficientdet", "input": {"mean": HALF, "std": HALF}}))
+    canvas, _ = letterbox(image, 64, 64, fill=(128, 128, 128))
+    with Detector(model) as detector:
+        assert detector.preprocessing.source == "build.json"
+        fed = capture_feed(detector, image)
+    np.testing.assert_allclose(fed, normalize(canvas[None], HALF, HALF), atol=1e-6)
+    assert np.abs(fed[0, :, 40:, :]).max() < 0.01  # a 96×48 photo fills the top 32 rows; the letterbox fill is (about) zero after normalization
+    # metadata alone
+    (tmp_path / "build.json").unlink()
+    graph = onnx.load(str(model))
+    onnx.helper.set_model_props(graph, {"effedge.input.mean": "[0.5, 0.5, 0.5]", "effedge.input.std": "[0.5, 0.5, 0.5]"})
+    onnx.save(graph, str(model))
+    with Detector(model) as detector:
+        assert detector.preprocessing.source == "graph metadata"
+        np.testing.assert_allclose(capture_feed(detector, image), normalize(canvas[None], HALF, HALF), atol=1e-6)
+    # neither: ImageNet, and a warning that says so
+    bare = onnx.load(str(model))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(model))
+    with Detector(model) as detector:
+        assert detector.preprocessing.mean == MEAN and any(DEFAULT_SOURCE in note for note in detector.warnings)
+        imagenet_canvas, _ = letterbox(image, 64, 64)
+        np.testing.assert_allclose(capture_feed(detector, image), normalize(imagenet_canvas[None]), atol=1e-6)
+
+
+def test_the_calibration_reader_prepares_images_as_the_model_wants(lite0, tmp_path):
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for seed in range(3):
+        Image.fromarray(photo((80, 60), seed=seed)).save(folder / f"{seed}.png")
+    images = ImageSet.from_folder(folder, holdout=1)
+    graph = onnx.load(str(lite0 / "float" / "model.sim.onnx"))
+    manifest = json.loads((lite0 / "float" / "build.json").read_text())
+    for inputs in (model_input(graph, manifest), model_input(graph)):  # build.json, or the graph's metadata
+        assert inputs.preprocessing.resize == "center-crop"
+        batch = np.concatenate(list(images.batches(images.calibration, inputs.size, inputs.format,
+                                                   preprocessing=inputs.preprocessing)))
+        expected = np.concatenate([expected_classifier_input(np.asarray(Image.open(path).convert("RGB")))
+                                   for path in images.calibration])
+        np.testing.assert_allclose(batch, expected, atol=1e-6)
+    # int8 calibration reads the input as prepared: |x| ≤ 1 with 0.5/0.5 (ImageNet's would reach 2.6)
+    amax, used = calibrate(graph, ["images"], images, model_input(graph, manifest), method="max", percentile=99.99,
+                           progress=lambda items, total, description: items)
+    assert used == 2 and 0.9 < amax["images"] <= 1.0
+    bare = onnx.load(str(lite0 / "float" / "model.sim.onnx"))
+    del bare.metadata_props[:]
+    assert model_input(bare).preprocessing.source == DEFAULT_SOURCE
+
+
+def test_quantize_reports_class_agreement_for_a_classifier(lite0, tmp_path, monkeypatch, capsys):
+    """fp16 lite0: top-1 agreement and KL against fp32 next to SQNR, printed; the fp32 model against itself
+    agrees exactly; the quantized graph keeps the metadata of the input it expects."""
+    from helpers import run_main
+
+    from effedge.quantize.precision import measure_fidelity
+
+    build = tmp_path / "build"
+    shutil.copytree(lite0 / "float", build)
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for seed in range(10):
+        Image.fromarray(photo((72, 56), seed=seed)).save(folder / f"{seed}.png")
+    code, out, err = run_main(monkeypatch, capsys, ["quantize", str(build / "model.sim.onnx"), "--precision", "fp16",
+                                                    "--calib", str(folder), "--holdout", "8"])
+    assert code == 0, err
+    report = json.loads((build / "build.json").read_text())["precisions"]["fp16"]
+    agreement = report["fidelity"]["class_agreement"]
+    assert agreement["images"] == 8 and 0.0 <= agreement["top1"] <= 1.0 and 0.0 < agreement["kl_divergence"] < 0.01
+    assert report["input"]["mean"] == list(HALF) and report["input"]["resize"] == "center-crop"
+    assert f"classes agree with fp32: top-1 {agreement['top1']:.3f} of 8 view(s)" in out
+    props = {p.key: p.value for p in onnx.load(str(build / "model.fp16.onnx")).metadata_props}
+    assert json.loads(props["effedge.input.mean"]) == list(HALF)
+    # fp32 against itself: every top-1 agrees, no divergence
+    images = ImageSet.from_folder(folder, holdout=8)
+    inputs = model_input(onnx.load(str(build / "model.sim.onnx")))
+    references = [(batch, real, {"logits": run(build / "model.sim.onnx", batch)}) for batch, real in
+                  images.padded_batches(images.holdout_views(), inputs.size, inputs.format, 1, inputs.preprocessing)]
+    itself = measure_fidelity(onnx.load(str(build / "model.sim.onnx")), references, inputs, 0.3)
+    assert itself["class_agreement"] == {"top1": 1.0, "images": 8, "kl_divergence": 0.0}
