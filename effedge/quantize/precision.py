@@ -375,6 +375,11 @@ def _mixed_search(int8_model, references, inputs: ModelInput, target: float, sco
         dequantize_nodes(candidate, names)
         return candidate
 
+    # A group none of whose inputs is quantized (a classifier's Linear: ModelOpt leaves Gemm in high precision)
+    # has nothing to keep out of int8: it is neither probed nor reported as kept.
+    groups = {group: names for group, names in groups.items()
+              if dequantize_nodes(copy.deepcopy(int8_model), names)}
+
     sensitivity = []
     for group in progress(list(groups), len(groups), "sensitivity"):
         fidelity = min_sqnr(measure_fidelity(with_fp16(groups[group]), probe, inputs, score_threshold))
