@@ -64,6 +64,45 @@ def test_timm_classifier_checkpoint_matches_reference(timm_module, variant):
     assert error <= TOLERANCE
 
 
+# The Lite family: ReLU6 everywhere the B/D networks have SiLU, no squeeze-excite, fixed stem/head, plain-sum
+# fusion. The real sizes of lite0 and d-lite0 (320: P6/P7 round up, P7→P6 up-samples 3→5) run by default; the
+# others at reduced sizes (192: 2→3 and 3→6 up-sampling, not ×2) and, marked slow, at their real sizes.
+_LITE_CLASSIFIERS = [("lite0", None), *((f"lite{i}", 128) for i in range(1, 5)),
+                     *(pytest.param(f"lite{i}", None, marks=pytest.mark.slow) for i in range(1, 5))]
+_LITE_DETECTORS = [("lite0", 320), ("lite0", 448), *((v, 192) for v in ("lite1", "lite2", "lite3", "lite3x", "lite4")),
+                   *(pytest.param(v, None, marks=pytest.mark.slow) for v in ("lite1", "lite2", "lite3", "lite3x",
+                                                                           "lite4"))]
+
+
+@pytest.mark.parametrize("variant, size", _LITE_CLASSIFIERS)
+def test_timm_lite_classifier_matches_reference(timm_module, variant, size):
+    reference = randomize_(timm_module.create_model(f"tf_efficientnet_{variant}"), seed=4).eval()
+    ours = build_model(variant, weights=reference.state_dict(), image_size=size)
+    assert not any(isinstance(m, torch.nn.SiLU) for m in ours.modules())
+    x = torch.randn(2, 3, *ours.image_size, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = reference(x)
+        error = (expected - ours(x)).abs().max().item()
+    assert expected.abs().max().item() > 0.5
+    assert error <= TOLERANCE, (variant, error)
+
+
+@pytest.mark.parametrize("variant, size", _LITE_DETECTORS)
+def test_effdet_lite_detector_matches_reference(effdet_reference, variant, size):
+    name = f"tf_efficientdet_{variant}"
+    size = size or effdet_reference[1](name).image_size[0]
+    reference = _reference_detector(effdet_reference, name, size, seed=6)
+    ours = build_model(f"d-{variant}", weights=reference.state_dict(), image_size=size)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref_out, our_out = reference(x), ours(x)
+    error, magnitude = _max_error(ref_out, our_out)
+    assert magnitude > 0.1
+    assert error <= TOLERANCE, (name, size, error)
+    top = -(-size // 2 ** 7)  # P7 rounds up (3 at 320, 4 at 448)
+    assert tuple(our_out[1][-1].shape) == (1, 9 * 4, top, top)
+
+
 def test_weights_of_another_variant_are_refused_with_the_reason(effdet_reference):
     d1 = _reference_detector(effdet_reference, "tf_efficientdet_d1", 256).state_dict()
     with pytest.raises(CheckpointError, match=r"shape mismatches .*BiFPN 88 ch × 4 layers"):
