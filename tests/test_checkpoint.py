@@ -90,6 +90,17 @@ def test_timm_lite_classifier_matches_reference(timm_module, variant, size):
     assert error <= TOLERANCE, (variant, error)
 
 
+def test_timm_pytorch_trained_lite0_matches_reference(timm_module):
+    """timm's efficientnet_lite0 (trained in PyTorch): the symmetric layout, as its known name selects."""
+    from effedge.models.checkpoint import KNOWN_CHECKPOINTS
+
+    reference = randomize_(timm_module.create_model("efficientnet_lite0"), seed=4).eval()
+    ours = build_model("lite0", weights=reference.state_dict(), pad=KNOWN_CHECKPOINTS["efficientnet_lite0"].pad)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert (reference(x) - ours(x)).abs().max().item() <= TOLERANCE
+
+
 @pytest.mark.parametrize("variant, size", _LITE_DETECTORS)
 def test_effdet_lite_detector_matches_reference(effdet_reference, variant, size):
     name = f"tf_efficientdet_{variant}"
@@ -210,6 +221,21 @@ def test_missing_and_corrupt_files(tmp_path):
         build_model("d0", weights=corrupt)
     with pytest.raises(VariantError, match="are for d1, not d0"):
         build_model("d0", weights="tf_efficientdet_d1")
+
+
+def test_every_lite_variant_has_its_published_checkpoint():
+    """timm's tf_efficientnet_lite* and effdet's tf_efficientdet_lite* by name (downloaded on first use); a name
+    for another variant is refused before anything is fetched."""
+    from effedge.arch.scaling import EFFICIENTDET_LITES, EFFICIENTNET_LITES, resolve
+    from effedge.models.checkpoint import KNOWN_CHECKPOINTS
+
+    for variant in [*EFFICIENTNET_LITES, *EFFICIENTDET_LITES]:
+        name = ("tf_efficientdet_" + variant.removeprefix("d-")) if variant.startswith("d-") else f"tf_efficientnet_{variant}"
+        known = KNOWN_CHECKPOINTS[name]
+        assert resolve(name).name == known.variant == variant and known.pad == "same"
+        assert known.url.endswith(".pth") and name in known.url
+    with pytest.raises(VariantError, match="are for d-lite1, not d-lite0"):
+        build_model("d-lite0", weights="tf_efficientdet_lite1")
 
 
 def test_url_is_downloaded_once_into_the_hub_cache(tmp_path, monkeypatch):

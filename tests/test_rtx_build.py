@@ -146,12 +146,15 @@ def test_lite_graphs_build(workspace, variant, size, precision):
         record = precision_record(model)
         kept = [s["group"] for s in record["sensitivity"] if s.get("kept_fp16")]
         assert record["fidelity_target_met"] and 0 < len(kept) < len(record["sensitivity"]), kept
-    ops = {node.op_type for node in onnx.load(str(model)).graph.node}
+    nodes = [node.op_type for node in onnx.load(str(model)).graph.node]
+    ops = set(nodes)
     assert "Clip" in ops and ("Sigmoid" in ops) == variant.startswith("d-")  # the detector's scores only
     if precision != "fp16":
         assert "QuantizeLinear" in ops and not qdq.invalid_scales(onnx.load(str(model)))
     report = rtx_build(model)
     assert report["precision"] == precision
+    if precision == "fp16":  # every Clip(0, 6) is fused into its convolution: none costs an engine layer
+        assert report["layers"]["layers"] <= len(nodes) - nodes.count("Clip"), report["layers"]
 
 
 def test_fractional_phi_builds(workspace):
