@@ -12,13 +12,13 @@ padding, the ``tf_*`` checkpoints' biases before the BiFPN and head BatchNorms),
 
 Feature maps follow TF 'same' arithmetic: a stride-s layer gives ceil(size / s).
 
-The same walk also lists a detector's layers as its simplified ONNX export has them (:func:`analytic_layers`,
-what the latency predictor costs): BatchNorm folded into the convolution before it (which then has a bias),
-SiLU as Sigmoid and Mul (ReLU6, the Lite family's, as one Clip), squeeze-excite's mean, pooling, up-sampling, fusion and residual sums, and the output
-tail (reshapes, concatenations, box decoding). The export's constant folding moves fast-normalized fusion
-weights into the producing convolutions where it can, leaving about one Mul per fused input but one per node
-(the count differs by a layer or so per BiFPN cell); ``tests/test_profiles.py`` holds the list's totals to the
-exported graph's.
+The same walk also lists a detector's layers as its simplified ONNX export has them (:func:`analytic_layers`, what
+the latency predictor costs): BatchNorm folded into the convolution before it (which then has a bias), SiLU as
+Sigmoid and Mul (ReLU6, the Lite family's, as one Clip), squeeze-excite's mean, pooling, up-sampling, fusion and
+residual sums, and the output tail (reshapes, concatenations, box decoding). The export's constant folding moves
+fast-normalized fusion weights into the producing convolutions where it can, leaving about one Mul per fused input
+but one per node (the count differs by a layer or so per BiFPN cell); ``tests/test_profiles.py`` holds the list's
+totals to the exported graph's.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class _Tally:
         self.macs += weights * out_size[0] * out_size[1]
 
     # Layers without params or MACs: only the layer list (_Layers) records them.
-    def act(self, kind: str, channels: int, size: Size) -> None:
+    def activate(self, channels: int, size: Size) -> None:
         pass
 
     def add(self, channels: int, size: Size, inputs: int = 2, *, weighted: bool = False) -> None:
@@ -71,8 +71,7 @@ class _Tally:
             self.conv(channels, reduced, 1, (1, 1), bias=True)
             self.conv(reduced, channels, 1, (1, 1), bias=True)
 
-    def head(self, channels: int, outputs: int, layers: int, sizes: list[Size], *, conv_bias: bool,
-             activation: str = "silu") -> None:
+    def head(self, channels: int, outputs: int, layers: int, sizes: list[Size], *, conv_bias: bool) -> None:
         """A class or box head: stride-1 convs shared across levels (their params once, their MACs at every
         level's positions), and a BatchNorm per level and repeat."""
         per_position = _Tally()
@@ -108,6 +107,7 @@ def _area(size: Size) -> int:
 class _Layers(_Tally):
     """The walk as a list of the exported graph's layers (see the module docstring)."""
     layers: list[Layer] = field(default_factory=list)
+    activation: str = "silu"  # the network's (spec.activation): what each activation exports as
     _unbiased: bool = False  # the last layer is a convolution without a bias
 
     def _memory(self, activations: int, weights: int = 0) -> None:
@@ -135,13 +135,13 @@ class _Layers(_Tally):
             self.layers[-1] = Layer(last.op_class, last.macs, last.activations, last.weights + channels)
             self._unbiased = False
 
-    def act(self, kind: str, channels: int, size: Size) -> None:
+    def activate(self, channels: int, size: Size) -> None:
         n = channels * _area(size)
-        if kind == "relu6":
-            self._memory(2 * n, 2)  # Clip, its bounds 0 and 6 constant inputs
+        if self.activation == "relu6":
+            self._memory(2 * n, 2)  # Clip, its bounds two constants
             return
-        self._memory(2 * n)  # Sigmoid
-        self._memory(3 * n)  # Mul
+        self._memory(2 * n)  # SiLU: Sigmoid
+        self._memory(3 * n)  # and Mul
 
     def add(self, channels: int, size: Size, inputs: int = 2, *, weighted: bool = False) -> None:
         n = channels * _area(size)
@@ -160,13 +160,12 @@ class _Layers(_Tally):
         n = channels * _area(size)
         self._memory(n + channels)  # ReduceMean
         self.conv(channels, reduced, 1, (1, 1), bias=True)
-        self.act("silu", reduced, (1, 1))  # the model's SqueezeExcite has SiLU inside
+        self.activate(reduced, (1, 1))
         self.conv(reduced, channels, 1, (1, 1), bias=True)
         self._memory(2 * channels)  # Sigmoid
         self._memory(2 * n + channels)  # Mul: the map by its channel gates
 
-    def head(self, channels: int, outputs: int, layers: int, sizes: list[Size], *, conv_bias: bool,
-             activation: str = "silu") -> None:
+    def head(self, channels: int, outputs: int, layers: int, sizes: list[Size], *, conv_bias: bool) -> None:
         counted = _Tally()
         _Tally.head(counted, channels, outputs, layers, sizes, conv_bias=conv_bias)
         self.params += counted.params
@@ -175,7 +174,7 @@ class _Layers(_Tally):
             for _ in range(layers):
                 self._record_conv(channels, channels, 3, size, groups=channels)
                 self._record_conv(channels, channels, 1, size, bias=True)
-                self.act(activation, channels, size)
+                self.activate(channels, size)
             self._record_conv(channels, channels, 3, size, groups=channels)
             self._record_conv(channels, outputs, 1, size, bias=True)
 
@@ -206,8 +205,7 @@ def _backbone(tally: _Tally, spec: EfficientNetSpec, image_size: Size) -> tuple[
     size = _strided(image_size, 2)
     tally.conv(3, spec.stem_channels, 3, size, in_size=image_size)
     tally.batch_norm(spec.stem_channels)
-    act = spec.activation
-    tally.act(act, spec.stem_channels, size)
+    tally.activate(spec.stem_channels, size)
     in_ch = spec.stem_channels
     features = []
     for index, stage in enumerate(spec.stages):
@@ -222,10 +220,10 @@ def _backbone(tally: _Tally, spec: EfficientNetSpec, image_size: Size) -> tuple[
                 mid = in_ch * stage.expansion
                 tally.conv(in_ch, mid, 1, size)
                 tally.batch_norm(mid)
-                tally.act(act, mid, size)
+                tally.activate(mid, size)
             tally.conv(mid, mid, stage.kernel, out_size, groups=mid, in_size=size)
             tally.batch_norm(mid)
-            tally.act(act, mid, out_size)
+            tally.activate(mid, out_size)
             tally.squeeze_excite(mid, reduced, out_size)
             tally.conv(mid, stage.out_channels, 1, out_size)
             tally.batch_norm(stage.out_channels)
@@ -269,7 +267,7 @@ def _detector(tally: _Tally, spec: EfficientDetSpec, image_size: Size, num_class
             if spec.fusion == "fast_normalized":
                 tally.params += len(offsets)  # one weight per input
             tally.add(channels, sizes[level], len(offsets), weighted=spec.fusion == "fast_normalized")
-            tally.act(spec.activation, channels, sizes[level])
+            tally.activate(channels, sizes[level])
             tally.separable(channels, channels, sizes[level], pw_bias=conv_bias)
             tally.batch_norm(channels)
             feature_channels.append(channels)
@@ -277,8 +275,7 @@ def _detector(tally: _Tally, spec: EfficientDetSpec, image_size: Size, num_class
         in_channels = [channels] * len(in_channels)
 
     for outputs in (spec.num_anchors * num_classes, spec.num_anchors * 4):
-        tally.head(channels, outputs, spec.head_layers, [sizes[level] for level in levels], conv_bias=conv_bias,
-                   activation=spec.activation)
+        tally.head(channels, outputs, spec.head_layers, [sizes[level] for level in levels], conv_bias=conv_bias)
     tally.detector_outputs([sizes[level] for level in levels], spec.num_anchors, num_classes)
 
 
@@ -305,12 +302,13 @@ def analytic_complexity(variant: Union[str, float, ModelSpec], image_size: Union
 
 
 def analytic_layers(variant: Union[str, float, ModelSpec], image_size: Union[int, Size, None] = None,
-                    num_classes: int | None = None) -> list[Layer]:
+                    num_classes: int | None = None, activation: str | None = None) -> list[Layer]:
     """The layers of detector ``variant``'s simplified ONNX export (raw outputs, no NMS tail), in graph order up
-    to the output tail, without building or exporting it. Defaults as :func:`analytic_complexity`."""
+    to the output tail, without building or exporting it. Defaults as :func:`analytic_complexity`; the
+    activation is the spec's (``activation`` prices the same network with the other one)."""
     spec = resolve(variant)
     if not isinstance(spec, EfficientDetSpec):
         raise TypeError(f"{spec.name}: the analytic layer list covers detectors only")
-    recorder = _Layers()
+    recorder = _Layers(activation=activation or spec.activation)
     _detector(recorder, spec, input_size_for(spec, image_size), num_classes or DEFAULT_NUM_CLASSES[spec.family])
     return recorder.layers
