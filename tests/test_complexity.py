@@ -12,7 +12,8 @@ import torch
 
 from effedge.arch import scaling
 from effedge.arch.complexity import analytic_complexity
-from effedge.arch.scaling import EFFICIENTDETS, EFFICIENTNETS, NAMED_VARIANTS, efficientnet_for_phi
+from effedge.arch.scaling import EFFICIENTDET_LITES, EFFICIENTDETS, EFFICIENTNET_LITES, EFFICIENTNETS, NAMED_VARIANTS, \
+    efficientnet_for_phi
 from effedge.models import complexity, count_macs, count_params
 
 _measured = functools.cache(complexity)
@@ -28,6 +29,10 @@ PAPER = {  # params (M), MACs (B): Tan & Le 2019; Tan, Pang & Le 2020
     "d0": (3.9, 2.5), "d1": (6.6, 6.1), "d2": (8.1, 11), "d3": (12, 25), "d4": (21, 55), "d5": (34, 135),
     "d6": (52, 226), "d7": (52, 325), "d7x": (77, 410),
 }
+LITE_PUBLISHED_PARAMS = {  # millions: tensorflow/tpu efficientnet/lite and google/automl efficientdet READMEs
+    "lite0": 4.7, "lite1": 5.4, "lite2": 6.1, "lite3": 8.2, "lite4": 13.0,
+    "d-lite0": 3.2, "d-lite1": 4.2, "d-lite2": 5.3, "d-lite3": 8.4, "d-lite3x": 9.3, "d-lite4": 15.1,
+}
 
 
 def _reference_efficientnet(timm_module, name):
@@ -41,12 +46,16 @@ def _reference_efficientdet(effdet_reference, name):
         return module.EfficientDet(get_config(f"tf_efficientdet_{name}"), pretrained_backbone=False)
 
 
-def _check(name, ours, reference):
-    params, macs = ours
-    ref_params, ref_macs = reference
-    paper_params, paper_macs = PAPER[name]
+def _check_against_reference(name, ours, reference):
+    (params, macs), (ref_params, ref_macs) = ours, reference
     assert abs(params - ref_params) <= 0.005 * ref_params, (name, params, ref_params)
     assert abs(macs - ref_macs) <= 0.01 * ref_macs, (name, macs, ref_macs)
+
+
+def _check(name, ours, reference):
+    params, macs = ours
+    _check_against_reference(name, ours, reference)
+    paper_params, paper_macs = PAPER[name]
     assert abs(params / 1e6 - paper_params) <= 0.03 * paper_params, (name, params, paper_params)
     assert abs(macs / 1e9 - paper_macs) <= 0.05 * paper_macs, (name, macs, paper_macs)
 
@@ -63,6 +72,27 @@ def test_efficientdet_params_and_macs(name, effdet_reference):
     size = EFFICIENTDETS[name].image_size
     reference = _reference_efficientdet(effdet_reference, name)
     _check(name, measured(name), (count_params(reference), count_macs(reference, (size, size))))
+
+
+@pytest.mark.parametrize("name", EFFICIENTNET_LITES)
+def test_efficientnet_lite_params_and_macs(name, timm_module):
+    """timm's tf_efficientnet_lite*: fixed 32-channel stem and 1280-channel head, no squeeze-excite; what
+    ``effedge models`` shows (the analytic count) is what the reference has."""
+    size = EFFICIENTNET_LITES[name].resolution
+    reference = _reference_efficientnet(timm_module, name)
+    _check_against_reference(name, measured(name), (count_params(reference), count_macs(reference, (size, size))))
+    _check_against_reference(name, analytic_complexity(name), measured(name))
+    assert abs(analytic_complexity(name)[0] / 1e6 - LITE_PUBLISHED_PARAMS[name]) <= 0.03 * LITE_PUBLISHED_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", EFFICIENTDET_LITES)
+def test_efficientdet_lite_params_and_macs(name, effdet_reference):
+    """effdet's tf_efficientdet_lite* at their own sizes (320 and 448 px included: P6/P7 round up)."""
+    size = EFFICIENTDET_LITES[name].image_size
+    reference = _reference_efficientdet(effdet_reference, name.removeprefix("d-"))
+    _check_against_reference(name, measured(name), (count_params(reference), count_macs(reference, (size, size))))
+    _check_against_reference(name, analytic_complexity(name), measured(name))
+    assert abs(analytic_complexity(name)[0] / 1e6 - LITE_PUBLISHED_PARAMS[name]) <= 0.03 * LITE_PUBLISHED_PARAMS[name]
 
 
 @pytest.mark.parametrize("variant, image_size, num_classes", [
@@ -108,6 +138,11 @@ def test_models_command_imports_no_torch_and_gives_the_papers_figures():
     for name, (paper_params, paper_macs) in PAPER.items():
         assert abs(rows[name]["params"] / 1e6 - paper_params) <= 0.03 * paper_params, (name, rows[name])
         assert abs(rows[name]["macs"] / 1e9 - paper_macs) <= 0.05 * paper_macs, (name, rows[name])
+    for name, spec in NAMED_VARIANTS.items():  # the Lite family says what it is, and what input it expects
+        assert (rows[name]["lite"], rows[name]["activation"]) == (spec.lite, "relu6" if spec.lite else "silu")
+        assert rows[name]["normalization"]["mean"] == ([0.5] * 3 if spec.lite else [0.485, 0.456, 0.406])
+    for name, published in LITE_PUBLISHED_PARAMS.items():
+        assert abs(rows[name]["params"] / 1e6 - published) <= 0.03 * published, (name, rows[name])
 
 
 def test_custom_phi_grows_monotonically():

@@ -88,6 +88,8 @@ def test_decoded_boxes_follow_the_anchors(d0_export):
 
 def _reduced_size(name):
     spec = NAMED_VARIANTS[name]
+    if getattr(spec, "lite", False) and hasattr(spec, "size_multiple"):
+        return 5 * spec.size_multiple  # 160: P7 2, P6 3, P5 5, so up-sampling 2→3 and 3→5 (not ×2), as at 320
     return getattr(spec, "largest_stride", 64)
 
 
@@ -104,6 +106,59 @@ def test_every_named_variant_exports_with_parity(name, tmp_path):
     assert manifest["parity"][0]["scale"] >= 1
     ops = manifest["graph"]["simplified"]["ops"]
     assert not any(op in ops for op in FORBIDDEN), ops
+
+
+LITE_OPS = {"Conv", "Clip", "Add", "MaxPool", "Resize", "ReduceMean", "Gemm",  # the network
+            "Reshape", "Concat", "Transpose", "Split", "Mul", "Exp", "Sub", "Sigmoid"}  # the detector's output tail
+
+
+def _lite_activations_are_relu6(model):
+    """ReLU6 is Clip(0, 6) with constant bounds (TensorRT fuses it into the convolution); no SiLU's Sigmoid·Mul."""
+    from onnx import numpy_helper
+
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    clips = [node for node in model.graph.node if node.op_type == "Clip"]
+    assert clips and {tuple(float(constants[name]) for name in node.input[1:]) for node in clips} == {(0.0, 6.0)}
+    return clips
+
+
+def test_lite_classifier_exports_relu6_and_nothing_odd(tmp_path):
+    manifest = export("lite0", tmp_path, weights=random_weights("lite0"))
+    model = onnx.load(str(tmp_path / "model.sim.onnx"))
+    ops = [node.op_type for node in model.graph.node]
+    assert set(ops) <= LITE_OPS and "Sigmoid" not in ops, sorted(set(ops) - LITE_OPS)
+    assert len(_lite_activations_are_relu6(model)) == 33  # stem, 2 per DS block... every BN+act: 1 + 2 + 15·2 = 33
+    assert all(p["max_abs_diff"] <= p["tolerance"] for p in manifest["parity"])
+
+
+def test_lite_detector_at_320_exports_as_effdet_builds_it(tmp_path, effdet_reference):
+    """d-lite0 at its 320 px: P6/P7 round up (5², 3²), the 3→5 up-sampling is a Resize to a constant size, the
+    activations are Clip(0, 6), and with zero regression the decoded boxes are effdet's anchors for 320 px."""
+    from effdet.anchors import Anchors
+
+    from effedge.arch.scaling import resolve
+
+    manifest = export("d-lite0", tmp_path, weights=random_weights("d-lite0", 320),
+                      options=ExportOptions(image_size=320))
+    model = onnx.load(str(tmp_path / "model.sim.onnx"))
+    ops = [node.op_type for node in model.graph.node]
+    assert set(ops) <= LITE_OPS and ops.count("Sigmoid") == 1, sorted(set(ops) - LITE_OPS)  # Sigmoid: the scores
+    _lite_activations_are_relu6(model)
+    constants = {i.name for i in model.graph.initializer}
+    assert all(all(name in constants for name in node.input[1:] if name)
+               for node in model.graph.node if node.op_type == "Resize")  # static: no shape arithmetic
+    assert all(p["max_abs_diff"] <= p["tolerance"] for p in manifest["parity"])
+    outputs = run(tmp_path / "model.sim.onnx", example_input((320, 320), 1, "float", seed=2))
+    assert outputs["boxes"].shape == (1, 9 * (40**2 + 20**2 + 10**2 + 5**2 + 3**2), 4)
+    spec = resolve("d-lite0")
+    y1, x1, y2, x2 = Anchors(spec.min_level, spec.max_level, spec.num_scales, list(spec.aspect_ratios),
+                             spec.anchor_scale, (320, 320)).boxes.numpy().T
+    dx, dy, dw, dh = np.moveaxis(outputs["box_regression"][0], -1, 0)
+    ha, wa = y2 - y1, x2 - x1
+    cy, cx = y1 + ha / 2 + dy * ha, x1 + wa / 2 + dx * wa
+    h, w = np.exp(dh) * ha, np.exp(dw) * wa
+    expected = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+    np.testing.assert_allclose(outputs["boxes"][0], expected, rtol=1e-4, atol=1e-2)
 
 
 def test_dynamic_batch_runs_at_batch_1_and_4(tmp_path):

@@ -385,7 +385,7 @@ def _exported_graph(variant, size: int, tmp_path: Path):
     return simplify_model(onnx.load(str(tmp_path / "m.onnx")))
 
 
-@pytest.mark.parametrize("variant", ["d0", 0.5, pytest.param("d1", marks=pytest.mark.slow)], ids=str)
+@pytest.mark.parametrize("variant", ["d0", 0.5, "d-lite0", pytest.param("d1", marks=pytest.mark.slow)], ids=str)
 def test_architecture_costs_agree_with_the_exported_graph(variant, tmp_path):
     """select costs candidates from their architecture, not an export: the layer list must be the graph's
     (convolutions exactly; the export's constant folding leaves one fusion Mul fewer, 0.3 % of the memory-bound

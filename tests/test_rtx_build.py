@@ -43,28 +43,35 @@ def workspace(tmp_path_factory):
 _exports = {}
 
 
-def exported(workspace, name, variant="d0", **options):
+def exported(workspace, name, variant="d0", size=SIZE, **options):
     """model.sim.onnx of one export (once per module)."""
     root, _ = workspace
     if name not in _exports:
-        export(variant, root / name, weights=random_weights(variant, SIZE),
-               options=ExportOptions(image_size=SIZE, **options))
+        export(variant, root / name, weights=random_weights(variant, size),
+               options=ExportOptions(image_size=size, **options))
         _exports[name] = root / name / "model.sim.onnx"
     return _exports[name]
 
 
-def with_precision(workspace, source, precision, method="percentile"):
-    """model.<precision>.onnx for ``source`` in its own folder (one per precision and method)."""
+def with_precision(workspace, source, precision, method="percentile", fidelity_target=35.0):
+    """model.<precision>.onnx for ``source`` in its own folder (one per precision, method and target; once)."""
     root, images = workspace
     if precision == "fp32":
         return source
-    folder = root / f"{source.parent.name}-{precision}-{method}"
-    folder.mkdir(exist_ok=True)
-    shutil.copy(source, folder / "model.sim.onnx")
-    convert(folder / "model.sim.onnx", options=PrecisionOptions(precision=precision, calib_dir=images,
-                                                                 method=method, holdout=2, holdout_views=2,
-                                                                 fidelity_target=35))
+    folder = root / f"{source.parent.name}-{precision}-{method}-{fidelity_target:g}"
+    if not (folder / f"model.{precision}.onnx").is_file():
+        folder.mkdir(exist_ok=True)
+        shutil.copy(source, folder / "model.sim.onnx")
+        convert(folder / "model.sim.onnx", options=PrecisionOptions(precision=precision, calib_dir=images,
+                                                                     method=method, holdout=2, holdout_views=2,
+                                                                     fidelity_target=fidelity_target))
     return folder / f"model.{precision}.onnx"
+
+
+def precision_record(model_path):
+    """The precision stage's entry in build.json for ``model.<precision>.onnx``."""
+    precision = model_path.suffixes[0].lstrip(".")
+    return json.loads((model_path.parent / "build.json").read_text())["precisions"][precision]
 
 
 def rtx_build(model_path, **options):
@@ -120,6 +127,34 @@ def test_uint8_input_builds_and_runs_on_onnxruntime(workspace, precision):
 @pytest.mark.parametrize("precision", ["int8"])
 def test_efficientnet_builds(workspace, precision):
     rtx_build(with_precision(workspace, exported(workspace, "b0", variant="b0"), precision))
+
+
+# The Lite graph kinds: ReLU6 as Clip(0, 6) after every convolution, no squeeze-excite, plain-sum fusion; the
+# detector at 160 px (5 × 32: P7 2², P6 3², P5 5²) keeps its non-×2 up-sampling (Resize to a constant size).
+@pytest.mark.parametrize("variant, size, precision", [
+    ("lite0", SIZE, "fp16"), ("lite0", SIZE, "int8"),
+    ("d-lite0", 160, "fp16"), ("d-lite0", 160, "int8"), ("d-lite0", 160, "mixed"),
+])
+def test_lite_graphs_build(workspace, variant, size, precision):
+    source = exported(workspace, f"{variant}-{size}", variant=variant, size=size)
+    target = 35.0
+    if precision == "mixed":  # ReLU6's bounded activations quantize well: int8 alone meets 35 dB, so aim just above
+        int8 = precision_record(with_precision(workspace, source, "int8"))  # what int8 reaches, for some fp16 blocks
+        target = round(min(o["sqnr_db"] for o in int8["fidelity"]["outputs"].values()) + 0.25, 2)
+    model = with_precision(workspace, source, precision, fidelity_target=target)
+    if precision == "mixed":
+        record = precision_record(model)
+        kept = [s["group"] for s in record["sensitivity"] if s.get("kept_fp16")]
+        assert record["fidelity_target_met"] and 0 < len(kept) < len(record["sensitivity"]), kept
+    nodes = [node.op_type for node in onnx.load(str(model)).graph.node]
+    ops = set(nodes)
+    assert "Clip" in ops and ("Sigmoid" in ops) == variant.startswith("d-")  # the detector's scores only
+    if precision != "fp16":
+        assert "QuantizeLinear" in ops and not qdq.invalid_scales(onnx.load(str(model)))
+    report = rtx_build(model)
+    assert report["precision"] == precision
+    if precision == "fp16":  # every Clip(0, 6) is fused into its convolution: none costs an engine layer
+        assert report["layers"]["layers"] <= len(nodes) - nodes.count("Clip"), report["layers"]
 
 
 def test_fractional_phi_builds(workspace):

@@ -21,6 +21,10 @@ PAPER = {  # params (M), MACs (B), DESIGN.md §4
     "b0": (5.3, 0.39), "b1": (7.8, 0.70), "b2": (9.2, 1.0), "b3": (12, 1.8), "b4": (19, 4.2), "b5": (30, 9.9),
     "b6": (43, 19), "b7": (66, 37), "d0": (3.9, 2.5), "d1": (6.6, 6.1), "d2": (8.1, 11), "d3": (12, 25),
     "d4": (21, 55), "d5": (34, 135), "d6": (52, 226), "d7": (52, 325), "d7x": (77, 410),
+    # Lite: params from the tensorflow/tpu and google/automl READMEs (MACs not published there)
+    "lite0": (4.7, None), "lite1": (5.4, None), "lite2": (6.1, None), "lite3": (8.2, None), "lite4": (13.0, None),
+    "d-lite0": (3.2, None), "d-lite1": (4.2, None), "d-lite2": (5.3, None), "d-lite3": (8.4, None),
+    "d-lite3x": (9.3, None), "d-lite4": (15.1, None),
 }
 
 
@@ -30,7 +34,7 @@ def reference_counts(name: str, size: int) -> tuple[int, int] | None:
     import torchvision_standin
 
     with torch.device("meta"):
-        if name.startswith("b"):
+        if resolve(name).family == "efficientnet":
             torchvision_standin.install()
             import timm
 
@@ -39,7 +43,8 @@ def reference_counts(name: str, size: int) -> tuple[int, int] | None:
             module = torchvision_standin.import_effdet_model_module()
             from effdet.config import get_efficientdet_config
 
-            model = module.EfficientDet(get_efficientdet_config(f"tf_efficientdet_{name}"), pretrained_backbone=False)
+            model = module.EfficientDet(get_efficientdet_config(f"tf_efficientdet_{name.removeprefix('d-')}"),
+                                        pretrained_backbone=False)
     return count_params(model), count_macs(model, (size, size))
 
 
@@ -57,8 +62,9 @@ def main() -> None:
         paper_p, paper_m = PAPER[name]
         ref_cols = (f"{ref[0]:,} | {ref[1] / 1e9:.3f}G | {pct(params, ref[0])} | {pct(macs, ref[1])}" if ref
                     else "- | - | - | -")
+        paper_macs = (f"{paper_m}B", pct(macs / 1e9, paper_m)) if paper_m else ("-", "-")
         print(f"| {name} | {spec.resolution} | {params:,} | {macs / 1e9:.3f}G | {ref_cols} | "
-              f"{paper_p}M / {paper_m}B | {pct(params / 1e6, paper_p)} | {pct(macs / 1e9, paper_m)} |")
+              f"{paper_p}M / {paper_macs[0]} | {pct(params / 1e6, paper_p)} | {paper_macs[1]} |")
     print("\n| φ | input | BiFPN | params | MACs | named | Δ params | Δ MACs |")
     print("|---|---|---|---|---|---|---|---|")
     for phi in range(8):

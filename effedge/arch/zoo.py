@@ -4,7 +4,17 @@ from __future__ import annotations
 from typing import Any, Union
 
 from effedge.arch.complexity import analytic_complexity
-from effedge.arch.scaling import NAMED_VARIANTS, EfficientDetSpec, EfficientNetSpec, ModelSpec, resolve
+from effedge.arch.scaling import IMAGENET_NORMALIZATION, NAMED_VARIANTS, EfficientDetSpec, EfficientNetSpec, ModelSpec, \
+    Normalization, resolve
+
+
+def normalization_label(normalization: Normalization) -> str:
+    """Short name of an input normalization for tables: "imagenet", or "mean=std=0.5" for the Lite family."""
+    if normalization == IMAGENET_NORMALIZATION:
+        return "imagenet"
+    if len(set(normalization.mean + normalization.std)) == 1:
+        return f"mean=std={normalization.mean[0]:g}"
+    return f"mean={'/'.join(f'{m:g}' for m in normalization.mean)} std={'/'.join(f'{s:g}' for s in normalization.std)}"
 
 
 def summary(spec: ModelSpec) -> dict[str, Any]:
@@ -19,6 +29,10 @@ def summary(spec: ModelSpec) -> dict[str, Any]:
         "width": round(backbone.width, 4),
         "depth": round(backbone.depth, 4),
         "backbone": backbone.name,
+        "lite": spec.lite,
+        "activation": spec.activation,
+        "normalization": {"mean": list(spec.normalization.mean), "std": list(spec.normalization.std),
+                          "label": normalization_label(spec.normalization)},
         "bifpn_channels": None,
         "bifpn_layers": None,
         "head_layers": None,

@@ -27,10 +27,10 @@ def models(as_json: bool) -> None:
         print_json(rows)
         return
     table("effedge model zoo", ["variant", "φ", "input", "width", "depth", "BiFPN ch", "BiFPN layers", "heads",
-                                 "levels", "params", "MACs"],
+                                 "levels", "act", "input norm", "params", "MACs"],
            [[r["variant"], f"{r['phi']:g}", r["resolution"], f"{r['width']:g}", f"{r['depth']:g}",
-             r["bifpn_channels"], r["bifpn_layers"], r["head_layers"], r["levels"], human(r["params"]),
-             human(r["macs"])] for r in rows])
+             r["bifpn_channels"], r["bifpn_layers"], r["head_layers"], r["levels"], r["activation"],
+             r["normalization"]["label"], human(r["params"]), human(r["macs"])] for r in rows])
 
 
 @cli.command()
@@ -38,7 +38,8 @@ def models(as_json: bool) -> None:
 @click.option("--phi", type=FiniteFloatRange(*PHI_RANGE), help="Custom compound coefficient φ (0–7) instead of a named variant.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info(variant: str | None, phi: float | None, as_json: bool) -> None:
-    """Print the full scaled architecture of VARIANT (b0..b7, d0..d7x) or of --phi X.
+    """Print the full scaled architecture of VARIANT (b0..b7, d0..d7x, lite0..lite4, d-lite0..d-lite4,
+    d-lite3x) or of --phi X.
 
     \b
     Examples:
@@ -54,7 +55,9 @@ def info(variant: str | None, phi: float | None, as_json: bool) -> None:
         print_json(arch)
         return
     lines = [f"{arch['variant']} ({arch['family']}, φ={arch['phi']:g}): input {arch['resolution']}, "
-             f"params {human(arch['params'])}, MACs {human(arch['macs'])}"]
+             f"params {human(arch['params'])}, MACs {human(arch['macs'])}",
+             f"{'Lite: ' if arch['lite'] else ''}activation {arch['activation']}, input normalization "
+             f"{arch['normalization']['label']} ((p/255 − mean) / std)"]
     bb = arch["backbone_stages"]
     lines.append(f"backbone {bb['name']}: width ×{bb['width']:.4g}, depth ×{bb['depth']:.4g}, "
                  f"stem {bb['stem_channels']} ch, head {bb['head_channels']} ch")

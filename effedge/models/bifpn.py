@@ -4,7 +4,8 @@ The topology is data (:func:`effedge.arch.topology.bifpn_nodes`): a top-down pas
 level to the lowest, then a bottom-up pass back to the highest, each node fusing the latest feature of its level
 with the neighbouring level (bottom-up nodes also take the level's original input). Each node resamples its inputs
 to its level (1×1 conv+BN where channels differ, −inf-padded 3×3/2 max-pool down, nearest ×2 up), fuses
-them (fast normalized weights relu(w)/(Σrelu(w)+1e-4), or a plain sum) and applies SiLU + separable conv + BN.
+them (fast normalized weights relu(w)/(Σrelu(w)+1e-4), or a plain sum) and applies the activation (SiLU, or
+ReLU6 for the Lite family) + separable conv + BN.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from effedge.models.layers import ConvBn, MaxPool2d, PadMode, SeparableConv, Size
+from effedge.models.layers import ConvBn, MaxPool2d, PadMode, SeparableConv, Size, activation_layer
 from effedge.arch.scaling import Fusion
 from effedge.arch.topology import bifpn_nodes
 
@@ -68,12 +69,12 @@ class WeightedFusion(nn.Module):
 
 
 class FpnNode(nn.Module):
-    def __init__(self, combine: WeightedFusion, channels: int, *, padding: PadMode, bn_eps: float,
-                 conv_bias: bool, size: Size):
+    def __init__(self, combine: WeightedFusion, channels: int, *, activation: str, padding: PadMode,
+                 bn_eps: float, conv_bias: bool, size: Size):
         super().__init__()
         self.combine = combine
         self.after_combine = nn.Sequential(OrderedDict(
-            act=nn.SiLU(),
+            act=activation_layer(activation),
             conv=SeparableConv(channels, channels, pw_bias=conv_bias, bn_eps=bn_eps, padding=padding,
                                input_size=size),
         ))
@@ -84,7 +85,8 @@ class FpnNode(nn.Module):
 
 class BiFpnLayer(nn.Module):
     def __init__(self, in_channels: list[int], sizes: dict[int, Size], channels: int, *, min_level: int,
-                 max_level: int, fusion: Fusion, padding: PadMode, bn_eps: float, conv_bias: bool):
+                 max_level: int, fusion: Fusion, activation: str, padding: PadMode, bn_eps: float,
+                 conv_bias: bool):
         super().__init__()
         levels = list(range(min_level, max_level + 1))
         feature_channels = list(in_channels)
@@ -97,7 +99,8 @@ class BiFpnLayer(nn.Module):
                                       padding=padding, bn_eps=bn_eps, conv_bias=conv_bias)
                 for offset in offsets
             })
-            self.fnode.append(FpnNode(WeightedFusion(resample, fusion), channels, padding=padding,
+            self.fnode.append(FpnNode(WeightedFusion(resample, fusion), channels, activation=activation,
+                                      padding=padding,
                                       bn_eps=bn_eps, conv_bias=conv_bias, size=sizes[level]))
             feature_channels.append(channels)
             feature_sizes.append(sizes[level])
@@ -113,8 +116,8 @@ class BiFpn(nn.Module):
     """Extra pyramid levels above the backbone (P6, P7[, P8] by down-sampling), then the BiFPN layers."""
 
     def __init__(self, backbone_channels: tuple[int, ...], sizes: dict[int, Size], channels: int, layers: int, *,
-                 min_level: int, max_level: int, fusion: Fusion, padding: PadMode, bn_eps: float,
-                 conv_bias: bool):
+                 min_level: int, max_level: int, fusion: Fusion, activation: str, padding: PadMode,
+                 bn_eps: float, conv_bias: bool):
         super().__init__()
         in_channels = list(backbone_channels)
         self.resample = nn.ModuleDict()
@@ -126,7 +129,7 @@ class BiFpn(nn.Module):
         self.cell = nn.ModuleList()
         for _ in range(layers):
             self.cell.append(BiFpnLayer(in_channels, sizes, channels, min_level=min_level, max_level=max_level,
-                                        fusion=fusion, padding=padding, bn_eps=bn_eps, conv_bias=conv_bias))
+                                        fusion=fusion, activation=activation, padding=padding, bn_eps=bn_eps, conv_bias=conv_bias))
             in_channels = [channels] * len(in_channels)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -1,4 +1,6 @@
-"""Pretrained checkpoint import: effdet detectors and timm ``tf_efficientnet_*`` classifiers.
+"""Pretrained checkpoint import: effdet detectors, timm ``tf_efficientnet_*`` classifiers (B and Lite), and
+classifiers in the ``efficientnet_pytorch`` layout (lukemelas/EfficientNet-PyTorch and its Lite ports: ``_conv_stem``,
+``_blocks.N._expand_conv``, ...), told apart by their keys.
 
 A checkpoint is a local file, a URL (downloaded once into the torch hub cache, hash-checked when the file
 name carries one), or a known name from :data:`KNOWN_CHECKPOINTS`. Keys are mapped onto effedge's modules and
@@ -17,6 +19,7 @@ from typing import Mapping, Union
 import torch
 from torch import nn
 
+from effedge.arch.scaling import EfficientNetSpec
 from effedge.errors import CheckpointError
 
 _EFFDET = "https://github.com/rwightman/efficientdet-pytorch/releases/download/v0.1/"
@@ -44,6 +47,16 @@ KNOWN_CHECKPOINTS: dict[str, KnownCheckpoint] = {
         "b2": "tf_efficientnet_b2_aa-60c94f97.pth", "b3": "tf_efficientnet_b3_aa-84b4657e.pth",
         "b4": "tf_efficientnet_b4_aa-818f208c.pth", "b5": "tf_efficientnet_b5_ra-9a3e5369.pth",
         "b6": "tf_efficientnet_b6_aa-80ba17e4.pth", "b7": "tf_efficientnet_b7_ra-6c08e654.pth"}.items()},
+    **{f"tf_efficientnet_{v}": KnownCheckpoint(_TIMM + f, v, "same") for v, f in {
+        "lite0": "tf_efficientnet_lite0-0aa007d2.pth", "lite1": "tf_efficientnet_lite1-bde8b488.pth",
+        "lite2": "tf_efficientnet_lite2-dcccb7df.pth", "lite3": "tf_efficientnet_lite3-b733e338.pth",
+        "lite4": "tf_efficientnet_lite4-741542c3.pth"}.items()},
+    # timm's own PyTorch-trained Lite0 (symmetric padding, BN eps 1e-5)
+    "efficientnet_lite0": KnownCheckpoint(_TIMM + "efficientnet_lite0_ra-37913777.pth", "lite0", "symmetric"),
+    **{f"tf_efficientdet_{v}": KnownCheckpoint(_EFFDET + f, f"d-{v}", "same") for v, f in {
+        "lite0": "tf_efficientdet_lite0-dfacfc78.pth", "lite1": "tf_efficientdet_lite1-6dc7ab30.pth",
+        "lite2": "tf_efficientdet_lite2-86c5d55b.pth", "lite3": "tf_efficientdet_lite3-506852cb.pth",
+        "lite3x": "tf_efficientdet_lite3x-8404c57b.pth", "lite4": "tf_efficientdet_lite4-391ddabc.pth"}.items()},
 }
 
 Weights = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
@@ -114,12 +127,58 @@ def read_state_dict(weights: Weights) -> dict[str, torch.Tensor]:
     return state
 
 
-def to_effedge_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+# efficientnet_pytorch: top-level modules, and per block kind its modules (blocks are numbered flat, _blocks.N).
+_EP_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_EP_SE = {"_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}
+_EP_BLOCK = {
+    "ds": {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2", **_EP_SE},
+    "ir": {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+           "_project_conv": "conv_pwl", "_bn2": "bn3", **_EP_SE},
+}
+_BLOCK_PREFIX = re.compile(r"blocks\.\d+\.\d+\.|_blocks\.\d+\.")
+_EP_KEY = re.compile(r"(?:_blocks\.(\d+)\.)?(_\w+?)\.(\w+)$")
+
+
+def is_efficientnet_pytorch(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a state dict is in the efficientnet_pytorch layout (its stem is ``_conv_stem``)."""
+    return "_conv_stem.weight" in state
+
+
+def _from_efficientnet_pytorch(key: str, blocks: list[tuple[str, str]]) -> str:
+    """effedge's name for an efficientnet_pytorch key, given the model's blocks as (prefix, kind) in order; a key
+    that has no counterpart (a block the model lacks, an unknown module) is kept, so it shows as unexpected."""
+    match = _EP_KEY.fullmatch(key)
+    if match is None:
+        return key
+    index, module, tensor = match.groups()
+    if index is None:
+        return f"{_EP_TOP[module]}.{tensor}" if module in _EP_TOP else key
+    if int(index) >= len(blocks):
+        return key
+    prefix, kind = blocks[int(index)]
+    return f"{prefix}.{_EP_BLOCK[kind][module]}.{tensor}" if module in _EP_BLOCK[kind] else key
+
+
+def _blocks_of(spec: EfficientNetSpec) -> list[tuple[str, str]]:
+    return [(f"blocks.{i}.{j}", stage.block) for i, stage in enumerate(spec.stages) for j in range(stage.repeats)]
+
+
+def to_effedge_keys(state: Mapping[str, torch.Tensor], model: nn.Module | None = None) -> dict[str, str]:
+    """effedge key -> the checkpoint's key, for every entry of ``state`` (timm/effdet names are nearly effedge's;
+    an efficientnet_pytorch classifier is renamed block by block along ``model``'s spec)."""
+    if is_efficientnet_pytorch(state):
+        spec = getattr(model, "spec", None)
+        if not isinstance(spec, EfficientNetSpec):
+            raise CheckpointError("the checkpoint is an efficientnet_pytorch classifier (_conv_stem, _blocks.N); "
+                                  "load it into a classifier variant (b0..b7, lite0..lite4), not a detector")
+        blocks = _blocks_of(spec)
+        return {_from_efficientnet_pytorch(key, blocks): key for key in state}
     mapped = {}
-    for key, value in state.items():
+    for source in state:
+        key = source
         for pattern, replacement in _KEY_RULES:
             key = pattern.sub(replacement, key)
-        mapped[key] = value
+        mapped[key] = source
     return mapped
 
 
@@ -147,14 +206,24 @@ def _diagnose(state: Mapping[str, torch.Tensor], model: nn.Module) -> str:
         desc = f"stem {stem.shape[0]} ch"
         if fpn is not None:
             desc += f", BiFPN {fpn.shape[0]} ch × {cells} layers"
+        else:  # a classifier: its depth (blocks the model lacks keep their efficientnet_pytorch name, _blocks.N)
+            blocks = {match.group(0) for k in state if (match := _BLOCK_PREFIX.match(k))}
+            desc += f", {len(blocks)} blocks" + (", squeeze-excite" if any(".se." in k for k in state) else
+                                                   ", no squeeze-excite")
         hints.append(f"it was built for {desc}")
     return "; ".join(hints)
 
 
 def load_weights(model: nn.Module, weights: Weights, *, name: str = "model") -> None:
     """Load ``weights`` into ``model`` strictly, or raise a :class:`CheckpointError` saying what differs."""
-    state = to_effedge_keys(read_state_dict(weights))
+    source = read_state_dict(weights)
+    origin = to_effedge_keys(source, model)
+    state = {key: source[original] for key, original in origin.items()}
     expected = model.state_dict()
+
+    def named(key: str) -> str:  # an effedge key, with the checkpoint's own name where that differs
+        return key if origin.get(key, key) == key else f"{key} (checkpoint {origin[key]})"
+
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mis_shaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
@@ -162,12 +231,12 @@ def load_weights(model: nn.Module, weights: Weights, *, name: str = "model") -> 
         parts = []
         if mis_shaped:
             k = mis_shaped[0]
-            parts.append(f"{len(mis_shaped)} shape mismatches (first {k}: {tuple(state[k].shape)} in checkpoint, "
+            parts.append(f"{len(mis_shaped)} shape mismatches (first {named(k)}: {tuple(state[k].shape)} in checkpoint, "
                          f"{tuple(expected[k].shape)} in model)")
         if missing:
             parts.append(f"{len(missing)} missing (first {', '.join(missing[:3])})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first {', '.join(unexpected[:3])})")
+            parts.append(f"{len(unexpected)} unexpected (first {', '.join(map(named, unexpected[:3]))})")
         hint = _diagnose(state, model)
         raise CheckpointError(f"weights do not fit {name}: " + "; ".join(parts)
                               + (f" — {hint}" if hint else "") + "; use weights made for this variant")

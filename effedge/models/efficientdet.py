@@ -12,7 +12,7 @@ from torch import nn
 
 from effedge.models.bifpn import BiFpn
 from effedge.models.efficientnet import EfficientNet
-from effedge.models.layers import PadMode, SeparableConv, Size
+from effedge.models.layers import PadMode, SeparableConv, Size, activation_layer
 from effedge.arch.scaling import EfficientDetSpec
 from effedge.arch.topology import pyramid_sizes
 
@@ -22,8 +22,8 @@ HEAD_BN_EPS = 1e-3
 class Head(nn.Module):
     """Separable conv repeats shared across levels, with a BatchNorm per level and repeat, then a predictor."""
 
-    def __init__(self, channels: int, layers: int, num_levels: int, out_channels: int, *, padding: PadMode,
-                 conv_bias: bool, input_size: Size):
+    def __init__(self, channels: int, layers: int, num_levels: int, out_channels: int, *, activation: str,
+                 padding: PadMode, conv_bias: bool, input_size: Size):
         super().__init__()
         # Stride-1 3×3 padding is the same for every level, which is what lets the convs be shared.
         conv = dict(padding=padding, input_size=input_size)
@@ -32,7 +32,7 @@ class Head(nn.Module):
         self.bn_rep = nn.ModuleList(
             nn.ModuleList(nn.BatchNorm2d(channels, eps=HEAD_BN_EPS) for _ in range(num_levels))
             for _ in range(layers))
-        self.act = nn.SiLU()
+        self.act = activation_layer(activation)
         self.predict = SeparableConv(channels, out_channels, pw_bias=True, bn_eps=None, **conv)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -64,8 +64,8 @@ class EfficientDet(nn.Module):
                                      bn_eps=1e-3 if tf_layout else 1e-5)
         self.fpn = BiFpn(spec.backbone.feature_channels, sizes, spec.fpn_channels, spec.fpn_layers,
                          min_level=spec.min_level, max_level=spec.max_level, fusion=spec.fusion,
-                         padding=padding, bn_eps=HEAD_BN_EPS, conv_bias=tf_layout)
-        head = dict(padding=padding, conv_bias=tf_layout, input_size=sizes[spec.min_level])
+                         activation=spec.activation, padding=padding, bn_eps=HEAD_BN_EPS, conv_bias=tf_layout)
+        head = dict(activation=spec.activation, padding=padding, conv_bias=tf_layout, input_size=sizes[spec.min_level])
         self.class_net = Head(spec.fpn_channels, spec.head_layers, spec.num_levels,
                               spec.num_anchors * num_classes, **head)
         self.box_net = Head(spec.fpn_channels, spec.head_layers, spec.num_levels, spec.num_anchors * 4, **head)

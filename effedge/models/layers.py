@@ -23,6 +23,16 @@ Size = tuple[int, int]
 PAD_MODES: tuple[str, ...] = ("same", "symmetric")
 
 
+def activation_layer(kind: str) -> nn.Module:
+    """The network's activation: SiLU (B/D families) or ReLU6 (Lite: exports as Clip(0, 6), which TensorRT
+    fuses into the convolution before it)."""
+    if kind == "silu":
+        return nn.SiLU()
+    if kind == "relu6":
+        return nn.ReLU6()
+    raise ValueError(f"unknown activation {kind!r}; use silu or relu6")
+
+
 def _same_pad_1d(size: int, kernel: int, stride: int) -> tuple[int, int]:
     total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
