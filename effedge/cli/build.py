@@ -279,7 +279,8 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
         return
     info = manifest["compile"]
     state = f"cache hit, reused {info['out_dir']}" if info["cache_hit"] else f"built in {info['total_seconds']:.1f} s"
-    click.echo(f"{manifest['variant']} {manifest['precision']} on {manifest['backend']} (nms {manifest['nms']}): "
+    tail = f" (nms {manifest['nms']})" if manifest.get("family") != "efficientnet" else " (classifier)"
+    click.echo(f"{manifest['variant']} {manifest['precision']} on {manifest['backend']}{tail}: "
                f"{state}\n  deployable: {info['out_dir']}/{info['deployable']}")
     fidelity = _fidelity_summary(manifest.get("precisions", {}).get(manifest["precision"]))
     if fidelity:
