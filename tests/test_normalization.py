@@ -40,7 +40,7 @@ def test_a_lite_export_records_half_normalization_in_build_json_and_graph_metada
     for kind, layout in (("float", "NCHW"), ("uint8", "NHWC")):
         manifest = json.loads((lite0 / kind / "build.json").read_text())
         assert manifest["input"] == {"name": "images", "format": kind, "layout": layout, "mean": list(HALF),
-                                     "std": list(HALF), "letterbox_fill": [128, 128, 128]}
+                                     "std": list(HALF), "letterbox_fill": [128, 128, 128], "crop_pct": 0.875}
         props = {p.key: p.value for p in onnx.load(str(lite0 / kind / "model.sim.onnx")).metadata_props}
         assert json.loads(props["effedge.input.mean"]) == list(HALF)
         assert json.loads(props["effedge.input.std"]) == list(HALF)
