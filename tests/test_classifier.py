@@ -200,3 +200,13 @@ def test_a_classifier_export_records_its_variants_crop_and_the_classifier_takes_
     for model in (tmp_path / "b3" / "model.sim.onnx", alone):
         with Classifier(model) as classifier:
             assert classifier.preprocessing.crop_pct == pytest.approx(crop)
+
+
+def test_a_large_photo_is_shrunk_with_antialiasing_as_timm_does():
+    """A phone-sized photo is shrunk many times over: point-sampling it (2 × 2 taps) keeps the sensor noise that
+    PIL's resize (timm's transform) averages away, and the model sees another image."""
+    rng = np.random.default_rng(11)
+    smooth = np.asarray(Image.fromarray(photo((40, 30), seed=5)).resize((1600, 1200), Image.BICUBIC), np.int16)
+    noisy = np.clip(smooth + rng.integers(-40, 41, smooth.shape), 0, 255).astype(np.uint8)
+    difference = np.abs(center_crop(noisy, 64, 64) - torchvision_eval_crop(noisy, 64, 0.875))
+    assert difference.mean() <= 2.0, difference.mean()
