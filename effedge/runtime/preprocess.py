@@ -64,13 +64,11 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
     def axis(dst: int, src: int, factor: int):
         # a destination pixel centre in source pixels, then in (block-averaged) image pixels
-        coords = np.clip((np.arange(dst) + 0.5) * (src / dst) / factor - 0.5, 0, img_size(factor, src) - 1)
+        last = -(-src // factor) - 1
+        coords = np.clip((np.arange(dst) + 0.5) * (src / dst) / factor - 0.5, 0, last)
         low = np.floor(coords).astype(np.int64)
-        high = np.minimum(low + 1, img_size(factor, src) - 1)
+        high = np.minimum(low + 1, last)
         return low, high, (coords - low).astype(np.float32)
-
-    def img_size(factor: int, src: int) -> int:
-        return -(-src // factor)
 
     y0, y1, wy = axis(height, src_h, factor_h)
     x0, x1, wx = axis(width, src_w, factor_w)
