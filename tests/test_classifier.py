@@ -174,3 +174,39 @@ def test_fidelity_reports_class_agreement_and_kl_divergence():
     p, q = np.array([math.e, 1]) / (math.e + 1), np.array([1, math.e]) / (math.e + 1)
     assert agreement["top1"] == 0.5
     assert agreement["kl_divergence"] == pytest.approx((0.5 * math.log(4 / 3) + float(p @ np.log(p / q))) / 2)
+
+
+@pytest.mark.parametrize("variant", ["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "lite0", "lite1", "lite2"])
+def test_each_variant_crops_as_timm_evaluates_it(timm_module, variant):
+    """The crop grows with the resolution (TF pads the evaluation crop by 32 px): timm's crop_pct per checkpoint."""
+    from effedge.arch.scaling import resolve
+
+    spec, config = resolve(variant), timm_module.models.get_pretrained_cfg(f"tf_efficientnet_{variant}")
+    assert config.input_size[1:] == (spec.resolution, spec.resolution)
+    # the resize (⌊size / crop_pct⌋ px shorter side) of timm's, to the pixel its 3-digit crop_pct rounds off
+    assert abs(math.floor(spec.resolution / spec.crop_pct) - math.floor(spec.resolution / config.crop_pct)) <= 1
+
+
+def test_a_classifier_export_records_its_variants_crop_and_the_classifier_takes_it(tmp_path):
+    from effedge.export.onnx_export import ExportOptions, export
+
+    export("b3", tmp_path / "b3", options=ExportOptions(image_size=64))
+    crop = 300 / 332  # B3 is evaluated at 300 px
+    assert json.loads((tmp_path / "b3" / "build.json").read_text())["input"]["crop_pct"] == pytest.approx(crop)
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "b3" / "model.sim.onnx")).metadata_props}
+    assert float(props["effedge.input.crop_pct"]) == pytest.approx(crop)
+    alone = tmp_path / "alone.onnx"  # without build.json: from the graph's metadata
+    alone.write_bytes((tmp_path / "b3" / "model.sim.onnx").read_bytes())
+    for model in (tmp_path / "b3" / "model.sim.onnx", alone):
+        with Classifier(model) as classifier:
+            assert classifier.preprocessing.crop_pct == pytest.approx(crop)
+
+
+def test_a_large_photo_is_shrunk_with_antialiasing_as_timm_does():
+    """A phone-sized photo is shrunk many times over: point-sampling it (2 × 2 taps) keeps the sensor noise that
+    PIL's resize (timm's transform) averages away, and the model sees another image."""
+    rng = np.random.default_rng(11)
+    smooth = np.asarray(Image.fromarray(photo((40, 30), seed=5)).resize((1600, 1200), Image.BICUBIC), np.int16)
+    noisy = np.clip(smooth + rng.integers(-40, 41, smooth.shape), 0, 255).astype(np.uint8)
+    difference = np.abs(center_crop(noisy, 64, 64) - torchvision_eval_crop(noisy, 64, 0.875))
+    assert difference.mean() <= 2.0, difference.mean()

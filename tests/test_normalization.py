@@ -40,7 +40,7 @@ def test_a_lite_export_records_half_normalization_in_build_json_and_graph_metada
     for kind, layout in (("float", "NCHW"), ("uint8", "NHWC")):
         manifest = json.loads((lite0 / kind / "build.json").read_text())
         assert manifest["input"] == {"name": "images", "format": kind, "layout": layout, "mean": list(HALF),
-                                     "std": list(HALF), "letterbox_fill": [128, 128, 128]}
+                                     "std": list(HALF), "letterbox_fill": [128, 128, 128], "crop_pct": 0.875}
         props = {p.key: p.value for p in onnx.load(str(lite0 / kind / "model.sim.onnx")).metadata_props}
         assert json.loads(props["effedge.input.mean"]) == list(HALF)
         assert json.loads(props["effedge.input.std"]) == list(HALF)
@@ -174,3 +174,29 @@ def test_quantize_reports_class_agreement_for_a_classifier(lite0, tmp_path, monk
                   images.padded_batches(images.holdout_views(), inputs.size, inputs.format, 1, inputs.preprocessing)]
     itself = measure_fidelity(onnx.load(str(build / "model.sim.onnx")), references, inputs, 0.3)
     assert itself["class_agreement"] == {"top1": 1.0, "images": 8, "kl_divergence": 0.0}
+
+
+def test_a_known_checkpoint_trained_on_imagenet_statistics_exports_them(tmp_path, monkeypatch):
+    """timm's PyTorch-trained efficientnet_lite0 was trained on ImageNet's mean/std, not the Lite family's 0.5
+    (its pretrained_cfg): the known name sets the model's normalization, and the export records and folds it."""
+    import torch
+
+    from effedge.models import checkpoint
+
+    weights_file = tmp_path / "efficientnet_lite0_ra.pth"
+    torch.save(input_sensitive_weights("lite0", SIZE), weights_file)
+    monkeypatch.setattr(checkpoint, "checkpoint_path", lambda weights: weights_file)  # offline: no download
+    export("lite0", tmp_path / "uint8", weights="efficientnet_lite0", pad="symmetric",
+           options=ExportOptions(image_size=SIZE, input_format="uint8"))
+    manifest = json.loads((tmp_path / "uint8" / "build.json").read_text())
+    assert (manifest["input"]["mean"], manifest["input"]["std"]) == (list(MEAN), list(STD))
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "uint8" / "model.sim.onnx")).metadata_props}
+    assert json.loads(props["effedge.input.mean"]) == list(MEAN)
+    # the uint8 graph folds ImageNet's statistics: it answers as the float network fed ImageNet-normalized input
+    from effedge import build_model
+
+    network = build_model("lite0", weights=torch.load(weights_file), image_size=SIZE, pad="symmetric")
+    pixels = np.random.default_rng(5).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = network(torch.from_numpy(normalize(pixels, MEAN, STD))).numpy()
+    np.testing.assert_allclose(run(tmp_path / "uint8" / "model.sim.onnx", pixels), expected, rtol=1e-4, atol=1e-3)

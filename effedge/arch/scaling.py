@@ -126,6 +126,13 @@ class EfficientNetSpec:
         return "relu6" if self.lite else "silu"
 
     @property
+    def crop_pct(self) -> float:
+        """The evaluation centre crop: TF's EfficientNet evaluation pads the crop by 32 px, so the crop is
+        ``resolution / (resolution + 32)`` of the resized image (0.875 at 224 … 0.949 at 600: timm's crop_pct of
+        tf_efficientnet_b0–b7 and lite0–2)."""
+        return self.resolution / (self.resolution + 32)
+
+    @property
     def stem_channels(self) -> int:
         return BASE_STEM_CHANNELS if self.lite else make_divisible(BASE_STEM_CHANNELS * self.width)
 

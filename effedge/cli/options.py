@@ -211,7 +211,8 @@ def image_size_option(help_text: str):
 
 
 _MODEL_OPTIONS = (
-    click.option("--variant", help="b0..b7, d0..d7x."),
+    click.option("--variant", help="b0..b7, lite0..lite4 (classifiers); d0..d7x, d-lite0..d-lite4, d-lite3x "
+                                   "(detectors); the timm/effdet names too."),
     click.option("--phi", type=FiniteFloatRange(*PHI_RANGE),
                  help="Custom compound coefficient φ (0–7) instead of --variant."),
     click.option("--weights", help="Checkpoint: .pth file, URL, or known name (tf_efficientdet_d0, …); demo: the "

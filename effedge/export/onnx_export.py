@@ -221,6 +221,8 @@ def _export(spec, out: Path, *, weights, num_classes, pad, options: ExportOption
         log(f"warning: no --weights: {spec.name} gets random weights (fine for latency, meaningless detections)")
     model = build_model(spec, weights=weights, num_classes=num_classes, image_size=options.image_size, pad=pad)
     image_size = model.image_size
+    normalization = model.spec.normalization  # the weights' own where a known checkpoint says so
+    crop = {} if is_detector else {"crop_pct": spec.crop_pct}  # the crop the variant was evaluated with
     if class_names is not None and len(class_names) != model.num_classes:
         raise EffedgeError(f"{len(class_names)} class names for a head of {model.num_classes} classes")
     wrapper = deployable(model, options.input_format)
@@ -246,8 +248,8 @@ def _export(spec, out: Path, *, weights, num_classes, pad, options: ExportOption
         log("simplifying")
         simplified = simplify_model(raw)
         # which normalization the graph expects, for a user without build.json (onnxruntime's custom metadata)
-        metadata = graph_metadata(spec.normalization.mean, spec.normalization.std, options.input_format,
-                                  classifier=not is_detector)
+        metadata = graph_metadata(normalization.mean, normalization.std, options.input_format,
+                                  classifier=not is_detector, **crop)
         for graph in (raw, simplified):
             onnx.helper.set_model_props(graph, metadata)
         onnx.save(raw, str(stage / RAW_ONNX))
@@ -287,8 +289,8 @@ def _export(spec, out: Path, *, weights, num_classes, pad, options: ExportOption
             "precision": "fp32",
             "input": {"name": "images", "format": options.input_format,
                       "layout": "NHWC" if options.input_format == "uint8" else "NCHW",
-                      "mean": list(spec.normalization.mean), "std": list(spec.normalization.std),
-                      "letterbox_fill": list(mean_pixel(spec.normalization.mean))},
+                      "mean": list(normalization.mean), "std": list(normalization.std),
+                      "letterbox_fill": list(mean_pixel(normalization.mean)), **crop},
             "batch": ({"min": options.dynamic_batch[0], "opt": options.dynamic_batch[1],
                        "max": options.dynamic_batch[2]} if options.dynamic_batch else {"static": options.batch}),
             "export_options": asdict(options),

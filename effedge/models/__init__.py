@@ -1,6 +1,7 @@
 """The model zoo: ``build_model`` turns a variant name or a φ into a PyTorch network."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Union
 
 import torch
@@ -26,7 +27,8 @@ def build_model(variant: Union[str, float, ModelSpec], *, weights: Weights | Non
     Args:
         variant: "b0".."b7" (classifier), "d0".."d7x" (detector), a float φ (custom detector), or a spec.
         weights: a checkpoint path, URL or known name (e.g. "tf_efficientdet_d0"); a known name also sets
-            ``pad`` to the layout it was trained with.
+            ``pad`` to the layout it was trained with, and the spec's input normalization where its training's
+            differs from the family's (``model.spec`` then says which).
         num_classes: classes of the head; default 90 (COCO) for detectors, 1000 (ImageNet) for classifiers.
         image_size: input size the padding is resolved for; default the variant's resolution.
         pad: "same" (TF 'same', the tf_* checkpoints) or "symmetric" (the PyTorch-trained efficientdet_d*).
@@ -38,6 +40,8 @@ def build_model(variant: Union[str, float, ModelSpec], *, weights: Weights | Non
             raise VariantError(f"weights '{weights}' are for {known.variant}, not {spec.name}; "
                                f"use --variant {known.variant}")
         pad = known.pad
+        if known.normalization is not None:  # the export folds / records the model's spec normalization
+            spec = dataclasses.replace(spec, normalization=known.normalization)
     if pad not in PAD_MODES:
         raise VariantError(f"unknown padding {pad!r}; use one of {', '.join(PAD_MODES)}")
     size = input_size_for(spec, image_size)

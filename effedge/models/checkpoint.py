@@ -14,12 +14,12 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Mapping, Optional, Union
 
 import torch
 from torch import nn
 
-from effedge.arch.scaling import EfficientNetSpec
+from effedge.arch.scaling import IMAGENET_NORMALIZATION, EfficientNetSpec, Normalization
 from effedge.errors import CheckpointError
 
 _EFFDET = "https://github.com/rwightman/efficientdet-pytorch/releases/download/v0.1/"
@@ -31,6 +31,8 @@ class KnownCheckpoint:
     url: str
     variant: str
     pad: str  # the layout the weights were trained with: "same" (TF port) or "symmetric" (PyTorch)
+    # the input mean/std the weights were trained with, where it is not the variant's family's
+    normalization: Optional[Normalization] = None
 
 
 KNOWN_CHECKPOINTS: dict[str, KnownCheckpoint] = {
@@ -51,8 +53,9 @@ KNOWN_CHECKPOINTS: dict[str, KnownCheckpoint] = {
         "lite0": "tf_efficientnet_lite0-0aa007d2.pth", "lite1": "tf_efficientnet_lite1-bde8b488.pth",
         "lite2": "tf_efficientnet_lite2-dcccb7df.pth", "lite3": "tf_efficientnet_lite3-b733e338.pth",
         "lite4": "tf_efficientnet_lite4-741542c3.pth"}.items()},
-    # timm's own PyTorch-trained Lite0 (symmetric padding, BN eps 1e-5)
-    "efficientnet_lite0": KnownCheckpoint(_TIMM + "efficientnet_lite0_ra-37913777.pth", "lite0", "symmetric"),
+    # timm's own PyTorch-trained Lite0 (symmetric padding, BN eps 1e-5), trained on ImageNet's mean/std, not 0.5
+    "efficientnet_lite0": KnownCheckpoint(_TIMM + "efficientnet_lite0_ra-37913777.pth", "lite0", "symmetric",
+                                          IMAGENET_NORMALIZATION),
     **{f"tf_efficientdet_{v}": KnownCheckpoint(_EFFDET + f, f"d-{v}", "same") for v, f in {
         "lite0": "tf_efficientdet_lite0-dfacfc78.pth", "lite1": "tf_efficientdet_lite1-6dc7ab30.pth",
         "lite2": "tf_efficientdet_lite2-86c5d55b.pth", "lite3": "tf_efficientdet_lite3-506852cb.pth",

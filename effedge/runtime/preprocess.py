@@ -49,20 +49,29 @@ def normalize(images_nhwc_uint8: np.ndarray, mean: Sequence[float] = MEAN,
 
 
 def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of an HWC uint8 image (half-pixel centres), in NumPy so the runtime needs no OpenCV."""
+    """Bilinear resize of an HWC uint8 image (half-pixel centres), in NumPy so the runtime needs no OpenCV.
+    Shrinking by k ≥ 2 first averages k × k pixel blocks (antialiasing, as PIL's resize that timm's and effdet's
+    evaluation transforms use), so a large photo is not point-sampled; the geometry stays the source's."""
     src_h, src_w = image.shape[:2]
     if (src_h, src_w) == (height, width):
         return image
+    factor_h, factor_w = max(1, src_h // height), max(1, src_w // width)
+    img = image.astype(np.float32)
+    if factor_h > 1 or factor_w > 1:  # block means; the last partial block repeats the edge pixels
+        padded_h, padded_w = -(-src_h // factor_h) * factor_h, -(-src_w // factor_w) * factor_w
+        img = np.pad(img, ((0, padded_h - src_h), (0, padded_w - src_w), (0, 0)), mode="edge")
+        img = img.reshape(padded_h // factor_h, factor_h, padded_w // factor_w, factor_w, -1).mean(axis=(1, 3))
 
-    def axis(dst: int, src: int):
-        coords = np.clip((np.arange(dst) + 0.5) * (src / dst) - 0.5, 0, src - 1)
+    def axis(dst: int, src: int, factor: int):
+        # a destination pixel centre in source pixels, then in (block-averaged) image pixels
+        last = -(-src // factor) - 1
+        coords = np.clip((np.arange(dst) + 0.5) * (src / dst) / factor - 0.5, 0, last)
         low = np.floor(coords).astype(np.int64)
-        high = np.minimum(low + 1, src - 1)
+        high = np.minimum(low + 1, last)
         return low, high, (coords - low).astype(np.float32)
 
-    y0, y1, wy = axis(height, src_h)
-    x0, x1, wx = axis(width, src_w)
-    img = image.astype(np.float32)
+    y0, y1, wy = axis(height, src_h, factor_h)
+    x0, x1, wx = axis(width, src_w, factor_w)
     top = img[y0][:, x0] * (1 - wx)[None, :, None] + img[y0][:, x1] * wx[None, :, None]
     bottom = img[y1][:, x0] * (1 - wx)[None, :, None] + img[y1][:, x1] * wx[None, :, None]
     out = top * (1 - wy)[:, None, None] + bottom * wy[:, None, None]
