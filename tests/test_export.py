@@ -93,8 +93,10 @@ def _reduced_size(name):
     return getattr(spec, "largest_stride", 64)
 
 
-SLOW_EXPORTS = {"b6", "b7", "d2", "d3", "d4", "d5", "d6", "d7", "d7x"}  # 15-35 s each on 2 cores; d0, d1, b0-b5 and
-# the fractional φ exports cover the same scaling paths in the default run
+SLOW_EXPORTS = {"b6", "b7", "d2", "d3", "d4", "d5", "d6", "d7", "d7x",  # 15-35 s each on 2 cores; d0, d1, b0-b5 and
+                "d-lite1", "d-lite2", "d-lite3", "d-lite3x", "d-lite4"}  # the fractional φ exports, d-lite0 and
+# lite0-4 cover the same scaling paths in the default run (the Lite detectors' parity at their real sizes is
+# tests/test_checkpoint.py's)
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_EXPORTS else n

@@ -76,7 +76,10 @@ def test_integer_phi_is_near_the_named_variant():
 @pytest.mark.parametrize("bad, message", [
     ("d8", "did you mean d7x?"), ("b9", "did you mean b7?"), ("efficientdet_d9", "did you mean d7x?"),
     ("dO", "did you mean d0?"), (-1, "out of range"), (7.5, "out of range"), ("nan", "out of range"),
-    ("", "unknown variant"), (True, "unknown variant"),
+    ("", "unknown variant"), (True, "unknown variant"), ("lite5", "did you mean lite4?"),
+    ("d-lite9", "did you mean d-lite4?"),
+    # effdet's efficientdet_lite0 is another (untrained) config: not taken for tf_efficientdet_lite0
+    ("efficientdet_lite0", "not EfficientDet-Lite; use d-lite0"),
 ])
 def test_bad_variants_get_a_clear_error(bad, message):
     with pytest.raises(VariantError, match=message):
@@ -85,4 +88,7 @@ def test_bad_variants_get_a_clear_error(bad, message):
 
 def test_aliases_of_reference_names():
     assert scaling.resolve("tf_efficientdet_d7x").name == "d7x"
+    assert scaling.resolve("tf_efficientdet_lite3x").name == "d-lite3x"
+    assert scaling.resolve("efficientdet-lite0").name == "d-lite0"  # google/automl's name
+    assert scaling.resolve("tf_efficientnet_lite2").name == "lite2" and scaling.resolve("efficientnet_lite0").lite
     assert scaling.resolve("EfficientNet-B3").name == "b3"

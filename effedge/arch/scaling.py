@@ -369,6 +369,10 @@ def _lookup(variant: Union[str, float, int]) -> ModelSpec:
         if text.startswith(prefix):
             text = text[len(prefix):]
             if "det" in prefix and text.startswith("lite"):  # tf_efficientdet_lite0 is the detector d-lite0
+                if prefix == "efficientdet_":
+                    raise VariantError(f"{variant!r} is effdet's own untrained PyTorch config (other input size "
+                                       "and anchors), not EfficientDet-Lite; use d-" + text + " (tf_efficientdet_"
+                                       + text + ")")
                 text = "d-" + text
             break
     if text in NAMED_VARIANTS:
