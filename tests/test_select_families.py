@@ -216,3 +216,14 @@ def test_verify_steps_down_to_the_next_less_accurate(monkeypatch):
     verification = measure.verify_choice(load_profile("cpu-local"), candidates, choice, 10.0, "fp32")
     assert [step["name"] for step in verification["steps"]] == ["d-lite4", "d2", "d-lite3x", "d2"]
     assert verification["choice"] == "d-lite3x"
+
+
+def test_at_one_input_size_the_choice_is_the_most_compute_that_fits():
+    """With --imgsz no published AP applies (each is at its variant's own size; at 384 px d6 and d7 are one
+    network): the choice is the candidate with the most MACs that fits, and --verify steps down in that order."""
+    candidates, choice = latency.select(load_profile("orin-nano-8gb"), image_size=384)
+    fitting = [c for c in candidates if c.fits]
+    assert choice is not None and len(fitting) > 1
+    assert choice.macs == max(c.macs for c in fitting)
+    order = sorted(candidates, key=lambda c: latency.selection_key(c, 384))
+    assert [c.macs for c in order] == sorted(c.macs for c in order)

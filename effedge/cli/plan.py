@@ -181,7 +181,8 @@ def select_command(profile_name, latency_ms, precision, step, family, imgsz, ver
         click.echo(f"AP: {COCO_AP} as published; ~ interpolated on φ between the named D variants (a custom φ was "
                    "never trained)")
     if imgsz:
-        click.echo(f"every candidate costed at {imgsz} px (--imgsz), not at its own input size")
+        click.echo(f"every candidate costed at {imgsz} px (--imgsz), not at its own input size: the AP figures are "
+                   "each variant's at its own size, so the choice is the one with the most compute that fits")
     if choice is None:
         click.echo(nothing_fits, err=True)
         sys.exit(1)

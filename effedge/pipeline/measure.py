@@ -86,7 +86,7 @@ def verify_choice(profile: Profile, candidates: list[Candidate], choice: Optiona
                            manifest["backend"], bench.BenchSettings(batch=profile.target.batch, energy=False))
         return result["latency_ms"][profile.target.percentile]
 
-    ordered = sorted(candidates, key=latency.selection_key)  # "smaller": the next less accurate
+    ordered = sorted(candidates, key=lambda c: latency.selection_key(c, image_size))  # "smaller": ranked lower
     steps = []
     index = ordered.index(choice) if choice else -1
     verified = None

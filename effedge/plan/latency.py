@@ -301,7 +301,8 @@ def select(profile: Profile, *, latency_ms: Optional[float] = None, precision: O
     pick the most accurate (published COCO AP, or interpolated on φ for a custom one; ties: the faster) that fits
     ``(1 − margin) × budget``. Within family "d" that is the largest that fits, as accuracy grows with φ. Each
     candidate at its own input size, or every one at ``image_size`` (candidates whose size multiple it is not
-    a multiple of are left out). A point measured at the candidate's input size, the profile's batch, this
+    a multiple of are left out); then no published figure applies (each was measured at the variant's own size)
+    and the candidate with the most MACs that fits is chosen, its accuracy shown with that caveat. A point measured at the candidate's input size, the profile's batch, this
     precision and the profile's NMS tail overrides its prediction. (An unfitted local-CPU profile can first be
     calibrated on this machine: ``effedge.pipeline.measure.calibrated``.)"""
     budget = latency_ms or profile.target.latency_ms
@@ -336,11 +337,14 @@ def select(profile: Profile, *, latency_ms: Optional[float] = None, precision: O
                                     accuracy_basis=accuracy.basis if accuracy else None))
     candidates.sort(key=lambda c: c.macs)
     fitting = [c for c in candidates if c.fits]
-    return candidates, max(fitting, key=selection_key, default=None)
+    return candidates, max(fitting, key=lambda c: selection_key(c, image_size), default=None)
 
 
-def selection_key(candidate: Candidate) -> tuple[float, float]:
-    """What ``select`` maximizes among the candidates that fit: accuracy, then speed."""
+def selection_key(candidate: Candidate, image_size: Optional[int] = None) -> tuple[float, float]:
+    """What ``select`` maximizes among the candidates that fit: accuracy, then speed; with every candidate at one
+    ``image_size``, compute (MACs), then speed, as the published accuracies were measured at other sizes."""
+    if image_size is not None:
+        return (candidate.macs, -candidate.predicted_ms)
     return (candidate.accuracy if candidate.accuracy is not None else -math.inf, -candidate.predicted_ms)
 
 
