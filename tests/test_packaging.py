@@ -1,5 +1,6 @@
 """The wheel ships calib/, profiles/, the label lists and the demo detector, and an installed effedge finds them
 from any directory."""
+import fcntl
 import subprocess
 import sys
 import zipfile
@@ -13,8 +14,12 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                            str(ROOT), "-w", str(out)], capture_output=True, text=True, timeout=300)
+    # setuptools builds in the checkout's build/ folder: one test process at a time (pytest-xdist runs two; the
+    # session's temporary root is common to them)
+    with open(tmp_path_factory.getbasetemp().parent / "wheel-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                                str(ROOT), "-w", str(out)], capture_output=True, text=True, timeout=300)
     if build.returncode != 0:
         pytest.fail(f"building the wheel failed: {build.stderr[-2000:]}")
     [path] = out.glob("effedge-*.whl")
