@@ -64,6 +64,16 @@ def photo(size=(96, 64), seed=0) -> np.ndarray:
     return np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
 
 
+def photo_folder(folder, count: int, size=(96, 64), suffix: str = ".jpg"):
+    """``folder`` (made here) with ``count`` generated photos ``0<suffix>`` … (seeds 0 … count − 1)."""
+    from PIL import Image
+
+    folder.mkdir()
+    for i in range(count):
+        Image.fromarray(photo(size, seed=i)).save(folder / f"{i}{suffix}")
+    return folder
+
+
 def tiny_model(batch: int, size: int = 32, seed: int = 0):
     """Two convolutions with a static batch: enough graph for calibration, placement and fidelity, in seconds."""
     from onnx import TensorProto, helper, numpy_helper

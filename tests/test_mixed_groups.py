@@ -5,8 +5,7 @@ from collections import Counter
 import onnx
 import pytest
 import torch
-from helpers import photo, random_weights
-from PIL import Image
+from helpers import photo_folder, random_weights
 
 from effedge import build_model
 from effedge.export.onnx_export import ExportOptions, export
@@ -26,10 +25,7 @@ def lite0(tmp_path_factory):
     root = tmp_path_factory.mktemp("mixed_groups")
     export("lite0", root / "build", weights=random_weights("lite0", SIZE),
            options=ExportOptions(image_size=SIZE, input_format="uint8"))
-    images = root / "images"
-    images.mkdir()
-    for i in range(8):
-        Image.fromarray(photo((96, 80), seed=i)).save(images / f"{i}.jpg")
+    images = photo_folder(root / "images", 8, (96, 80))
     patcher = pytest.MonkeyPatch()
     patcher.setenv("EFFEDGE_CACHE_DIR", str(root / "cache"))
     yield root, images

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from helpers import input_sensitive_weights, photo
+from helpers import input_sensitive_weights, photo, photo_folder
 from PIL import Image
 
 from effedge.export.onnx_export import ExportOptions, export
@@ -121,10 +121,7 @@ def test_the_detector_feeds_the_recorded_normalization_and_fills_with_its_mean_c
 
 
 def test_the_calibration_reader_prepares_images_as_the_model_wants(lite0, tmp_path):
-    folder = tmp_path / "calib"
-    folder.mkdir()
-    for seed in range(3):
-        Image.fromarray(photo((80, 60), seed=seed)).save(folder / f"{seed}.png")
+    folder = photo_folder(tmp_path / "calib", 3, (80, 60), ".png")
     images = ImageSet.from_folder(folder, holdout=1)
     graph = onnx.load(str(lite0 / "float" / "model.sim.onnx"))
     manifest = json.loads((lite0 / "float" / "build.json").read_text())
@@ -153,10 +150,7 @@ def test_quantize_reports_class_agreement_for_a_classifier(lite0, tmp_path, monk
 
     build = tmp_path / "build"
     shutil.copytree(lite0 / "float", build)
-    folder = tmp_path / "calib"
-    folder.mkdir()
-    for seed in range(10):
-        Image.fromarray(photo((72, 56), seed=seed)).save(folder / f"{seed}.png")
+    folder = photo_folder(tmp_path / "calib", 10, (72, 56), ".png")
     code, out, err = run_main(monkeypatch, capsys, ["quantize", str(build / "model.sim.onnx"), "--precision", "fp16",
                                                     "--calib", str(folder), "--holdout", "8"])
     assert code == 0, err

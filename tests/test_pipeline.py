@@ -4,7 +4,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from helpers import check_hashes_name_their_files, effedge_cli, fake_export, overflowing_model, photo, tiny_model
+from helpers import check_hashes_name_their_files, effedge_cli, fake_export, overflowing_model, photo, photo_folder, tiny_model
 from PIL import Image
 
 from effedge.runtime.onnxruntime import OnnxRuntimeRunner
@@ -130,10 +130,7 @@ def test_int8_for_onnxruntime_is_right_in_a_default_session(tmp_path, private_ca
     or an app would): it must agree with fp32 as well as effedge's own measurement says."""
     import onnxruntime as ort
 
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(10):
-        Image.fromarray(photo((160, 120), seed=i)).save(images / f"{i}.jpg")
+    images = photo_folder(tmp_path / "images", 10, (160, 120))
     from helpers import random_weights
     import torch
 

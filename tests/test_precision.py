@@ -8,7 +8,7 @@ import pytest
 from helpers import effedge_cli
 from onnx import helper, numpy_helper
 from PIL import Image
-from helpers import overflowing_model, photo, random_weights, tiny_detector, tiny_model
+from helpers import overflowing_model, photo, photo_folder, random_weights, tiny_detector, tiny_model
 
 from effedge.quantize import qdq
 from effedge.errors import EffedgeError
@@ -22,10 +22,7 @@ def workspace(tmp_path_factory):
     """A D0 export at 128×128 with realistic random weights, a folder of 14 images and a private cache."""
     root = tmp_path_factory.mktemp("precision")
     export("d0", root / "build", weights=random_weights("d0", 128), options=ExportOptions(image_size=128))
-    images = root / "images"
-    images.mkdir()
-    for i in range(14):
-        Image.fromarray(photo((160, 120), seed=i)).save(images / f"{i}.jpg")
+    images = photo_folder(root / "images", 14, (160, 120))
     cache = root / "cache"
     patcher = pytest.MonkeyPatch()
     patcher.setenv("EFFEDGE_CACHE_DIR", str(cache))
@@ -372,10 +369,7 @@ def test_an_int8_graph_that_overflows_fails_fidelity_and_mixed_repairs_it(tmp_pa
 
 
 def _photos(folder, count: int = 5):
-    folder.mkdir()
-    for i in range(count):
-        Image.fromarray(photo((48, 40), seed=i)).save(folder / f"{i}.png")
-    return folder
+    return photo_folder(folder, count, (48, 40), ".png")
 
 
 def _tiny_int8(tmp_path, calib_dir, **options):

@@ -10,8 +10,7 @@ import onnx
 import pytest
 from helpers import effedge_cli
 from onnx import helper, numpy_helper
-from PIL import Image
-from helpers import photo, random_weights
+from helpers import photo_folder, random_weights
 
 from effedge.quantize import qdq
 from effedge.errors import EffedgeError
@@ -30,10 +29,7 @@ SIZE = 128
 def workspace(tmp_path_factory):
     """Small exports (128×128, realistic random weights), a folder of images and a private cache."""
     root = tmp_path_factory.mktemp("rtx")
-    images = root / "images"
-    images.mkdir()
-    for i in range(10):
-        Image.fromarray(photo((160, 120), seed=i)).save(images / f"{i}.jpg")
+    images = photo_folder(root / "images", 10, (160, 120))
     patcher = pytest.MonkeyPatch()
     patcher.setenv("EFFEDGE_CACHE_DIR", str(root / "cache"))
     yield root, images
