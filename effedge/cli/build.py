@@ -5,7 +5,7 @@ import click
 
 from effedge.cli.main import cli
 from effedge.cli.options import (CALIB_METHOD_HELP, CALIB_METHODS, DEFAULT_CALIB_METHOD, OPSET_RANGE, DynamicBatch,
-                                 FiniteFloatRange, ImageFolder, InputFile, model_options, print_json,
+                                 FiniteFloatRange, ImageFolder, InputFile, model_options, print_json, qad_options,
                                  progress, rich_progress, split_list, threshold, variant_arg)
 
 
@@ -156,10 +156,11 @@ def _fidelity_summary(report: dict | None) -> str | None:
 @click.option("--high-precision", type=click.Choice(["fp16", "fp32"]), help="int8/mixed: dtype of the unquantized "
               "part [default: fp16 for TensorRT; use fp32 for ONNX Runtime, which computes fp16 next to Q/DQ wrongly "
               "in a default session].")
+@qad_options
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory [default: the model's].")
 @click.option("--json", "as_json", is_flag=True, help="Print the precision report as JSON.")
 def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, percentile, fidelity_target, opset,
-             high_precision, out, as_json) -> None:
+             high_precision, qad, qad_steps, qad_lr, out, as_json) -> None:
     """Write MODEL's precision into the graph: fp16, int8 (Q/DQ) or mixed int8/fp16.
 
     \b
@@ -167,15 +168,18 @@ def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, p
       effedge quantize runs/d0/model.sim.onnx --precision int8 --calib ~/images
       effedge quantize runs/d0/model.sim.onnx --precision mixed --fidelity-target 25
       effedge quantize runs/d0/model.sim.onnx --precision fp16
+      effedge quantize runs/d0/model.sim.onnx --precision int8 --qad --qad-steps 200
     """
     from pathlib import Path
 
     from effedge.quantize.precision import PrecisionOptions, convert
+    from effedge.quantize.qad import QADOptions
 
     options = PrecisionOptions(precision=precision, calib_dir=Path(calib_dir) if calib_dir else None,
                                calib_images=calib_images, holdout=holdout, method=calib_method,
                                percentile=percentile, fidelity_target=fidelity_target, opset=opset,
-                               high_precision=high_precision)
+                               high_precision=high_precision,
+                               qad=QADOptions(steps=qad_steps, lr=qad_lr) if qad else None)
     report = convert(model, out, options=options, log=progress, progress=rich_progress)
     if as_json:
         print_json(report)
@@ -213,6 +217,7 @@ def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, p
               help="TensorRT builder optimization level.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Build directory [default: runs/<variant>-<precision>-…].")
+@qad_options
 @click.option("--force", is_flag=True, help="Rebuild even when the cache says the build is up to date.")
 @click.option("--profile", "profile_name", help="Compile the model `effedge select` picks for this profile, "
               "with its precision and batch.")
@@ -220,7 +225,7 @@ def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, p
 def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, batch, dynamic_batch, nms,
                     input_format, opset, calib_dir, calib_images, holdout, percentile, calib_method,
                     fidelity_target, backend, compute_capabilities, dla_core, workspace_mb, optimization_level,
-                    out, force, profile_name, as_json) -> None:
+                    out, qad, qad_steps, qad_lr, force, profile_name, as_json) -> None:
     """Compile a model end to end: build, export, simplify, precision, NMS, engine.
 
     \b
@@ -272,7 +277,8 @@ def compile_command(variant, phi, precision, weights, num_classes, pad, imgsz, b
         input_format=input_format, opset=opset, calib_dir=calib_dir, calib_images=calib_images, holdout=holdout,
         percentile=percentile, calib_method=calib_method, fidelity_target=fidelity_target, backend=backend,
         dla_core=dla_core, workspace_mb=workspace_mb, optimization_level=optimization_level,
-        compute_capabilities=tuple(split_list(compute_capabilities)) or None, class_names=class_names)
+        compute_capabilities=tuple(split_list(compute_capabilities)) or None, class_names=class_names,
+        qad_steps=qad_steps if qad else None, qad_lr=qad_lr)
     manifest = compile_model(config, out, force=force, log=progress, progress=rich_progress)
     if as_json:
         print_json(manifest)

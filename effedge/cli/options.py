@@ -17,6 +17,17 @@ CALIB_METHOD_HELP = ("Activation ranges: percentile = the 99.99th percentile of 
                      "model), max = the largest |x|, entropy = TensorRT's KL-divergence threshold.")
 
 
+def qad_options(command):
+    """--qad, --qad-steps, --qad-lr (effedge.quantize.qad's defaults, spelled out so --help needs no torch)."""
+    command = click.option("--qad-lr", type=click.FloatRange(0, min_open=True), default=1e-5, show_default=True,
+                           help="--qad: Adam learning rate of the fine-tuning.")(command)
+    command = click.option("--qad-steps", type=click.IntRange(1), default=200, show_default=True,
+                           help="--qad: fine-tuning steps (one calibration batch each).")(command)
+    return click.option("--qad", is_flag=True, help="int8/mixed: after calibration, fine-tune the fake-quantized "
+                        "model to reproduce fp32's outputs on the calibration images (quantization-aware "
+                        "distillation, no labels; needs torch and ModelOpt).")(command)
+
+
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, allow_nan=False))  # strict JSON: no Infinity/NaN for scripts
 

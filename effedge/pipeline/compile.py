@@ -60,6 +60,8 @@ class CompileConfig:
     optimization_level: Optional[int] = None
     compute_capabilities: Optional[tuple[str, ...]] = None  # TensorRT-RTX targets ("8.6", …); None: its default
     class_names: Optional[tuple[str, ...]] = None  # recorded in build.json (the demo detector's shapes)
+    qad_steps: Optional[int] = None  # int8/mixed: quantization-aware distillation steps; None: no QAD
+    qad_lr: float = 1e-5
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,8 @@ def compile_model(config: CompileConfig, out_dir: Optional[Union[str, Path]] = N
         raise EffedgeError(f"unknown --precision {config.precision!r}; use one of {', '.join(COMPILE_PRECISIONS)}")
     spec = resolve(config.variant)
     calib_hash = None
+    if config.qad_steps is not None and config.precision == "fp32":
+        raise EffedgeError("--qad fine-tunes an int8 model; --precision fp32 has no int8 (use --precision int8)")
     if config.precision != "fp32":  # fail fast: nothing is exported before the precision inputs are checked
         _precision_options(config, opset=config.opset).validate()
         images = ImageSet.from_folder(config.calib_dir or DEFAULT_CALIB_DIR, count=config.calib_images)
@@ -216,6 +220,7 @@ def resolve_nms(nms: str, backend: str, is_detector: bool) -> str:
 
 def _precision_options(config: CompileConfig, opset: Optional[int], backend: Optional[str] = None):
     from effedge.quantize.precision import PrecisionOptions
+    from effedge.quantize.qad import QADOptions
 
     # ONNX Runtime computes fp16 next to Q/DQ wrongly in a default session: its graphs keep fp32 there
     high_precision = "fp32" if backend == "onnxruntime" else None
@@ -223,7 +228,8 @@ def _precision_options(config: CompileConfig, opset: Optional[int], backend: Opt
                             calib_images=config.calib_images, holdout=config.holdout, holdout_views=config.holdout_views,
                             method=config.calib_method,
                             percentile=config.percentile, fidelity_target=config.fidelity_target, opset=opset,
-                            high_precision=high_precision)
+                            high_precision=high_precision,
+                            qad=None if config.qad_steps is None else QADOptions(config.qad_steps, config.qad_lr))
 
 
 def _run_stages(config: CompileConfig, spec: ModelSpec, backend: BackendChoice, nms: str, key: str, out: Path, log, progress,

@@ -37,6 +37,7 @@ from effedge.io import atomic_write, cache_root, private_tempdir, sha256_file, w
 from effedge.quantize.images import DEFAULT_CALIB_DIR, MIN_HOLDOUT_VIEWS, ImageSet
 from effedge.quantize.calibrators import ALGORITHM_VERSION, CALIB_METHODS, DEFAULT_METHOD, RangeCollector
 from effedge.quantize.fidelity import RANDOM_WEIGHTS_NOTE, nonfinite_warning
+from effedge.quantize.qad import QADOptions, fine_tuned_source, refuse as refuse_qad
 from effedge.errors import EffedgeError, RunError
 from effedge.io import MANIFEST
 from effedge.provenance import cache_identity
@@ -69,6 +70,7 @@ class PrecisionOptions:
     score_threshold: float = 0.3  # detection agreement
     random_weights: Optional[bool] = None  # None: as the source's build.json says (no detection agreement if so)
     high_precision: Optional[str] = None  # int8/mixed: None is fp16, or fp32 below opset 19; fp32 for ONNX Runtime
+    qad: Optional[QADOptions] = None  # int8/mixed: quantization-aware distillation before placement (needs torch)
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -88,6 +90,9 @@ class PrecisionOptions:
         if self.high_precision == "fp16" and self.opset is not None and self.opset < 19:
             raise EffedgeError(f"--high-precision fp16 needs opset 19 (fp16 Q/DQ scales); --opset {self.opset} "
                                "graphs keep fp32")
+        if self.qad is not None:
+            refuse_qad(self.precision)
+            self.qad.validate()
 
     def high_precision_dtype(self) -> tuple[str, str]:
         """(dtype, why) of the unquantized part of an int8/mixed graph."""
@@ -437,6 +442,13 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
     clock = time.perf_counter()
     references = _reference_outputs(source, images, inputs)
     seconds["reference"] = time.perf_counter() - clock
+    graph_source = source  # what Q/DQ is placed on and calibrated: the fp32 graph, or its QAD fine-tuned weights
+    if options.qad is not None:
+        clock = time.perf_counter()
+        graph_source, report["qad"] = fine_tuned_source(source, images, inputs, options.qad, log=log,
+                                                        progress=progress)
+        model, model_hash = onnx.load(str(graph_source)), sha256_file(graph_source)
+        seconds["qad"] = time.perf_counter() - clock
 
     if options.precision == "fp16":
         clock = time.perf_counter()
@@ -448,7 +460,7 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
 
         clock = time.perf_counter()
         high_precision, high_precision_reason = options.high_precision_dtype()
-        placed, placement_cached = place_qdq(source, model_hash, inputs, options.opset, high_precision, log)
+        placed, placement_cached = place_qdq(graph_source, model_hash, inputs, options.opset, high_precision, log)
         report["high_precision"] = {"dtype": high_precision, "reason": high_precision_reason}
         seconds["placement"] = time.perf_counter() - clock
         clock = time.perf_counter()

@@ -1,0 +1,209 @@
+"""Quantization-aware distillation (QAD): the step after calibration that needs nothing but the calibration images.
+
+The PyTorch model (rebuilt from the build directory's build.json) is fake-quantized with NVIDIA ModelOpt
+(``mtq.quantize``: weights int8 per output channel, activations int8 per tensor, ranges from a max-calibration
+forward loop over the calibration images), then its weights and biases are fine-tuned, through ModelOpt's
+straight-through fake quantization, so that its raw outputs reproduce the fp32 model's own outputs on the same
+images — no labels. ModelOpt keeps the ranges as fixed buffers: they are not learned. The fine-tuned fp32 weights
+are what comes out (:func:`distilled_state_dict`): they go through the normal export path, then effedge's own
+Q/DQ placement and *recalibrated* ranges (:func:`fine_tuned_source`, called by the precision stage), so the int8
+graph obeys every rule the post-training one does; fidelity is still measured against the original fp32 model.
+
+Loss: mean squared error of every floating-point output, each divided by the fp32 output's own mean square (so a
+detector's logits and its boxes in pixels weigh alike, and the loss is a relative error: 0.01 ≈ 20 dB SQNR). MSE
+on raw outputs (logits, head outputs) is what the fidelity report measures (SQNR) and needs no choice of
+temperature or score threshold; on logits it also bounds the KL of the class scores.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from effedge.errors import EffedgeError
+from effedge.io import atomic_write, cache_root, private_tempdir, read_manifest, sha256_file
+
+DEFAULT_STEPS = 200
+DEFAULT_LR = 1e-5
+QUANTIZER_KEY = "_quantizer."  # ModelOpt's state-dict entries of the quantizers (input_quantizer._amax, …)
+
+Progress = Callable[[Iterable, int, str], Iterable]
+
+
+@dataclass(frozen=True)
+class QADOptions:
+    steps: int = DEFAULT_STEPS
+    lr: float = DEFAULT_LR
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise EffedgeError(f"--qad-steps {self.steps}: use at least 1 (default {DEFAULT_STEPS})")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise EffedgeError(f"--qad-lr {self.lr} must be a positive number, e.g. {DEFAULT_LR}")
+
+
+def refuse(precision: str) -> None:
+    """Raise the one-line refusal where QAD cannot apply: a precision without int8, or no torch/ModelOpt."""
+    if precision not in ("int8", "mixed"):
+        raise EffedgeError(f"--qad fine-tunes an int8 model; --precision {precision} has no int8 "
+                           "(use --precision int8)")
+    _mtq()
+
+
+def _mtq():
+    try:
+        import torch  # noqa: F401
+        import modelopt.torch.quantization as mtq
+    except ImportError as exc:
+        raise EffedgeError(f"--qad needs PyTorch and NVIDIA ModelOpt's torch quantization ({exc}); install the "
+                           "workstation extra: pip install -e '.[workstation]'") from exc
+    return mtq
+
+
+def _relative_mse(student, teacher):
+    import torch
+
+    students = student if isinstance(student, (tuple, list)) else (student,)
+    teachers = teacher if isinstance(teacher, (tuple, list)) else (teacher,)
+    terms = [torch.mean((s - t) ** 2) / torch.mean(t ** 2).clamp_min(1e-12)
+             for s, t in zip(students, teachers) if t.is_floating_point()]
+    return sum(terms) / len(terms)
+
+
+def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOptions(), *,
+            progress: Progress = lambda items, total, description: items,
+            log: Callable[[str], None] = lambda message: None) -> tuple[object, dict]:
+    """Fine-tune a fake-quantized copy of ``module`` (a torch module, left unchanged) to reproduce its outputs on
+    ``batches`` (calibration inputs, as the graph takes them). Returns (the fake-quantized student, report with
+    the loss before and after and per step). Deterministic for a given seed."""
+    import torch
+
+    options.validate()
+    mtq = _mtq()
+    if not batches:
+        raise EffedgeError("QAD needs at least one calibration image")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options.seed)
+        teacher = copy.deepcopy(module).eval()
+        tensors = [torch.from_numpy(np.ascontiguousarray(b)) for b in batches]
+        with torch.no_grad():
+            targets = [teacher(x) for x in tensors]
+        student = copy.deepcopy(module).eval()
+
+        def forward_loop(model) -> None:
+            with torch.no_grad():
+                for x in tensors:
+                    model(x)
+
+        config = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
+        student = mtq.quantize(student, config, forward_loop)
+        # BatchNorm statistics stay the fp32 model's (eval mode): only weights, biases and ranges move.
+        parameters = list(student.parameters())  # built models come frozen (inference): train them all here
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+        optimizer = torch.optim.Adam(parameters, lr=options.lr)
+        order = torch.randperm(len(tensors) * ((options.steps + len(tensors) - 1) // len(tensors))) % len(tensors)
+        with torch.no_grad():
+            initial = float(sum(_relative_mse(student(x), t) for x, t in zip(tensors, targets)) / len(tensors))
+        losses = []
+        for step in progress(range(options.steps), options.steps, "distilling"):
+            index = int(order[step])
+            loss = _relative_mse(student(tensors[index]), targets[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        with torch.no_grad():
+            final = float(sum(_relative_mse(student(x), t) for x, t in zip(tensors, targets)) / len(tensors))
+    log(f"distillation loss {initial:.4g} -> {final:.4g} over {options.steps} steps")
+    return student, {"steps": options.steps, "lr": options.lr, "seed": options.seed, "images": len(tensors),
+                     "loss_before": initial, "loss_after": final, "losses": losses,
+                     "loss": "mean squared error of each raw output relative to the fp32 output's mean square"}
+
+
+def distilled_state_dict(student) -> dict:
+    """The fine-tuned fp32 weights of a :func:`distill` student, under the original module's keys (the
+    quantizers' ranges left out): ``module.load_state_dict(...)`` puts them into the unquantized network."""
+    return {key: value.detach().clone() for key, value in student.state_dict().items() if QUANTIZER_KEY not in key}
+
+
+def learned_ranges(student) -> dict[str, float]:
+    """{module name: learned activation amax} of the student's per-tensor input quantizers."""
+    ranges = {}
+    for name, sub in student.named_modules():
+        quantizer = getattr(sub, "input_quantizer", None)
+        amax = getattr(quantizer, "amax", None) if quantizer is not None else None
+        if amax is not None and getattr(quantizer, "is_enabled", True):
+            ranges[name] = float(amax.detach().abs().max())
+    return ranges
+
+
+def fine_tuned_source(source, images, inputs, options: QADOptions, *, log: Callable[[str], None],
+                      progress: Progress) -> tuple[object, dict]:
+    """The fp32 ONNX graph of ``source``'s build with QAD-fine-tuned weights, distilled on the calibration
+    images of ``images`` (held-out photos never take part). Cached by content (source graph, images, settings,
+    tool versions): a re-run does not retrain. Returns (path of the cached graph, report)."""
+    import hashlib
+    import json
+
+    from effedge.provenance import cache_identity
+
+    options.validate()
+    _mtq()
+    source = Path(source)
+    identity = json.dumps([sha256_file(source), images.content_hash(), options.steps, options.lr, options.seed,
+                           inputs.format, list(inputs.size), inputs.batch, inputs.preprocessing.describe(),
+                           cache_identity("torch", "onnx", "onnxsim", "nvidia-modelopt")])
+    key = hashlib.sha256(identity.encode()).hexdigest()[:32]
+    cached, cached_report = cache_root() / "qad" / f"{key}.onnx", cache_root() / "qad" / f"{key}.json"
+    if cached.is_file() and cached_report.is_file():
+        from effedge.cache import mark_used
+
+        report = json.loads(cached_report.read_text())
+        mark_used(cached)
+        log(f"QAD: cache hit ({options.steps} steps), not retraining")
+        return cached, {**report, "cached": True}
+    import time
+
+    import onnx
+    import torch
+
+    from effedge.export.onnx_export import deployable, output_names, torch_export
+    from effedge.export.simplify import simplify_model
+    from effedge.models import build_model
+
+    manifest = read_manifest(source.parent)
+    weights = manifest.get("weights")
+    if weights in ("random", None):
+        weights = None
+    elif weights == "<state dict>" or not isinstance(weights, str):
+        raise EffedgeError("--qad rebuilds the PyTorch model from build.json, but this build was exported from an "
+                           "in-memory state dict; export it from a checkpoint file")
+    height, width = inputs.size
+    clock = time.perf_counter()
+    network = build_model(manifest["variant"], weights=weights, num_classes=manifest.get("num_classes"),
+                          image_size=(height, width), pad=manifest.get("pad", "same"))
+    wrapper = deployable(network, inputs.format).eval()
+    batches = [batch for batch, _ in images.padded_batches(images.calibration, inputs.size, inputs.format,
+                                                           inputs.batch, inputs.preprocessing)]
+    log(f"QAD: distilling int8 towards fp32 on {len(images.calibration)} calibration images, {options.steps} steps")
+    student, report = distill(wrapper, batches, options, progress=progress, log=log)
+    wrapper.load_state_dict(distilled_state_dict(student))
+    source_model = onnx.load(str(source))
+    opset = max(o.version for o in source_model.opset_import if o.domain in ("", "ai.onnx"))
+    is_detector = manifest.get("family") == "efficientdet"
+    with private_tempdir() as tmp:
+        torch_export(wrapper, torch.from_numpy(batches[0]), tmp / "qad.onnx", output_names(is_detector), opset, None)
+        graph = simplify_model(onnx.load(str(tmp / "qad.onnx")))
+    onnx.helper.set_model_props(graph, {p.key: p.value for p in source_model.metadata_props})
+    report = {**{k: v for k, v in report.items() if k != "losses"}, "seconds": round(time.perf_counter() - clock, 3),
+              "ranges": "recalibrated on the fine-tuned fp32 graph (effedge's own placement and calibration)"}
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(cached_report, json.dumps(report).encode())
+    atomic_write(cached, graph.SerializeToString())  # last: its presence marks a complete entry
+    return cached, {**report, "cached": False}

@@ -1,0 +1,130 @@
+"""Quantization-aware distillation (--qad): the fine-tuning itself on a tiny network, the precision stage with QAD
+on a reduced-size export (cache, Q/DQ rules, the TensorRT-RTX build), and the one-line refusals."""
+import builtins
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import effedge_cli, photo_folder, random_weights, tiny_model
+from torch import nn
+
+from effedge.errors import EffedgeError
+from effedge.export.onnx_export import ExportOptions, export
+from effedge.pipeline.compile import CompileConfig, build_engine_file, compile_model
+from effedge.quantize import qdq
+from effedge.quantize.precision import PrecisionOptions, convert
+from effedge.quantize.qad import QADOptions, distill, distilled_state_dict, refuse
+
+
+def _tiny_network():
+    torch.manual_seed(1)
+    network = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU6(),
+                            nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.BatchNorm2d(32), nn.ReLU6(),
+                            nn.Conv2d(32, 8, 1)).eval()
+    for bn in (network[1], network[4]):  # uneven channel scales: what per-tensor int8 activations handle badly
+        bn.running_var.uniform_(0.01, 4)
+        bn.weight.data.uniform_(0.2, 3)
+    return network
+
+
+def _batches():
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((2, 3, 16, 16)).astype(np.float32) for _ in range(4)]
+
+
+def test_distillation_lowers_the_loss_deterministically_and_keeps_the_fp32_keys():
+    network = _tiny_network()
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    student, report = distill(network, _batches(), QADOptions(steps=80, lr=3e-6, seed=3))
+    assert report["loss_after"] < report["loss_before"]
+    assert len(report["losses"]) == 80
+    weights = distilled_state_dict(student)
+    assert set(weights) == set(before)  # the quantizers' ranges stay out: loads into the unquantized network
+    assert any(not torch.equal(weights[k], before[k]) for k in weights)  # the weights were fine-tuned
+    assert all(torch.equal(network.state_dict()[k], before[k]) for k in before)  # the input is left unchanged
+    _, again = distill(network, _batches(), QADOptions(steps=80, lr=3e-6, seed=3))
+    assert again["losses"] == report["losses"]
+
+
+def test_qad_is_refused_without_int8_or_without_torch(monkeypatch):
+    for precision in ("fp16", "fp32"):
+        with pytest.raises(EffedgeError, match="--qad fine-tunes an int8 model"):
+            refuse(precision)
+    with pytest.raises(EffedgeError, match="--precision fp16 has no int8"):
+        PrecisionOptions(precision="fp16", qad=QADOptions()).validate()
+    with pytest.raises(EffedgeError, match="--precision fp32 has no int8"):
+        compile_model(CompileConfig(variant="b0", precision="fp32", qad_steps=10))
+    with pytest.raises(EffedgeError, match="--qad-steps 0"):
+        PrecisionOptions(precision="int8", qad=QADOptions(steps=0)).validate()
+    real_import = builtins.__import__
+
+    def no_modelopt(name, *args, **kwargs):
+        if name.startswith("modelopt"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_modelopt)
+    with pytest.raises(EffedgeError, match="--qad needs PyTorch and NVIDIA ModelOpt"):
+        PrecisionOptions(precision="int8", qad=QADOptions()).validate()
+
+
+def test_cli_refuses_qad_for_fp16_in_one_line(tmp_path):
+    import onnx
+
+    model = tmp_path / "model.onnx"
+    onnx.save(tiny_model(1), str(model))
+    result = effedge_cli("quantize", str(model), "--precision", "fp16", "--qad")
+    assert result.returncode != 0
+    assert "--qad fine-tunes an int8 model" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def qad_build(tmp_path_factory):
+    """A 64 px Lite0 export from a checkpoint file (QAD rebuilds the torch model from build.json), images and a
+    private cache; the int8 graph with a short QAD run."""
+    root = tmp_path_factory.mktemp("qad")
+    images = photo_folder(root / "images", 8, (96, 80))
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv("EFFEDGE_CACHE_DIR", str(root / "cache"))
+    checkpoint = root / "lite0.pth"
+    torch.save(random_weights("lite0", 64), checkpoint)
+    export("lite0", root / "build", weights=str(checkpoint), options=ExportOptions(image_size=64))
+    options = PrecisionOptions(precision="int8", calib_dir=images, holdout=2, holdout_views=2,
+                               qad=QADOptions(steps=6, lr=1e-5))
+    report = convert(root / "build" / "model.sim.onnx", options=options)
+    yield root, options, report
+    patcher.undo()
+
+
+def test_qad_graph_keeps_the_qdq_rules_and_is_recorded(qad_build):
+    import onnx
+
+    root, _, report = qad_build
+    assert report["qad"]["cached"] is False and report["qad"]["steps"] == 6
+    assert report["qad"]["loss_after"] >= 0 and "recalibrated" in report["qad"]["ranges"]
+    model = onnx.load(str(root / "build" / "model.int8.onnx"))
+    assert qdq.invalid_scales(model) == []
+    summary = qdq.summary(model)
+    assert summary["convolutions_int8"] > 0 and summary["zero_points_all_zero"]
+    assert summary["weights_per_channel_axis0"] == summary["weight_quantizers"]
+    manifest = json.loads((root / "build" / "build.json").read_text())
+    assert manifest["precisions"]["int8"]["qad"]["steps"] == 6
+    assert np.isfinite(report["fidelity"]["outputs"]["logits"]["sqnr_db"])
+
+
+def test_qad_rerun_is_a_cache_hit(qad_build):
+    root, options, _ = qad_build
+    again = convert(root / "build" / "model.sim.onnx", options=options)
+    assert again["qad"]["cached"] is True
+    assert again["calibration"]["cached"] is True
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
+                    reason="TensorRT-RTX is not installed (pip install 'effedge[rtx]')")
+def test_qad_graph_builds_with_tensorrt_rtx(qad_build):
+    root, _, _ = qad_build
+    report = build_engine_file(root / "build" / "model.int8.onnx", backend="tensorrt-rtx")
+    assert report["product"] == "TensorRT-RTX" and report["bytes"] > 0
