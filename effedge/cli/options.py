@@ -19,7 +19,7 @@ CALIB_METHOD_HELP = ("Activation ranges: percentile = the 99.99th percentile of 
 
 def qad_options(command):
     """--qad, --qad-steps, --qad-lr (effedge.quantize.qad's defaults, spelled out so --help needs no torch)."""
-    command = click.option("--qad-lr", type=click.FloatRange(0, min_open=True), default=1e-5, show_default=True,
+    command = click.option("--qad-lr", type=FiniteFloatRange(0, 1, min_open=True), default=1e-5, show_default=True,
                            help="--qad: Adam learning rate of the fine-tuning.")(command)
     command = click.option("--qad-steps", type=click.IntRange(1), default=200, show_default=True,
                            help="--qad: fine-tuning steps (one calibration batch each).")(command)
