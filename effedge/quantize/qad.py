@@ -16,7 +16,9 @@ temperature or score threshold; on logits it also bounds the KL of the class sco
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +103,8 @@ def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOpti
                     model(x)
 
         config = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
-        student = mtq.quantize(student, config, forward_loop)
+        with contextlib.redirect_stdout(io.StringIO()):  # ModelOpt prints "Inserted N quantizers": the CLI's output is ours
+            student = mtq.quantize(student, config, forward_loop)
         # BatchNorm statistics stay the fp32 model's (eval mode): only weights, biases and ranges move.
         parameters = list(student.parameters())  # built models come frozen (inference): train them all here
         for parameter in parameters:
