@@ -113,6 +113,8 @@ def test_qad_graph_keeps_the_qdq_rules_and_is_recorded(qad_build):
     manifest = json.loads((root / "build" / "build.json").read_text())
     assert manifest["precisions"]["int8"]["qad"]["steps"] == 6
     assert np.isfinite(report["fidelity"]["outputs"]["logits"]["sqnr_db"])
+    ptq = manifest["precisions"]["int8"]["ptq_fidelity"]  # side by side: the post-training graph's figures
+    assert np.isfinite(ptq["outputs"]["logits"]["sqnr_db"]) and "class_agreement" in ptq
 
 
 def test_qad_rerun_is_a_cache_hit(qad_build):

@@ -26,7 +26,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -444,6 +444,11 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
     seconds["reference"] = time.perf_counter() - clock
     graph_source = source  # what Q/DQ is placed on and calibrated: the fp32 graph, or its QAD fine-tuned weights
     if options.qad is not None:
+        clock = time.perf_counter()
+        with private_tempdir() as tmp:  # the post-training graph, for build.json's side-by-side (its ranges cached)
+            ptq = convert(source, tmp, options=replace(options, qad=None), log=log, progress=progress)
+        report["ptq_fidelity"] = ptq["fidelity"]
+        seconds["ptq"] = time.perf_counter() - clock
         clock = time.perf_counter()
         graph_source, report["qad"] = fine_tuned_source(source, images, inputs, options.qad, log=log,
                                                         progress=progress)
