@@ -130,3 +130,9 @@ def test_qad_graph_builds_with_tensorrt_rtx(qad_build):
     root, _, _ = qad_build
     report = build_engine_file(root / "build" / "model.int8.onnx", backend="tensorrt-rtx")
     assert report["product"] == "TensorRT-RTX" and report["bytes"] > 0
+
+
+def test_distillation_reports_its_loss_as_it_goes():
+    messages = []
+    distill(_tiny_network(), _batches(), QADOptions(steps=10, lr=3e-6), log=messages.append)
+    assert [m for m in messages if m.startswith("QAD step ")][-1].startswith("QAD step 10/10: distillation loss ")

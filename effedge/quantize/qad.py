@@ -121,6 +121,9 @@ def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOpti
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
+            if (step + 1) % max(1, options.steps // 5) == 0:  # above the progress bar: the loss as it goes
+                recent = losses[-max(1, options.steps // 5):]
+                log(f"QAD step {step + 1}/{options.steps}: distillation loss {sum(recent) / len(recent):.4g}")
         with torch.no_grad():
             final = float(sum(_relative_mse(student(x), t) for x, t in zip(tensors, targets)) / len(tensors))
     log(f"distillation loss {initial:.4g} -> {final:.4g} over {options.steps} steps")
