@@ -136,3 +136,15 @@ def test_distillation_reports_its_loss_as_it_goes():
     messages = []
     distill(_tiny_network(), _batches(), QADOptions(steps=10, lr=3e-6), log=messages.append)
     assert [m for m in messages if m.startswith("QAD step ")][-1].startswith("QAD step 10/10: distillation loss ")
+
+
+def test_every_effedge_convolution_is_fake_quantized():
+    """effedge's padded Conv2d is an nn.Conv2d subclass that ModelOpt would leave in fp32 unless registered."""
+    from effedge.models import build_model
+    from effedge.models.layers import Conv2d
+
+    network = build_model("lite0", image_size=32)
+    convolutions = sum(isinstance(m, Conv2d) for m in network.modules())
+    student, _ = distill(network, [np.zeros((1, 3, 32, 32), np.float32)], QADOptions(steps=1))
+    quantized = sum(getattr(getattr(m, "weight_quantizer", None), "is_enabled", False) for m in student.modules())
+    assert quantized >= convolutions > 0

@@ -64,7 +64,27 @@ def _mtq():
     except ImportError as exc:
         raise EffedgeError(f"--qad needs PyTorch and NVIDIA ModelOpt's torch quantization ({exc}); install the "
                            "workstation extra: pip install -e '.[workstation]'") from exc
+    _register_effedge_layers(mtq)
     return mtq
+
+
+def _register_effedge_layers(mtq) -> None:
+    """ModelOpt replaces modules by exact class: effedge's padded Conv2d (an ``nn.Conv2d`` subclass) would stay
+    unquantized (only the classifier's Linear was, before this). Register it as a per-channel int8 convolution;
+    its forward pads, then runs ``nn.Conv2d`` on the quantized input and weight."""
+    from modelopt.torch.quantization import tensor_quant
+    from modelopt.torch.quantization.nn import QuantModuleRegistry
+    from modelopt.torch.quantization.nn.modules.quant_module import QuantLinearConvBase
+
+    from effedge.models.layers import Conv2d
+
+    if QuantModuleRegistry.get(Conv2d) is not None:
+        return
+
+    class QuantPaddedConv2d(QuantLinearConvBase):
+        default_quant_desc_weight = tensor_quant.QUANT_DESC_8BIT_CONV2D_WEIGHT_PER_CHANNEL
+
+    mtq.register(original_cls=Conv2d, quantized_cls=QuantPaddedConv2d)
 
 
 def _relative_mse(student, teacher):
