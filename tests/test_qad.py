@@ -15,7 +15,7 @@ from effedge.export.onnx_export import ExportOptions, export
 from effedge.pipeline.compile import CompileConfig, build_engine_file, compile_model
 from effedge.quantize import qdq
 from effedge.quantize.precision import PrecisionOptions, convert
-from effedge.quantize.qad import QADOptions, distill, distilled_state_dict, refuse
+from effedge.quantize.qad import QADOptions, cache_key, distill, distilled_state_dict, refuse
 
 
 def _tiny_network():
@@ -105,6 +105,8 @@ def test_qad_graph_keeps_the_qdq_rules_and_is_recorded(qad_build):
     root, _, report = qad_build
     assert report["qad"]["cached"] is False and report["qad"]["steps"] == 6
     assert report["qad"]["loss_after"] >= 0 and "recalibrated" in report["qad"]["ranges"]
+    # distilled on the 6 calibration images only: the 2 held-out photos never take part
+    assert report["qad"]["images"] == report["calibration"]["images"] == 6
     model = onnx.load(str(root / "build" / "model.int8.onnx"))
     assert qdq.invalid_scales(model) == []
     summary = qdq.summary(model)
@@ -148,3 +150,43 @@ def test_every_effedge_convolution_is_fake_quantized():
     student, _ = distill(network, [np.zeros((1, 3, 32, 32), np.float32)], QADOptions(steps=1))
     quantized = sum(getattr(getattr(m, "weight_quantizer", None), "is_enabled", False) for m in student.modules())
     assert quantized >= convolutions > 0
+
+
+def test_every_output_is_distilled_towards_its_own_fp32_output():
+    """A two-output network whose outputs differ in scale: pairing an output with the other's target would make
+    the relative loss about 1 from the start."""
+    class TwoOutputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = _tiny_network()
+
+        def forward(self, x):
+            y = self.body(x)
+            return y, 100 * y + 5
+
+    _, report = distill(TwoOutputs().eval(), _batches(), QADOptions(steps=2, lr=3e-6))
+    assert report["loss_before"] < 0.5 and report["batches"] == 4
+
+
+def test_cache_key_changes_with_every_setting_that_changes_the_graph(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import effedge.quantize.qad as qad
+
+    source = tmp_path / "model.sim.onnx"
+    source.write_bytes(b"graph")
+    images = SimpleNamespace(content_hash=lambda: "images")
+    preprocessing = SimpleNamespace(describe=lambda: "imagenet")
+    inputs = SimpleNamespace(format="nchw", size=(64, 64), batch=1, preprocessing=preprocessing)
+    base = QADOptions(steps=6, lr=1e-5, seed=0)
+    key = cache_key(source, images, inputs, base)
+    assert cache_key(source, images, inputs, base) == key
+    for changed in (QADOptions(7, 1e-5, 0), QADOptions(6, 2e-5, 0), QADOptions(6, 1e-5, 1)):
+        assert cache_key(source, images, inputs, changed) != key
+    assert cache_key(source, SimpleNamespace(content_hash=lambda: "other"), inputs, base) != key
+    assert cache_key(source, images, SimpleNamespace(**{**vars(inputs), "batch": 2}), base) != key
+    source.write_bytes(b"other graph")
+    changed_source = cache_key(source, images, inputs, base)
+    assert changed_source != key
+    monkeypatch.setattr(qad, "ALGORITHM_VERSION", qad.ALGORITHM_VERSION + 1)  # a fix that changes the result
+    assert cache_key(source, images, inputs, base) != changed_source

@@ -31,6 +31,9 @@ from effedge.io import atomic_write, cache_root, private_tempdir, read_manifest,
 
 DEFAULT_STEPS = 200
 DEFAULT_LR = 1e-5
+# Bump when the fine-tuning changes its result for the same inputs (which layers are fake-quantized, the loss,
+# the schedule): cached graphs of an older version are then not served. 2: effedge's padded Conv2d is quantized.
+ALGORITHM_VERSION = 2
 QUANTIZER_KEY = "_quantizer."  # ModelOpt's state-dict entries of the quantizers (input_quantizer._amax, …)
 
 Progress = Callable[[Iterable, int, str], Iterable]
@@ -147,7 +150,7 @@ def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOpti
         with torch.no_grad():
             final = float(sum(_relative_mse(student(x), t) for x, t in zip(tensors, targets)) / len(tensors))
     log(f"distillation loss {initial:.4g} -> {final:.4g} over {options.steps} steps")
-    return student, {"steps": options.steps, "lr": options.lr, "seed": options.seed, "images": len(tensors),
+    return student, {"steps": options.steps, "lr": options.lr, "seed": options.seed, "batches": len(tensors),
                      "loss_before": initial, "loss_after": final, "losses": losses,
                      "loss": "mean squared error of each raw output relative to the fp32 output's mean square"}
 
@@ -169,23 +172,32 @@ def learned_ranges(student) -> dict[str, float]:
     return ranges
 
 
-def fine_tuned_source(source, images, inputs, options: QADOptions, *, log: Callable[[str], None],
-                      progress: Progress) -> tuple[object, dict]:
-    """The fp32 ONNX graph of ``source``'s build with QAD-fine-tuned weights, distilled on the calibration
-    images of ``images`` (held-out photos never take part). Cached by content (source graph, images, settings,
-    tool versions): a re-run does not retrain. Returns (path of the cached graph, report)."""
+def cache_key(source: Path, images, inputs, options: QADOptions) -> str:
+    """What a fine-tuned graph is cached under: everything that changes it (source graph, calibration images,
+    settings, input, tool versions and :data:`ALGORITHM_VERSION`)."""
     import hashlib
     import json
 
     from effedge.provenance import cache_identity
 
+    identity = json.dumps([ALGORITHM_VERSION, sha256_file(source), images.content_hash(), options.steps, options.lr,
+                           options.seed, inputs.format, list(inputs.size), inputs.batch,
+                           inputs.preprocessing.describe(),
+                           cache_identity("torch", "onnx", "onnxsim", "nvidia-modelopt")])
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+def fine_tuned_source(source, images, inputs, options: QADOptions, *, log: Callable[[str], None],
+                      progress: Progress) -> tuple[object, dict]:
+    """The fp32 ONNX graph of ``source``'s build with QAD-fine-tuned weights, distilled on the calibration
+    images of ``images`` (held-out photos never take part). Cached by content (source graph, images, settings,
+    tool versions): a re-run does not retrain. Returns (path of the cached graph, report)."""
+    import json
+
     options.validate()
     _mtq()
     source = Path(source)
-    identity = json.dumps([sha256_file(source), images.content_hash(), options.steps, options.lr, options.seed,
-                           inputs.format, list(inputs.size), inputs.batch, inputs.preprocessing.describe(),
-                           cache_identity("torch", "onnx", "onnxsim", "nvidia-modelopt")])
-    key = hashlib.sha256(identity.encode()).hexdigest()[:32]
+    key = cache_key(source, images, inputs, options)
     cached, cached_report = cache_root() / "qad" / f"{key}.onnx", cache_root() / "qad" / f"{key}.json"
     if cached.is_file() and cached_report.is_file():
         from effedge.cache import mark_used
@@ -215,8 +227,9 @@ def fine_tuned_source(source, images, inputs, options: QADOptions, *, log: Calla
     network = build_model(manifest["variant"], weights=weights, num_classes=manifest.get("num_classes"),
                           image_size=(height, width), pad=manifest.get("pad", "same"))
     wrapper = deployable(network, inputs.format).eval()
-    batches = [batch for batch, _ in images.padded_batches(images.calibration, inputs.size, inputs.format,
-                                                           inputs.batch, inputs.preprocessing)]
+    padded = list(images.padded_batches(images.calibration, inputs.size, inputs.format, inputs.batch,
+                                        inputs.preprocessing))
+    batches = [batch for batch, _ in padded]
     log(f"QAD: distilling int8 towards fp32 on {len(images.calibration)} calibration images, {options.steps} steps")
     student, report = distill(wrapper, batches, options, progress=progress, log=log)
     wrapper.load_state_dict(distilled_state_dict(student))
@@ -227,7 +240,8 @@ def fine_tuned_source(source, images, inputs, options: QADOptions, *, log: Calla
         torch_export(wrapper, torch.from_numpy(batches[0]), tmp / "qad.onnx", output_names(is_detector), opset, None)
         graph = simplify_model(onnx.load(str(tmp / "qad.onnx")))
     onnx.helper.set_model_props(graph, {p.key: p.value for p in source_model.metadata_props})
-    report = {**{k: v for k, v in report.items() if k != "losses"}, "seconds": round(time.perf_counter() - clock, 3),
+    report = {**{k: v for k, v in report.items() if k != "losses"}, "images": sum(real for _, real in padded),
+              "seconds": round(time.perf_counter() - clock, 3),
               "ranges": "recalibrated on the fine-tuned fp32 graph (effedge's own placement and calibration)"}
     cached.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(cached_report, json.dumps(report).encode())
