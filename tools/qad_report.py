@@ -18,11 +18,11 @@ import shutil
 import time
 from pathlib import Path
 
-from real_weights_report import confident_agreement, held_out_photos, lite0_weights, references
+from real_weights_report import calibration_and_views, confident_agreement, lite0_weights, references
 
 from effedge.arch.scaling import resolve
 from effedge.export.onnx_export import ExportOptions, export
-from effedge.quantize.images import DEFAULT_CALIB_DIR, VIEW_RECIPES, ImageSet, find_images
+from effedge.quantize.images import VIEW_RECIPES
 from effedge.quantize.precision import PrecisionOptions, convert, measure_fidelity
 from effedge.quantize.qad import DEFAULT_LR, DEFAULT_STEPS, QADOptions
 
@@ -42,18 +42,8 @@ def main() -> None:
     os.environ.setdefault("EFFEDGE_CACHE_DIR", str(out / "cache"))
     spec = resolve("lite0")
     weights = lite0_weights(args.weights)
-    calibration = find_images(DEFAULT_CALIB_DIR)
-    held = held_out_photos(calibration)
-    calib_dir = DEFAULT_CALIB_DIR
-    if args.calib_crops:
-        from precision_report import make_images  # tools/: the crops that report calibrates on
-
-        calib_dir = out / "calibration"
-        shutil.rmtree(calib_dir, ignore_errors=True)
-        make_images(calib_dir, args.calib_crops)
-        for photo in calibration:
-            shutil.copy(photo, calib_dir / photo.name)
-    views = ImageSet(root=Path(held[0]).parent, calibration=[], holdout=held, min_views=len(VIEW_RECIPES) * len(held))
+    calib_dir, views = calibration_and_views(out, args.calib_crops)
+    held = views.holdout
     build = out / "build"
     clock = time.perf_counter()
     export(spec, build, weights=str(weights), options=ExportOptions(image_size=spec.resolution))

