@@ -122,3 +122,15 @@ def test_compile_key_follows_the_calibration_images_content_not_their_folder(tmp
     for i in range(4):  # other photos under the same names in the same folder: a miss
         Image.fromarray(photo(seed=50 + i)).save(copy / f"{i}.png")
     assert _compile_key(monkeypatch, tmp_path, copy) != key
+
+
+def test_compile_key_follows_qad_settings_only_when_qad_is_on():
+    from effedge.quantize.qad import DEFAULT_LR, DEFAULT_STEPS
+
+    assert CompileConfig(variant="d0").qad_lr == DEFAULT_LR
+    int8 = CompileConfig(variant="d0", precision="int8")
+    assert _key(int8) == _key(CompileConfig(variant="d0", precision="int8", qad_lr=1e-3))  # no QAD: lr unused
+    qad = CompileConfig(variant="d0", precision="int8", qad_steps=DEFAULT_STEPS)
+    assert len({_key(int8), _key(qad), _key(CompileConfig(variant="d0", precision="int8", qad_steps=DEFAULT_STEPS,
+                                                          qad_lr=1e-3)),
+                _key(CompileConfig(variant="d0", precision="int8", qad_steps=10))}) == 4

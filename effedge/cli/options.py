@@ -18,10 +18,12 @@ CALIB_METHOD_HELP = ("Activation ranges: percentile = the 99.99th percentile of 
 
 
 def qad_options(command):
-    """--qad, --qad-steps, --qad-lr (effedge.quantize.qad's defaults, spelled out so --help needs no torch)."""
-    command = click.option("--qad-lr", type=FiniteFloatRange(0, 1, min_open=True), default=1e-5, show_default=True,
+    """--qad, --qad-steps, --qad-lr with effedge.quantize.qad's defaults (that module imports torch lazily)."""
+    from effedge.quantize.qad import DEFAULT_LR, DEFAULT_STEPS
+
+    command = click.option("--qad-lr", type=FiniteFloatRange(0, 1, min_open=True), default=DEFAULT_LR, show_default=True,
                            help="--qad: Adam learning rate of the fine-tuning.")(command)
-    command = click.option("--qad-steps", type=click.IntRange(1), default=200, show_default=True,
+    command = click.option("--qad-steps", type=click.IntRange(1), default=DEFAULT_STEPS, show_default=True,
                            help="--qad: fine-tuning steps (one calibration batch each).")(command)
     return click.option("--qad", is_flag=True, help="int8/mixed: after calibration, fine-tune the fake-quantized "
                         "model to reproduce fp32's outputs on the calibration images (quantization-aware "

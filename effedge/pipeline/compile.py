@@ -61,7 +61,7 @@ class CompileConfig:
     compute_capabilities: Optional[tuple[str, ...]] = None  # TensorRT-RTX targets ("8.6", …); None: its default
     class_names: Optional[tuple[str, ...]] = None  # recorded in build.json (the demo detector's shapes)
     qad_steps: Optional[int] = None  # int8/mixed: quantization-aware distillation steps; None: no QAD
-    qad_lr: float = 1e-5
+    qad_lr: float = 1e-5  # effedge.quantize.qad.DEFAULT_LR (tests/test_cache_keys.py checks they agree)
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,10 @@ def _weights_identity(weights: Optional[str]) -> Optional[str]:
 
 def cache_key(config: CompileConfig, backend: BackendChoice, nms: str, calib_hash: Optional[str],
               spec: Optional[ModelSpec] = None) -> str:
-    material = {**asdict(config), "variant": (spec or resolve(config.variant)).name, "nms": nms, "weights":
+    settings = asdict(config)
+    if config.qad_steps is None:  # without QAD its learning rate changes nothing: it must not force a rebuild
+        del settings["qad_lr"]
+    material = {**settings, "variant": (spec or resolve(config.variant)).name, "nms": nms, "weights":
                 _weights_identity(config.weights), "calib_dir": calib_hash, "backend": backend.name,
                 "engine_version": backend.version, "compute_capability": backend.compute_capability,
                 "tools": cache_identity("torch", "onnx", "onnxsim", "onnxruntime", "nvidia-modelopt")}
