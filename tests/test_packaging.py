@@ -34,6 +34,9 @@ def test_wheel_holds_the_calibration_images_and_profiles(wheel):
     for folder in ("labels", "demo"):  # inside the package in the source tree too
         shipped = {p.name for p in (ROOT / "effedge" / "data" / folder).iterdir() if p.is_file()}
         assert shipped and {f"effedge/data/{folder}/{name}" for name in shipped} <= names
+    # the DeepStream bundle copies the parser's sources from the installed package
+    native = {p.name for p in (ROOT / "effedge" / "native").iterdir() if p.suffix in (".h", ".cpp")}
+    assert {f"effedge/native/{name}" for name in native | {"CMakeLists.txt"}} <= names
 
 
 def test_installed_package_finds_its_data_from_another_directory(wheel, tmp_path):
@@ -46,12 +49,14 @@ def test_installed_package_finds_its_data_from_another_directory(wheel, tmp_path
              "print(load_profile('orin-nx-16gb').path); "
              "from effedge.demo import DEMO_WEIGHTS, demo_model; from effedge.runtime.labels import coco90, imagenet1k; "
              "print(DEMO_WEIGHTS, DEMO_WEIGHTS.stat().st_size > 10**6, ','.join(demo_model().class_names)); "
-             "print(coco90().name(0), len(imagenet1k().names))")
+             "print(coco90().name(0), len(imagenet1k().names)); "
+             "from effedge.package.deepstream import native_sources; print(native_sources()[0].parent)")
     result = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, capture_output=True, text=True,
                             env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert result.returncode == 0, result.stderr
-    calib_dir, images, profile, demo, demo_read, demo_names, person, imagenet = result.stdout.split()
+    calib_dir, images, profile, demo, demo_read, demo_names, person, imagenet, native = result.stdout.split()
     assert Path(calib_dir) == site / "effedge" / "data" / "calib" and int(images) >= 7
     assert Path(profile).parent == site / "effedge" / "data" / "profiles"
     assert Path(demo).parent == site / "effedge" / "data" / "demo" and demo_read == "True"
     assert (demo_names, person, imagenet) == ("circle,square,triangle,cross", "person", "1000")
+    assert Path(native) == site / "effedge" / "native"
