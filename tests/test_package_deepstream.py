@@ -164,3 +164,28 @@ def test_cli_json_and_one_line_errors(tmp_path, monkeypatch, capsys):
     code, out, err = run_main(monkeypatch, capsys, ["package", str(bad), "--format", "deepstream", "--out",
                                                     str(tmp_path / "out")])
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_bundled_parser_builds_the_library_the_config_names(tmp_path):
+    """With NVIDIA's headers given (as tests/test_native_headers.py takes them), the bundle's own CMake build makes
+    the library at custom-lib-path, exporting the parse-bbox-func-name of either layout."""
+    import os
+    import shutil
+    import subprocess
+
+    headers = [os.environ.get(v) for v in ("EFFEDGE_DEEPSTREAM_INCLUDE", "EFFEDGE_TENSORRT_INCLUDE",
+                                           "EFFEDGE_CUDA_INCLUDE")]
+    if not all(headers) or not shutil.which("cmake") or not shutil.which("nm"):
+        pytest.skip("set EFFEDGE_DEEPSTREAM_INCLUDE, EFFEDGE_TENSORRT_INCLUDE and EFFEDGE_CUDA_INCLUDE (and have "
+                    "cmake and nm) to build the bundled parser")
+    summary = package_deepstream(build_dir(tmp_path / "b"), tmp_path / "out")
+    bundle, prop = tmp_path / "out" / "d-lite0", read_config(summary)["property"]
+    cuda = ";".join([*headers[2].split(os.pathsep), headers[1]])
+    for command in (["cmake", "-S", "parser", "-B", "parser/build", f"-DDEEPSTREAM_INCLUDE={headers[0]}",
+                     f"-DCUDA_INCLUDE={cuda}"], ["cmake", "--build", "parser/build"]):
+        result = subprocess.run(command, cwd=bundle, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    symbols = subprocess.run(["nm", "-D", "--defined-only", str(bundle / prop["custom-lib-path"])],
+                             capture_output=True, text=True, check=True).stdout
+    assert "NvDsInferParseEffedgeNms" in symbols and "NvDsInferParseEffedgeRaw" in symbols
