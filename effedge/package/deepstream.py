@@ -219,7 +219,7 @@ def deepstream_config(manifest: Mapping[str, Any], onnx_file: str, engine_file: 
         "network-input-order": "0",
         "model-color-format": "0",
         "net-scale-factor": repr(scale),
-        "offsets": ";".join(f"{o:g}" for o in offsets),
+        "offsets": ";".join(f"{o:.10g}" for o in offsets),
         "maintain-aspect-ratio": "1",
         "symmetric-padding": "0",
         "scaling-filter": str(SCALING_FILTER_BILINEAR),
