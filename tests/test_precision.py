@@ -509,3 +509,89 @@ def test_linear_dead_end_cleanup_gives_modelopts_own_result():
     assert "dead_end" not in {n.name for n in ours.graph.node} and {o.name for o in ours.graph.output} == {"y", "z"}
     from modelopt.onnx.autocast.precisionconverter import PrecisionConverter
     assert PrecisionConverter._cleanup_no_consumer_nodes.__module__.startswith("modelopt")  # restored
+
+
+def _placement_graph():
+    """A little of everything ModelOpt's placement looks at: SiLU convolutions, a squeeze-excitation gate, a residual
+    Add, pooling, resizing and a concatenation (shared scales)."""
+    rng = np.random.default_rng(0)
+    shapes = {"w1": (16, 3, 3, 3), "w2": (16, 16, 3, 3), "wse1": (4, 16, 1, 1), "wse2": (16, 4, 1, 1),
+              "w3": (16, 16, 1, 1), "w4": (16, 32, 3, 3)}
+    weights = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n) for n, s in shapes.items()]
+    weights.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
+    node = helper.make_node
+    nodes = [node("Conv", ["images", "w1"], ["c1"], pads=[1, 1, 1, 1], name="stem/conv"),
+             node("Sigmoid", ["c1"], ["s1"], name="stem/sigmoid"), node("Mul", ["c1", "s1"], ["a1"], name="stem/mul"),
+             node("Conv", ["a1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="block/conv"),
+             node("GlobalAveragePool", ["c2"], ["g"], name="block/se/pool"),
+             node("Conv", ["g", "wse1"], ["g1"], name="block/se/reduce"), node("Relu", ["g1"], ["g2"], name="block/se/relu"),
+             node("Conv", ["g2", "wse2"], ["g3"], name="block/se/expand"),
+             node("Sigmoid", ["g3"], ["gate"], name="block/se/gate"), node("Mul", ["c2", "gate"], ["se"], name="block/se/mul"),
+             node("Add", ["se", "a1"], ["res"], name="block/residual"),
+             node("MaxPool", ["res"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="fpn/pool"),
+             node("Conv", ["p", "w3"], ["c3"], name="fpn/conv"),
+             node("Resize", ["c3", "", "scales"], ["up"], mode="nearest", name="fpn/resize"),
+             node("Concat", ["up", "res"], ["cat"], axis=1, name="fpn/concat"),
+             node("Conv", ["cat", "w4"], ["out"], pads=[1, 1, 1, 1], name="head/conv")]
+    graph = helper.make_graph(nodes, "placement", [helper.make_tensor_value_info("images", 1, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("out", 1, [1, 16, 32, 32])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _placed_by_modelopt(path, out, shape, skip_calibration: bool):
+    import contextlib
+
+    from effedge.quantize.precision import _modelopt, linear_dead_end_cleanup, placement_without_calibration
+
+    _, quantize = _modelopt()
+    patch = placement_without_calibration() if skip_calibration else contextlib.nullcontext()
+    with linear_dead_end_cleanup(), patch:
+        quantize(str(path), quantize_mode="int8", calibration_data={"images": np.zeros(shape, np.float32)},
+                 calibration_method="max", calibration_eps=["cpu"], high_precision_dtype="fp16", output_path=str(out),
+                 log_level="CRITICAL")
+    return onnx.load(str(out))
+
+
+def _same_graph_with_the_same_ranges(ours, reference) -> bool:
+    tensors = sorted(qdq.activation_quantizers(reference))
+    assert sorted(qdq.activation_quantizers(ours)) == tensors and len(tensors) >= 5
+    amax = {name: 0.5 + i / 64 for i, name in enumerate(tensors)}
+    for model in (ours, reference):
+        qdq.set_activation_ranges(model, amax)
+    return ours.SerializeToString() == reference.SerializeToString()
+
+
+def test_placement_without_modelopts_calibration_gives_its_graph(tmp_path, monkeypatch):
+    """ModelOpt's own calibration pass is skipped (effedge overwrites every activation scale): with effedge's ranges
+    written in, the graph is byte for byte the one ModelOpt places after calibrating, and ORT's calibrator is
+    restored afterwards."""
+    from modelopt.onnx.quantization import ort_patching
+    from onnxruntime.quantization import calibrate
+
+    for name in ("a", "b"):
+        onnx.save(_placement_graph(), str(tmp_path / f"{name}.onnx"))
+    shape = (1, 3, 32, 32)
+
+    def calibrating(*args, **kwargs):
+        raise AssertionError("ModelOpt ran its calibration pass")
+
+    with monkeypatch.context() as patch:  # ModelOpt installs this as ORT's collect_data at each quantize
+        patch.setattr(ort_patching, "_collect_data_minmax_calibrator", calibrating)
+        ours = _placed_by_modelopt(tmp_path / "a.onnx", tmp_path / "ours.onnx", shape, skip_calibration=True)
+    assert calibrate.create_calibrator is ort_patching._create_calibrator_with_extra_options  # restored
+    reference = _placed_by_modelopt(tmp_path / "b.onnx", tmp_path / "reference.onnx", shape, skip_calibration=False)
+    assert _same_graph_with_the_same_ranges(ours, reference)
+
+
+@pytest.mark.slow
+def test_placement_without_calibration_on_d0_gives_modelopts_graph(workspace, tmp_path):
+    import shutil
+
+    for name in ("a", "b"):
+        shutil.copyfile(workspace[0] / "build" / "model.sim.onnx", tmp_path / f"{name}.onnx")
+    shape = (1, 3, 128, 128)
+    ours = _placed_by_modelopt(tmp_path / "a.onnx", tmp_path / "ours.onnx", shape, skip_calibration=True)
+    reference = _placed_by_modelopt(tmp_path / "b.onnx", tmp_path / "reference.onnx", shape, skip_calibration=False)
+    assert _same_graph_with_the_same_ranges(ours, reference)

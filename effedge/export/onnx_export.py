@@ -18,7 +18,6 @@ Classifiers (b0..b7) export ``logits [B, 1000]``.
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 from effedge.io import output_directory, publish, sha256_file, staging
 from effedge.errors import EffedgeError
 from effedge.provenance import onnx_summary, tool_versions, write_manifest
+from effedge.stages import StageMeter
 from effedge.export.nms_tail import NMS_TAILS, append_nms_tail
 from effedge.runtime.preprocess import INPUT_FORMATS, graph_metadata, mean_pixel
 from effedge.arch.scaling import EfficientDetSpec, ModelSpec, resolve
@@ -214,52 +214,48 @@ def _export(spec, out: Path, *, weights, num_classes, pad, options: ExportOption
 
     is_detector = isinstance(spec, EfficientDetSpec)
 
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-    log(f"building {spec.name}")
-    if weights is None:
-        log(f"warning: no --weights: {spec.name} gets random weights (fine for latency, meaningless detections)")
-    model = build_model(spec, weights=weights, num_classes=num_classes, image_size=options.image_size, pad=pad)
-    image_size = model.image_size
-    normalization = model.spec.normalization  # the weights' own where a known checkpoint says so
-    crop = {} if is_detector else {"crop_pct": spec.crop_pct}  # the crop the variant was evaluated with
-    if class_names is not None and len(class_names) != model.num_classes:
-        raise EffedgeError(f"{len(class_names)} class names for a head of {model.num_classes} classes")
-    wrapper = deployable(model, options.input_format)
-    names = output_names(is_detector)
-    batch = options.example_batch
-    images = example_input(image_size, batch, options.input_format)
-    with torch.no_grad():
-        reference = wrapper(torch.from_numpy(images))
-    reference = reference if isinstance(reference, tuple) else (reference,)
-    expected = {name: t.numpy() for name, t in zip(names, reference)}
-    seconds["build"] = time.perf_counter() - clock
+    meter = StageMeter()
+    with meter.stage("build"):
+        log(f"building {spec.name}")
+        if weights is None:
+            log(f"warning: no --weights: {spec.name} gets random weights (fine for latency, meaningless detections)")
+        model = build_model(spec, weights=weights, num_classes=num_classes, image_size=options.image_size, pad=pad)
+        image_size = model.image_size
+        normalization = model.spec.normalization  # the weights' own where a known checkpoint says so
+        crop = {} if is_detector else {"crop_pct": spec.crop_pct}  # the crop the variant was evaluated with
+        if class_names is not None and len(class_names) != model.num_classes:
+            raise EffedgeError(f"{len(class_names)} class names for a head of {model.num_classes} classes")
+        wrapper = deployable(model, options.input_format)
+        names = output_names(is_detector)
+        batch = options.example_batch
+        images = example_input(image_size, batch, options.input_format)
+        with torch.no_grad():
+            reference = wrapper(torch.from_numpy(images))
+        reference = reference if isinstance(reference, tuple) else (reference,)
+        expected = {name: t.numpy() for name, t in zip(names, reference)}
 
     with staging(out) as stage:
-        clock = time.perf_counter()
-        log(f"exporting ONNX (opset {options.opset}, batch "
-            f"{'%d:%d:%d' % options.dynamic_batch if options.dynamic_batch else options.batch})")
-        dynamic_axes = ({name: {0: "batch"} for name in ["images", *names]} if options.dynamic_batch else None)
-        torch_export(wrapper, torch.from_numpy(images), stage / RAW_ONNX, names, options.opset, dynamic_axes)
-        raw = onnx.load(str(stage / RAW_ONNX))
-        seconds["export"] = time.perf_counter() - clock
+        with meter.stage("export"):
+            log(f"exporting ONNX (opset {options.opset}, batch "
+                f"{'%d:%d:%d' % options.dynamic_batch if options.dynamic_batch else options.batch})")
+            dynamic_axes = ({name: {0: "batch"} for name in ["images", *names]} if options.dynamic_batch else None)
+            torch_export(wrapper, torch.from_numpy(images), stage / RAW_ONNX, names, options.opset, dynamic_axes)
+            raw = onnx.load(str(stage / RAW_ONNX))
 
-        clock = time.perf_counter()
-        log("simplifying")
-        simplified = simplify_model(raw)
-        # which normalization the graph expects, for a user without build.json (onnxruntime's custom metadata)
-        metadata = graph_metadata(normalization.mean, normalization.std, options.input_format,
-                                  classifier=not is_detector, **crop)
-        for graph in (raw, simplified):
-            onnx.helper.set_model_props(graph, metadata)
-        onnx.save(raw, str(stage / RAW_ONNX))
-        onnx.save(simplified, str(stage / SIMPLIFIED_ONNX))
-        seconds["simplify"] = time.perf_counter() - clock
+        with meter.stage("simplify"):
+            log("simplifying")
+            simplified = simplify_model(raw)
+            # which normalization the graph expects, for a user without build.json (onnxruntime's custom metadata)
+            metadata = graph_metadata(normalization.mean, normalization.std, options.input_format,
+                                      classifier=not is_detector, **crop)
+            for graph in (raw, simplified):
+                onnx.helper.set_model_props(graph, metadata)
+            onnx.save(raw, str(stage / RAW_ONNX))
+            onnx.save(simplified, str(stage / SIMPLIFIED_ONNX))
 
-        clock = time.perf_counter()
-        log("checking parity with PyTorch in ONNX Runtime")
-        parity = check_parity(stage / SIMPLIFIED_ONNX, {"images": images}, expected, PARITY_RTOL)
-        seconds["parity"] = time.perf_counter() - clock
+        with meter.stage("parity"):
+            log("checking parity with PyTorch in ONNX Runtime")
+            parity = check_parity(stage / SIMPLIFIED_ONNX, {"images": images}, expected, PARITY_RTOL)
 
         if options.nms != "none":
             log(f"appending the {options.nms} NMS tail")
@@ -301,7 +297,7 @@ def _export(spec, out: Path, *, weights, num_classes, pad, options: ExportOption
             "nms": options.nms,
             "parity": [{"output": p.name, "max_abs_diff": p.max_abs_diff, "tolerance": p.tolerance,
                         "scale": p.scale} for p in parity],
-            "stages_seconds": {k: round(v, 3) for k, v in seconds.items()},
+            "stages_seconds": meter.rounded_seconds(), "stages_peak_rss_mb": meter.peak_rss_mb,
             "artifacts": artefacts,
             "versions": tool_versions(),
         }

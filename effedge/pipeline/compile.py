@@ -24,6 +24,7 @@ from effedge.quantize.images import MIN_HOLDOUT_VIEWS
 from effedge.errors import BackendUnavailable, EffedgeError
 from effedge.io import MANIFEST, read_manifest
 from effedge.provenance import cache_identity
+from effedge.stages import StageMeter, peak_rss_mb
 from effedge.arch.scaling import EfficientDetSpec, ModelSpec, resolve
 
 BACKENDS = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime")
@@ -241,26 +242,26 @@ def _run_stages(config: CompileConfig, spec: ModelSpec, backend: BackendChoice, 
     from effedge.export.nms_tail import append_nms_tail
     from effedge.quantize.precision import convert
 
-    seconds: dict[str, float] = {}
+    meter = StageMeter()
     caps = backend.capabilities
     # TensorRT 8.5/8.6 parse up to opset 17: the precision graph then stays at 17 too (fp32 high precision)
     opset = config.opset or (caps.max_onnx_opset if caps and caps.max_onnx_opset and caps.max_onnx_opset < 19
                              else None)
 
-    clock = time.perf_counter()
-    export(spec, out, weights=config.weights, num_classes=config.num_classes, pad=config.pad,
-           class_names=config.class_names, options=ExportOptions(image_size=config.image_size, batch=config.batch, dynamic_batch=config.dynamic_batch,
-                                 opset=opset or 17, input_format=config.input_format), log=log)
-    seconds["export"] = time.perf_counter() - clock
+    with meter.stage("export"):
+        export(spec, out, weights=config.weights, num_classes=config.num_classes, pad=config.pad,
+               class_names=config.class_names,
+               options=ExportOptions(image_size=config.image_size, batch=config.batch,
+                                     dynamic_batch=config.dynamic_batch, opset=opset or 17,
+                                     input_format=config.input_format), log=log)
 
     precision_file = f"model.{config.precision}.onnx"
-    clock = time.perf_counter()
-    if config.precision == "fp32":
-        shutil.copyfile(out / "model.sim.onnx", out / precision_file)
-    else:
-        convert(out / "model.sim.onnx", options=_precision_options(config, opset, backend.name), log=log,
-                **({"progress": progress} if progress else {}))
-    seconds["precision"] = time.perf_counter() - clock
+    with meter.stage("precision"):
+        if config.precision == "fp32":
+            shutil.copyfile(out / "model.sim.onnx", out / precision_file)
+        else:
+            convert(out / "model.sim.onnx", options=_precision_options(config, opset, backend.name), log=log,
+                    **({"progress": progress} if progress else {}))
 
     if nms != "none":
         import onnx
@@ -284,22 +285,21 @@ def _run_stages(config: CompileConfig, spec: ModelSpec, backend: BackendChoice, 
         from effedge.io import cache_root
 
         engine_file = f"model.{config.precision}.engine"
-        clock = time.perf_counter()
         graph = GraphInfo.from_onnx(out / precision_file)
         timing_cache = None
         if caps.timing_cache:
             timing_cache = cache_root() / "tensorrt" / f"{backend.version}-sm{backend.compute_capability}.timing.cache"
             timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        report = build_engine(out / precision_file, out / engine_file, graph, BuildOptions(
-            workspace_mb=config.workspace_mb, timing_cache=timing_cache, batch=config.dynamic_batch,
-            optimization_level=config.optimization_level, dla_core=config.dla_core,
-            compute_capabilities=config.compute_capabilities), log=log, backend=backend.name)
+        with meter.stage("engine"):
+            report = build_engine(out / precision_file, out / engine_file, graph, BuildOptions(
+                workspace_mb=config.workspace_mb, timing_cache=timing_cache, batch=config.dynamic_batch,
+                optimization_level=config.optimization_level, dla_core=config.dla_core,
+                compute_capabilities=config.compute_capabilities), log=log, backend=backend.name)
         if backend.compute_capability:
             report["compute_capability"] = backend.compute_capability
         manifest.setdefault("engines", {})[engine_file] = report
         warnings += report.get("warnings", [])
         artifacts[engine_file] = {"sha256": sha256_file(out / engine_file), "bytes": (out / engine_file).stat().st_size}
-        seconds["engine"] = time.perf_counter() - clock
         deployable = engine_file
     manifest["precision"] = config.precision
     manifest["backend"] = backend.name
@@ -308,7 +308,8 @@ def _run_stages(config: CompileConfig, spec: ModelSpec, backend: BackendChoice, 
     manifest["nms"] = nms
     manifest["compile"] = {"key": key, "config": asdict(config), "out_dir": str(out),
                            "backend_reason": backend.reason, "deployable": deployable,
-                           "stages_seconds": {k: round(v, 2) for k, v in seconds.items()},
+                           "stages_seconds": meter.rounded_seconds(2), "stages_peak_rss_mb": meter.peak_rss_mb,
+                           "process_peak_rss_mb": peak_rss_mb(),
                            "total_seconds": round(time.perf_counter() - start, 2), "cache_hit": False}
     write_json(out / MANIFEST, manifest)  # the key is written last: only a finished build is a cache hit
     log(f"compiled {out / deployable} in {time.perf_counter() - start:.1f} s")

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import shutil
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -43,6 +42,7 @@ from effedge.io import MANIFEST
 from effedge.provenance import cache_identity
 from effedge.runtime.onnxruntime import ort_session
 from effedge.runtime.preprocess import Preprocessing, is_classifier, preprocessing_for
+from effedge.stages import StageMeter
 
 PRECISIONS = ("fp16", "int8", "mixed")
 HIGH_PRECISIONS = ("fp16", "fp32")  # the dtype of what int8/mixed graphs do not quantize
@@ -188,6 +188,55 @@ def linear_dead_end_cleanup():
         PrecisionConverter._cleanup_no_consumer_nodes = original
 
 
+@contextlib.contextmanager
+def placement_without_calibration():
+    """While active, ModelOpt's int8 quantization places Q/DQ without calibrating: the ONNX Runtime calibrator it
+    creates (a session on the graph with every activation as an extra output, then a forward pass) is replaced by
+    one that only names the tensors, each with the range [-1, 1]. effedge overwrites every activation scale with its
+    own calibration, so the pass was pure cost: at D5 most of the placement's minutes and its memory peak. Weight
+    scales come from the weights and do not change. The original is restored."""
+    try:
+        from modelopt.onnx.quantization import ort_patching
+        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
+    except ImportError:
+        yield
+        return
+    original = getattr(ort_patching, "_create_calibrator_with_extra_options", None)
+    if original is None:  # a ModelOpt without it: calibrate as it does
+        yield
+        return
+
+    class NamesOnly:
+        def __init__(self, model_path, op_types_to_calibrate=None, *args, **kwargs):
+            import onnx
+            from onnx import TensorProto
+
+            model = onnx.shape_inference.infer_shapes(onnx.load(str(model_path)))
+            floats = (TensorProto.FLOAT, TensorProto.FLOAT16)
+            typed = {v.name: v.type.tensor_type.elem_type
+                     for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+            constants = {i.name for i in model.graph.initializer}
+            self.tensors = {name for node in model.graph.node for name in [*node.input, *node.output]
+                            if typed.get(name) in floats and name not in constants}
+
+        def collect_data(self, data_reader) -> None:
+            pass
+
+        def compute_data(self):
+            bound = (np.array(-1.0, np.float32), np.array(1.0, np.float32))
+            return TensorsData(CalibrationMethod.MinMax, {name: bound for name in self.tensors})
+
+    ort_patching._create_calibrator_with_extra_options = NamesOnly  # ModelOpt installs it in ORT at each quantize
+    try:
+        yield
+    finally:
+        ort_patching._create_calibrator_with_extra_options = original
+        from onnxruntime.quantization import calibrate
+
+        if calibrate.create_calibrator is NamesOnly:
+            calibrate.create_calibrator = original
+
+
 def to_fp16(model, opset: Optional[int] = None):
     convert_to_f16, _ = _modelopt()
     with linear_dead_end_cleanup():
@@ -218,7 +267,7 @@ def place_qdq(source: Path, model_hash: str, inputs: ModelInput, opset: Optional
     with private_tempdir() as tmp:  # ModelOpt's own tmp*.onnx go there too, and go with it
         out, copy_of_source = tmp / "placed.onnx", tmp / "source.onnx"
         shutil.copyfile(source, copy_of_source)  # ModelOpt writes inferred shapes into the file it is given
-        with linear_dead_end_cleanup():
+        with linear_dead_end_cleanup(), placement_without_calibration():
             quantize(str(copy_of_source), quantize_mode="int8", calibration_data={inputs.name: dummy},
                      calibration_method="max", calibration_eps=["cpu"], high_precision_dtype=high_precision,
                      output_path=str(out), log_level="CRITICAL")
@@ -433,61 +482,55 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
     if options.precision != "fp16":
         images.require_readable()  # before the reference pass and the Q/DQ placement
     model_hash = sha256_file(source)
-    seconds: dict[str, float] = {}
+    meter = StageMeter()
     report: dict = {"precision": options.precision, "source": source.name, "options": _jsonable(asdict(options)),
                     "input": inputs.preprocessing.describe()}
     if inputs.preprocessing.assumed:
         log(f"warning: {source.name}: {inputs.preprocessing.source}")
 
-    clock = time.perf_counter()
-    references = _reference_outputs(source, images, inputs)
-    seconds["reference"] = time.perf_counter() - clock
+    with meter.stage("reference"):
+        references = _reference_outputs(source, images, inputs)
     graph_source = source  # what Q/DQ is placed on and calibrated: the fp32 graph, or its QAD fine-tuned weights
     if options.qad is not None:
-        clock = time.perf_counter()
-        with private_tempdir() as tmp:  # the post-training graph, for build.json's side-by-side (its ranges cached)
+        with meter.stage("ptq"), private_tempdir() as tmp:  # the post-training graph, for the side-by-side
             ptq = convert(source, tmp, options=replace(options, qad=None), log=log, progress=progress)
         report["ptq_fidelity"] = ptq["fidelity"]
-        seconds["ptq"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        graph_source, report["qad"] = fine_tuned_source(source, images, inputs, options.qad, log=log,
-                                                        progress=progress)
-        model, model_hash = onnx.load(str(graph_source)), sha256_file(graph_source)
-        seconds["qad"] = time.perf_counter() - clock
+        with meter.stage("qad"):
+            graph_source, report["qad"] = fine_tuned_source(source, images, inputs, options.qad, log=log,
+                                                            progress=progress)
+            model, model_hash = onnx.load(str(graph_source)), sha256_file(graph_source)
 
     if options.precision == "fp16":
-        clock = time.perf_counter()
         log("converting to fp16")
-        result = to_fp16(model, options.opset)
-        seconds["convert"] = time.perf_counter() - clock
+        with meter.stage("convert"):
+            result = to_fp16(model, options.opset)
     else:
         from effedge.quantize import qdq
 
-        clock = time.perf_counter()
         high_precision, high_precision_reason = options.high_precision_dtype()
-        placed, placement_cached = place_qdq(graph_source, model_hash, inputs, options.opset, high_precision, log)
+        with meter.stage("placement"):
+            placed, placement_cached = place_qdq(graph_source, model_hash, inputs, options.opset, high_precision,
+                                                 log)
         report["high_precision"] = {"dtype": high_precision, "reason": high_precision_reason}
-        seconds["placement"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        tensors = sorted(qdq.activation_quantizers(placed))
-        key_text = json.dumps([ALGORITHM_VERSION, model_hash, images.content_hash(), options.method, options.percentile,
-                               inputs.format, list(inputs.size), inputs.batch, tensors,
-                               inputs.preprocessing.describe(),
-                               cache_identity("onnx", "onnxruntime")])
-        cache_file = cache_root() / "calibration" / f"{hashlib.sha256(key_text.encode()).hexdigest()[:32]}.json"
-        cached = read_calibration_cache(cache_file, tensors, log)
-        if cached is not None:
-            amax, used, calibration_cached = cached["amax"], cached["images"], True
-            images.skipped = [tuple(s) for s in cached["skipped"]]
-            log(f"calibration: cache hit ({used} images, {options.method}), not recalibrating")
-        else:
-            log(f"calibrating on {len(images.calibration)} images ({options.method})")
-            amax, used = calibrate(model, tensors, images, inputs, method=options.method,
-                                   percentile=options.percentile, progress=progress)
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            write_json(cache_file, {"amax": amax, "images": used, "skipped": images.skipped})
-            calibration_cached = False
-        seconds["calibration"] = time.perf_counter() - clock
+        with meter.stage("calibration"):
+            tensors = sorted(qdq.activation_quantizers(placed))
+            key_text = json.dumps([ALGORITHM_VERSION, model_hash, images.content_hash(), options.method, options.percentile,
+                                   inputs.format, list(inputs.size), inputs.batch, tensors,
+                                   inputs.preprocessing.describe(),
+                                   cache_identity("onnx", "onnxruntime")])
+            cache_file = cache_root() / "calibration" / f"{hashlib.sha256(key_text.encode()).hexdigest()[:32]}.json"
+            cached = read_calibration_cache(cache_file, tensors, log)
+            if cached is not None:
+                amax, used, calibration_cached = cached["amax"], cached["images"], True
+                images.skipped = [tuple(s) for s in cached["skipped"]]
+                log(f"calibration: cache hit ({used} images, {options.method}), not recalibrating")
+            else:
+                log(f"calibrating on {len(images.calibration)} images ({options.method})")
+                amax, used = calibrate(model, tensors, images, inputs, method=options.method,
+                                       percentile=options.percentile, progress=progress)
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                write_json(cache_file, {"amax": amax, "images": used, "skipped": images.skipped})
+                calibration_cached = False
         qdq.set_activation_ranges(placed, amax)
         floored = qdq.repair_scales(placed)  # ModelOpt's weight scales: 0 for an all-zero output channel
         result = placed
@@ -500,10 +543,10 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
         for note in images.warnings(used):
             log(f"warning: {note}")
         if options.precision == "mixed":
-            clock = time.perf_counter()
             log(f"mixed precision: searching for the blocks to keep out of int8 (target {options.fidelity_target} dB)")
-            result, sensitivity, reached = _mixed_search(placed, references, inputs, options.fidelity_target,
-                                                         options.score_threshold, log, progress)
+            with meter.stage("sensitivity"):
+                result, sensitivity, reached = _mixed_search(placed, references, inputs, options.fidelity_target,
+                                                             options.score_threshold, log, progress)
             report["sensitivity"] = sensitivity
             report["kept_fp16"] = [s["group"] for s in sensitivity if s.get("kept_fp16")]
             report["fidelity_target_met"] = bool(reached >= options.fidelity_target)
@@ -512,7 +555,6 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
                                       f"{options.fidelity_target} dB target, with every block in fp16: use "
                                       "--precision fp32 or a lower --fidelity-target"]
                 log(f"warning: {report['warnings'][0]}")
-            seconds["sensitivity"] = time.perf_counter() - clock
         report["qdq"] = {**qdq.summary(result), "weight_scales_floored": floored}
         still_int8 = {group for group, _ in report["qdq"]["int8_groups"]} & set(report.get("kept_fp16", []))
         if still_int8:  # a post-condition: the blocks reported as kept hold no INT8 convolution
@@ -523,11 +565,10 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
             raise RunError(f"internal error: {len(problems)} Q/DQ scale(s) are not positive normal numbers "
                                f"({problems[0]}); please report this with the model")
 
-    clock = time.perf_counter()
-    report["fidelity"] = measure_fidelity(result, references, inputs, options.score_threshold,
-                                          RANDOM_WEIGHTS_NOTE if _has_random_weights(source, options.random_weights)
-                                          else None)
-    seconds["fidelity"] = time.perf_counter() - clock
+    with meter.stage("fidelity"):
+        report["fidelity"] = measure_fidelity(result, references, inputs, options.score_threshold,
+                                              RANDOM_WEIGHTS_NOTE if _has_random_weights(source, options.random_weights)
+                                              else None)
     broken = nonfinite_warning(report["fidelity"], options.precision)
     if broken:
         report.setdefault("warnings", []).append(broken)
@@ -545,7 +586,8 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
     report["file"] = name
     report["sha256"] = sha256_file(out / name)
     report["opset"] = max(o.version for o in result.opset_import if o.domain in ("", "ai.onnx"))
-    report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+    report["seconds"] = meter.rounded_seconds()
+    report["peak_rss_mb"] = meter.peak_rss_mb
     _record(out, report)
     return report
 

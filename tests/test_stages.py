@@ -1,0 +1,46 @@
+"""Stage seconds and peak RSS, as build.json reports them."""
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from effedge.stages import StageMeter, peak_rss_mb
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-stage peaks need /proc (Linux)")
+def test_each_stage_reports_its_own_peak_not_the_runs():
+    meter = StageMeter()
+    with meter.stage("large"):
+        block = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
+        time.sleep(0.05)
+        del block
+    with meter.stage("small"):
+        time.sleep(0.05)
+    with meter.stage("outer"):
+        with meter.stage("inner"):
+            block = np.ones(150 * 2**20 // 8)
+            time.sleep(0.05)
+            del block
+    peaks = meter.peak_rss_mb
+    assert peaks["large"] - peaks["small"] > 250  # the small stage does not inherit the large one's peak
+    assert peaks["outer"] >= peaks["inner"] > peaks["small"] + 100  # an outer stage includes its inner ones
+    assert peak_rss_mb() >= peaks["large"] - 1  # the kernel's high-water mark (page accounting differs by a page or so)
+    assert set(meter.rounded_seconds()) == {"large", "small", "outer", "inner"}
+    assert meter.seconds["large"] >= 0.05
+
+
+def test_a_stage_entered_twice_adds_its_seconds():
+    meter = StageMeter()
+    for _ in range(2):
+        with meter.stage("step"):
+            time.sleep(0.02)
+    assert meter.seconds["step"] >= 0.04 and list(meter.peak_rss_mb) == ["step"]
+
+
+def test_a_failing_stage_is_still_recorded():
+    meter = StageMeter()
+    with pytest.raises(ValueError):
+        with meter.stage("broken"):
+            raise ValueError("boom")
+    assert "broken" in meter.seconds and meter.peak_rss_mb["broken"] > 0
