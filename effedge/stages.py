@@ -32,19 +32,28 @@ def _rss_kb() -> int:
         return maxrss // 1024 if sys.platform == "darwin" else maxrss  # bytes on macOS, KiB elsewhere
 
 
+class _Peak:
+    """The running peak (KiB) of one open stage; compared by identity, as two stages may share a value."""
+
+    __slots__ = ("kb",)
+
+    def __init__(self, kb: int) -> None:
+        self.kb = kb
+
+
 class _Sampler:
     """One thread for every open stage of the process: it raises each open stage's peak to the current RSS."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.open: list[list[int]] = []  # the running peak (KiB) of each open stage, as a one-item list
+        self.open: list[_Peak] = []
         self.thread: Optional[threading.Thread] = None
 
     def _sample(self) -> None:
         rss = _rss_kb()
         with self.lock:
             for peak in self.open:
-                peak[0] = max(peak[0], rss)
+                peak.kb = max(peak.kb, rss)
 
     def _run(self) -> None:
         while True:
@@ -55,8 +64,8 @@ class _Sampler:
             self._sample()
             time.sleep(SAMPLE_SECONDS)
 
-    def enter(self) -> list[int]:
-        peak = [_rss_kb()]
+    def enter(self) -> _Peak:
+        peak = _Peak(_rss_kb())
         with self.lock:
             self.open.append(peak)
             if self.thread is None:
@@ -64,11 +73,11 @@ class _Sampler:
                 self.thread.start()
         return peak
 
-    def leave(self, peak: list[int]) -> int:
+    def leave(self, peak: _Peak) -> int:
         self._sample()
         with self.lock:
-            self.open.remove(peak)
-        return peak[0]
+            self.open = [p for p in self.open if p is not peak]
+        return peak.kb
 
 
 _sampler = _Sampler()

@@ -44,3 +44,15 @@ def test_a_failing_stage_is_still_recorded():
         with meter.stage("broken"):
             raise ValueError("boom")
     assert "broken" in meter.seconds and meter.peak_rss_mb["broken"] > 0
+
+
+def test_nested_stages_that_start_at_the_same_rss_close_in_any_order():
+    meter = StageMeter()
+    with meter.stage("outer"):
+        with meter.stage("inner"):
+            pass
+        block = np.ones(50 * 2**20 // 8)  # the outer stage's peak moves after the inner one closed
+        time.sleep(0.05)
+        del block
+    assert set(meter.peak_rss_mb) == {"outer", "inner"}
+    assert meter.peak_rss_mb["outer"] > meter.peak_rss_mb["inner"] + 40

@@ -1,11 +1,15 @@
 #!/usr/bin/env python
-"""D0 precision figures: int8 calibration wall time vs plain fp32 ONNX Runtime forwards, Q/DQ summary,
-fidelity of fp16 / int8 (each calibration method) / mixed on held-out images.
+"""Precision figures at any size: stage seconds and peak RSS of export and of each precision, int8 calibration
+time against plain fp32 ONNX Runtime forwards on the same images, Q/DQ summary, fidelity on held-out images.
 
-    python tools/precision_report.py [--variant d0] [--images 64] [--weights W] [--out runs/precision-report]
+    python tools/precision_report.py [--variant d0] [--images 64] [--precisions all|int8,mixed,…]
+                                     [--weights W] [--out runs/precision-report] [--json FILE]
+
+    python tools/precision_report.py --variant d5 --images 16 --precisions int8 --json d5.json
 
 Without --weights the model gets seeded random weights with realistic output magnitudes (tests/helpers.py);
-the calibration folder is made of --images + 16 crops/flips of the photos shipped in calib/.
+the calibration folder is made of --images + 16 crops/flips of the photos shipped in calib/. Each run starts
+with a cold cache. Peak RSS is per stage (sampled, effedge.stages) and for the whole process (the kernel's).
 """
 from __future__ import annotations
 
@@ -23,11 +27,21 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from effedge import build_model  # noqa: E402
+from effedge.io import read_manifest  # noqa: E402
 from effedge.quantize.images import DEFAULT_CALIB_DIR, ImageSet, find_images  # noqa: E402
 from effedge.runtime.images import load_rgb  # noqa: E402
 from effedge.quantize.calibrators import DEFAULT_METHOD  # noqa: E402
 from effedge.export.onnx_export import export  # noqa: E402
 from effedge.quantize.precision import PrecisionOptions, convert, model_input  # noqa: E402
+from effedge.runtime.onnxruntime import ort_session  # noqa: E402
+from effedge.stages import StageMeter, peak_rss_mb  # noqa: E402
+
+HOLDOUT = 16
+ROWS = {  # label: (precision, calibration method)
+    "fp16": ("fp16", DEFAULT_METHOD), "int8 entropy": ("int8", "entropy"), "int8 max": ("int8", "max"),
+    "int8 percentile": ("int8", "percentile"), "mixed": ("mixed", DEFAULT_METHOD),
+    f"int8 {DEFAULT_METHOD} (re-run)": ("int8", DEFAULT_METHOD),
+}
 
 
 def make_images(folder: Path, count: int, seed: int = 0) -> None:
@@ -45,66 +59,110 @@ def make_images(folder: Path, count: int, seed: int = 0) -> None:
         Image.fromarray(np.ascontiguousarray(crop)).save(folder / f"crop{i:04d}.jpg", quality=92)
 
 
-def time_fp32_forwards(model_path: Path, images: ImageSet, count: int) -> float:
-    import onnxruntime as ort
+def time_fp32_forwards(model_path: Path, images: ImageSet) -> float:
+    """Seconds of plain fp32 forwards over the calibration images (prepared beforehand, so not counted; one
+    warm-up forward not counted), in a session as effedge's calibration opens it."""
     import onnx
 
     inputs = model_input(onnx.load(str(model_path)))
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    batches = list(images.batches(images.calibration[:count], inputs.size, inputs.format,
-                                  preprocessing=inputs.preprocessing))
-    session.run(None, {inputs.name: batches[0]})  # warm-up
+    session = ort_session(model_path)
+    batches = [batch for batch, _ in images.padded_batches(images.calibration, inputs.size, inputs.format,
+                                                           inputs.batch, inputs.preprocessing)]
+    session.run(None, {inputs.name: batches[0]})
     start = time.perf_counter()
     for batch in batches:
         session.run(None, {inputs.name: batch})
     return time.perf_counter() - start
 
 
+def selected_rows(spec: str) -> dict:
+    """The rows --precisions names: all, or labels of ROWS (int8 alone meaning the default method)."""
+    if spec == "all":
+        return ROWS
+    labels = [{"int8": f"int8 {DEFAULT_METHOD}"}.get(s.strip(), s.strip()) for s in spec.split(",") if s.strip()]
+    unknown = [label for label in labels if label not in ROWS]
+    if unknown:
+        sys.exit(f"--precisions: unknown {', '.join(unknown)}; use all, int8, or some of: {', '.join(ROWS)}")
+    return {label: ROWS[label] for label in labels}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="d0")
-    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--images", type=int, default=64, help="calibration images (another 16 are held out)")
+    parser.add_argument("--precisions", default="all", help="all, or a comma list: int8, mixed, fp16, 'int8 max', …")
     parser.add_argument("--weights")
     parser.add_argument("--out", default="runs/precision-report")
+    parser.add_argument("--json", help="also write every figure to this JSON file")
     args = parser.parse_args()
+    rows = selected_rows(args.precisions)
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     os.environ["EFFEDGE_CACHE_DIR"] = str(out / "cache")  # measure a cold first run
     from helpers import randomize_
 
-    weights = args.weights or randomize_(build_model(args.variant)).state_dict()
-    export(args.variant, out / "build", weights=weights)
-    make_images(out / "images", args.images + 16)
+    meter = StageMeter()
+    with meter.stage("weights"):
+        weights = args.weights or randomize_(build_model(args.variant)).state_dict()
+    with meter.stage("export"):
+        export(args.variant, out / "build", weights=weights)
+    del weights
+    export_manifest = read_manifest(out / "build")
+    make_images(out / "images", args.images + HOLDOUT)
     source = out / "build" / "model.sim.onnx"
-    images = ImageSet.from_folder(out / "images", count=args.images, holdout=16)
-    fp32_seconds = time_fp32_forwards(source, images, args.images)
-    rows = {}
-    for label, precision, method in [("fp16", "fp16", DEFAULT_METHOD), ("int8 entropy", "int8", "entropy"),
-                                     ("int8 max", "int8", "max"), ("int8 percentile", "int8", "percentile"),
-                                     ("mixed", "mixed", DEFAULT_METHOD),
-                                     (f"int8 {DEFAULT_METHOD} (re-run)", "int8", DEFAULT_METHOD)]:
-        start = time.perf_counter()
-        report = convert(source, options=PrecisionOptions(precision=precision, calib_dir=out / "images",
-                                                          calib_images=args.images, holdout=16, method=method))
-        rows[label] = (time.perf_counter() - start, report)
-    print(f"{args.variant} at {model_input(__import__('onnx').load(str(source))).size}, {args.images} calibration "
-          f"images, 16 held out; {args.images} plain fp32 ONNX Runtime forwards: {fp32_seconds:.2f} s\n")
-    print("| precision | wall s | placement s | calibration s | cached | class_logits SQNR dB | box_regression SQNR dB "
-          "| detections F1 | kept fp16 |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for label, (wall, report) in rows.items():
+    images = ImageSet.from_folder(out / "images", count=args.images, holdout=HOLDOUT)
+    with meter.stage("fp32 forwards"):
+        fp32_seconds = time_fp32_forwards(source, images)
+
+    results = {}
+    for label, (precision, method) in rows.items():
+        with meter.stage(label):
+            report = convert(source, options=PrecisionOptions(precision=precision, calib_dir=out / "images",
+                                                              calib_images=args.images, holdout=HOLDOUT,
+                                                              method=method))
+        results[label] = report
+    size = model_input(__import__("onnx").load(str(source))).size
+
+    print(f"{args.variant} at {size[0]}×{size[1]}, {args.images} calibration images, {HOLDOUT} held out; "
+          f"{args.images} plain fp32 ONNX Runtime forwards: {fp32_seconds:.1f} s; "
+          f"process peak RSS {peak_rss_mb() / 1024:.2f} GiB\n")
+    print("export stages: " + ", ".join(
+        f"{k} {export_manifest['stages_seconds'][k]:.1f} s / {export_manifest['stages_peak_rss_mb'][k] / 1024:.2f} GiB"
+        for k in export_manifest["stages_seconds"]) + f"; whole export peak {meter.peak_rss_mb['export'] / 1024:.2f} GiB\n")
+    print("| precision | wall s | peak GiB | stage: seconds / peak GiB | calibration ÷ fp32 forwards | cached "
+          "| class_logits SQNR dB | box_regression SQNR dB | detections F1 | kept fp16 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    summary_rows = {}
+    for label, report in results.items():
         outputs = report["fidelity"]["outputs"]
         det = report["fidelity"].get("detection_agreement") or {}
-        seconds = report["seconds"]
+        seconds, peaks = report["seconds"], report["peak_rss_mb"]
         calib = report.get("calibration", {})
-        print(f"| {label} | {wall:.1f} | {seconds.get('placement', 0):.1f} | {seconds.get('calibration', 0):.1f} | "
-              f"{calib.get('cached', '-')} | {outputs['class_logits']['sqnr_db']:.1f} | "
-              f"{outputs['box_regression']['sqnr_db']:.1f} | {det.get('f1', float('nan')):.3f} | "
-              f"{', '.join(report.get('kept_fp16', [])) or '-'} |")
-    qdq = rows["int8 entropy"][1]["qdq"]
-    print("\nQ/DQ (int8):", json.dumps({k: v for k, v in qdq.items() if k != "not_quantized"}))
-    print("mixed kept in fp16:", rows["mixed"][1].get("kept_fp16"), "qdq:",
-          {k: rows["mixed"][1]["qdq"][k] for k in ("convolutions", "convolutions_int8")})
+        ratio = (seconds["calibration"] / fp32_seconds if "calibration" in seconds and not calib.get("cached")
+                 else None)
+        stages = ", ".join(f"{k} {seconds[k]:.1f}/{peaks[k] / 1024:.2f}" for k in seconds)
+        first, second = (list(outputs) + [None, None])[:2]
+        print(f"| {label} | {meter.seconds[label]:.1f} | {meter.peak_rss_mb[label] / 1024:.2f} | {stages} | "
+              f"{'-' if ratio is None else f'{ratio:.2f}'} | {calib.get('cached', '-')} | "
+              f"{outputs[first]['sqnr_db']:.1f} | {outputs[second]['sqnr_db'] if second else float('nan'):.1f} | "
+              f"{det.get('f1', float('nan')):.3f} | {', '.join(report.get('kept_fp16', [])) or '-'} |")
+        summary_rows[label] = {"wall_seconds": round(meter.seconds[label], 2),
+                               "peak_rss_mb": meter.peak_rss_mb[label], "stages_seconds": seconds,
+                               "stages_peak_rss_mb": peaks, "calibration_over_fp32_forwards": ratio,
+                               "calibration": calib, "fidelity": report["fidelity"],
+                               "kept_fp16": report.get("kept_fp16")}
+    if any(r["precision"] != "fp16" for r in results.values()):
+        qdq = next(r for r in results.values() if r["precision"] != "fp16")["qdq"]
+        print("\nQ/DQ:", json.dumps({k: v for k, v in qdq.items() if k != "not_quantized"}))
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "variant": args.variant, "input_size": list(size), "calibration_images": args.images,
+            "holdout_photos": HOLDOUT, "cpu_count": os.cpu_count(), "fp32_forwards_seconds": round(fp32_seconds, 2),
+            "process_peak_rss_mb": peak_rss_mb(), "stages_seconds": meter.rounded_seconds(2),
+            "stages_peak_rss_mb": meter.peak_rss_mb,
+            "export": {"stages_seconds": export_manifest["stages_seconds"],
+                       "stages_peak_rss_mb": export_manifest["stages_peak_rss_mb"]},
+            "precisions": summary_rows}, indent=2, default=str))
 
 
 if __name__ == "__main__":

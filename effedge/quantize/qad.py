@@ -104,7 +104,8 @@ def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOpti
             progress: Progress = lambda items, total, description: items,
             log: Callable[[str], None] = lambda message: None) -> tuple[object, dict]:
     """Fine-tune a fake-quantized copy of ``module`` (a torch module, left unchanged) to reproduce its outputs on
-    ``batches`` (calibration inputs, as the graph takes them). Returns (the fake-quantized student, report with
+    ``batches`` (calibration inputs, as the graph takes them; any sequence, read one item at a time, so it may
+    prepare each when asked: see :class:`CalibrationBatches`). Returns (the fake-quantized student, report with
     the loss before and after and per step). Deterministic for a given seed."""
     import torch
 
@@ -115,15 +116,24 @@ def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOpti
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
         teacher = copy.deepcopy(module).eval()
-        tensors = [torch.from_numpy(np.ascontiguousarray(b)) for b in batches]
-        with torch.no_grad():
-            targets = [teacher(x) for x in tensors]
         student = copy.deepcopy(module).eval()
+
+        # Inputs and the teacher's outputs are made when a step needs them, not kept for every image: at D5 one
+        # image's outputs alone take 110 MB, so 300 of them would not fit a workstation.
+        def pair(index: int):
+            x = torch.from_numpy(np.ascontiguousarray(batches[index]))
+            with torch.no_grad():
+                return x, teacher(x)
+
+        def mean_loss() -> float:
+            with torch.no_grad():
+                return float(sum(float(_relative_mse(student(x), t)) for x, t in map(pair, range(len(batches))))
+                             / len(batches))
 
         def forward_loop(model) -> None:
             with torch.no_grad():
-                for x in tensors:
-                    model(x)
+                for index in range(len(batches)):
+                    model(torch.from_numpy(np.ascontiguousarray(batches[index])))
 
         config = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
         with contextlib.redirect_stdout(io.StringIO()):  # ModelOpt prints "Inserted N quantizers": the CLI's output is ours
@@ -133,13 +143,12 @@ def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOpti
         for parameter in parameters:
             parameter.requires_grad_(True)
         optimizer = torch.optim.Adam(parameters, lr=options.lr)
-        order = torch.randperm(len(tensors) * ((options.steps + len(tensors) - 1) // len(tensors))) % len(tensors)
-        with torch.no_grad():
-            initial = float(sum(_relative_mse(student(x), t) for x, t in zip(tensors, targets)) / len(tensors))
+        order = torch.randperm(len(batches) * ((options.steps + len(batches) - 1) // len(batches))) % len(batches)
+        initial = mean_loss()
         losses = []
         for step in progress(range(options.steps), options.steps, "distilling"):
-            index = int(order[step])
-            loss = _relative_mse(student(tensors[index]), targets[index])
+            x, target = pair(int(order[step]))
+            loss = _relative_mse(student(x), target)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -147,12 +156,38 @@ def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOpti
             if (step + 1) % max(1, options.steps // 5) == 0:  # above the progress bar: the loss as it goes
                 recent = losses[-max(1, options.steps // 5):]
                 log(f"QAD step {step + 1}/{options.steps}: distillation loss {sum(recent) / len(recent):.4g}")
-        with torch.no_grad():
-            final = float(sum(_relative_mse(student(x), t) for x, t in zip(tensors, targets)) / len(tensors))
+        final = mean_loss()
     log(f"distillation loss {initial:.4g} -> {final:.4g} over {options.steps} steps")
-    return student, {"steps": options.steps, "lr": options.lr, "seed": options.seed, "batches": len(tensors),
+    return student, {"steps": options.steps, "lr": options.lr, "seed": options.seed, "batches": len(batches),
                      "loss_before": initial, "loss_after": final, "losses": losses,
                      "loss": "mean squared error of each raw output relative to the fp32 output's mean square"}
+
+
+class CalibrationBatches(Sequence):
+    """The calibration images of an :class:`~effedge.quantize.images.ImageSet` as the graph takes them, in
+    batches of the graph's static batch (a last one filled up with repeats), each prepared when asked for: memory
+    does not grow with the number of images. Unreadable files are left out (and recorded in the set), as in
+    calibration."""
+
+    def __init__(self, images, inputs) -> None:
+        self._images, self._inputs = images, inputs
+        readable = []
+        for path in images.calibration:  # one decoding pass: which files are images, so batches stay fixed
+            before = len(images.skipped)
+            next(images.padded_batches([path], inputs.size, inputs.format, 1, inputs.preprocessing), None)
+            if len(images.skipped) == before:
+                readable.append(path)
+        self.images = len(readable)
+        self._groups = [readable[i:i + inputs.batch] for i in range(0, len(readable), inputs.batch)]
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        inputs = self._inputs
+        batch, _ = next(self._images.padded_batches(self._groups[index], inputs.size, inputs.format, inputs.batch,
+                                                    inputs.preprocessing))
+        return batch
 
 
 def distilled_state_dict(student) -> dict:
@@ -227,10 +262,8 @@ def fine_tuned_source(source, images, inputs, options: QADOptions, *, log: Calla
     network = build_model(manifest["variant"], weights=weights, num_classes=manifest.get("num_classes"),
                           image_size=(height, width), pad=manifest.get("pad", "same"))
     wrapper = deployable(network, inputs.format).eval()
-    padded = list(images.padded_batches(images.calibration, inputs.size, inputs.format, inputs.batch,
-                                        inputs.preprocessing))
-    batches = [batch for batch, _ in padded]
-    log(f"QAD: distilling int8 towards fp32 on {len(images.calibration)} calibration images, {options.steps} steps")
+    batches = CalibrationBatches(images, inputs)
+    log(f"QAD: distilling int8 towards fp32 on {batches.images} calibration images, {options.steps} steps")
     student, report = distill(wrapper, batches, options, progress=progress, log=log)
     wrapper.load_state_dict(distilled_state_dict(student))
     source_model = onnx.load(str(source))
@@ -240,7 +273,7 @@ def fine_tuned_source(source, images, inputs, options: QADOptions, *, log: Calla
         torch_export(wrapper, torch.from_numpy(batches[0]), tmp / "qad.onnx", output_names(is_detector), opset, None)
         graph = simplify_model(onnx.load(str(tmp / "qad.onnx")))
     onnx.helper.set_model_props(graph, {p.key: p.value for p in source_model.metadata_props})
-    report = {**{k: v for k, v in report.items() if k != "losses"}, "images": sum(real for _, real in padded),
+    report = {**{k: v for k, v in report.items() if k != "losses"}, "images": batches.images,
               "seconds": round(time.perf_counter() - clock, 3),
               "ranges": "recalibrated on the fine-tuned fp32 graph (effedge's own placement and calibration)"}
     cached.parent.mkdir(parents=True, exist_ok=True)
