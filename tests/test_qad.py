@@ -48,6 +48,30 @@ def test_distillation_lowers_the_loss_deterministically_and_keeps_the_fp32_keys(
     assert again["losses"] == report["losses"]
 
 
+def test_recomputing_the_blocks_in_backward_changes_memory_not_the_result(monkeypatch):
+    """Activation checkpointing on an effedge network (every MBConv block recomputed in backward) gives the same
+    fine-tuned weights, bit for bit, as keeping every activation; and it really is applied."""
+    from effedge.models.efficientnet import DepthwiseSeparable, InvertedResidual
+    from effedge.quantize import qad
+
+    block = dict(bn_eps=1e-3, activation="silu", padding="same", input_size=(16, 16))
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), DepthwiseSeparable(16, 16, 3, 1, 0.25, **block),
+                            InvertedResidual(16, 16, 3, 1, 4, 0.25, **block),
+                            InvertedResidual(16, 24, 5, 2, 4, 0.25, **block)).eval()
+    batches = [np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32) for i in range(2)]
+    applied = []
+    original = qad.recompute_in_backward
+    monkeypatch.setattr(qad, "recompute_in_backward", lambda student: applied.append(original(student)))
+    recomputed, _ = distill(network, batches, QADOptions(steps=3, lr=1e-4))
+    assert applied == [3]
+    monkeypatch.setattr(qad, "recompute_in_backward", lambda student: 0)
+    kept, _ = distill(network, batches, QADOptions(steps=3, lr=1e-4))
+    ours, reference = distilled_state_dict(recomputed), distilled_state_dict(kept)
+    assert all(torch.equal(ours[k], reference[k]) for k in reference)
+    assert any(not torch.equal(ours[k], network.state_dict()[k]) for k in ours)  # the steps did move the weights
+
+
 def test_qad_is_refused_without_int8_or_without_torch(monkeypatch):
     for precision in ("fp16", "fp32"):
         with pytest.raises(EffedgeError, match="--qad fine-tunes an int8 model"):

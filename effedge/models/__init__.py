@@ -9,14 +9,19 @@ from torch import nn
 
 from effedge.errors import VariantError
 from effedge.models.checkpoint import KNOWN_CHECKPOINTS, Weights, load_weights
-from effedge.models.efficientdet import EfficientDet
-from effedge.models.efficientnet import EfficientNet
+from effedge.models.bifpn import FpnNode
+from effedge.models.efficientdet import EfficientDet, Head
+from effedge.models.efficientnet import DepthwiseSeparable, EfficientNet, InvertedResidual
 from effedge.models.layers import PAD_MODES
 from effedge.arch.scaling import DEFAULT_NUM_CLASSES, EfficientDetSpec, ModelSpec, resolve
 from effedge.arch.topology import input_size_for
 
 __all__ = ["build_model", "EfficientDet", "EfficientNet", "input_size_for", "count_params", "count_macs",
-           "complexity"]
+           "complexity", "RECOMPUTABLE_BLOCKS"]
+
+# The blocks whose inner activations training may recompute in backward instead of keeping (activation
+# checkpointing): each backbone block, BiFPN node and head. What is kept is then one tensor per block boundary.
+RECOMPUTABLE_BLOCKS = (DepthwiseSeparable, InvertedResidual, FpnNode, Head)
 
 
 def build_model(variant: Union[str, float, ModelSpec], *, weights: Weights | None = None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import math
 from dataclasses import dataclass
@@ -138,6 +139,7 @@ def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOpti
         config = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
         with contextlib.redirect_stdout(io.StringIO()):  # ModelOpt prints "Inserted N quantizers": the CLI's output is ours
             student = mtq.quantize(student, config, forward_loop)
+        recompute_in_backward(student)
         # BatchNorm statistics stay the fp32 model's (eval mode): only weights, biases and ranges move.
         parameters = list(student.parameters())  # built models come frozen (inference): train them all here
         for parameter in parameters:
@@ -161,6 +163,28 @@ def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOpti
     return student, {"steps": options.steps, "lr": options.lr, "seed": options.seed, "batches": len(batches),
                      "loss_before": initial, "loss_after": final, "losses": losses,
                      "loss": "mean squared error of each raw output relative to the fp32 output's mean square"}
+
+
+def recompute_in_backward(network) -> int:
+    """Activation checkpointing on every block of ``network`` (:data:`effedge.models.RECOMPUTABLE_BLOCKS`): a
+    training step keeps only each block's input and recomputes the block's inner activations during backward
+    (the same values: the fake quantization is deterministic). Memory then grows with the number of blocks, not
+    with every activation of the network: the difference between a D5 step fitting a workstation or not, for one
+    more forward's time per step. Returns the number of blocks."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    from effedge.models import RECOMPUTABLE_BLOCKS
+
+    def recomputed(forward, *args):
+        if torch.is_grad_enabled():
+            return checkpoint(forward, *args, use_reentrant=False)
+        return forward(*args)
+
+    blocks = [m for m in network.modules() if isinstance(m, RECOMPUTABLE_BLOCKS)]
+    for block in blocks:
+        block.forward = functools.partial(recomputed, block.forward)
+    return len(blocks)
 
 
 class CalibrationBatches(Sequence):
