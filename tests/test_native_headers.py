@@ -85,3 +85,24 @@ def test_cpp_example_rtx_code_compiles_with_tensorrt_headers() -> None:
     where TensorRT-RTX's headers are not at hand (its pip wheel ships libraries only)."""
     flags = _include_dirs("EFFEDGE_TENSORRT_INCLUDE", "EFFEDGE_CUDA_INCLUDE")
     _syntax_check(EXAMPLE, flags + ["-DEFFEDGE_TENSORRT_RTX"])
+
+
+def test_deepstream_parser_library_builds(tmp_path) -> None:
+    """effedge/native's CMake builds libnvds_effedge_parser.so (the core compiled in), exporting the two parse
+    functions nvinfer's parse-bbox-func-name names."""
+    import ctypes
+
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    _include_dirs("EFFEDGE_DEEPSTREAM_INCLUDE", "EFFEDGE_TENSORRT_INCLUDE", "EFFEDGE_CUDA_INCLUDE")
+    cmake_list = {name: ";".join(os.environ[variable].split(os.pathsep)) for name, variable in (
+        ("DEEPSTREAM_INCLUDE", "EFFEDGE_DEEPSTREAM_INCLUDE"), ("TENSORRT_INCLUDE", "EFFEDGE_TENSORRT_INCLUDE"),
+        ("CUDA_INCLUDE", "EFFEDGE_CUDA_INCLUDE"))}
+    configure = subprocess.run(["cmake", "-S", str(NATIVE), "-B", str(tmp_path), "-DCMAKE_BUILD_TYPE=Release",
+                                *(f"-D{name}={value}" for name, value in cmake_list.items())],
+                               capture_output=True, text=True, check=False)
+    assert configure.returncode == 0, configure.stderr
+    build = subprocess.run(["cmake", "--build", str(tmp_path)], capture_output=True, text=True, check=False)
+    assert build.returncode == 0, build.stdout + build.stderr
+    parser = ctypes.CDLL(str(tmp_path / "libnvds_effedge_parser.so"))
+    assert hasattr(parser, "NvDsInferParseEffedgeNms") and hasattr(parser, "NvDsInferParseEffedgeRaw")
