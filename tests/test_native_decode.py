@@ -11,8 +11,12 @@ What is real and what is constructed in the graph tests:
   0.5, 100 rows), then rows past ``num_detections`` filled with high-scoring junk that a decoder must not read.
   The Detector decodes those tensors as the outputs of a graph, the C++ core as a host program would; what is
   checked is the decoding (count, threshold, order, letterbox undo, clipping, classes), not the plugin's NMS.
+The DeepStream parsers (effedge/native/nvdsinfer_effedge.cpp) get the same real and constructed tensors through
+tests/native/parse_layers.cpp, which calls them as nvinfer does; that needs DeepStream's, TensorRT's and CUDA's
+headers (the variables of tests/test_native_headers.py) and is skipped without them.
 """
 import ctypes
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -237,16 +241,23 @@ def constant_graph(path: Path, tensors: dict, size: tuple[int, int]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("image", IMAGES)
-def test_efficientnms_layout_decodes_as_the_detector(core, demo, runs, image, tmp_path):
+def efficientnms_case(demo, runs, image: str, folder: Path) -> tuple[dict, object]:
+    """(the EfficientNMS tensors constructed from this image's raw outputs, the Detector's detections of them)."""
     _, manifest = demo
-    pixels, _, boxes, scores, mapping = runs[image]
+    pixels, _, boxes, scores, _ = runs[image]
     tensors = efficientnms_tensors(boxes, scores, manifest, seed=len(image))
-    with Detector(constant_graph(tmp_path / "nms.onnx", tensors, tuple(manifest["resolution"]))) as detector:
+    with Detector(constant_graph(folder / "nms.onnx", tensors, tuple(manifest["resolution"]))) as detector:
         assert detector.kind == "efficientnms"
         expected = detector([pixels])[0]
     if image != "photo":
         assert len(expected) >= 1
+    return tensors, expected
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_efficientnms_layout_decodes_as_the_detector(core, demo, runs, image, tmp_path):
+    tensors, expected = efficientnms_case(demo, runs, image, tmp_path)
+    mapping = runs[image][4]
     config = core.effedge_default_config()
     rows = tensors["detection_scores"].shape[1]
     out = (Detection * rows)()
@@ -256,6 +267,52 @@ def test_efficientnms_layout_decodes_as_the_detector(core, demo, runs, image, tm
         pointer(tensors["detection_classes"]), rows, ctypes.byref(mapping), out, rows)
     assert count == len(expected)
     assert_same_detections(as_arrays(out, count), expected)
+
+
+# --- the DeepStream parsers on the same outputs (needs DeepStream's, TensorRT's and CUDA's headers) --------------
+
+
+@pytest.fixture(scope="module")
+def deepstream_parser(tmp_path_factory):
+    """tests/native/parse_layers.cpp (nvinfer's side of the call) built with effedge's DeepStream parsers."""
+    flags = []
+    for variable in ("EFFEDGE_DEEPSTREAM_INCLUDE", "EFFEDGE_TENSORRT_INCLUDE", "EFFEDGE_CUDA_INCLUDE"):
+        if not os.environ.get(variable):
+            pytest.skip(f"set {variable} (see tests/test_native_headers.py) to run the DeepStream parsers")
+        flags += [f"-isystem{directory}" for directory in os.environ[variable].split(os.pathsep)]
+    program = tmp_path_factory.mktemp("deepstream") / "parse_layers"
+    subprocess.run(["g++", "-std=c++17", "-O1", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", f"-I{NATIVE}",
+                    *flags, str(REPO / "tests" / "native" / "parse_layers.cpp"),
+                    str(NATIVE / "nvdsinfer_effedge.cpp"), str(NATIVE / "effedge_decode.cpp"), "-o", str(program)],
+                   check=True)
+    return program
+
+
+@pytest.mark.parametrize("image", IMAGES)
+@pytest.mark.parametrize("layout", ["raw", "efficientnms"])
+def test_deepstream_parsers_decode_as_the_detector(deepstream_parser, demo, runs, layout, image, tmp_path):
+    """The parsers return boxes in network pixels and nvinfer (maintain-aspect-ratio=1, symmetric-padding=0) maps
+    them to the frame: × 1 / letterbox scale, clipped to the frame. Mapped so, they must be the Detector's."""
+    _, manifest = demo
+    pixels, expected, boxes, scores, mapping = runs[image]
+    if layout == "efficientnms":
+        tensors, expected = efficientnms_case(demo, runs, image, tmp_path)
+    else:
+        tensors = {"boxes": boxes[None], "scores": scores[None]}
+    for name, value in tensors.items():  # nvinfer's layer dims leave the batch axis out
+        (tmp_path / f"{name}.bin").write_bytes(np.ascontiguousarray(value[0]).tobytes())
+        (tmp_path / f"{name}.shape").write_text(" ".join(map(str, value.shape[1:])))
+    height, width = manifest["resolution"]
+    result = subprocess.run([str(deepstream_parser), "nms" if layout == "efficientnms" else "raw", str(width),
+                             str(height), str(manifest["num_classes"]), "0.3", str(tmp_path)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    rows = np.array([line.split() for line in result.stdout.splitlines()], np.float64).reshape(-1, 6)
+    network_boxes = np.concatenate([rows[:, 2:4], rows[:, 2:4] + rows[:, 4:6]], 1)
+    image_size = [pixels.shape[1], pixels.shape[0]] * 2
+    frame_boxes = np.clip(network_boxes * mapping.factor, 0, image_size)
+    assert len(rows) == len(expected)
+    assert_same_detections((frame_boxes, rows[:, 1], rows[:, 0].astype(int)), expected)
 
 
 # --- synthetic raw heads: many candidates, the pre-NMS cut, ties -------------------------------------------------
