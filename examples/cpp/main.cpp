@@ -296,7 +296,8 @@ int main(int argc, char** argv) {
             const Tensor& boxes = buffers.tensors["boxes"];
             const Tensor& scores = buffers.tensors["scores"];
             expect(boxes.type == nvinfer1::DataType::kFLOAT && scores.type == nvinfer1::DataType::kFLOAT &&
-                       scores.shape.nbDims == 3,
+                       scores.shape.nbDims == 3 && boxes.shape.nbDims == 3 && boxes.shape.d[1] == scores.shape.d[1] &&
+                       boxes.shape.d[2] == 4,
                    "raw heads must be boxes [1, N, 4] and scores [1, N, C] float");
             count = effedge_decode_raw(&config, boxes.data<float>(), scores.data<float>(),
                                        static_cast<int>(scores.shape.d[1]), static_cast<int>(scores.shape.d[2]),
