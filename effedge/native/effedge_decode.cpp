@@ -81,7 +81,8 @@ Taps axis_taps(int dst, int src, int factor) {
 void resize_into(const uint8_t* src, int src_w, int src_h, size_t src_stride, int dst_w, int dst_h, uint8_t* dst,
                  size_t dst_stride) {
     if (src_w == dst_w && src_h == dst_h) {
-        for (int y = 0; y < src_h; ++y) std::memcpy(dst + y * dst_stride, src + y * src_stride, 3 * static_cast<size_t>(src_w));
+        for (int y = 0; y < src_h; ++y)
+            std::memcpy(dst + y * dst_stride, src + y * src_stride, 3 * static_cast<size_t>(src_w));
         return;
     }
     const int fh = std::max(1, src_h / dst_h), fw = std::max(1, src_w / dst_w);

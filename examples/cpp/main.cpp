@@ -197,7 +197,8 @@ int main(int argc, char** argv) {
         std::unique_ptr<nvinfer1::IRuntime> runtime{nvinfer1::createInferRuntime(logger)};
         expect(runtime != nullptr, "cannot create the TensorRT runtime");
         std::unique_ptr<nvinfer1::ICudaEngine> engine{runtime->deserializeCudaEngine(plan.data(), plan.size())};
-        expect(engine != nullptr, "cannot deserialize the engine (built by another TensorRT version, or for another GPU?)");
+        expect(engine != nullptr,
+               "cannot deserialize the engine (built by another TensorRT version, or for another GPU?)");
         std::unique_ptr<nvinfer1::IExecutionContext> context{engine->createExecutionContext()};
         expect(context != nullptr, "cannot create an execution context");
 
@@ -304,7 +305,8 @@ int main(int argc, char** argv) {
                                        &mapping, detections.data(), static_cast<int>(detections.size()));
         }
         expect(count >= 0, "cannot decode the engine's outputs");
-        std::printf("%s: %d detection(s) (%s)\n", argv[2], count, efficientnms ? "EfficientNMS" : "raw heads + host NMS");
+        std::printf("%s: %d detection(s) (%s)\n", argv[2], count,
+                    efficientnms ? "EfficientNMS" : "raw heads + host NMS");
         for (int i = 0; i < count; ++i) {
             const effedge_detection& d = detections[static_cast<size_t>(i)];
             std::printf("class %d  score %.4f  box %.2f %.2f %.2f %.2f\n", d.class_id, d.score, d.x1, d.y1, d.x2,
