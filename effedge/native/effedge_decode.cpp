@@ -5,7 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
-#include <numeric>
+#include <cstring>
+#include <new>
 #include <vector>
 
 namespace {
@@ -52,9 +53,105 @@ effedge_detection mapped(const float* box, float score, int class_id, const effe
     return effedge_detection{out[0], out[1], out[2], out[3], score, class_id};
 }
 
+// One axis of effedge's bilinear resize: for each destination pixel, the two source samples and the weight of
+// the second, computed in double then rounded to float in NumPy's order of operations.
+struct Taps {
+    std::vector<int> low, high;
+    std::vector<float> weight;
+};
+
+Taps axis_taps(int dst, int src, int factor) {
+    const int last = (src + factor - 1) / factor - 1;
+    Taps taps;
+    taps.low.resize(static_cast<size_t>(dst));
+    taps.high.resize(static_cast<size_t>(dst));
+    taps.weight.resize(static_cast<size_t>(dst));
+    for (int i = 0; i < dst; ++i) {
+        const double coord = std::clamp((i + 0.5) * (static_cast<double>(src) / dst) / factor - 0.5, 0.0,
+                                        static_cast<double>(last));
+        const double low = std::floor(coord);
+        taps.low[i] = static_cast<int>(low);
+        taps.high[i] = std::min(taps.low[i] + 1, last);
+        taps.weight[i] = static_cast<float>(coord - low);
+    }
+    return taps;
+}
+
+// effedge.runtime.preprocess.resize_bilinear into dst (rows dst_stride bytes apart).
+void resize_into(const uint8_t* src, int src_w, int src_h, size_t src_stride, int dst_w, int dst_h, uint8_t* dst,
+                 size_t dst_stride) {
+    if (src_w == dst_w && src_h == dst_h) {
+        for (int y = 0; y < src_h; ++y)
+            std::memcpy(dst + y * dst_stride, src + y * src_stride, 3 * static_cast<size_t>(src_w));
+        return;
+    }
+    const int fh = std::max(1, src_h / dst_h), fw = std::max(1, src_w / dst_w);
+    const int rows = (src_h + fh - 1) / fh, cols = (src_w + fw - 1) / fw;
+    // block means in float32: sums of at most fh * fw bytes are exact, the mean rounds once (as NumPy's)
+    std::vector<float> image(static_cast<size_t>(rows) * cols * 3);
+    const double count = static_cast<double>(fh) * fw;
+    for (int by = 0; by < rows; ++by)
+        for (int bx = 0; bx < cols; ++bx)
+            for (int c = 0; c < 3; ++c) {
+                float sum = 0.0f;
+                for (int dy = 0; dy < fh; ++dy) {
+                    const uint8_t* row = src + std::min(by * fh + dy, src_h - 1) * src_stride;
+                    for (int dx = 0; dx < fw; ++dx) sum += row[3 * std::min(bx * fw + dx, src_w - 1) + c];
+                }
+                image[(static_cast<size_t>(by) * cols + bx) * 3 + c] = static_cast<float>(sum / count);
+            }
+    const Taps ty = axis_taps(dst_h, src_h, fh), tx = axis_taps(dst_w, src_w, fw);
+    const auto at = [&](int y, int x, int c) { return image[(static_cast<size_t>(y) * cols + x) * 3 + c]; };
+    for (int y = 0; y < dst_h; ++y) {
+        const float wy = ty.weight[y];
+        for (int x = 0; x < dst_w; ++x) {
+            const float wx = tx.weight[x];
+            for (int c = 0; c < 3; ++c) {
+                const float top = at(ty.low[y], tx.low[x], c) * (1.0f - wx) + at(ty.low[y], tx.high[x], c) * wx;
+                const float bottom = at(ty.high[y], tx.low[x], c) * (1.0f - wx) + at(ty.high[y], tx.high[x], c) * wx;
+                const float value = std::clamp(top * (1.0f - wy) + bottom * wy + 0.5f, 0.0f, 255.0f);
+                dst[y * dst_stride + 3 * static_cast<size_t>(x) + c] = static_cast<uint8_t>(value);
+            }
+        }
+    }
+}
+
 }  // namespace
 
 extern "C" {
+
+void effedge_mean_pixel(const double mean[3], uint8_t fill[3]) {
+    for (int c = 0; c < 3; ++c)
+        fill[c] = static_cast<uint8_t>(std::clamp(std::nearbyint(mean[c] * 255.0), 0.0, 255.0));
+}
+
+int effedge_letterbox_image(const uint8_t* rgb, int src_width, int src_height, int src_stride, int net_width,
+                            int net_height, const uint8_t fill[3], uint8_t* canvas) {
+    effedge_letterbox letterbox;
+    if (!rgb || !fill || !canvas || src_stride < 3 * src_width ||
+        effedge_letterbox_params(src_width, src_height, net_width, net_height, &letterbox) != 0)
+        return -1;
+    const size_t stride = 3 * static_cast<size_t>(net_width);
+    for (size_t i = 0; i < stride * net_height; i += 3) std::memcpy(canvas + i, fill, 3);
+    try {
+        resize_into(rgb, src_width, src_height, static_cast<size_t>(src_stride), letterbox.resized_width,
+                    letterbox.resized_height, canvas, stride);
+    } catch (const std::bad_alloc&) {
+        return -1;
+    }
+    return 0;
+}
+
+int effedge_normalize_chw(const uint8_t* canvas, int width, int height, const double mean[3], const double std[3],
+                          float* out) {
+    if (!canvas || !mean || !std || !out || width <= 0 || height <= 0) return -1;
+    const size_t plane = static_cast<size_t>(width) * height;
+    for (int c = 0; c < 3; ++c) {
+        const float m = static_cast<float>(mean[c]), s = static_cast<float>(std[c]);
+        for (size_t i = 0; i < plane; ++i) out[c * plane + i] = (canvas[3 * i + c] / 255.0f - m) / s;
+    }
+    return 0;
+}
 
 effedge_decode_config effedge_default_config(void) { return effedge_decode_config{0.3f, 0.5f, 100, 5000}; }
 

@@ -10,7 +10,10 @@
  *     (anchor, class) with score > score_threshold, the pre_nms_top best of them, greedy NMS per class
  *     (a box is suppressed when IoU > iou_threshold, ties kept in anchor order), then all classes merged best
  *     first (stable: class, then NMS order) and cut to max_detections;
- *   - boxes multiplied by the mapping's factor and clipped to [0, width] x [0, height].
+ *   - boxes multiplied by the mapping's factor and clipped to [0, width] x [0, height];
+ *   - the image side (effedge.runtime.preprocess): the letterbox canvas, resampled as effedge resamples, and
+ *     the float input format's normalization, bit for bit (build with -ffp-contract=off: a fused multiply-add
+ *     would round differently from NumPy).
  * Plain C: no allocation is returned to the caller, no exceptions cross the boundary. */
 #ifndef EFFEDGE_DECODE_H
 #define EFFEDGE_DECODE_H
@@ -57,6 +60,24 @@ int effedge_letterbox_params(int src_width, int src_height, int net_width, int n
 /* The mapping of network-pixel boxes back to the source image of a letterbox. */
 effedge_box_mapping effedge_mapping_to_source(const effedge_letterbox* letterbox, int src_width,
                                               int src_height);
+
+/* The letterbox fill of a model normalized with `mean` (RGB, as build.json's input.mean): round(mean * 255),
+ * half to even, per channel (build.json records it as input.letterbox_fill). */
+void effedge_mean_pixel(const double mean[3], uint8_t fill[3]);
+
+/* effedge's letterbox of an RGB image (HWC uint8, rows src_stride bytes apart) onto a net_width x net_height
+ * HWC uint8 canvas (rows net_width * 3 bytes apart): the canvas filled with `fill`, the image resized to the
+ * letterbox's resized size and placed at the top-left corner. Resampling as effedge.runtime.preprocess: when
+ * shrinking by k >= 2 along an axis, k-pixel block means first (edge pixels repeated in the last block), then
+ * bilinear with half-pixel centres, rounded by adding 0.5 and truncating. Returns 0, or -1 on bad arguments
+ * or no memory. */
+int effedge_letterbox_image(const uint8_t* rgb, int src_width, int src_height, int src_stride, int net_width,
+                            int net_height, const uint8_t fill[3], uint8_t* canvas);
+
+/* The "float" input format from a canvas (HWC uint8 RGB, width x height): NCHW float32
+ * (pixel / 255 - mean) / std, mean and std rounded to float first as NumPy does. Returns 0, or -1. */
+int effedge_normalize_chw(const uint8_t* canvas, int width, int height, const double mean[3], const double std[3],
+                          float* out);
 
 /* EfficientNMS_TRT outputs of one image (capacity rows each). Writes at most out_capacity detections to out
  * and returns their number, or -1 on bad arguments. */
