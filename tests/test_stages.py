@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from effedge.stages import StageMeter, peak_rss_mb
+from effedge.provenance.stages import StageMeter, peak_rss_mb
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-stage peaks need /proc (Linux)")

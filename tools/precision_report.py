@@ -8,8 +8,9 @@ time against plain fp32 ONNX Runtime forwards on the same images, Q/DQ summary, 
     python tools/precision_report.py --variant d5 --images 16 --precisions int8 --json d5.json
 
 Without --weights the model gets seeded random weights with realistic output magnitudes (tests/helpers.py);
-the calibration folder is made of --images + 16 crops/flips of the photos shipped in calib/. Each run starts
-with a cold cache. Peak RSS is per stage (sampled, effedge.stages) and for the whole process (the kernel's).
+the calibration folder is made of --images + --holdout crops/flips of the photos shipped in calib/. Each run
+starts with a cold cache. Peak RSS is per stage (sampled, effedge.provenance.stages) and for the whole process
+(the kernel's).
 """
 from __future__ import annotations
 
@@ -34,9 +35,8 @@ from effedge.quantize.calibrators import DEFAULT_METHOD  # noqa: E402
 from effedge.export.onnx_export import export  # noqa: E402
 from effedge.quantize.precision import PrecisionOptions, convert, model_input  # noqa: E402
 from effedge.runtime.onnxruntime import ort_session  # noqa: E402
-from effedge.stages import StageMeter, peak_rss_mb  # noqa: E402
+from effedge.provenance.stages import StageMeter, peak_rss_mb  # noqa: E402
 
-HOLDOUT = 16
 ROWS = {  # label: (precision, calibration method)
     "fp16": ("fp16", DEFAULT_METHOD), "int8 entropy": ("int8", "entropy"), "int8 max": ("int8", "max"),
     "int8 percentile": ("int8", "percentile"), "mixed": ("mixed", DEFAULT_METHOD),
@@ -89,7 +89,9 @@ def selected_rows(spec: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="d0")
-    parser.add_argument("--images", type=int, default=64, help="calibration images (another 16 are held out)")
+    parser.add_argument("--images", type=int, default=64, help="calibration images")
+    parser.add_argument("--holdout", type=int, default=16, help="held-out photos (each seen through at least 8 views "
+                        "in all), besides the calibration images")
     parser.add_argument("--precisions", default="all", help="all, or a comma list: int8, mixed, fp16, 'int8 max', …")
     parser.add_argument("--weights")
     parser.add_argument("--out", default="runs/precision-report")
@@ -108,9 +110,9 @@ def main() -> None:
         export(args.variant, out / "build", weights=weights)
     del weights
     export_manifest = read_manifest(out / "build")
-    make_images(out / "images", args.images + HOLDOUT)
+    make_images(out / "images", args.images + args.holdout)
     source = out / "build" / "model.sim.onnx"
-    images = ImageSet.from_folder(out / "images", count=args.images, holdout=HOLDOUT)
+    images = ImageSet.from_folder(out / "images", count=args.images, holdout=args.holdout)
     with meter.stage("fp32 forwards"):
         fp32_seconds = time_fp32_forwards(source, images)
 
@@ -118,12 +120,12 @@ def main() -> None:
     for label, (precision, method) in rows.items():
         with meter.stage(label):
             report = convert(source, options=PrecisionOptions(precision=precision, calib_dir=out / "images",
-                                                              calib_images=args.images, holdout=HOLDOUT,
+                                                              calib_images=args.images, holdout=args.holdout,
                                                               method=method))
         results[label] = report
     size = model_input(__import__("onnx").load(str(source))).size
 
-    print(f"{args.variant} at {size[0]}×{size[1]}, {args.images} calibration images, {HOLDOUT} held out; "
+    print(f"{args.variant} at {size[0]}×{size[1]}, {args.images} calibration images, {args.holdout} held out; "
           f"{args.images} plain fp32 ONNX Runtime forwards: {fp32_seconds:.1f} s; "
           f"process peak RSS {peak_rss_mb() / 1024:.2f} GiB\n")
     print("export stages: " + ", ".join(
@@ -157,7 +159,7 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "variant": args.variant, "input_size": list(size), "calibration_images": args.images,
-            "holdout_photos": HOLDOUT, "cpu_count": os.cpu_count(), "fp32_forwards_seconds": round(fp32_seconds, 2),
+            "holdout_photos": args.holdout, "cpu_count": os.cpu_count(), "fp32_forwards_seconds": round(fp32_seconds, 2),
             "process_peak_rss_mb": peak_rss_mb(), "stages_seconds": meter.rounded_seconds(2),
             "stages_peak_rss_mb": meter.peak_rss_mb,
             "export": {"stages_seconds": export_manifest["stages_seconds"],

@@ -28,7 +28,7 @@ import numpy as np
 from effedge.io import output_directory, publish, sha256_file, staging
 from effedge.errors import EffedgeError
 from effedge.provenance import onnx_summary, tool_versions, write_manifest
-from effedge.stages import StageMeter
+from effedge.provenance.stages import StageMeter
 from effedge.export.nms_tail import NMS_TAILS, append_nms_tail
 from effedge.runtime.preprocess import INPUT_FORMATS, graph_metadata, mean_pixel
 from effedge.arch.scaling import EfficientDetSpec, ModelSpec, resolve

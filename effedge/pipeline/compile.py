@@ -24,7 +24,7 @@ from effedge.quantize.images import MIN_HOLDOUT_VIEWS
 from effedge.errors import BackendUnavailable, EffedgeError
 from effedge.io import MANIFEST, read_manifest
 from effedge.provenance import cache_identity
-from effedge.stages import StageMeter, peak_rss_mb
+from effedge.provenance.stages import StageMeter, peak_rss_mb
 from effedge.arch.scaling import EfficientDetSpec, ModelSpec, resolve
 
 BACKENDS = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime")

@@ -29,6 +29,7 @@ from effedge.runtime.nms import iou_one_to_many, select_detections
 MATCH_IOU = 0.5
 TIE_MARGIN = 0.01  # a score change this small flips a fragile detection
 TIE_FRACTION = 0.5  # above this share of fragile fp32 detections, agreement is not reported
+CHUNK = 1 << 20  # values per output summed at a time
 RANDOM_WEIGHTS_NOTE = "random weights: the fp32 model's detections are noise (export with --weights to measure them)"
 
 
@@ -61,17 +62,21 @@ class FidelityMeter:
         for name, ref in reference.items():
             if not np.issubdtype(ref.dtype, np.floating):
                 continue
-            r = ref.astype(np.float64).ravel()
-            t = test[name].astype(np.float64).ravel()
-            finite = np.isfinite(r) & np.isfinite(t)
-            same = (r == t) | (np.isnan(r) & np.isnan(t))  # fp32's own inf/NaN, reproduced exactly
             s = self.sums.setdefault(name, _Sums())
-            s.nonfinite += int(np.count_nonzero(~finite & ~same))
-            r, t = r[finite], t[finite]
-            s.signal += float(r @ r)
-            s.error += float((r - t) @ (r - t))
-            s.dot += float(r @ t)
-            s.test += float(t @ t)
+            whole_ref, whole_test = ref.ravel(), test[name].ravel()
+            # In float64 a chunk at a time: a D7 class output is 160 MB in fp32, its float64 temporaries many times
+            # that at once.
+            for start in range(0, whole_ref.size, CHUNK):
+                r = whole_ref[start:start + CHUNK].astype(np.float64)
+                t = whole_test[start:start + CHUNK].astype(np.float64)
+                finite = np.isfinite(r) & np.isfinite(t)
+                same = (r == t) | (np.isnan(r) & np.isnan(t))  # fp32's own inf/NaN, reproduced exactly
+                s.nonfinite += int(np.count_nonzero(~finite & ~same))
+                r, t = r[finite], t[finite]
+                s.signal += float(r @ r)
+                s.error += float((r - t) @ (r - t))
+                s.dot += float(r @ t)
+                s.test += float(t @ t)
         if "logits" in reference and reference["logits"].ndim == 2:
             self._classify(reference["logits"], test["logits"])
         if "boxes" in reference and "scores" in reference:

@@ -42,7 +42,7 @@ from effedge.io import MANIFEST
 from effedge.provenance import cache_identity
 from effedge.runtime.onnxruntime import ort_session
 from effedge.runtime.preprocess import Preprocessing, is_classifier, preprocessing_for
-from effedge.stages import StageMeter
+from effedge.provenance.stages import StageMeter
 
 PRECISIONS = ("fp16", "int8", "mixed")
 HIGH_PRECISIONS = ("fp16", "fp32")  # the dtype of what int8/mixed graphs do not quantize
@@ -321,7 +321,10 @@ def calibrate(source_model, tensors: list[str], images: ImageSet, inputs: ModelI
             outputs.append(sample)
         augmented.graph.output.extend(helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs)
         fetch[name] = (top, bottom, sample)
-    session = ort_session(augmented)
+    # In ONNX Runtime's default execution order (a depth-first walk back from the outputs) the statistics ran
+    # late and every calibrated activation stayed alive until they did: 15 GB at D5 for a 2 GB forward. In
+    # node-priority order each tensor is reduced soon after it is made.
+    session = ort_session(augmented, priority_order=True)
     names = [o for outs in fetch.values() for o in outs if o is not None]
     collectors = {name: RangeCollector() for name in tensors}
     used = 0
