@@ -251,11 +251,12 @@ def test_the_torch_original_takes_the_input_of_its_export(input_format, shape, d
 
 def test_a_pixels_export_packages_for_deepstream_and_the_float_one_is_refused(d0_formats, tmp_path):
     """The export's own build.json (with the compile block compile adds): nvinfer feeds the pixels D0 graph with
-    scale 1 and offsets 0; the float D0 (ImageNet's per-channel std) is refused with the way out."""
+    scale 1 and offsets 0; the float D0 (ImageNet's per-channel std) is refused with the way out; Triton needs
+    nothing new."""
     import shutil
 
     from effedge.errors import EffedgeError
-    from effedge.package import package_deepstream
+    from effedge.package import package_deepstream, package_triton
 
     for input_format in ("pixels", "float"):
         build = tmp_path / input_format
@@ -272,6 +273,10 @@ def test_a_pixels_export_packages_for_deepstream_and_the_float_one_is_refused(d0
         assert line in config
     with pytest.raises(EffedgeError, match="per-channel std.*--input-format pixels"):
         package_deepstream(tmp_path / "float", tmp_path / "out2")
+    # Triton takes it as any float build: FP32 [1, 3, H, W]
+    package_triton(tmp_path / "pixels", tmp_path / "repo")
+    triton = (tmp_path / "repo" / "d0" / "config.pbtxt").read_text()
+    assert 'name: "images"\n  data_type: TYPE_FP32\n  dims: [ 1, 3, 128, 128 ]' in triton
 
 
 def reference_tail(boxes, scores, *, score_threshold, iou_threshold, max_per_class, top):
