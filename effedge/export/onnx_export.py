@@ -4,8 +4,9 @@ Graph contract (detectors; ``N`` anchors, ``C`` classes):
 
 * input ``images``: NCHW float32 RGB normalized with the spec's mean/std (ImageNet's for B/D, 0.5/0.5 for
   Lite; ``input_format="float"``), or RGB 0–255 normalized inside the graph: NHWC uint8 (``"uint8"``) or
-  NCHW float32 (``"pixels"``, what DeepStream feeds); see :mod:`effedge.runtime.preprocess`. build.json's ``input`` block and the graph's metadata_props
-  (``effedge.input.mean``, ``.std``, ``.layout``, ...) record which.
+  NCHW float32 (``"pixels"``, what DeepStream feeds); see :mod:`effedge.runtime.preprocess`. build.json's
+  ``input`` block and the graph's metadata_props (``effedge.input.mean``, ``.std``, ``.layout``, ...) record
+  which.
 * ``class_logits [B, N, C]`` and ``box_regression [B, N, 4]`` — the heads concatenated over levels in anchor
   order (level, y, x, anchor); regression in (dx, dy, dw, dh) order (the box predictor's output channels are
   permuted at export so decoding needs no gather);
