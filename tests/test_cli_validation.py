@@ -133,8 +133,10 @@ def test_spelled_out_ranges_agree_with_the_library():
     from effedge.export.onnx_export import OPSET_RANGE
     from effedge.quantize.precision import PrecisionOptions
     from effedge.runtime.images import IMAGE_SUFFIXES
+    from effedge.runtime.preprocess import INPUT_FORMATS
 
     assert cli_options.PHI_RANGE == PHI_RANGE and cli_options.OPSET_RANGE == OPSET_RANGE
+    assert cli_options.INPUT_FORMATS == INPUT_FORMATS
     assert cli_options.IMAGE_SUFFIXES == IMAGE_SUFFIXES
     for opset in (cli_options.OPSET_RANGE[0] - 1, cli_options.OPSET_RANGE[1] + 1):  # quantize's own check agrees
         with pytest.raises(Exception, match="--opset"):

@@ -24,7 +24,8 @@ WHITE = float(min((1 - m) / s for m, s in zip(MEAN, STD)))  # a white pixel, nor
 def white_box_detector(path, batch="batch", size=SIZE, input_format="float"):
     """An ONNX 'detector' whose one candidate per image is the box around its white pixels (x1, y1, x2, y2 in model
     pixels, pixel edges), score 1 where there are any, class 0. Input as effedge compiles it: NCHW float normalized,
-    or NHWC uint8 (``input_format="uint8"``)."""
+    NHWC uint8 (``input_format="uint8"``) or NCHW float pixel values 0–255 (``"pixels"``, which its metadata says,
+    as an export writes it)."""
     def const(name, array):
         return numpy_helper.from_array(np.asarray(array, np.float32), name)
 
@@ -34,6 +35,9 @@ def white_box_detector(path, batch="batch", size=SIZE, input_format="float"):
         nodes = [helper.make_node("Cast", ["images"], ["pixels"], to=TensorProto.FLOAT),
                  helper.make_node("ReduceMin", ["pixels"], ["darkest"], axes=[3], keepdims=0)]  # [B, H, W]
         half_white, shape, dtype = 127.5, [batch, size, size, 3], TensorProto.UINT8
+    elif input_format == "pixels":
+        nodes = [helper.make_node("ReduceMin", ["images"], ["darkest"], axes=[1], keepdims=0)]
+        half_white, shape, dtype = 127.5, [batch, 3, size, size], TensorProto.FLOAT
     else:
         nodes = [helper.make_node("ReduceMin", ["images"], ["darkest"], axes=[1], keepdims=0)]
         half_white, shape, dtype = WHITE / 2, [batch, 3, size, size], TensorProto.FLOAT
@@ -66,6 +70,8 @@ def white_box_detector(path, batch="batch", size=SIZE, input_format="float"):
          helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, 1, 1])], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # what ONNX Runtime 1.31 reads
+    if input_format == "pixels":  # a float input's type cannot say it takes pixels
+        helper.set_model_props(model, {"effedge.input.format": "pixels"})
     onnx.save(model, str(path))
     return path
 
@@ -199,6 +205,29 @@ def test_uint8_models_take_the_canvas_as_nhwc_pixels(tmp_path):
     with Detector(model) as detector:
         assert detector.format == "uint8"
         assert_own_boxes(detector(images), boxes)
+
+
+def test_pixels_models_take_the_canvas_as_nchw_pixel_values(tmp_path):
+    """A pixels graph's input is NCHW float like a normalized one's; its metadata, or build.json, says it takes
+    pixel values 0-255 and the Detector feeds them (normalized values would leave every pixel below half white)."""
+    model = white_box_detector(tmp_path / "px.onnx", input_format="pixels")
+    images, boxes = shifted_scenes(3)
+    with Detector(model) as detector:
+        assert detector.format == "pixels"
+        assert_own_boxes(detector(images), boxes)
+    bare = onnx.load(str(model))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(model))
+    recorded = {"family": "efficientdet", "input": {"format": "pixels", "mean": MEAN, "std": STD}}
+    (tmp_path / "build.json").write_text(json.dumps(recorded))
+    with Detector(model) as detector:
+        assert detector.format == "pixels"
+        assert_own_boxes(detector(images), boxes)
+    # a record the graph's input contradicts is refused, not fed wrongly
+    recorded["input"]["format"] = "uint8"
+    (tmp_path / "build.json").write_text(json.dumps(recorded))
+    with pytest.raises(EffedgeError, match="records the input format 'uint8', but the graph's input is float"):
+        Detector(model)
 
 
 def test_nms_tails_give_each_image_its_own_rows(tmp_path):

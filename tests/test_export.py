@@ -175,16 +175,109 @@ def test_dynamic_batch_runs_at_batch_1_and_4(tmp_path):
     np.testing.assert_allclose(single["class_logits"][0], batched["class_logits"][2], atol=1e-5)
 
 
-def test_uint8_input_normalizes_in_the_graph(tmp_path):
+@pytest.fixture(scope="module")
+def d0_formats(tmp_path_factory):
+    """D0 at 128 px in each input format (float, uint8, pixels), the same random weights."""
+    root = tmp_path_factory.mktemp("formats")
     weights = random_weights("d0", 128)
-    export("d0", tmp_path / "u8", weights=weights, options=ExportOptions(image_size=128, input_format="uint8"))
-    export("d0", tmp_path / "f32", weights=weights, options=ExportOptions(image_size=128))
+    for input_format in ("float", "uint8", "pixels"):
+        export("d0", root / input_format, weights=weights,
+               options=ExportOptions(image_size=128, input_format=input_format))
+    return root
+
+
+def test_uint8_input_normalizes_in_the_graph(d0_formats):
     pixels = example_input((128, 128), 1, "uint8", seed=4)
-    from_uint8 = run(tmp_path / "u8" / "model.sim.onnx", pixels)
-    from_float = run(tmp_path / "f32" / "model.sim.onnx", normalize(pixels))
+    from_uint8 = run(d0_formats / "uint8" / "model.sim.onnx", pixels)
+    from_float = run(d0_formats / "float" / "model.sim.onnx", normalize(pixels))
     np.testing.assert_allclose(from_uint8["class_logits"], from_float["class_logits"], atol=1e-4)
-    manifest = json.loads((tmp_path / "u8" / "build.json").read_text())
+    manifest = json.loads((d0_formats / "uint8" / "build.json").read_text())
     assert manifest["input"]["layout"] == "NHWC" and manifest["graph"]["simplified"]["inputs"][0]["dtype"] == "uint8"
+
+
+def test_pixels_input_normalizes_float_pixel_values_in_the_graph(d0_formats):
+    """--input-format pixels: NCHW float32 RGB 0-255 in, ImageNet's normalization inside; it answers as the
+    float graph fed the same pixels normalized, and build.json and the metadata say so. (Random D0 weights barely
+    follow the image: tests/test_normalization.py shows on an input-sensitive lite0 that the constants matter.)"""
+    pixels = example_input((128, 128), 1, "uint8", seed=4)
+    as_values = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
+    from_pixels = run(d0_formats / "pixels" / "model.sim.onnx", as_values)
+    from_float = run(d0_formats / "float" / "model.sim.onnx", normalize(pixels))
+    for name in ("class_logits", "boxes"):
+        scale = max(1, np.abs(from_float[name]).max())
+        np.testing.assert_allclose(from_pixels[name], from_float[name], atol=1e-4 * scale)
+    manifest = json.loads((d0_formats / "pixels" / "build.json").read_text())
+    assert manifest["input"]["format"] == "pixels" and manifest["input"]["layout"] == "NCHW"
+    assert manifest["input"]["letterbox_fill"] == [124, 116, 104]
+    assert manifest["graph"]["simplified"]["inputs"][0] == {"name": "images", "dtype": "float32",
+                                                            "shape": [1, 3, 128, 128]}
+    assert manifest["parity"] and all(p["max_abs_diff"] <= p["tolerance"] for p in manifest["parity"])
+    props = {p.key: p.value for p in onnx.load(str(d0_formats / "pixels" / "model.sim.onnx")).metadata_props}
+    assert props["effedge.input.format"] == "pixels" and props["effedge.input.layout"] == "NCHW"
+
+
+def test_the_detector_gives_a_pixels_build_the_float_builds_detections(d0_formats):
+    from helpers import photo
+
+    from effedge.runtime import Detector
+
+    images = [photo((160, 120), seed=1), photo((90, 130), seed=2)]
+    results = {}
+    for input_format in ("float", "pixels"):
+        with Detector(d0_formats / input_format / "model.sim.onnx", score_threshold=0.2) as detector:
+            assert detector.format == input_format and detector.preprocessing.source == "build.json"
+            results[input_format] = detector(images)
+    for ours, theirs in zip(results["pixels"], results["float"]):
+        assert len(ours) == len(theirs) > 0
+        np.testing.assert_allclose(ours.scores, theirs.scores, atol=1e-4)
+        # near-tied scores may swap places: each detection has its twin (same class, same box) in the other list
+        for box, cls in zip(ours.boxes, ours.classes):
+            twins = np.abs(theirs.boxes - box).max(axis=1)[theirs.classes == cls]
+            assert twins.size and twins.min() < 1e-2
+
+
+@pytest.mark.parametrize("input_format, shape, dtype", [
+    ("float", ("batch", 3, 128, 128), np.float32),
+    ("uint8", ("batch", 128, 128, 3), np.uint8),
+    ("pixels", ("batch", 3, 128, 128), np.float32),
+])
+def test_the_torch_original_takes_the_input_of_its_export(input_format, shape, dtype):
+    from effedge.export import torch_runner
+
+    manifest = {"variant": "d0", "family": "efficientdet", "resolution": [128, 128], "weights": "random",
+                "input": {"format": input_format}}
+    (info,) = torch_runner(manifest).input_info()
+    assert info.shape == shape and info.dtype == np.dtype(dtype)
+
+
+def test_a_pixels_export_packages_for_deepstream_and_the_float_one_is_refused(d0_formats, tmp_path):
+    """The export's own build.json (with the compile block compile adds): nvinfer feeds the pixels D0 graph with
+    scale 1 and offsets 0; the float D0 (ImageNet's per-channel std) is refused with the way out; Triton needs
+    nothing new."""
+    import shutil
+
+    from effedge.errors import EffedgeError
+    from effedge.package import package_deepstream, package_triton
+
+    for input_format in ("pixels", "float"):
+        build = tmp_path / input_format
+        shutil.copytree(d0_formats / input_format, build)
+        shutil.copy(build / "model.sim.onnx", build / "model.fp32.onnx")
+        manifest = json.loads((build / "build.json").read_text())
+        manifest["compile"] = {"deployable": "model.fp32.onnx",
+                               "config": {"score_threshold": 0.05, "max_detections": 100}}
+        (build / "build.json").write_text(json.dumps(manifest))
+    summary = package_deepstream(tmp_path / "pixels", tmp_path / "out")
+    config = (tmp_path / "out" / "d0" / "config_infer_primary_d0.txt").read_text().splitlines()
+    assert summary["onnx"] == "model.fp32.onnx"
+    for line in ("net-scale-factor=1.0", "offsets=0;0;0", "network-input-order=0", "infer-dims=3;128;128"):
+        assert line in config
+    with pytest.raises(EffedgeError, match="per-channel std.*--input-format pixels"):
+        package_deepstream(tmp_path / "float", tmp_path / "out2")
+    # Triton takes it as any float build: FP32 [1, 3, H, W]
+    package_triton(tmp_path / "pixels", tmp_path / "repo")
+    triton = (tmp_path / "repo" / "d0" / "config.pbtxt").read_text()
+    assert 'name: "images"\n  data_type: TYPE_FP32\n  dims: [ 1, 3, 128, 128 ]' in triton
 
 
 def reference_tail(boxes, scores, *, score_threshold, iou_threshold, max_per_class, top):

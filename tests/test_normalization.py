@@ -1,6 +1,6 @@
 """Normalization is part of the model: a Lite export (mean = std = 0.5) records it in build.json and in the
-graph's metadata, folds it into a uint8 graph, and the Detector, the Classifier and the calibration reader
-prepare images with it; a graph that says nothing gets ImageNet's, and says so."""
+graph's metadata, folds it into a uint8 or pixels graph, and the Detector, the Classifier and the calibration
+reader prepare images with it; a graph that says nothing gets ImageNet's, and says so."""
 import json
 import shutil
 
@@ -23,11 +23,12 @@ HALF = (0.5, 0.5, 0.5)
 
 @pytest.fixture(scope="module")
 def lite0(tmp_path_factory):
-    """lite0 at 64 px, float and uint8 inputs, the same random weights."""
+    """lite0 at 64 px, float, uint8 and pixels inputs, the same random weights."""
     root = tmp_path_factory.mktemp("lite0")
     weights = input_sensitive_weights("lite0", SIZE)
-    export("lite0", root / "float", weights=weights, options=ExportOptions(image_size=SIZE))
-    export("lite0", root / "uint8", weights=weights, options=ExportOptions(image_size=SIZE, input_format="uint8"))
+    for input_format in ("float", "uint8", "pixels"):
+        export("lite0", root / input_format, weights=weights,
+               options=ExportOptions(image_size=SIZE, input_format=input_format))
     return root
 
 
@@ -37,7 +38,7 @@ def run(path, images):
 
 
 def test_a_lite_export_records_half_normalization_in_build_json_and_graph_metadata(lite0):
-    for kind, layout in (("float", "NCHW"), ("uint8", "NHWC")):
+    for kind, layout in (("float", "NCHW"), ("uint8", "NHWC"), ("pixels", "NCHW")):
         manifest = json.loads((lite0 / kind / "build.json").read_text())
         assert manifest["input"] == {"name": "images", "format": kind, "layout": layout, "mean": list(HALF),
                                      "std": list(HALF), "letterbox_fill": [128, 128, 128], "crop_pct": 0.875}
@@ -55,6 +56,35 @@ def test_the_uint8_graph_folds_the_lite_normalization(lite0):
     np.testing.assert_allclose(from_uint8, from_float, atol=1e-4)
     imagenet = run(lite0 / "float" / "model.sim.onnx", normalize(pixels, MEAN, STD))
     assert np.abs(imagenet - from_uint8).max() > 100 * np.abs(from_float - from_uint8).max()  # the constant matters
+
+
+def nchw_values(pixels):
+    return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def test_the_pixels_graph_folds_the_lite_normalization_of_float_pixel_values(lite0):
+    pixels = np.random.default_rng(4).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
+    from_pixels = run(lite0 / "pixels" / "model.sim.onnx", nchw_values(pixels))
+    from_float = run(lite0 / "float" / "model.sim.onnx", normalize(pixels, HALF, HALF))
+    np.testing.assert_allclose(from_pixels, from_float, atol=1e-4)
+    imagenet = run(lite0 / "float" / "model.sim.onnx", normalize(pixels, MEAN, STD))
+    assert np.abs(imagenet - from_pixels).max() > 100 * np.abs(from_float - from_pixels).max()  # the constants matter
+    # fed normalized values (or values / 255) it answers otherwise: the runtime must give it the pixels
+    for wrong in (normalize(pixels, HALF, HALF), nchw_values(pixels) / 255):
+        assert np.abs(run(lite0 / "pixels" / "model.sim.onnx", wrong) - from_float).max() > \
+            100 * np.abs(from_float - from_pixels).max()
+
+
+def test_the_classifier_feeds_a_pixels_graph_its_pixels(lite0, tmp_path):
+    image = photo((90, 70), seed=1)
+    with Classifier(lite0 / "float" / "model.sim.onnx") as classifier:
+        expected = classifier.probabilities([image])
+    alone = tmp_path / "model.sim.onnx"  # the graph's metadata alone says it takes pixels
+    shutil.copy(lite0 / "pixels" / "model.sim.onnx", alone)
+    for model in (lite0 / "pixels" / "model.sim.onnx", alone):
+        with Classifier(model) as classifier:
+            assert classifier.format == "pixels" and classifier.warnings == []
+            np.testing.assert_allclose(classifier.probabilities([image]), expected, rtol=1e-4, atol=1e-6)
 
 
 def expected_classifier_input(image, mean=HALF, std=HALF):
@@ -194,3 +224,41 @@ def test_a_known_checkpoint_trained_on_imagenet_statistics_exports_them(tmp_path
     with torch.no_grad():
         expected = network(torch.from_numpy(normalize(pixels, MEAN, STD))).numpy()
     np.testing.assert_allclose(run(tmp_path / "uint8" / "model.sim.onnx", pixels), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_calibration_gives_a_pixels_graph_pixel_values(lite0, tmp_path):
+    """A pixels graph's input is float like a normalized one's: model_input reads "pixels" from build.json or
+    the graph's metadata, and calibration batches hold 0-255 values (its input range is ~255)."""
+    folder = photo_folder(tmp_path / "calib", 6, (80, 60), ".png")
+    images = ImageSet.from_folder(folder, holdout=2)
+    graph = onnx.load(str(lite0 / "pixels" / "model.sim.onnx"))
+    manifest = json.loads((lite0 / "pixels" / "build.json").read_text())
+    for inputs in (model_input(graph, manifest), model_input(graph)):
+        assert inputs.format == "pixels" and inputs.size == (SIZE, SIZE)
+        batch = np.concatenate(list(images.batches(images.calibration, inputs.size, inputs.format,
+                                                   preprocessing=inputs.preprocessing)))
+        crops = [center_crop(np.asarray(Image.open(path).convert("RGB")), SIZE, SIZE) for path in images.calibration]
+        np.testing.assert_array_equal(batch, nchw_values(np.stack(crops)))
+    amax, used = calibrate(graph, ["images"], images, model_input(graph, manifest), method="max", percentile=99.99,
+                           progress=lambda items, total, description: items)
+    assert used == 4 and 200 < amax["images"] <= 255
+
+
+@pytest.mark.slow
+def test_int8_of_a_pixels_graph_measures_as_the_float_graphs(lite0, tmp_path, monkeypatch):
+    """int8 through the same photos: the pixels graph's fidelity is the float graph's (its first quantized
+    convolution sees the normalized values either way), and its int8 graph still says it takes pixels."""
+    from effedge.quantize.precision import PrecisionOptions, convert
+
+    folder = photo_folder(tmp_path / "calib", 6, (80, 60), ".png")
+    monkeypatch.setenv("EFFEDGE_CACHE_DIR", str(tmp_path / "cache"))
+    sqnr = {}
+    for kind in ("float", "pixels"):
+        shutil.copytree(lite0 / kind, tmp_path / kind)
+        report = convert(tmp_path / kind / "model.sim.onnx",
+                         options=PrecisionOptions(precision="int8", calib_dir=folder, holdout=2, holdout_views=2))
+        assert report["input"]["format"] == kind
+        sqnr[kind] = report["fidelity"]["outputs"]["logits"]["sqnr_db"]
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "pixels" / "model.int8.onnx")).metadata_props}
+    assert props["effedge.input.format"] == "pixels"
+    assert sqnr["float"] > 5 and abs(sqnr["pixels"] - sqnr["float"]) < 1, sqnr

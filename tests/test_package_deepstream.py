@@ -15,7 +15,8 @@ IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
 def build_dir(root, *, precision="fp16", backend="tensorrt", nms="efficientnms", input_format="float",
-              normalization=LITE, batch=None, family="efficientdet", num_classes=3, class_names=None):
+              normalization=LITE, batch=None, family="efficientdet", num_classes=3, class_names=None,
+              variant="d-lite0"):
     """A hand-written compile build.json (as effedge compile writes it) and stand-in model files."""
     root.mkdir(parents=True, exist_ok=True)
     onnx_file = f"model.{precision}.onnx"
@@ -23,7 +24,7 @@ def build_dir(root, *, precision="fp16", backend="tensorrt", nms="efficientnms",
     deployable = f"model.{precision}.engine" if engine else onnx_file
     uint8 = input_format == "uint8"
     manifest = {
-        "variant": "d-lite0", "family": family, "num_classes": num_classes, "precision": precision,
+        "variant": variant, "family": family, "num_classes": num_classes, "precision": precision,
         "backend": backend, "nms": nms, "batch": batch or {"static": 1},
         **({"class_names": class_names} if class_names else {}),
         "input": {"name": "images", "format": input_format, "layout": "NHWC" if uint8 else "NCHW",
@@ -53,15 +54,19 @@ def read_config(summary):
     return {group: dict(parser[group]) for group in parser.sections()}
 
 
-def test_tensorrt_build_bundle_is_complete_and_every_key_is_documented(tmp_path):
-    summary = package_deepstream(build_dir(tmp_path / "b"), tmp_path / "out")
-    bundle = tmp_path / "out" / "d-lite0"
-    config = read_config(summary)
+def assert_documented(config):
     for group, entries in config.items():
         assert group in NVINFER_PROPERTIES
         for key, value in entries.items():
             assert key in NVINFER_PROPERTIES[group], key
             assert NVINFER_PROPERTIES[group][key](value), (key, value)
+
+
+def test_tensorrt_build_bundle_is_complete_and_every_key_is_documented(tmp_path):
+    summary = package_deepstream(build_dir(tmp_path / "b"), tmp_path / "out")
+    bundle = tmp_path / "out" / "d-lite0"
+    config = read_config(summary)
+    assert_documented(config)
     prop = config["property"]
     assert prop["model-engine-file"] == "model.fp16.engine" and prop["onnx-file"] == "model.fp16.onnx"
     assert (bundle / "model.fp16.engine").read_bytes() == b"engine"
@@ -107,8 +112,10 @@ def test_int8_engine_needs_no_calibration_file(tmp_path):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"backend": "tensorrt-rtx", "nms": "none"}, "not TensorRT-RTX"),
-    ({"normalization": IMAGENET}, "per-channel std"),
-    ({"input_format": "uint8"}, "float32 tensor"),
+    ({"normalization": IMAGENET}, "per-channel std.*export with --input-format pixels"),
+    ({"input_format": "uint8"}, "float32 tensor.*export with --input-format pixels"),
+    ({"input_format": "uint8", "normalization": IMAGENET}, "float32 tensor.*export with --input-format pixels"),
+    ({"input_format": "bgr"}, "unknown input format"),
     ({"backend": "onnxruntime", "nms": "onnx"}, "data-dependent"),
     ({"family": "efficientnet", "nms": "none"}, "EfficientDet detectors"),
     ({"backend": "onnxruntime", "nms": "none", "precision": "int8"}, "FP16 flag only"),
@@ -117,6 +124,20 @@ def test_what_nvinfer_cannot_run_is_refused_without_a_bundle(tmp_path, kwargs, m
     with pytest.raises(EffedgeError, match=message):
         package_deepstream(build_dir(tmp_path / "b", **kwargs), tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("variant, normalization", [("d0", IMAGENET), ("d-lite0", LITE)])
+def test_a_pixels_build_is_fed_the_pixels_as_they_are(tmp_path, variant, normalization):
+    """D0's per-channel std is beyond one net-scale-factor, but a --input-format pixels graph normalizes
+    itself: nvinfer hands it the RGB values 0-255 untouched (scale 1, offsets 0), NCHW float."""
+    build = build_dir(tmp_path / "b", variant=variant, input_format="pixels", normalization=normalization)
+    config = read_config(package_deepstream(build, tmp_path / "out"))
+    assert_documented(config)
+    prop = config["property"]
+    assert float(prop["net-scale-factor"]) == 1.0 and prop["offsets"] == "0;0;0"
+    assert prop["network-input-order"] == "0" and prop["model-color-format"] == "0"
+    assert prop["infer-dims"] == "3;320;320" and prop["maintain-aspect-ratio"] == "1"
+    assert (tmp_path / "out" / variant / f"config_infer_primary_{variant}.txt").is_file()
 
 
 def test_labels_from_build_json_else_the_family_else_numbered(tmp_path):

@@ -187,6 +187,17 @@ def test_model_input_reads_layout():
     graph = helper.make_graph([], "g", [helper.make_tensor_value_info("images", TensorProto.UINT8, [1, 64, 96, 3])],
                               [])
     assert model_input(helper.make_model(graph)).size == (64, 96)
+    assert model_input(helper.make_model(graph)).format == "uint8"
+    # a float input takes normalized values or pixels (0-255): only build.json or the metadata can say which
+    graph = helper.make_graph([], "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 96])],
+                              [])
+    model = helper.make_model(graph)
+    assert model_input(model).format == "float" and model_input(model).size == (64, 96)
+    assert model_input(model, {"input": {"format": "pixels"}}).format == "pixels"
+    helper.set_model_props(model, {"effedge.input.format": "pixels"})
+    assert model_input(model).format == "pixels" and model_input(model).size == (64, 96)
+    with pytest.raises(EffedgeError, match="records the input format 'uint8', but the graph's input is float"):
+        model_input(model, {"input": {"format": "uint8"}})
 
 
 

@@ -214,3 +214,41 @@ def test_cache_key_changes_with_every_setting_that_changes_the_graph(tmp_path, m
     assert changed_source != key
     monkeypatch.setattr(qad, "ALGORITHM_VERSION", qad.ALGORITHM_VERSION + 1)  # a fix that changes the result
     assert cache_key(source, images, inputs, base) != changed_source
+
+
+@pytest.mark.slow
+def test_qad_of_a_pixels_graph_distills_on_pixel_values(tmp_path, monkeypatch):
+    """--input-format pixels: QAD's PyTorch rebuild normalizes inside as the graph does and trains on the same
+    0-255 batches calibration reads; the fine-tuned graph still takes (and says it takes) pixels."""
+    import onnx
+    from helpers import input_sensitive_weights
+
+    from effedge.quantize import qad
+    from effedge.runtime.onnxruntime import OnnxRuntimeRunner
+
+    monkeypatch.setenv("EFFEDGE_CACHE_DIR", str(tmp_path / "cache"))
+    images = photo_folder(tmp_path / "images", 6, (96, 80))
+    checkpoint = tmp_path / "lite0.pth"
+    torch.save(input_sensitive_weights("lite0", 64), checkpoint)  # its logits follow the image (and its scale)
+    export("lite0", tmp_path / "build", weights=str(checkpoint),
+           options=ExportOptions(image_size=64, input_format="pixels"))
+    seen = {}
+    real_distill = qad.distill
+
+    def recording(wrapper, batches, *args, **kwargs):
+        seen["batches"] = batches
+        with torch.no_grad():  # the rebuilt wrapper answers as the exported graph on the same pixel batch
+            seen["torch"] = wrapper(torch.from_numpy(batches[0])).numpy()
+        return real_distill(wrapper, batches, *args, **kwargs)
+
+    monkeypatch.setattr(qad, "distill", recording)
+    report = convert(tmp_path / "build" / "model.sim.onnx",
+                     options=PrecisionOptions(precision="int8", calib_dir=images, holdout=2, holdout_views=2,
+                                              qad=QADOptions(steps=4, lr=1e-5)))
+    first = seen["batches"][0]
+    assert first.shape == (1, 3, 64, 64) and first.max() > 100 and first.min() >= 0  # pixel values, NCHW
+    with OnnxRuntimeRunner(tmp_path / "build" / "model.sim.onnx") as runner:
+        np.testing.assert_allclose(seen["torch"], runner.infer({"images": first})["logits"], rtol=1e-4, atol=1e-4)
+    assert report["qad"]["steps"] == 4 and report["input"]["format"] == "pixels"
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "build" / "model.int8.onnx")).metadata_props}
+    assert props["effedge.input.format"] == "pixels"

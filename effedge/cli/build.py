@@ -4,9 +4,10 @@ from __future__ import annotations
 import click
 
 from effedge.cli.main import cli
-from effedge.cli.options import (CALIB_METHOD_HELP, CALIB_METHODS, DEFAULT_CALIB_METHOD, OPSET_RANGE, DynamicBatch,
-                                 FiniteFloatRange, ImageFolder, InputFile, model_options, print_json, qad_options,
-                                 progress, rich_progress, split_list, threshold, variant_arg)
+from effedge.cli.options import (CALIB_METHOD_HELP, CALIB_METHODS, DEFAULT_CALIB_METHOD, INPUT_FORMAT_HELP,
+                                 INPUT_FORMATS, OPSET_RANGE, DynamicBatch, FiniteFloatRange, ImageFolder, InputFile,
+                                 model_options, print_json, qad_options, progress, rich_progress, split_list,
+                                 threshold, variant_arg)
 
 
 @cli.command()
@@ -16,8 +17,8 @@ from effedge.cli.options import (CALIB_METHOD_HELP, CALIB_METHODS, DEFAULT_CALIB
 @click.option("--nms", type=click.Choice(["auto", "none", "onnx", "efficientnms"]), default="auto", show_default=True,
               help="NMS tail in model.fp32.onnx: none (decoded boxes + scores), onnx (NonMaxSuppression), "
               "efficientnms (TRT plugin); auto: what compile picks for this machine's backend.")
-@click.option("--input-format", type=click.Choice(["float", "uint8"]), default="float", show_default=True,
-              help="float: NCHW normalized; uint8: NHWC RGB 0-255, normalized in the graph.")
+@click.option("--input-format", type=click.Choice(INPUT_FORMATS), default="float", show_default=True,
+              help=INPUT_FORMAT_HELP)
 @click.option("--score-threshold", type=threshold(zero_ok=True, one_ok=False), default=0.05, show_default=True,
               help="NMS score threshold.")
 @click.option("--iou-threshold", type=threshold(zero_ok=False, one_ok=True), default=0.5, show_default=True,
@@ -193,8 +194,8 @@ def quantize(model, precision, calib_dir, calib_images, holdout, calib_method, p
               help="Precision written into the graph (int8 and mixed calibrate on --calib images).")
 @click.option("--nms", type=click.Choice(["auto", "none", "onnx", "efficientnms"]), default="auto", show_default=True,
               help="auto: efficientnms on TensorRT, onnx on ONNX Runtime, none on TensorRT-RTX (NMS in the Detector).")
-@click.option("--input-format", type=click.Choice(["float", "uint8"]), default="float", show_default=True,
-              help="float: NCHW normalized; uint8: NHWC RGB pixels, normalized inside the graph.")
+@click.option("--input-format", type=click.Choice(INPUT_FORMATS), default="float", show_default=True,
+              help=INPUT_FORMAT_HELP)
 @click.option("--opset", type=click.IntRange(*OPSET_RANGE), help="ONNX opset [default: 17 for the export; the precision graph 19, or 17 for "
               "TensorRT 8.5/8.6].")
 @click.option("--calib", "calib_dir", type=ImageFolder(), help="Calibration images for int8/mixed [default: calib/].")

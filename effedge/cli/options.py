@@ -70,9 +70,14 @@ def variant_arg(variant: str | None, phi: float | None) -> str | float:
 
 # --- ranges: every numeric option is checked where it is parsed, before any stage starts ------------------
 # Spelled out so that --help needs neither numpy nor torch (tests/test_cli_validation.py checks they agree with
-# effedge.arch.scaling.PHI_RANGE, effedge.export.onnx_export.OPSET_RANGE and the Q/DQ opsets of quantize).
+# effedge.arch.scaling.PHI_RANGE, effedge.export.onnx_export.OPSET_RANGE, the Q/DQ opsets of quantize and
+# effedge.runtime.preprocess.INPUT_FORMATS).
 PHI_RANGE = (0.0, 7.0)
 OPSET_RANGE = (13, 21)
+INPUT_FORMATS = ("float", "uint8", "pixels")  # effedge.runtime.preprocess.INPUT_FORMATS
+INPUT_FORMAT_HELP = ("float: NCHW float32 normalized by the caller; uint8: NHWC uint8 RGB 0-255, normalized inside "
+                     "the graph; pixels: NCHW float32 RGB 0-255, normalized inside the graph (DeepStream's "
+                     "nvinfer feeds it with net-scale-factor=1, offsets=0).")
 MAX_BATCH = 1024  # beyond any edge deployment; keeps a typo (--batch 10000) from allocating for minutes
 
 

@@ -3,9 +3,10 @@
 Graph contract (detectors; ``N`` anchors, ``C`` classes):
 
 * input ``images``: NCHW float32 RGB normalized with the spec's mean/std (ImageNet's for B/D, 0.5/0.5 for
-  Lite; ``input_format="float"``), or NHWC uint8 RGB 0–255 normalized inside the graph (``"uint8"``); see
-  :mod:`effedge.runtime.preprocess`. build.json's ``input`` block and the graph's metadata_props
-  (``effedge.input.mean``, ``.std``, ``.layout``, ...) record which.
+  Lite; ``input_format="float"``), or RGB 0–255 normalized inside the graph: NHWC uint8 (``"uint8"``) or
+  NCHW float32 (``"pixels"``, what DeepStream feeds); see :mod:`effedge.runtime.preprocess`. build.json's
+  ``input`` block and the graph's metadata_props (``effedge.input.mean``, ``.std``, ``.layout``, ...) record
+  which.
 * ``class_logits [B, N, C]`` and ``box_regression [B, N, 4]`` — the heads concatenated over levels in anchor
   order (level, y, x, anchor); regression in (dx, dy, dw, dh) order (the box predictor's output channels are
   permuted at export so decoding needs no gather);
@@ -30,7 +31,7 @@ from effedge.errors import EffedgeError
 from effedge.provenance import onnx_summary, tool_versions, write_manifest
 from effedge.provenance.stages import StageMeter
 from effedge.export.nms_tail import NMS_TAILS, append_nms_tail
-from effedge.runtime.preprocess import INPUT_FORMATS, graph_metadata, mean_pixel
+from effedge.runtime.preprocess import INPUT_FORMATS, graph_metadata, input_layout, mean_pixel
 from effedge.arch.scaling import EfficientDetSpec, ModelSpec, resolve
 
 PARITY_RTOL = 1e-4  # max |ONNX Runtime − PyTorch| ≤ 1e-4 × max(1, max |output|)
@@ -86,20 +87,26 @@ def deployable(model, input_format: str):
     normalization = model.spec.normalization
 
     class Normalize(nn.Module):
+        """RGB pixels 0–255 (NHWC uint8, or NCHW float for "pixels") -> the normalized NCHW the network takes."""
+
         def __init__(self):
             super().__init__()
+            self.channels_last = input_layout(input_format) == "NHWC"
             self.register_buffer("mean", torch.tensor(normalization.mean).view(1, 3, 1, 1) * 255)
             self.register_buffer("inv_std", 1 / (torch.tensor(normalization.std).view(1, 3, 1, 1) * 255))
 
         def forward(self, images):
             # Cast first: TensorRT's Transpose (and most layers) take no UInt8 input. Cast to the weights' dtype
             # (float32 in the export; fp16 when PyTorch runs the module in half), so the model gets its own dtype.
-            return (images.to(self.mean.dtype).permute(0, 3, 1, 2) - self.mean) * self.inv_std
+            images = images.to(self.mean.dtype)
+            return ((images.permute(0, 3, 1, 2) if self.channels_last else images) - self.mean) * self.inv_std
+
+    in_graph = input_format in ("uint8", "pixels")  # the graph normalizes its input itself
 
     class Classifier(nn.Module):
         def __init__(self):
             super().__init__()
-            self.normalize = Normalize() if input_format == "uint8" else nn.Identity()
+            self.normalize = Normalize() if in_graph else nn.Identity()
             self.model = model
 
         def forward(self, images):
@@ -109,7 +116,7 @@ def deployable(model, input_format: str):
         def __init__(self):
             super().__init__()
             spec = model.spec
-            self.normalize = Normalize() if input_format == "uint8" else nn.Identity()
+            self.normalize = Normalize() if in_graph else nn.Identity()
             self.model = copy.deepcopy(model)
             # Per anchor the box predictor emits (dy, dx, dh, dw); reorder its output channels to (dx, dy, dw, dh).
             predict = self.model.box_net.predict.conv_pw
@@ -170,7 +177,7 @@ def torch_runner(manifest: dict, *, device: str = "cpu", half: bool = False, wei
                             image_size=(height, width), pad=manifest.get("pad", "same"))
         return deployable(model, input_format)
 
-    shape = ("batch", height, width, 3) if input_format == "uint8" else ("batch", 3, height, width)
+    shape = ("batch", height, width, 3) if input_layout(input_format) == "NHWC" else ("batch", 3, height, width)
     inputs = [TensorInfo("images", shape, np.dtype(np.uint8 if input_format == "uint8" else np.float32))]
     return TorchRunner(build_module, inputs, output_names(manifest.get("family") == "efficientdet"), device=device,
                        half=half)
@@ -184,6 +191,8 @@ def example_input(image_size: tuple[int, int], batch: int, input_format: str, se
     rng = np.random.default_rng(seed)
     if input_format == "uint8":
         return rng.integers(0, 256, size=(batch, *image_size, 3), dtype=np.uint8)
+    if input_format == "pixels":  # whole pixel values, as decoded images give
+        return rng.integers(0, 256, size=(batch, 3, *image_size)).astype(np.float32)
     return rng.standard_normal((batch, 3, *image_size)).astype(np.float32)
 
 
@@ -284,7 +293,7 @@ def _export(spec, out: Path, *, weights, num_classes, pad, options: ExportOption
                                                          else "<state dict>"),
             "precision": "fp32",
             "input": {"name": "images", "format": options.input_format,
-                      "layout": "NHWC" if options.input_format == "uint8" else "NCHW",
+                      "layout": input_layout(options.input_format),
                       "mean": list(normalization.mean), "std": list(normalization.std),
                       "letterbox_fill": list(mean_pixel(normalization.mean)), **crop},
             "batch": ({"min": options.dynamic_batch[0], "opt": options.dynamic_batch[1],

@@ -5,7 +5,9 @@ with one line. What nvinfer does, as read in its sources (NVIDIA/DeepStream 9.1,
 parser and nvdsinfer's preprocessing and model builder):
 
 * preprocessing is ``y = net-scale-factor * (x - offsets[c])`` with one scalar scale, written as a float32
-  tensor: a graph with per-channel std (ImageNet's) cannot be fed exactly, and neither can a uint8-input graph;
+  tensor: a normalized-float graph with per-channel std (ImageNet's) cannot be fed exactly, and neither can a
+  uint8-input graph; a ``pixels`` graph (float32 RGB 0–255, normalized inside) takes scale 1 and offsets 0,
+  whatever its std;
 * relative paths are resolved against the config file's folder, so the bundle can be moved as a whole;
 * with ``network-mode=1`` and no ``int8-calib-file`` it builds from the ONNX with the FP16 flag only, which
   TensorRT's explicit (Q/DQ) quantization does not accept: an int8 bundle must ship effedge's engine;
@@ -111,22 +113,30 @@ def _refuse_unsupported(manifest: Mapping, build_dir: Path) -> None:
     if nms not in PARSER_FUNCTIONS:
         raise EffedgeError(f"{build_dir}/build.json records an unknown NMS tail {nms!r}; rebuild with effedge "
                            "compile --force")
-    recorded = manifest.get("input") or {}
-    if recorded.get("format") == "uint8":
+    input_format = (manifest.get("input") or {}).get("format", "float")
+    if input_format == "uint8":
         raise EffedgeError("nvinfer always feeds the network a float32 tensor, but this graph takes uint8 (NHWC); "
-                           "compile with --input-format float for DeepStream")
+                           "export with --input-format pixels (float32 RGB 0-255, normalized inside the graph) "
+                           "for DeepStream")
+    if input_format not in ("float", "pixels"):
+        raise EffedgeError(f"{build_dir}/build.json records an unknown input format {input_format!r}; rebuild with "
+                           "effedge compile --force")
 
 
 def _normalization(manifest: Mapping, build_dir: Path) -> tuple[float, list[float]]:
-    """(net-scale-factor, offsets) that give the graph's normalization ``(x / 255 - mean) / std``."""
+    """(net-scale-factor, offsets) that give the graph its input: the pixels as they are for a ``pixels`` graph
+    (it normalizes itself), else the normalization ``(x / 255 - mean) / std``."""
     recorded = manifest.get("input") or {}
+    if recorded.get("format") == "pixels":
+        return 1.0, [0.0, 0.0, 0.0]
     mean, std = recorded.get("mean"), recorded.get("std")
     if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3):
         raise EffedgeError(f"{build_dir}/build.json records no input mean/std; rebuild with effedge compile --force")
     if max(std) - min(std) > 1e-9:
         raise EffedgeError(f"{manifest.get('variant', 'this model')} normalizes with a per-channel std "
                            f"({'/'.join(f'{s:g}' for s in std)}), which nvinfer's single net-scale-factor cannot "
-                           "reproduce; deploy an EfficientDet-Lite variant (mean=std=0.5) or use --format triton")
+                           "reproduce; export with --input-format pixels (the graph normalizes float32 RGB 0-255 "
+                           "itself) or use --format triton")
     return 1.0 / (255.0 * std[0]), [255.0 * m for m in mean]
 
 
@@ -182,7 +192,7 @@ def _input_dims(manifest: Mapping, build_dir: Path) -> tuple[int, int, int]:
             not all(isinstance(d, int) and d > 0 for d in dims):
         raise EffedgeError(f"the graph input {graph_input.get('name')} is {graph_input.get('dtype')} "
                            f"{graph_input.get('shape')}, not float32 [batch, 3, H, W] as nvinfer feeds it; "
-                           "compile with --input-format float")
+                           "export with --input-format pixels")
     return dims[0], dims[1], dims[2]
 
 

@@ -128,7 +128,7 @@ def cache_key(config: CompileConfig, backend: BackendChoice, nms: str, calib_has
 
 def build_folder_name(config: CompileConfig, spec: ModelSpec, backend: str, nms: str, key: str) -> str:
     """``runs/`` folder name: variant, precision, backend, then whatever differs from the variant's defaults
-    (input size, batch, NMS tail, uint8 input, weights), then the key, so folders that differ say how."""
+    (input size, batch, NMS tail, uint8 or pixels input, weights), then the key, so folders that differ say how."""
     parts = [spec.name]
     if config.image_size and config.image_size != spec.resolution:
         parts.append(f"{config.image_size}px")

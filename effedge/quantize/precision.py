@@ -41,7 +41,8 @@ from effedge.errors import EffedgeError, RunError
 from effedge.io import MANIFEST
 from effedge.provenance import cache_identity
 from effedge.runtime.onnxruntime import ort_session
-from effedge.runtime.preprocess import Preprocessing, is_classifier, preprocessing_for
+from effedge.runtime.preprocess import (Preprocessing, graph_input_format, input_layout, is_classifier,
+                                        preprocessing_for)
 from effedge.provenance.stages import StageMeter
 
 PRECISIONS = ("fp16", "int8", "mixed")
@@ -108,7 +109,7 @@ class PrecisionOptions:
 @dataclass(frozen=True)
 class ModelInput:
     name: str
-    format: str  # "float" (NCHW normalized) or "uint8" (NHWC)
+    format: str  # effedge.runtime.preprocess.INPUT_FORMATS: "float" (NCHW normalized), "uint8" or "pixels"
     size: tuple[int, int]
     batch: int
     preprocessing: Preprocessing = Preprocessing()  # how images become this input (the model's own)
@@ -122,15 +123,17 @@ def model_input(model, manifest: Optional[dict] = None) -> ModelInput:
     graph_input = model.graph.input[0]
     tensor_type = graph_input.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
-    uint8 = tensor_type.elem_type == TensorProto.UINT8
-    height, width = (dims[1], dims[2]) if uint8 else (dims[2], dims[3])
+    manifest = manifest or {}
+    metadata = {p.key: p.value for p in model.metadata_props}
+    # a float input may take raw pixels ("pixels"), which its type cannot tell: build.json or the metadata says
+    input_format = graph_input_format(manifest, metadata, uint8=tensor_type.elem_type == TensorProto.UINT8)
+    height, width = (dims[1], dims[2]) if input_layout(input_format) == "NHWC" else (dims[2], dims[3])
     if len(model.graph.input) != 1 or len(dims) != 4 or not height or not width:
         raise EffedgeError("the model must have one image input with a static height and width "
                            "(export it with effedge export)")
-    manifest = manifest or {}
     classifier = is_classifier(manifest, [len(o.type.tensor_type.shape.dim) for o in model.graph.output])
-    preprocessing = preprocessing_for(manifest, {p.key: p.value for p in model.metadata_props}, classifier=classifier)
-    return ModelInput(graph_input.name, "uint8" if uint8 else "float", (height, width), dims[0] or 1, preprocessing)
+    preprocessing = preprocessing_for(manifest, metadata, classifier=classifier)
+    return ModelInput(graph_input.name, input_format, (height, width), dims[0] or 1, preprocessing)
 
 
 def _check_source(model, path: Path) -> None:
@@ -487,7 +490,7 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
     model_hash = sha256_file(source)
     meter = StageMeter()
     report: dict = {"precision": options.precision, "source": source.name, "options": _jsonable(asdict(options)),
-                    "input": inputs.preprocessing.describe()}
+                    "input": {"format": inputs.format, **inputs.preprocessing.describe()}}
     if inputs.preprocessing.assumed:
         log(f"warning: {source.name}: {inputs.preprocessing.source}")
 

@@ -13,7 +13,8 @@ from effedge.errors import EffedgeError
 from effedge.io import MANIFEST, read_manifest
 from effedge.runtime.base import Runner
 from effedge.runtime.labels import random_weights_warning
-from effedge.runtime.preprocess import Preprocessing, is_classifier, preprocessing_for
+from effedge.runtime.preprocess import (Preprocessing, graph_input_format, input_layout, is_classifier,
+                                        preprocessing_for)
 
 Image = Union[str, Path, np.ndarray]
 DEFAULT_CHUNK = 8  # images per inference where the backend sets no batch limit (bounds the memory of long lists)
@@ -99,9 +100,10 @@ class CompiledModel:
             raise EffedgeError(f"{self.path.name} is not an effedge {self.kind_name}: it takes "
                                f"{[(i.name, i.shape) for i in inputs]}, expected one image input")
         self.input = inputs[0]
-        self.format = "uint8" if self.input.dtype == np.uint8 else "float"
+        # a float input may take raw pixels ("pixels"): only build.json or the graph's metadata can say so
+        self.format = graph_input_format(self.manifest, self.runner.metadata(), uint8=self.input.dtype == np.uint8)
         shape = self.input.shape
-        height, width = (shape[1], shape[2]) if self.format == "uint8" else (shape[2], shape[3])
+        height, width = (shape[1], shape[2]) if input_layout(self.format) == "NHWC" else (shape[2], shape[3])
         if not all(isinstance(d, int) and d > 0 for d in (height, width)):
             raise EffedgeError(f"{self.path.name}: the input size {shape} is not static")
         self.size = (height, width)
@@ -131,7 +133,8 @@ class CompiledModel:
         if note:
             notes.append(note)
         if self.preprocessing.assumed:
-            notes.append(f"{self.path.name}: {self.preprocessing.source} (re-export it with effedge export)")
+            fed = "; fed as normalized float, not pixels" if self.format == "float" else ""  # its type cannot say
+            notes.append(f"{self.path.name}: {self.preprocessing.source}{fed} (re-export it with effedge export)")
         return notes
 
     # --- images in, results out -------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 """Input conventions shared by export, calibration and the runtime (NumPy only).
 
 Models take RGB images normalized with the mean/std their family was trained with (ImageNet's for B0–B7 and
-D0–D7x, 0.5/0.5 for the Lite family): ``(pixel/255 − mean) / std``, NCHW float32 (``input_format="float"``), or
-raw NHWC uint8 RGB with that normalization inside the graph (``input_format="uint8"``). A compiled model says
-which normalization it takes in build.json's ``input`` block and, for a plain ONNX user, in the graph's
-metadata (:data:`METADATA_KEYS`); :func:`preprocessing_for` reads them back.
+D0–D7x, 0.5/0.5 for the Lite family): ``(pixel/255 − mean) / std``. The graph's input format
+(:data:`INPUT_FORMATS`) says who normalizes: the caller, feeding NCHW float32 (``"float"``), or the graph
+itself, fed raw RGB pixels 0–255 as NHWC uint8 (``"uint8"``) or as NCHW float32 (``"pixels"``: what
+DeepStream's nvinfer writes with net-scale-factor 1 and offsets 0, as it cannot apply a per-channel std). A
+compiled model says which normalization and format it takes in build.json's ``input`` block and, for a plain
+ONNX user, in the graph's metadata (:data:`METADATA_KEYS`); :func:`preprocessing_for` and
+:func:`graph_input_format` read them back.
 
 Images reach the model's size as its family was evaluated: detectors letterbox (top-left, the rest filled with
 the mean colour, i.e. zero after normalization), classifiers resize the shorter side to ``size / crop_pct``
@@ -19,9 +22,11 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from effedge.errors import EffedgeError
+
 MEAN = (0.485, 0.456, 0.406)  # ImageNet's, the default where a model says nothing
 STD = (0.229, 0.224, 0.225)
-INPUT_FORMATS = ("float", "uint8")
+INPUT_FORMATS = ("float", "uint8", "pixels")  # normalized NCHW float32; NHWC uint8 pixels; NCHW float32 pixels
 DEFAULT_CROP_PCT = 0.875  # timm's evaluation crop for EfficientNet B0 / Lite0
 RESIZES = ("letterbox", "center-crop")
 
@@ -104,11 +109,23 @@ def center_crop(image: np.ndarray, height: int, width: int, crop_pct: float = DE
     return np.ascontiguousarray(resized[top:top + height, left:left + width])
 
 
+def input_layout(input_format: str) -> str:
+    """The axis order of an input format's tensor: "NHWC" (uint8) or "NCHW"."""
+    return "NHWC" if input_format == "uint8" else "NCHW"
+
+
 def to_model_input(canvases: np.ndarray, input_format: str, mean: Sequence[float] = MEAN,
                    std: Sequence[float] = STD) -> np.ndarray:
-    """Model-sized NHWC uint8 images -> the array the model's input takes (normalized with ``mean``/``std``
-    for the float format; a uint8 graph normalizes itself)."""
-    return np.ascontiguousarray(canvases) if input_format == "uint8" else normalize(canvases, mean, std)
+    """Model-sized NHWC uint8 images -> the array the model's input takes: normalized with ``mean``/``std``
+    for the float format; the pixels themselves (uint8 NHWC, or float32 NCHW) for a graph that normalizes
+    itself."""
+    if input_format == "float":
+        return normalize(canvases, mean, std)
+    if input_format == "uint8":
+        return np.ascontiguousarray(canvases)
+    if input_format == "pixels":
+        return np.ascontiguousarray(canvases.transpose(0, 3, 1, 2), dtype=np.float32)
+    raise EffedgeError(f"unknown input format {input_format!r}; use one of {', '.join(INPUT_FORMATS)}")
 
 
 @dataclass(frozen=True)
@@ -189,12 +206,25 @@ def _metadata_value(metadata: Mapping[str, str], key: str):
         return text
 
 
+def graph_input_format(manifest: Mapping, metadata: Optional[Mapping[str, str]] = None, *, uint8: bool) -> str:
+    """The input format of a graph whose input tensor is uint8 (``uint8``) or float. A float graph takes
+    normalized input or raw pixels, which its type cannot tell: build.json's ``input`` block says which, else the
+    graph's metadata, else it is "float" (a graph that records nothing). A record the tensor contradicts is
+    refused rather than fed wrongly."""
+    recorded = (manifest.get("input") or {}).get("format") or _metadata_value(metadata or {}, "format")
+    actual = "uint8" if uint8 else "pixels" if recorded == "pixels" else "float"
+    if recorded is not None and recorded != actual:
+        where = "build.json" if (manifest.get("input") or {}).get("format") else "the graph's metadata"
+        raise EffedgeError(f"{where} records the input format {recorded!r}, but the graph's input is "
+                           f"{'uint8' if uint8 else 'float'}; re-export the model with effedge export")
+    return actual
+
+
 def graph_metadata(mean: Sequence[float], std: Sequence[float], input_format: str, *,
                    classifier: bool, crop_pct: float = DEFAULT_CROP_PCT) -> dict[str, str]:
-    """The metadata_props an export writes into its graph (for a uint8 graph the mean/std are applied inside
-    it, and the mean colour is still its letterbox fill)."""
-    values = {"mean": list(mean), "std": list(std), "format": input_format,
-              "layout": "NHWC" if input_format == "uint8" else "NCHW",
+    """The metadata_props an export writes into its graph (for a uint8 or pixels graph the mean/std are applied
+    inside it, and the mean colour is still its letterbox fill)."""
+    values = {"mean": list(mean), "std": list(std), "format": input_format, "layout": input_layout(input_format),
               "resize": "center-crop" if classifier else "letterbox"}
     if classifier:
         values["crop_pct"] = crop_pct
