@@ -292,7 +292,8 @@ def deepstream_parser(tmp_path_factory):
 @pytest.mark.parametrize("layout", ["raw", "efficientnms"])
 def test_deepstream_parsers_decode_as_the_detector(deepstream_parser, demo, runs, layout, image, tmp_path):
     """The parsers return boxes in network pixels and nvinfer (maintain-aspect-ratio=1, symmetric-padding=0) maps
-    them to the frame: × 1 / letterbox scale, clipped to the frame. Mapped so, they must be the Detector's."""
+    them to the frame: × 1 / letterbox scale, clipped to the frame (crop-objects-to-roi-boundary=1; without it
+    nvinfer drops a box whose bottom passes the frame's). Mapped so, they must be the Detector's."""
     _, manifest = demo
     pixels, expected, boxes, scores, mapping = runs[image]
     if layout == "efficientnms":

@@ -74,6 +74,8 @@ def test_tensorrt_build_bundle_is_complete_and_every_key_is_documented(tmp_path)
     assert prop["network-mode"] == "2" and prop["infer-dims"] == "3;320;320" and prop["batch-size"] == "1"
     assert prop["num-detected-classes"] == "3" and prop["network-input-order"] == "0"
     assert prop["maintain-aspect-ratio"] == "1" and prop["symmetric-padding"] == "0"
+    # nvinfer drops (not clips) a box whose mapped bottom passes the frame's unless this is set; effedge clips
+    assert prop["crop-objects-to-roi-boundary"] == "1"
     # Lite: (x / 255 - 0.5) / 0.5 == (x - 127.5) / 127.5
     assert float(prop["net-scale-factor"]) == pytest.approx(1 / 127.5) and prop["offsets"] == "127.5;127.5;127.5"
     assert config["class-attrs-all"] == {"pre-cluster-threshold": "0.05", "topk": "100"}

@@ -11,7 +11,9 @@ parser and nvdsinfer's preprocessing and model builder):
 * relative paths are resolved against the config file's folder, so the bundle can be moved as a whole;
 * with ``network-mode=1`` and no ``int8-calib-file`` it builds from the ONNX with the FP16 flag only, which
   TensorRT's explicit (Q/DQ) quantization does not accept: an int8 bundle must ship effedge's engine;
-* ``cluster-mode=4`` keeps the parser's detections as they are (``topk`` still caps each class).
+* ``cluster-mode=4`` keeps the parser's detections as they are (``topk`` still caps each class);
+* a box whose bottom, mapped to the frame, lies below the frame is dropped unless
+  ``crop-objects-to-roi-boundary=1``, which clips it (and a box past the right edge) as effedge does.
 """
 from __future__ import annotations
 
@@ -86,6 +88,7 @@ NVINFER_PROPERTIES: dict[str, dict[str, Callable[[str], bool]]] = {
         "maintain-aspect-ratio": _one_of(0, 1),
         "symmetric-padding": _one_of(0, 1),  # 0: the image at the top-left corner, as effedge's letterbox
         "scaling-filter": _one_of(0, 1, 2, 3, 4, 5, 6),  # NvBufSurfTransform_Inter
+        "crop-objects-to-roi-boundary": _one_of(0, 1),
         "num-detected-classes": _integer(1),
         "output-blob-names": _text,
         "cluster-mode": _one_of(0, 1, 2, 3, 4),  # group rectangles, DBSCAN, NMS, DBSCAN+NMS, none
@@ -233,6 +236,9 @@ def deepstream_config(manifest: Mapping[str, Any], onnx_file: str, engine_file: 
         "maintain-aspect-ratio": "1",
         "symmetric-padding": "0",
         "scaling-filter": str(SCALING_FILTER_BILINEAR),
+        # without it nvinfer drops a box whose bottom, mapped to the frame, passes the frame's (one reaching into
+        # the letterbox's padding: an object at the bottom edge); effedge clips such boxes to the image instead
+        "crop-objects-to-roi-boundary": "1",
         "num-detected-classes": str(num_classes),
         "output-blob-names": ";".join(_outputs(manifest, nms, build_dir)),
         # both parsers hand over final detections: the EfficientNMS tail's, or the raw heads after the decode
