@@ -316,6 +316,28 @@ def test_deepstream_parsers_decode_as_the_detector(deepstream_parser, demo, runs
     assert_same_detections((frame_boxes, rows[:, 1], rows[:, 0].astype(int)), expected)
 
 
+@pytest.mark.parametrize("num_detections", [150, 400])
+def test_deepstream_nms_parser_keeps_every_row_of_the_tail(deepstream_parser, num_detections, tmp_path):
+    """The tail was built with --max-detections 150: all 150 rows reach nvinfer (its topk is the build's), not the
+    runtime's default 100; a num_detections past the rows (a corrupt count) reads no further than they go."""
+    rows = 150
+    corners = np.arange(rows, dtype=np.float32)[:, None] * np.float32(2)
+    tensors = {"num_detections": np.array([num_detections], np.int32),
+               "detection_boxes": np.concatenate([corners, corners, corners + 1, corners + 1], 1),
+               "detection_scores": np.linspace(0.99, 0.5, rows, dtype=np.float32),
+               "detection_classes": (np.arange(rows) % 3).astype(np.int32)}
+    for name, value in tensors.items():
+        (tmp_path / f"{name}.bin").write_bytes(np.ascontiguousarray(value).tobytes())
+        (tmp_path / f"{name}.shape").write_text(" ".join(map(str, value.shape)))
+    result = subprocess.run([str(deepstream_parser), "nms", "512", "512", "3", "0.3", str(tmp_path)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    rows_out = np.array([line.split() for line in result.stdout.splitlines()], np.float64).reshape(-1, 6)
+    assert len(rows_out) == rows
+    np.testing.assert_allclose(rows_out[:, 1], tensors["detection_scores"], rtol=1e-6)
+    assert rows_out[:, 0].astype(int).tolist() == tensors["detection_classes"].tolist()
+
+
 # --- synthetic raw heads: many candidates, the pre-NMS cut, ties -------------------------------------------------
 
 

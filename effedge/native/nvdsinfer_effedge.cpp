@@ -96,7 +96,9 @@ extern "C" bool NvDsInferParseEffedgeNms(std::vector<NvDsInferLayerInfo> const& 
         return false;
     }
     const int capacity = static_cast<int>(scores->inferDims.numElements);  // rows per image (batch excluded)
-    const effedge_decode_config config = config_for(detectionParams);
+    effedge_decode_config config = config_for(detectionParams);
+    // The tail already cut to the build's --max-detections (its rows); nvinfer's topk is that number too.
+    config.max_detections = capacity;
     const effedge_box_mapping mapping = network_mapping(networkInfo);
     std::vector<effedge_detection> detections(static_cast<size_t>(std::max(capacity, 1)));
     const int count = effedge_decode_efficientnms(
