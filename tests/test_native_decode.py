@@ -29,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from effedge.runtime.detector import Detector
 from effedge.runtime.nms import select_detections
-from effedge.runtime.preprocess import letterbox, mean_pixel, normalize
+from effedge.runtime.preprocess import letterbox, mean_pixel, normalize, to_model_input
 
 REPO = Path(__file__).resolve().parent.parent
 NATIVE = REPO / "effedge" / "native"
@@ -133,6 +133,14 @@ def test_letterbox_and_normalization_match_effedge(core, source, net):
     assert np.array_equal(tensor, normalize(expected[None], mean, std))
     assert mapping.factor == pytest.approx(1 / scale, rel=1e-12)
     assert (mapping.width, mapping.height) == (source[1], source[0])
+
+
+def test_pixels_input_matches_effedge(core):
+    """A --input-format pixels graph takes NCHW float32 pixel values, not normalized ones."""
+    canvas = np.random.default_rng(5).integers(0, 256, (31, 47, 3), dtype=np.uint8)
+    tensor = np.full((1, 3, 31, 47), -1, np.float32)
+    assert core.effedge_pixels_chw(pointer(canvas), 47, 31, pointer(tensor)) == 0
+    assert np.array_equal(tensor, to_model_input(canvas[None], "pixels"))
 
 
 def test_the_fill_rounds_half_to_even(core):

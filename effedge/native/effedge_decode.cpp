@@ -153,6 +153,14 @@ int effedge_normalize_chw(const uint8_t* canvas, int width, int height, const do
     return 0;
 }
 
+int effedge_pixels_chw(const uint8_t* canvas, int width, int height, float* out) {
+    if (!canvas || !out || width <= 0 || height <= 0) return -1;
+    const size_t plane = static_cast<size_t>(width) * height;
+    for (int c = 0; c < 3; ++c)
+        for (size_t i = 0; i < plane; ++i) out[c * plane + i] = static_cast<float>(canvas[3 * i + c]);
+    return 0;
+}
+
 effedge_decode_config effedge_default_config(void) { return effedge_decode_config{0.3f, 0.5f, 100, 5000}; }
 
 int effedge_letterbox_params(int src_width, int src_height, int net_width, int net_height, effedge_letterbox* out) {

@@ -79,6 +79,10 @@ int effedge_letterbox_image(const uint8_t* rgb, int src_width, int src_height, i
 int effedge_normalize_chw(const uint8_t* canvas, int width, int height, const double mean[3], const double std[3],
                           float* out);
 
+/* The "pixels" input format from a canvas (HWC uint8 RGB, width x height): NCHW float32 pixel values 0-255 (the
+ * graph normalizes them itself). Returns 0, or -1. */
+int effedge_pixels_chw(const uint8_t* canvas, int width, int height, float* out);
+
 /* EfficientNMS_TRT outputs of one image (capacity rows each). Writes at most out_capacity detections to out
  * and returns their number, or -1 on bad arguments. */
 int effedge_decode_efficientnms(const effedge_decode_config* config, int32_t num_detections,

@@ -1,6 +1,7 @@
 // effedge_detect: run an effedge-compiled EfficientDet engine on one image, with TensorRT or TensorRT-RTX.
 //
 //   effedge_detect model.engine image.ppm [--threshold 0.3] [--mean 0.485,0.456,0.406] [--std 0.229,0.224,0.225]
+//                  [--input-format float|pixels]
 //
 // The engine's output names pick the postprocessing:
 //   num_detections, detection_boxes, detection_scores, detection_classes  the EfficientNMS_TRT tail (TensorRT);
@@ -8,6 +9,8 @@
 //                                                                         effedge's core (TensorRT-RTX has no
 //                                                                         NMS plugin, so this is its path).
 // The input is effedge's: [1, 3, H, W] float (normalized here) or, for --input-format uint8, [1, H, W, 3] uint8.
+// A --input-format pixels engine ([1, 3, H, W] float RGB 0-255, normalized inside) has the float input's type, so
+// the engine cannot say which it is: pass --input-format pixels (build.json's input.format) for one.
 // Letterbox, normalization and decoding are effedge's own (effedge/native), so the detections are those of
 // `effedge detect` on the same engine. --mean/--std: build.json's input.mean / input.std (ImageNet's by default;
 // some Lite weights use 0.5). Images: binary PPM (P6, 8-bit) always; JPEG/PNG/... when built with OpenCV.
@@ -174,18 +177,26 @@ void expect(bool condition, const std::string& message) {
 int main(int argc, char** argv) {
     if (argc < 3) {
         std::cerr << "usage: " << argv[0]
-                  << " model.engine image.ppm [--threshold T] [--mean R,G,B] [--std R,G,B]\n";
+                  << " model.engine image.ppm [--threshold T] [--mean R,G,B] [--std R,G,B] [--input-format float|pixels]\n";
         return 2;
     }
     try {
         effedge_decode_config config = effedge_default_config();
         std::vector<double> mean{0.485, 0.456, 0.406}, stdev{0.229, 0.224, 0.225};
+        bool pixels_input = false;  // build.json's input.format "pixels": the graph normalizes itself
         for (int i = 3; i < argc; i += 2) {
             const std::string option = argv[i];
             if (i + 1 == argc) throw std::runtime_error(option + " needs a value");
             if (option == "--threshold") config.score_threshold = std::stof(argv[i + 1]);
             else if (option == "--mean") mean = triple(argv[i + 1], "--mean");
             else if (option == "--std") stdev = triple(argv[i + 1], "--std");
+            else if (option == "--input-format") {
+                const std::string format = argv[i + 1];
+                if (format != "float" && format != "pixels")
+                    throw std::runtime_error("--input-format " + format + ": use float or pixels (a uint8 engine "
+                                             "is recognised by its input type)");
+                pixels_input = format == "pixels";
+            }
             else throw std::runtime_error("unknown option " + option);
         }
 
@@ -245,10 +256,13 @@ int main(int argc, char** argv) {
         expect(effedge_letterbox_image(image.pixels.data(), image.width, image.height, image.width * 3, width,
                                        height, fill, canvas.data()) == 0, "cannot letterbox the image");
         std::vector<float> chw;
+        expect(!(uint8_input && pixels_input), "--input-format pixels given, but the engine's input is uint8");
         if (!uint8_input) {
             chw.resize(canvas.size());
-            expect(effedge_normalize_chw(canvas.data(), width, height, mean.data(), stdev.data(), chw.data()) == 0,
-                   "cannot normalize the image");
+            const int status = pixels_input ? effedge_pixels_chw(canvas.data(), width, height, chw.data())
+                                            : effedge_normalize_chw(canvas.data(), width, height, mean.data(),
+                                                                    stdev.data(), chw.data());
+            expect(status == 0, "cannot make the input tensor");
         }
         effedge_letterbox letterbox;
         effedge_letterbox_params(image.width, image.height, width, height, &letterbox);
