@@ -346,6 +346,18 @@ def test_deepstream_nms_parser_keeps_every_row_of_the_tail(deepstream_parser, nu
     assert rows_out[:, 0].astype(int).tolist() == tensors["detection_classes"].tolist()
 
 
+def test_deepstream_nms_parser_refuses_rows_of_different_lengths(deepstream_parser, tmp_path):
+    """A foreign engine whose detection_boxes has fewer rows than detection_scores: refused, not read past."""
+    tensors = {"num_detections": np.array([50], np.int32), "detection_boxes": np.zeros((10, 4), np.float32),
+               "detection_scores": np.full(50, 0.9, np.float32), "detection_classes": np.zeros(50, np.int32)}
+    for name, value in tensors.items():
+        (tmp_path / f"{name}.bin").write_bytes(value.tobytes())
+        (tmp_path / f"{name}.shape").write_text(" ".join(map(str, value.shape)))
+    result = subprocess.run([str(deepstream_parser), "nms", "512", "512", "3", "0.3", str(tmp_path)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 1 and "do not have shapes" in result.stderr and result.stdout == ""
+
+
 # --- synthetic raw heads: many candidates, the pre-NMS cut, ties -------------------------------------------------
 
 

@@ -96,6 +96,12 @@ extern "C" bool NvDsInferParseEffedgeNms(std::vector<NvDsInferLayerInfo> const& 
         return false;
     }
     const int capacity = static_cast<int>(scores->inferDims.numElements);  // rows per image (batch excluded)
+    if (num->inferDims.numElements < 1 || boxes->inferDims.numElements != 4u * scores->inferDims.numElements ||
+        classes->inferDims.numElements != scores->inferDims.numElements) {
+        std::fprintf(stderr, "%s: the EfficientNMS outputs do not have shapes [1], [K, 4], [K] and [K]; re-export "
+                     "the model with effedge\n", parser);
+        return false;
+    }
     effedge_decode_config config = config_for(detectionParams);
     // The tail already cut to the build's --max-detections (its rows); nvinfer's topk is that number too.
     config.max_detections = capacity;
