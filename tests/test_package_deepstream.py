@@ -204,7 +204,7 @@ def test_bundled_parser_builds_the_library_the_config_names(tmp_path):
                     "cmake and nm) to build the bundled parser")
     summary = package_deepstream(build_dir(tmp_path / "b"), tmp_path / "out")
     bundle, prop = tmp_path / "out" / "d-lite0", read_config(summary)["property"]
-    cuda = ";".join([*headers[2].split(os.pathsep), headers[1]])
+    cuda = ";".join([*headers[2].split(os.pathsep), *headers[1].split(os.pathsep)])  # each may list several
     for command in (["cmake", "-S", "parser", "-B", "parser/build", f"-DDEEPSTREAM_INCLUDE={headers[0]}",
                      f"-DCUDA_INCLUDE={cuda}"], ["cmake", "--build", "parser/build"]):
         result = subprocess.run(command, cwd=bundle, capture_output=True, text=True, check=False)
