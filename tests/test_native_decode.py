@@ -280,20 +280,30 @@ def test_efficientnms_layout_decodes_as_the_detector(core, demo, runs, image, tm
 # --- the DeepStream parsers on the same outputs (needs DeepStream's, TensorRT's and CUDA's headers) --------------
 
 
-@pytest.fixture(scope="module")
-def deepstream_parser(tmp_path_factory):
-    """tests/native/parse_layers.cpp (nvinfer's side of the call) built with effedge's DeepStream parsers."""
+def deepstream_flags() -> list[str]:
+    """Include flags for NVIDIA's headers, or skip without them."""
     flags = []
     for variable in ("EFFEDGE_DEEPSTREAM_INCLUDE", "EFFEDGE_TENSORRT_INCLUDE", "EFFEDGE_CUDA_INCLUDE"):
         if not os.environ.get(variable):
             pytest.skip(f"set {variable} (see tests/test_native_headers.py) to run the DeepStream parsers")
         flags += [f"-isystem{directory}" for directory in os.environ[variable].split(os.pathsep)]
-    program = tmp_path_factory.mktemp("deepstream") / "parse_layers"
+    return flags
+
+
+def build_parse_layers(program: Path, *extra: str) -> Path:
+    """tests/native/parse_layers.cpp (nvinfer's side of the call) built with effedge's DeepStream parsers."""
     subprocess.run(["g++", "-std=c++17", "-O1", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", f"-I{NATIVE}",
-                    *flags, str(REPO / "tests" / "native" / "parse_layers.cpp"),
+                    *extra, *deepstream_flags(), str(REPO / "tests" / "native" / "parse_layers.cpp"),
                     str(NATIVE / "nvdsinfer_effedge.cpp"), str(NATIVE / "effedge_decode.cpp"), "-o", str(program)],
                    check=True)
     return program
+
+
+@pytest.fixture(scope="module")
+def deepstream_parser(tmp_path_factory):
+    """The parsers as built without a bundle's effedge_parser_config.h: the core's defaults."""
+    deepstream_flags()
+    return build_parse_layers(tmp_path_factory.mktemp("deepstream") / "parse_layers")
 
 
 @pytest.mark.parametrize("image", IMAGES)
@@ -356,6 +366,29 @@ def test_deepstream_nms_parser_refuses_rows_of_different_lengths(deepstream_pars
     result = subprocess.run([str(deepstream_parser), "nms", "512", "512", "3", "0.3", str(tmp_path)],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 1 and "do not have shapes" in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("iou, count, kept", [(0.3, 100, 3), (0.7, 100, 4), (0.7, 2, 2)])
+def test_deepstream_raw_parser_applies_the_bundles_iou_and_max_detections(iou, count, kept, tmp_path):
+    """Built with the effedge_parser_config.h that effedge package writes from build.json, the raw parser's NMS
+    uses the build's IoU and box count: two boxes overlapping at IoU 0.5 are one at 0.3, two at 0.7."""
+    from effedge.package.deepstream import PARSER_CONFIG_HEADER, parser_config_header
+
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / PARSER_CONFIG_HEADER).write_text(parser_config_header(
+        {"variant": "d0", "compile": {"config": {"iou_threshold": iou, "max_detections": count}}}))
+    program = build_parse_layers(tmp_path / "parse_layers", f"-I{tmp_path / 'include'}")
+    boxes = np.array([[0, 0, 100, 100], [0, 0, 100, 50], [200, 200, 300, 300], [400, 400, 420, 420]], np.float32)
+    scores = np.array([[0.9], [0.8], [0.7], [0.6]], np.float32)
+    for name, value in {"boxes": boxes, "scores": scores}.items():
+        (tmp_path / f"{name}.bin").write_bytes(value.tobytes())
+        (tmp_path / f"{name}.shape").write_text(" ".join(map(str, value.shape)))
+    result = subprocess.run([str(program), "raw", "512", "512", "1", "0.3", str(tmp_path)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    scores_out = [float(line.split()[1]) for line in result.stdout.splitlines()]
+    expected = [0.9, 0.7, 0.6] if iou < 0.5 else [0.9, 0.8, 0.7, 0.6]
+    np.testing.assert_allclose(scores_out, expected[:kept], rtol=1e-6)
 
 
 # --- synthetic raw heads: many candidates, the pre-NMS cut, ties -------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 
 from effedge.errors import EffedgeError
 from effedge.package import package_deepstream
-from effedge.package.deepstream import NVINFER_PROPERTIES, native_sources
+from effedge.package.deepstream import NVINFER_PROPERTIES, PARSER_CONFIG_HEADER, native_sources
 from helpers import run_main
 
 LITE = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
@@ -16,7 +16,7 @@ IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 def build_dir(root, *, precision="fp16", backend="tensorrt", nms="efficientnms", input_format="float",
               normalization=LITE, batch=None, family="efficientdet", num_classes=3, class_names=None,
-              variant="d-lite0"):
+              variant="d-lite0", iou_threshold=0.5, max_detections=100):
     """A hand-written compile build.json (as effedge compile writes it) and stand-in model files."""
     root.mkdir(parents=True, exist_ok=True)
     onnx_file = f"model.{precision}.onnx"
@@ -29,8 +29,8 @@ def build_dir(root, *, precision="fp16", backend="tensorrt", nms="efficientnms",
         **({"class_names": class_names} if class_names else {}),
         "input": {"name": "images", "format": input_format, "layout": "NHWC" if uint8 else "NCHW",
                   **normalization},
-        "compile": {"deployable": deployable, "config": {"score_threshold": 0.05, "iou_threshold": 0.5,
-                                                         "max_detections": 100}},
+        "compile": {"deployable": deployable, "config": {"score_threshold": 0.05, "iou_threshold": iou_threshold,
+                                                         "max_detections": max_detections}},
         "graph": {"simplified": {
             "inputs": [{"name": "images", "dtype": "uint8" if uint8 else "float32",
                         "shape": [1, 320, 320, 3] if uint8 else [1, 3, 320, 320]}],
@@ -80,7 +80,8 @@ def test_tensorrt_build_bundle_is_complete_and_every_key_is_documented(tmp_path)
     assert float(prop["net-scale-factor"]) == pytest.approx(1 / 127.5) and prop["offsets"] == "127.5;127.5;127.5"
     assert config["class-attrs-all"] == {"pre-cluster-threshold": "0.05", "topk": "100"}
     # the parser's sources travel with the bundle, and the config points at the library their CMake builds
-    assert sorted(p.name for p in (bundle / "parser").iterdir()) == sorted(p.name for p in native_sources())
+    assert sorted(p.name for p in (bundle / "parser").iterdir()) == sorted(
+        [p.name for p in native_sources()] + [PARSER_CONFIG_HEADER])
     library = prop["custom-lib-path"].rsplit("/", 1)[-1]
     assert f"add_library({library[3:-3]} SHARED" in (bundle / "parser" / "CMakeLists.txt").read_text()
     assert prop["parse-bbox-func-name"] in (bundle / "parser" / "nvdsinfer_effedge.cpp").read_text()
@@ -97,6 +98,31 @@ def test_nms_and_raw_layouts_pick_their_parser(tmp_path):
     # the raw parser runs the decode core's NMS itself: nvinfer must not cluster again
     assert raw["parse-bbox-func-name"] == "NvDsInferParseEffedgeRaw" and raw["cluster-mode"] == "4"
     assert raw["output-blob-names"] == "boxes;scores"
+
+
+def test_the_raw_parser_gets_the_builds_iou_and_max_detections(tmp_path):
+    """nvinfer's parser interface carries no IoU: the bundle's generated header gives the raw-heads parser the
+    build's --iou-threshold and --max-detections (build.json's compile config), which it is compiled with."""
+    summary = package_deepstream(build_dir(tmp_path / "b", nms="none", iou_threshold=0.6, max_detections=37),
+                                 tmp_path / "out")
+    header = (tmp_path / "out" / "d-lite0" / "parser" / PARSER_CONFIG_HEADER).read_text()
+    defines = dict(line.split()[1:] for line in header.splitlines() if line.startswith("#define"))
+    assert defines == {"EFFEDGE_IOU_THRESHOLD": "0.6f", "EFFEDGE_MAX_DETECTIONS": "37"}
+    assert read_config(summary)["class-attrs-all"]["topk"] == "37"
+    # the adapter includes it by this name, and uses both values
+    adapter = (tmp_path / "out" / "d-lite0" / "parser" / "nvdsinfer_effedge.cpp").read_text()
+    assert f'__has_include("{PARSER_CONFIG_HEADER}")' in adapter
+    assert "config.iou_threshold = EFFEDGE_IOU_THRESHOLD" in adapter
+    assert "config.max_detections = EFFEDGE_MAX_DETECTIONS" in adapter
+    assert PARSER_CONFIG_HEADER in (tmp_path / "out" / "d-lite0" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("iou, count", [(None, 100), (0.0, 100), (0.5, 0), (1.5, 100), (0.5, "100")])
+def test_a_missing_or_invalid_iou_or_count_is_refused(tmp_path, iou, count):
+    build = build_dir(tmp_path / "b", nms="none", iou_threshold=iou, max_detections=count)
+    with pytest.raises(EffedgeError, match="IoU threshold / max detections|max detections"):
+        package_deepstream(build, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_onnxruntime_build_ships_the_onnx_only(tmp_path):

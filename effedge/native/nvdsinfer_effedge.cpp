@@ -7,7 +7,12 @@
  *
  * Boxes are returned in network-input pixels (mapping factor 1, clipped to the network size): nvinfer maps
  * network -> frame coordinates itself. That mapping matches effedge's letterbox (image at the top-left corner)
- * only with maintain-aspect-ratio=1 and symmetric-padding=0 in the nvinfer config. */
+ * only with maintain-aspect-ratio=1 and symmetric-padding=0 in the nvinfer config.
+ *
+ * The raw-heads parser runs the core's NMS, whose IoU threshold and box count nvinfer's parser interface does not
+ * carry: `effedge package --format deepstream` writes the build's values (build.json's compile config) into
+ * effedge_parser_config.h beside this file (EFFEDGE_IOU_THRESHOLD, EFFEDGE_MAX_DETECTIONS); without that header
+ * the core's defaults apply (IoU 0.5, 100 detections). The score threshold comes from the nvinfer config. */
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -16,6 +21,11 @@
 
 #include "effedge_decode.h"
 #include "nvdsinfer_custom_impl.h"
+#if defined(__has_include)
+#if __has_include("effedge_parser_config.h")
+#include "effedge_parser_config.h"
+#endif
+#endif
 
 namespace {
 
@@ -42,6 +52,12 @@ const NvDsInferLayerInfo* find_layer(std::vector<NvDsInferLayerInfo> const& laye
 // each detection below its own class's threshold (and classes beyond numClassesConfigured).
 effedge_decode_config config_for(NvDsInferParseDetectionParams const& params) {
     effedge_decode_config config = effedge_default_config();
+#ifdef EFFEDGE_IOU_THRESHOLD
+    config.iou_threshold = EFFEDGE_IOU_THRESHOLD;
+#endif
+#ifdef EFFEDGE_MAX_DETECTIONS
+    config.max_detections = EFFEDGE_MAX_DETECTIONS;
+#endif
     if (!params.perClassPreclusterThreshold.empty()) {
         config.score_threshold = *std::min_element(params.perClassPreclusterThreshold.begin(),
                                                    params.perClassPreclusterThreshold.end());
