@@ -265,7 +265,7 @@ def test_a_pixels_export_packages_for_deepstream_and_the_float_one_is_refused(d0
         shutil.copy(build / "model.sim.onnx", build / "model.fp32.onnx")
         manifest = json.loads((build / "build.json").read_text())
         manifest["compile"] = {"deployable": "model.fp32.onnx",
-                               "config": {"score_threshold": 0.05, "max_detections": 100}}
+                               "config": {"score_threshold": 0.05, "iou_threshold": 0.5, "max_detections": 100}}
         (build / "build.json").write_text(json.dumps(manifest))
     summary = package_deepstream(tmp_path / "pixels", tmp_path / "out")
     config = (tmp_path / "out" / "d0" / "config_infer_primary_d0.txt").read_text().splitlines()
