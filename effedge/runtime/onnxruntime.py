@@ -21,17 +21,21 @@ ORT_QDQ_FP16_FIX = ("WeightBiasQuantization",)
 
 
 def ort_session(model_or_path, providers: Sequence[str] = ("CPUExecutionProvider",), *,
-                priority_order: bool = False):
+                priority_order: bool = False, memory_patterns: bool = True):
     """A quiet ONNX Runtime session on a ModelProto or a file, with :data:`ORT_QDQ_FP16_FIX` applied.
 
-    ``priority_order``: run the nodes in ONNX Runtime's priority-based order (which follows the graph's node
-    order) instead of its default, for a graph whose extra outputs would otherwise keep large tensors alive."""
+    For graphs run to be measured rather than served (effedge's calibration and fidelity passes):
+    ``priority_order`` runs the nodes in ONNX Runtime's priority-based order, which follows the graph's node
+    order, instead of its default depth-first walk back from the outputs; ``memory_patterns=False`` drops the
+    one pre-planned block per run. Measured at D7 (1536 px): the calibration graph 11.4 → 6.3 GB with both, for a
+    forward about 15 % slower; the int8 graph 2.9 → 1.8 GB without memory patterns."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if priority_order:
         options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    options.enable_mem_pattern = memory_patterns
     source = model_or_path.SerializeToString() if hasattr(model_or_path, "SerializeToString") else str(model_or_path)
     return ort.InferenceSession(source, options, providers=list(providers), disabled_optimizers=list(ORT_QDQ_FP16_FIX))
 
