@@ -14,6 +14,10 @@ generated images of seed 78 and evaluated, as tools/accuracy_report.py does, on 
 (COCO mAP by ``effedge.evaluate.coco``, the code behind ``effedge eval``), with the held-out SQNR of each output and
 the detection agreement (F1 against fp32) from the int8 report. Every figure is effedge's own:
 ``effedge.quantize.convert`` makes the graphs as ``effedge quantize [--qad]`` does.
+
+Measured (README, QAD): Lite0, 200 steps: top-1 agreement 77.9 % -> 89.4 %, logits SQNR 11.4 -> 15.8 dB.
+Fixture, 60 steps (200 did not fit the shared 2 cores): mAP fp32 0.841, PTQ 0.829, QAD 0.833; QAD lowers every
+output's held-out SQNR. The --qad-ranges/--qad-loss variants are not measured yet.
 """
 from __future__ import annotations
 
