@@ -158,6 +158,45 @@ def test_qad_graph_builds_with_tensorrt_rtx(qad_build):
     assert report["product"] == "TensorRT-RTX" and report["bytes"] > 0
 
 
+def test_percentile_training_ranges_cut_the_outliers_max_keeps():
+    """--qad ranges "percentile": the input quantizers train under the 99.99th percentile of |x| (as effedge's
+    default calibration deploys), not the max; one outlier value in 49152 sets the max range alone."""
+    from effedge.quantize.qad import learned_ranges
+
+    batches = [np.random.default_rng(i).standard_normal((1, 3, 128, 128)).astype(np.float32) for i in range(2)]
+    for batch in batches:
+        batch[0, 0, 0, 0] = 50.0
+    with_max, _ = distill(_tiny_network(), batches, QADOptions(steps=1, lr=1e-9, ranges="max"))
+    cut, report = distill(_tiny_network(), batches, QADOptions(steps=1, lr=1e-9, ranges="percentile"))
+    assert report["ranges"] == "percentile"
+    assert learned_ranges(with_max)["0"] == pytest.approx(50.0)
+    assert learned_ranges(cut)["0"] < 10.0
+    with pytest.raises(EffedgeError, match="QAD training ranges 'mse'"):
+        QADOptions(ranges="mse").validate()
+
+
+def test_the_score_weighted_loss_counts_the_anchors_fp32_detects():
+    """Detector outputs (class logits, box regression, boxes, scores): the same error costs more at an anchor where
+    fp32 is sure of a class than at a background one; a classifier's single output is refused."""
+    from effedge.quantize.qad import score_weighted_mse
+
+    torch.manual_seed(0)
+    logits = torch.full((1, 100, 4), -6.0)
+    logits[0, 7, 2] = 4.0  # the one anchor fp32 detects
+    regression, boxes = torch.randn(1, 100, 4), torch.rand(1, 100, 4) * 256
+    teacher = (logits, regression, boxes, torch.sigmoid(logits))
+
+    def moved(anchor: int):
+        shifted = regression.clone()
+        shifted[0, anchor] += 0.5
+        return logits, shifted, boxes, torch.sigmoid(logits)
+
+    assert float(score_weighted_mse(teacher, teacher)) == 0.0
+    assert float(score_weighted_mse(moved(7), teacher)) > 20 * float(score_weighted_mse(moved(50), teacher))
+    with pytest.raises(EffedgeError, match="'score-weighted' is for detectors"):
+        score_weighted_mse(logits, logits)
+
+
 def test_distillation_reports_its_loss_as_it_goes():
     messages = []
     distill(_tiny_network(), _batches(), QADOptions(steps=10, lr=3e-6), log=messages.append)
@@ -205,7 +244,8 @@ def test_cache_key_changes_with_every_setting_that_changes_the_graph(tmp_path, m
     base = QADOptions(steps=6, lr=1e-5, seed=0)
     key = cache_key(source, images, inputs, base)
     assert cache_key(source, images, inputs, base) == key
-    for changed in (QADOptions(7, 1e-5, 0), QADOptions(6, 2e-5, 0), QADOptions(6, 1e-5, 1)):
+    for changed in (QADOptions(7, 1e-5, 0), QADOptions(6, 2e-5, 0), QADOptions(6, 1e-5, 1),
+                    QADOptions(6, 1e-5, 0, ranges="max" if base.ranges == "percentile" else "percentile")):
         assert cache_key(source, images, inputs, changed) != key
     assert cache_key(source, SimpleNamespace(content_hash=lambda: "other"), inputs, base) != key
     assert cache_key(source, images, SimpleNamespace(**{**vars(inputs), "batch": 2}), base) != key

@@ -35,6 +35,21 @@ DEFAULT_LR = 1e-5
 # Bump when the fine-tuning changes its result for the same inputs (which layers are fake-quantized, the loss,
 # the schedule): cached graphs of an older version are then not served. 2: effedge's padded Conv2d is quantized.
 ALGORITHM_VERSION = 2
+# "max": ModelOpt's max calibration; "percentile": ModelOpt's histogram calibrator cut at TRAINING_PERCENTILE, as
+# effedge's default percentile calibration cuts the deployed ranges.
+TRAINING_RANGES = ("max", "percentile")
+DEFAULT_RANGES = "max"
+TRAINING_PERCENTILE = 99.99
+# "relative-mse": every output alike; "score-weighted" (detectors): each anchor's errors weigh by fp32's best class
+# score there plus SCORE_FLOOR, so the anchors that become detections count, not the thousands of background ones.
+LOSSES = ("relative-mse", "score-weighted")
+DEFAULT_LOSS = "relative-mse"
+SCORE_FLOOR = 0.01
+LOSS_DESCRIPTIONS = {
+    "relative-mse": "mean squared error of each raw output relative to the fp32 output's mean square",
+    "score-weighted": f"relative mean squared error of each raw output, each anchor weighted by fp32's best class "
+                      f"score there + {SCORE_FLOOR}"}
+LOSS_SAMPLE = 16  # batches the reported loss before and after is measured on
 QUANTIZER_KEY = "_quantizer."  # ModelOpt's state-dict entries of the quantizers (input_quantizer._amax, …)
 
 Progress = Callable[[Iterable, int, str], Iterable]
@@ -45,8 +60,14 @@ class QADOptions:
     steps: int = DEFAULT_STEPS
     lr: float = DEFAULT_LR
     seed: int = 0
+    ranges: str = DEFAULT_RANGES  # the activation ranges the fine-tuning trains under (see TRAINING_RANGES)
+    loss: str = DEFAULT_LOSS  # see LOSSES
 
     def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise EffedgeError(f"QAD loss {self.loss!r}: use one of {', '.join(LOSSES)}")
+        if self.ranges not in TRAINING_RANGES:
+            raise EffedgeError(f"QAD training ranges {self.ranges!r}: use one of {', '.join(TRAINING_RANGES)}")
         if self.steps < 1:
             raise EffedgeError(f"--qad-steps {self.steps}: use at least 1 (default {DEFAULT_STEPS})")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -101,17 +122,32 @@ def _relative_mse(student, teacher):
     return sum(terms) / len(terms)
 
 
+def score_weighted_mse(student, teacher):
+    """The "score-weighted" loss of a detector's outputs (class logits, box regression, boxes, scores): each
+    output's relative squared error with each anchor weighted by fp32's best class score there + SCORE_FLOOR."""
+    import torch
+
+    if not (isinstance(teacher, (tuple, list)) and len(teacher) == 4):
+        raise EffedgeError("the QAD loss 'score-weighted' is for detectors (class logits, box regression, boxes, "
+                           "scores); use 'relative-mse'")
+    weight = teacher[3].max(dim=-1, keepdim=True).values + SCORE_FLOOR  # [batch, anchors, 1]
+    terms = [torch.mean(weight * (s - t) ** 2) / torch.mean(weight * t ** 2).clamp_min(1e-12)
+             for s, t in zip(student, teacher)]
+    return sum(terms) / len(terms)
+
+
 def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOptions(), *,
             progress: Progress = lambda items, total, description: items,
             log: Callable[[str], None] = lambda message: None) -> tuple[object, dict]:
     """Fine-tune a fake-quantized copy of ``module`` (a torch module, left unchanged) to reproduce its outputs on
     ``batches`` (calibration inputs, as the graph takes them; any sequence, read one item at a time, so it may
     prepare each when asked: see :class:`CalibrationBatches`). Returns (the fake-quantized student, report with
-    the loss before and after and per step). Deterministic for a given seed."""
+    the loss before and after, on up to :data:`LOSS_SAMPLE` batches, and per step). Deterministic for a given seed."""
     import torch
 
     options.validate()
     mtq = _mtq()
+    loss_of = score_weighted_mse if options.loss == "score-weighted" else _relative_mse
     if not batches:
         raise EffedgeError("QAD needs at least one calibration image")
     with torch.random.fork_rng(devices=[]):
@@ -126,19 +162,22 @@ def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOpti
             with torch.no_grad():
                 return x, teacher(x)
 
+        # The loss before and after is reported on at most LOSS_SAMPLE evenly spread batches: over all 184 images
+        # of the shapes fixture the two passes were 736 forwards, nearly what the 200 steps cost.
+        count = min(LOSS_SAMPLE, len(batches))
+        sample = [round(i * (len(batches) - 1) / max(1, count - 1)) for i in range(count)]
+
         def mean_loss() -> float:
             with torch.no_grad():
-                return float(sum(float(_relative_mse(student(x), t)) for x, t in map(pair, range(len(batches))))
-                             / len(batches))
+                return float(sum(float(loss_of(student(x), t)) for x, t in map(pair, sample)) / len(sample))
 
         def forward_loop(model) -> None:
             with torch.no_grad():
                 for index in range(len(batches)):
                     model(torch.from_numpy(np.ascontiguousarray(batches[index])))
 
-        config = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
         with contextlib.redirect_stdout(io.StringIO()):  # ModelOpt prints "Inserted N quantizers": the CLI's output is ours
-            student = mtq.quantize(student, config, forward_loop)
+            student = _quantized(mtq, student, forward_loop, options.ranges)
         recompute_in_backward(student)
         # BatchNorm statistics stay the fp32 model's (eval mode): only weights, biases and ranges move.
         parameters = list(student.parameters())  # built models come frozen (inference): train them all here
@@ -150,7 +189,7 @@ def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOpti
         losses = []
         for step in progress(range(options.steps), options.steps, "distilling"):
             x, target = pair(int(order[step]))
-            loss = _relative_mse(student(x), target)
+            loss = loss_of(student(x), target)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -160,9 +199,39 @@ def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOpti
                 log(f"QAD step {step + 1}/{options.steps}: distillation loss {sum(recent) / len(recent):.4g}")
         final = mean_loss()
     log(f"distillation loss {initial:.4g} -> {final:.4g} over {options.steps} steps")
-    return student, {"steps": options.steps, "lr": options.lr, "seed": options.seed, "batches": len(batches),
+    return student, {"steps": options.steps, "lr": options.lr, "seed": options.seed, "ranges": options.ranges,
+                     "batches": len(batches),
                      "loss_before": initial, "loss_after": final, "losses": losses,
-                     "loss": "mean squared error of each raw output relative to the fp32 output's mean square"}
+                     "loss": LOSS_DESCRIPTIONS[options.loss]}
+
+
+def _quantized(mtq, student, forward_loop, ranges: str):
+    """``student`` fake-quantized (int8 weights per channel, activations per tensor) with ranges from
+    ``forward_loop``: ModelOpt's max calibration, or for "percentile" the input quantizers' histograms cut at
+    :data:`TRAINING_PERCENTILE` (weights keep their max)."""
+    config = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
+    if ranges == "max":
+        return mtq.quantize(student, config, forward_loop)
+    from modelopt.torch.quantization.calib import HistogramCalibrator
+    from modelopt.torch.quantization.model_calib import enable_stats_collection
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    for entry in config["quant_cfg"]:
+        if entry.get("quantizer_name") == "*input_quantizer":
+            entry["cfg"] = {**entry["cfg"], "calibrator": "histogram"}
+    config["algorithm"] = None  # calibrated below: ModelOpt's own loop cannot cut histograms at a percentile
+    student = mtq.quantize(student, config)
+    enable_stats_collection(student)
+    forward_loop(student)
+    for quantizer in student.modules():
+        if isinstance(quantizer, TensorQuantizer) and not quantizer._disabled:
+            if isinstance(quantizer._calibrator, HistogramCalibrator):
+                quantizer.load_calib_amax("percentile", percentile=TRAINING_PERCENTILE)
+            else:
+                quantizer.load_calib_amax()
+            quantizer.enable_quant()
+            quantizer.disable_calib()
+    return student
 
 
 def recompute_in_backward(network) -> int:
@@ -240,7 +309,8 @@ def cache_key(source: Path, images, inputs, options: QADOptions) -> str:
     from effedge.provenance import cache_identity
 
     identity = json.dumps([ALGORITHM_VERSION, sha256_file(source), images.content_hash(), options.steps, options.lr,
-                           options.seed, inputs.format, list(inputs.size), inputs.batch,
+                           options.seed, options.ranges, options.loss, inputs.format, list(inputs.size),
+                           inputs.batch,
                            inputs.preprocessing.describe(),
                            cache_identity("torch", "onnx", "onnxsim", "nvidia-modelopt")])
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
