@@ -252,3 +252,21 @@ def test_qad_of_a_pixels_graph_distills_on_pixel_values(tmp_path, monkeypatch):
     assert report["qad"]["steps"] == 4 and report["input"]["format"] == "pixels"
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "build" / "model.int8.onnx")).metadata_props}
     assert props["effedge.input.format"] == "pixels"
+
+
+def test_calibration_batches_leave_out_files_already_recorded_as_unreadable(tmp_path):
+    """The readable-file pass must not depend on what ``skipped`` already holds: a second CalibrationBatches on the
+    same ImageSet (its unreadable file recorded by the first) still leaves that file out."""
+    from effedge.quantize.images import ImageSet
+    from effedge.quantize.precision import ModelInput
+    from effedge.quantize.qad import CalibrationBatches
+
+    folder = photo_folder(tmp_path / "images", 3, (40, 32))
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    images = ImageSet(folder, sorted(folder.iterdir()), [])
+    inputs = ModelInput("images", "float", (32, 32), 1)
+    first = CalibrationBatches(images, inputs)
+    second = CalibrationBatches(images, inputs)
+    assert first.images == second.images == 3 and len(second) == 3
+    assert [b.shape for b in second] == [(1, 3, 32, 32)] * 3
+    assert [e[0] for e in images.skipped] == ["broken.jpg"]

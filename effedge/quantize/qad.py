@@ -197,9 +197,9 @@ class CalibrationBatches(Sequence):
         self._images, self._inputs = images, inputs
         readable = []
         for path in images.calibration:  # one decoding pass: which files are images, so batches stay fixed
-            before = len(images.skipped)
-            next(images.padded_batches([path], inputs.size, inputs.format, 1, inputs.preprocessing), None)
-            if len(images.skipped) == before:
+            # a file yields a batch or is recorded as skipped (once: a file already recorded adds nothing)
+            if next(images.padded_batches([path], inputs.size, inputs.format, 1, inputs.preprocessing),
+                    None) is not None:
                 readable.append(path)
         self.images = len(readable)
         self._groups = [readable[i:i + inputs.batch] for i in range(0, len(readable), inputs.batch)]
