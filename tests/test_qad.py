@@ -270,3 +270,20 @@ def test_calibration_batches_leave_out_files_already_recorded_as_unreadable(tmp_
     assert first.images == second.images == 3 and len(second) == 3
     assert [b.shape for b in second] == [(1, 3, 32, 32)] * 3
     assert [e[0] for e in images.skipped] == ["broken.jpg"]
+
+
+def test_calibration_batches_refuse_a_file_that_changed_after_the_readable_pass(tmp_path):
+    """A file readable when the batches were laid out but not when its batch is prepared: an error naming it,
+    not a StopIteration (which a loop over the batches would take for their end) or a silently shorter batch."""
+    from effedge.quantize.images import ImageSet
+    from effedge.quantize.precision import ModelInput
+    from effedge.quantize.qad import CalibrationBatches
+
+    for batch in (1, 2):
+        folder = photo_folder(tmp_path / f"images{batch}", 3, (40, 32))
+        batches = CalibrationBatches(ImageSet(folder, sorted(folder.iterdir()), []),
+                                     ModelInput("images", "float", (32, 32), batch))
+        (folder / "0.jpg").write_bytes((folder / "0.jpg").read_bytes()[:10])
+        with pytest.raises(EffedgeError, match="calibration file 0.jpg can no longer be read"):
+            batches[0]
+        assert batches[1].shape == (batch, 3, 32, 32)  # the others still load

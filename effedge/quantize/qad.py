@@ -208,9 +208,14 @@ class CalibrationBatches(Sequence):
         return len(self._groups)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        inputs = self._inputs
-        batch, _ = next(self._images.padded_batches(self._groups[index], inputs.size, inputs.format, inputs.batch,
-                                                    inputs.preprocessing))
+        inputs, group = self._inputs, self._groups[index]
+        batch, real = next(self._images.padded_batches(group, inputs.size, inputs.format, inputs.batch,
+                                                       inputs.preprocessing), (None, 0))
+        if real != len(group):  # read once already: the file changed since (a StopIteration would end loops early)
+            names = {str(p.relative_to(self._images.root)) for p in group}
+            file, reason = next(entry for entry in self._images.skipped if entry[0] in names)
+            raise EffedgeError(f"calibration file {file} can no longer be read ({reason}): it changed during QAD; "
+                               "rerun with the folder unchanged")
         return batch
 
 
