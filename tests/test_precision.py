@@ -606,3 +606,29 @@ def test_placement_without_calibration_on_d0_gives_modelopts_graph(workspace, tm
     ours = _placed_by_modelopt(tmp_path / "a.onnx", tmp_path / "ours.onnx", shape, skip_calibration=True)
     reference = _placed_by_modelopt(tmp_path / "b.onnx", tmp_path / "reference.onnx", shape, skip_calibration=False)
     assert _same_graph_with_the_same_ranges(ours, reference)
+
+
+def test_placement_patch_of_overlapping_threads_leaves_modelopts_calibrator(tmp_path):
+    """Two threads placing Q/DQ at once: the second must not take the first's patch for ModelOpt's calibrator and
+    put it back for good (every later ModelOpt int8 quantization in the process would get [-1, 1] ranges)."""
+    import threading
+
+    from modelopt.onnx.quantization import ort_patching
+
+    from effedge.quantize.precision import placement_without_calibration
+
+    original = ort_patching._create_calibrator_with_extra_options
+    entered, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with placement_without_calibration():
+            entered.set()
+            release.wait(5)
+
+    with placement_without_calibration():
+        thread = threading.Thread(target=other)
+        thread.start()
+        entered.wait(0.3)  # without a lock the other thread patches over this one's patch here
+    release.set()
+    thread.join(5)
+    assert ort_patching._create_calibrator_with_extra_options is original
