@@ -4,7 +4,8 @@ A stage's peak is the largest resident set size seen while it ran: a background 
 every :data:`SAMPLE_SECONDS` while any stage is open (Linux ``/proc/self/statm``), so each stage gets its own
 peak rather than the run's maximum so far. The kernel's high-water mark is left alone (resetting it would make
 ``/usr/bin/time`` under-report the run). Where ``/proc`` is absent the figure is the process's peak since it
-started (``getrusage``), which only grows; where neither is (Windows) it is None. Stages nest: an outer stage's peak includes its inner stages'.
+started (``getrusage``), which only grows; where neither is (Windows) it is None. Stages nest: an outer stage's
+peak includes its inner stages'.
 """
 from __future__ import annotations
 
