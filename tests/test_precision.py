@@ -263,6 +263,10 @@ def test_batch_8_with_the_shipped_images(tmp_path, monkeypatch, precision):
     report = convert(tmp_path / "model.sim.onnx", options=PrecisionOptions(precision=precision))
     assert report["calibration"]["images"] == 7 and report["fidelity"]["images"] == 8
     assert report["fidelity"]["outputs"]["features"]["sqnr_db"] > 20
+    from effedge.provenance.stages import peak_rss_mb
+    # every timed stage has its peak RSS, none above the process's high-water mark (a page or so of accounting)
+    assert set(report["peak_rss_mb"]) == set(report["seconds"]) >= {"reference", "placement", "calibration"}
+    assert all(0 < peak <= peak_rss_mb() + 1 for peak in report["peak_rss_mb"].values())
     outputs = _run(tmp_path / f"model.{precision}.onnx", np.zeros((8, 3, 32, 32), np.float32))
     assert outputs["features"].shape == (8, 8)
 
