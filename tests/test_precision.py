@@ -263,6 +263,10 @@ def test_batch_8_with_the_shipped_images(tmp_path, monkeypatch, precision):
     report = convert(tmp_path / "model.sim.onnx", options=PrecisionOptions(precision=precision))
     assert report["calibration"]["images"] == 7 and report["fidelity"]["images"] == 8
     assert report["fidelity"]["outputs"]["features"]["sqnr_db"] > 20
+    from effedge.provenance.stages import peak_rss_mb
+    # every timed stage has its peak RSS, none above the process's high-water mark (a page or so of accounting)
+    assert set(report["peak_rss_mb"]) == set(report["seconds"]) >= {"reference", "placement", "calibration"}
+    assert all(0 < peak <= peak_rss_mb() + 1 for peak in report["peak_rss_mb"].values())
     outputs = _run(tmp_path / f"model.{precision}.onnx", np.zeros((8, 3, 32, 32), np.float32))
     assert outputs["features"].shape == (8, 8)
 
@@ -606,3 +610,29 @@ def test_placement_without_calibration_on_d0_gives_modelopts_graph(workspace, tm
     ours = _placed_by_modelopt(tmp_path / "a.onnx", tmp_path / "ours.onnx", shape, skip_calibration=True)
     reference = _placed_by_modelopt(tmp_path / "b.onnx", tmp_path / "reference.onnx", shape, skip_calibration=False)
     assert _same_graph_with_the_same_ranges(ours, reference)
+
+
+def test_placement_patch_of_overlapping_threads_leaves_modelopts_calibrator(tmp_path):
+    """Two threads placing Q/DQ at once: the second must not take the first's patch for ModelOpt's calibrator and
+    put it back for good (every later ModelOpt int8 quantization in the process would get [-1, 1] ranges)."""
+    import threading
+
+    from modelopt.onnx.quantization import ort_patching
+
+    from effedge.quantize.precision import placement_without_calibration
+
+    original = ort_patching._create_calibrator_with_extra_options
+    entered, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with placement_without_calibration():
+            entered.set()
+            release.wait(5)
+
+    with placement_without_calibration():
+        thread = threading.Thread(target=other)
+        thread.start()
+        entered.wait(0.3)  # without a lock the other thread patches over this one's patch here
+    release.set()
+    thread.join(5)
+    assert ort_patching._create_calibrator_with_extra_options is original

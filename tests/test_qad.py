@@ -292,3 +292,38 @@ def test_qad_of_a_pixels_graph_distills_on_pixel_values(tmp_path, monkeypatch):
     assert report["qad"]["steps"] == 4 and report["input"]["format"] == "pixels"
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "build" / "model.int8.onnx")).metadata_props}
     assert props["effedge.input.format"] == "pixels"
+
+
+def test_calibration_batches_leave_out_files_already_recorded_as_unreadable(tmp_path):
+    """The readable-file pass must not depend on what ``skipped`` already holds: a second CalibrationBatches on the
+    same ImageSet (its unreadable file recorded by the first) still leaves that file out."""
+    from effedge.quantize.images import ImageSet
+    from effedge.quantize.precision import ModelInput
+    from effedge.quantize.qad import CalibrationBatches
+
+    folder = photo_folder(tmp_path / "images", 3, (40, 32))
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    images = ImageSet(folder, sorted(folder.iterdir()), [])
+    inputs = ModelInput("images", "float", (32, 32), 1)
+    first = CalibrationBatches(images, inputs)
+    second = CalibrationBatches(images, inputs)
+    assert first.images == second.images == 3 and len(second) == 3
+    assert [b.shape for b in second] == [(1, 3, 32, 32)] * 3
+    assert [e[0] for e in images.skipped] == ["broken.jpg"]
+
+
+def test_calibration_batches_refuse_a_file_that_changed_after_the_readable_pass(tmp_path):
+    """A file readable when the batches were laid out but not when its batch is prepared: an error naming it,
+    not a StopIteration (which a loop over the batches would take for their end) or a silently shorter batch."""
+    from effedge.quantize.images import ImageSet
+    from effedge.quantize.precision import ModelInput
+    from effedge.quantize.qad import CalibrationBatches
+
+    for batch in (1, 2):
+        folder = photo_folder(tmp_path / f"images{batch}", 3, (40, 32))
+        batches = CalibrationBatches(ImageSet(folder, sorted(folder.iterdir()), []),
+                                     ModelInput("images", "float", (32, 32), batch))
+        (folder / "0.jpg").write_bytes((folder / "0.jpg").read_bytes()[:10])
+        with pytest.raises(EffedgeError, match="calibration file 0.jpg can no longer be read"):
+            batches[0]
+        assert batches[1].shape == (batch, 3, 32, 32)  # the others still load

@@ -56,3 +56,18 @@ def test_nested_stages_that_start_at_the_same_rss_close_in_any_order():
         del block
     assert set(meter.peak_rss_mb) == {"outer", "inner"}
     assert meter.peak_rss_mb["outer"] > meter.peak_rss_mb["inner"] + 40
+
+
+def test_without_proc_or_getrusage_the_peaks_are_unknown_not_a_crash(monkeypatch, tmp_path):
+    """Windows has neither /proc nor the resource module: stages still run and say None, never a made-up 0."""
+    from effedge.provenance import stages
+
+    monkeypatch.setattr(stages, "_STATM", tmp_path / "absent")
+    monkeypatch.setitem(sys.modules, "resource", None)  # import resource raises ImportError
+    meter = StageMeter()
+    with meter.stage("export"):
+        pass
+    with meter.stage("export"):
+        pass
+    assert meter.peak_rss_mb == {"export": None} and "export" in meter.seconds
+    assert peak_rss_mb() is None

@@ -4,7 +4,8 @@ A stage's peak is the largest resident set size seen while it ran: a background 
 every :data:`SAMPLE_SECONDS` while any stage is open (Linux ``/proc/self/statm``), so each stage gets its own
 peak rather than the run's maximum so far. The kernel's high-water mark is left alone (resetting it would make
 ``/usr/bin/time`` under-report the run). Where ``/proc`` is absent the figure is the process's peak since it
-started (``getrusage``), which only grows. Stages nest: an outer stage's peak includes its inner stages'.
+started (``getrusage``), which only grows; where neither is (Windows) it is None. Stages nest: an outer stage's
+peak includes its inner stages'.
 """
 from __future__ import annotations
 
@@ -22,11 +23,14 @@ _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024 if hasattr(os, "sysconf") else 4
 
 
 def _rss_kb() -> int:
-    """The current RSS (Linux), else the peak since the process started."""
+    """The current RSS (Linux), else the peak since the process started; 0 where neither can be read."""
     try:
         return int(_STATM.read_text().split()[1]) * _PAGE_KB
     except (OSError, ValueError, IndexError):
-        import resource
+        try:
+            import resource
+        except ImportError:  # Windows: no getrusage
+            return 0
 
         maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return maxrss // 1024 if sys.platform == "darwin" else maxrss  # bytes on macOS, KiB elsewhere
@@ -83,9 +87,12 @@ class _Sampler:
 _sampler = _Sampler()
 
 
-def peak_rss_mb() -> float:
-    """The process's peak RSS so far in MiB (the kernel's high-water mark)."""
-    import resource
+def peak_rss_mb() -> Optional[float]:
+    """The process's peak RSS so far in MiB (the kernel's high-water mark); None where it cannot be read."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
 
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round((maxrss / 1024 / 1024 if sys.platform == "darwin" else maxrss / 1024), 1)
@@ -97,7 +104,7 @@ class StageMeter:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
-        self.peak_rss_mb: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, Optional[float]] = {}  # None: not measurable here (Windows)
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -107,7 +114,8 @@ class StageMeter:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-            self.peak_rss_mb[name] = max(self.peak_rss_mb.get(name, 0.0), round(_sampler.leave(peak) / 1024, 1))
+            kb = max(_sampler.leave(peak), round((self.peak_rss_mb.get(name) or 0) * 1024))
+            self.peak_rss_mb[name] = round(kb / 1024, 1) if kb else None
 
     def rounded_seconds(self, digits: int = 3) -> dict[str, float]:
         return {k: round(v, digits) for k, v in self.seconds.items()}

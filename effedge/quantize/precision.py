@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import shutil
+import threading
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -191,6 +192,9 @@ def linear_dead_end_cleanup():
         PrecisionConverter._cleanup_no_consumer_nodes = original
 
 
+_PLACEMENT_PATCH = threading.RLock()  # one thread patches ModelOpt at a time: overlapping ones restored each other's
+
+
 @contextlib.contextmanager
 def placement_without_calibration():
     """While active, ModelOpt's int8 quantization places Q/DQ without calibrating: the ONNX Runtime calibrator it
@@ -229,15 +233,19 @@ def placement_without_calibration():
             bound = (np.array(-1.0, np.float32), np.array(1.0, np.float32))
             return TensorsData(CalibrationMethod.MinMax, {name: bound for name in self.tensors})
 
-    ort_patching._create_calibrator_with_extra_options = NamesOnly  # ModelOpt installs it in ORT at each quantize
-    try:
-        yield
-    finally:
-        ort_patching._create_calibrator_with_extra_options = original
-        from onnxruntime.quantization import calibrate
+    # Held while patched: a second thread entering meanwhile would take this patch for the original and put it
+    # back for good, so that any later ModelOpt int8 quantization in the process got [-1, 1] for every range.
+    with _PLACEMENT_PATCH:
+        original = ort_patching._create_calibrator_with_extra_options  # read again under the lock
+        ort_patching._create_calibrator_with_extra_options = NamesOnly  # ModelOpt installs it in ORT at each quantize
+        try:
+            yield
+        finally:
+            ort_patching._create_calibrator_with_extra_options = original
+            from onnxruntime.quantization import calibrate
 
-        if calibrate.create_calibrator is NamesOnly:
-            calibrate.create_calibrator = original
+            if calibrate.create_calibrator is NamesOnly:
+                calibrate.create_calibrator = original
 
 
 def to_fp16(model, opset: Optional[int] = None):

@@ -266,9 +266,9 @@ class CalibrationBatches(Sequence):
         self._images, self._inputs = images, inputs
         readable = []
         for path in images.calibration:  # one decoding pass: which files are images, so batches stay fixed
-            before = len(images.skipped)
-            next(images.padded_batches([path], inputs.size, inputs.format, 1, inputs.preprocessing), None)
-            if len(images.skipped) == before:
+            # a file yields a batch or is recorded as skipped (once: a file already recorded adds nothing)
+            if next(images.padded_batches([path], inputs.size, inputs.format, 1, inputs.preprocessing),
+                    None) is not None:
                 readable.append(path)
         self.images = len(readable)
         self._groups = [readable[i:i + inputs.batch] for i in range(0, len(readable), inputs.batch)]
@@ -277,9 +277,14 @@ class CalibrationBatches(Sequence):
         return len(self._groups)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        inputs = self._inputs
-        batch, _ = next(self._images.padded_batches(self._groups[index], inputs.size, inputs.format, inputs.batch,
-                                                    inputs.preprocessing))
+        inputs, group = self._inputs, self._groups[index]
+        batch, real = next(self._images.padded_batches(group, inputs.size, inputs.format, inputs.batch,
+                                                       inputs.preprocessing), (None, 0))
+        if real != len(group):  # read once already: the file changed since (a StopIteration would end loops early)
+            names = {str(p.relative_to(self._images.root)) for p in group}
+            file, reason = next(entry for entry in self._images.skipped if entry[0] in names)
+            raise EffedgeError(f"calibration file {file} can no longer be read ({reason}): it changed during QAD; "
+                               "rerun with the folder unchanged")
         return batch
 
 
