@@ -141,3 +141,16 @@ def test_accuracy_report_names_and_passes_every_method():
     assert {extra[1] for name, extra in quantized if name.startswith("int8")} == set(CALIB_METHODS)
     for name, extra in quantized:
         assert extra[0] == "--calib-method" and name.endswith(extra[1])
+
+
+@pytest.mark.parametrize("scale", [1e-38, 1e-36, 1e-3, 1.0, 1e30])
+def test_histogram_bins_are_exact_at_every_width(scale):
+    """The float32 fast path (scaling by a power of two) and the float64 fallback (bin widths a float32 cannot
+    scale by exactly) both put every value in the bin float64 arithmetic puts it in."""
+    values = (np.random.default_rng(1).standard_normal(50000) * scale).astype(np.float32)
+    collector = RangeCollector()
+    collector.update(values)
+    magnitudes = np.abs(values.astype(np.float64))
+    index = np.minimum(np.floor(np.ldexp(magnitudes, -collector.exponent)).astype(np.int64),
+                       collector.counts.size - 1)
+    assert np.array_equal(collector.counts, np.bincount(index, minlength=collector.counts.size))

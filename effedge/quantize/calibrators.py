@@ -58,7 +58,15 @@ class RangeCollector:
             self.counts[0] += magnitudes.size
             return
         # Scaling by a power of two is exact, so a value lands in the bin it would land in at any coarser width.
-        index = np.minimum(np.ldexp(magnitudes, -self.exponent).astype(np.int64), self.counts.size - 1)
+        # In float32 where 2**-exponent is a normal float32 (always, but for widths below 2**-126 or above 2**126):
+        # np.ldexp with a Python int exponent computes in float64, a third of the calibration pass's time at D0.
+        scale = np.float32(math.ldexp(1.0, -self.exponent)) if -126 <= -self.exponent <= 127 else None
+        if scale is not None:
+            scaled = np.multiply(magnitudes, scale, out=magnitudes)  # magnitudes is our own copy
+        else:
+            scaled = np.ldexp(magnitudes.astype(np.float64), -self.exponent)
+        index = scaled.astype(np.int64)
+        np.minimum(index, self.counts.size - 1, out=index)
         self.counts += np.bincount(index, minlength=self.counts.size)
 
     def _cover(self, peak: float) -> None:
