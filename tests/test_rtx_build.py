@@ -82,7 +82,8 @@ def rtx_build(model_path, **options):
 # max and entropy write the same graph kind as percentile (other scales only): the default run builds percentile
 @pytest.mark.parametrize("precision, method", [
     ("fp32", None), ("fp16", None), pytest.param("int8", "max", marks=pytest.mark.slow), ("int8", "percentile"),
-    pytest.param("int8", "entropy", marks=pytest.mark.slow), ("mixed", "percentile"),
+    pytest.param("int8", "entropy", marks=pytest.mark.slow),
+    pytest.param("mixed", "percentile", marks=pytest.mark.slow),  # a mixed graph is built in test_lite_graphs_build
 ])
 def test_efficientdet_every_precision_builds(workspace, precision, method):
     model = with_precision(workspace, exported(workspace, "d0"), precision, method or "percentile")
