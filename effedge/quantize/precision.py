@@ -164,6 +164,26 @@ def _modelopt():
     return convert_to_f16, quantize
 
 
+_MODELOPT_PATCHES = threading.RLock()  # one thread patches ModelOpt at a time
+
+
+@contextlib.contextmanager
+def _swapped(owner, name: str, replacement):
+    """``owner.name`` is ``replacement`` while active (nothing is done where ``owner`` lacks it); yields the
+    original. Held under a lock: a second thread entering meanwhile would take the replacement for the original
+    and put it back for good."""
+    with _MODELOPT_PATCHES:
+        original = getattr(owner, name, None)
+        if original is None:
+            yield None
+            return
+        setattr(owner, name, replacement)
+        try:
+            yield original
+        finally:
+            setattr(owner, name, original)
+
+
 @contextlib.contextmanager
 def linear_dead_end_cleanup():
     """While active, ModelOpt's autocast removes the nodes nobody consumes in one pass over the graph. Its own
@@ -174,10 +194,6 @@ def linear_dead_end_cleanup():
     except ImportError:
         yield
         return
-    original = getattr(PrecisionConverter, "_cleanup_no_consumer_nodes", None)
-    if original is None:  # a ModelOpt without it: nothing to speed up
-        yield
-        return
 
     def cleanup(self) -> None:
         graph = self.model.graph
@@ -185,14 +201,8 @@ def linear_dead_end_cleanup():
         for node in [n for n in graph.node if not any(out in needed for out in n.output)]:
             graph.node.remove(node)
 
-    PrecisionConverter._cleanup_no_consumer_nodes = cleanup
-    try:
+    with _swapped(PrecisionConverter, "_cleanup_no_consumer_nodes", cleanup):  # absent in a ModelOpt: as it is
         yield
-    finally:
-        PrecisionConverter._cleanup_no_consumer_nodes = original
-
-
-_PLACEMENT_PATCH = threading.RLock()  # one thread patches ModelOpt at a time: overlapping ones restored each other's
 
 
 @contextlib.contextmanager
@@ -204,12 +214,9 @@ def placement_without_calibration():
     scales come from the weights and do not change. The original is restored."""
     try:
         from modelopt.onnx.quantization import ort_patching
+        from onnxruntime.quantization import calibrate
         from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
     except ImportError:
-        yield
-        return
-    original = getattr(ort_patching, "_create_calibrator_with_extra_options", None)
-    if original is None:  # a ModelOpt without it: calibrate as it does
         yield
         return
 
@@ -233,18 +240,13 @@ def placement_without_calibration():
             bound = (np.array(-1.0, np.float32), np.array(1.0, np.float32))
             return TensorsData(CalibrationMethod.MinMax, {name: bound for name in self.tensors})
 
-    # Held while patched: a second thread entering meanwhile would take this patch for the original and put it
-    # back for good, so that any later ModelOpt int8 quantization in the process got [-1, 1] for every range.
-    with _PLACEMENT_PATCH:
-        original = ort_patching._create_calibrator_with_extra_options  # read again under the lock
-        ort_patching._create_calibrator_with_extra_options = NamesOnly  # ModelOpt installs it in ORT at each quantize
+    # ModelOpt installs its factory as ORT's create_calibrator at each quantize: ours goes in its place, and ORT's
+    # is put back too. A ModelOpt without the factory calibrates as it does.
+    with _swapped(ort_patching, "_create_calibrator_with_extra_options", NamesOnly) as original:
         try:
             yield
         finally:
-            ort_patching._create_calibrator_with_extra_options = original
-            from onnxruntime.quantization import calibrate
-
-            if calibrate.create_calibrator is NamesOnly:
+            if original is not None and calibrate.create_calibrator is NamesOnly:
                 calibrate.create_calibrator = original
 
 
