@@ -79,6 +79,11 @@ def time_fp32_forwards(model_path: Path, images: ImageSet) -> float:
     return time.perf_counter() - start
 
 
+def gib(mb) -> str:
+    """MiB as GiB; "?" where the platform gave no figure (no /proc and no getrusage)."""
+    return "?" if mb is None else f"{mb / 1024:.2f}"
+
+
 def selected_rows(spec: str) -> dict:
     """The rows --precisions names: all, or labels of ROWS (int8 alone meaning the default method)."""
     if spec == "all":
@@ -131,10 +136,10 @@ def main() -> None:
 
     print(f"{args.variant} at {size[0]}×{size[1]}, {args.images} calibration images, {args.holdout} held out; "
           f"{args.images} plain fp32 ONNX Runtime forwards: {fp32_seconds:.1f} s; "
-          f"process peak RSS {peak_rss_mb() / 1024:.2f} GiB\n")
+          f"process peak RSS {gib(peak_rss_mb())} GiB\n")
     print("export stages: " + ", ".join(
-        f"{k} {export_manifest['stages_seconds'][k]:.1f} s / {export_manifest['stages_peak_rss_mb'][k] / 1024:.2f} GiB"
-        for k in export_manifest["stages_seconds"]) + f"; whole export peak {meter.peak_rss_mb['export'] / 1024:.2f} GiB\n")
+        f"{k} {export_manifest['stages_seconds'][k]:.1f} s / {gib(export_manifest['stages_peak_rss_mb'][k])} GiB"
+        for k in export_manifest["stages_seconds"]) + f"; whole export peak {gib(meter.peak_rss_mb['export'])} GiB\n")
     print("| precision | wall s | peak GiB | stage: seconds / peak GiB | calibration ÷ fp32 forwards | cached "
           "| class_logits SQNR dB | box_regression SQNR dB | detections F1 | kept fp16 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -146,9 +151,9 @@ def main() -> None:
         calib = report.get("calibration", {})
         ratio = (seconds["calibration"] / fp32_seconds if "calibration" in seconds and not calib.get("cached")
                  else None)
-        stages = ", ".join(f"{k} {seconds[k]:.1f}/{peaks[k] / 1024:.2f}" for k in seconds)
+        stages = ", ".join(f"{k} {seconds[k]:.1f}/{gib(peaks[k])}" for k in seconds)
         first, second = (list(outputs) + [None, None])[:2]
-        print(f"| {label} | {meter.seconds[label]:.1f} | {meter.peak_rss_mb[label] / 1024:.2f} | {stages} | "
+        print(f"| {label} | {meter.seconds[label]:.1f} | {gib(meter.peak_rss_mb[label])} | {stages} | "
               f"{'-' if ratio is None else f'{ratio:.2f}'} | {calib.get('cached', '-')} | "
               f"{outputs[first]['sqnr_db']:.1f} | {outputs[second]['sqnr_db'] if second else float('nan'):.1f} | "
               f"{det.get('f1', float('nan')):.3f} | {', '.join(report.get('kept_fp16', [])) or '-'} |")
