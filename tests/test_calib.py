@@ -178,3 +178,18 @@ def test_a_folder_of_junk_files_is_refused_from_the_headers(tmp_path):
         images.require_readable()
     Image.fromarray(photo()).save(tmp_path / "3.jpg")  # one real photo is enough to go on
     ImageSet.from_folder(tmp_path, holdout=0).require_readable()
+
+
+def test_read_ahead_keeps_order_and_raises_where_the_item_is_asked_for():
+    from effedge.quantize.images import read_ahead
+
+    assert list(read_ahead(iter(range(5)))) == [0, 1, 2, 3, 4] and list(read_ahead([])) == []
+
+    def failing():
+        yield "first"
+        raise ValueError("unreadable")
+
+    items = read_ahead(failing())
+    assert next(items) == "first"
+    with pytest.raises(ValueError, match="unreadable"):
+        next(items)

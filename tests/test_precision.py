@@ -255,6 +255,32 @@ def test_static_batch_calibration_counts_every_image_once(tmp_path, method):
     assert ranges[4] == ranges[1]
 
 
+@pytest.mark.parametrize("method", ["max", "percentile", "entropy"])
+def test_calibration_ranges_are_those_of_each_activations_strided_sample(tmp_path, monkeypatch, method):
+    """The histogram methods see x[:, :, ::s, ::s] of a large activation (s = round(√(C·H·W / sample size)), a 1×1
+    max pool in the graph), max sees every value: the ranges are those of a NumPy collector fed exactly that."""
+    from effedge.quantize import precision
+    from effedge.quantize.calibrators import RangeCollector
+    from effedge.quantize.images import ImageSet
+
+    monkeypatch.setattr(precision, "CALIBRATION_SAMPLE", 512)  # r1, c2: 8×32×32 values, so s = 4
+    for i in range(3):
+        Image.fromarray(photo((40, 48), seed=10 + i)).save(tmp_path / f"{i}.png")
+    model, tensors = tiny_model(2), ["r1", "c2"]
+    images = ImageSet.from_folder(tmp_path, holdout=0)
+    ranges, used = precision.calibrate(model, tensors, images, model_input(model), method=method, percentile=99.0,
+                                       progress=lambda items, total, text: items)
+    assert used == 3
+    plain = copy.deepcopy(model)
+    plain.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors)
+    session, inputs = ort_session(plain), model_input(model)
+    expected = {t: RangeCollector() for t in tensors}
+    for batch, real in images.padded_batches(images.calibration, inputs.size, inputs.format, 2, inputs.preprocessing):
+        for name, value in zip(tensors, session.run(tensors, {"images": batch})):
+            expected[name].update(value[:real] if method == "max" else value[:real, :, ::4, ::4])
+    assert ranges == {t: expected[t].threshold(method, 99.0) for t in tensors}
+
+
 @pytest.mark.parametrize("precision", ["int8", "mixed"])
 def test_batch_8_with_the_shipped_images(tmp_path, monkeypatch, precision):
     """calib/ has 8 photos, one held out: a batch-8 model calibrates on 7 and measures fidelity on 8 views of 1."""

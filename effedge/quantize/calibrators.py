@@ -1,6 +1,7 @@
 """Activation ranges for symmetric INT8, collected in one streaming pass (memory independent of image count).
 
-Each tensor keeps its exact max |x| and a histogram of |x| (from a sample of the tensor). The bin width is a
+Each tensor keeps the max |x| of what it was given and a histogram of |x| (from a sample of it: the calibration
+pass gives it the exact max for ``max``, and a strided sample for the histogram methods). The bin width is a
 power of two, chosen so that [0, max |x|] spans at least :data:`BINS` and fewer than 2·:data:`BINS` bins; when
 a larger value arrives, neighbouring bins merge in pairs (doubling the width) until the range covers it. Bin
 edges stay aligned, so no count is ever split between bins: the result is exactly the histogram of all the data
@@ -19,7 +20,7 @@ import numpy as np
 
 CALIB_METHODS = ("entropy", "max", "percentile")
 DEFAULT_METHOD = "percentile"  # the best fixture mAP (README, tools/accuracy_report.py)
-ALGORITHM_VERSION = 5  # part of the calibration cache key: bump when ranges would change for the same data
+ALGORITHM_VERSION = 6  # part of the calibration cache key: bump when ranges would change for the same data
 BINS = 2048  # least number of bins across [0, max |x|]
 LEVELS = 128  # positive int8 levels
 SAMPLE_SIZE = 1 << 18  # values per tensor and update that go into the histogram

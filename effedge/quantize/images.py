@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, TypeVar
 
 import numpy as np
 
@@ -182,3 +183,23 @@ class ImageSet:
             notes.append(f"calibrated on only {used} image(s); use {RECOMMENDED_IMAGES}+ images from the "
                          "deployment domain for production (--calib DIR)")
         return notes
+
+
+Item = TypeVar("Item")
+
+
+def read_ahead(items: Iterable[Item]) -> Iterator[Item]:
+    """``items`` in order, the next one made in a worker thread while the caller uses the current one: decoding
+    and resizing the next image overlaps the current forward (both release the GIL). One item is made ahead;
+    an error making it is raised where the caller asks for that item."""
+    iterator = iter(items)
+    end = object()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="effedge-read-ahead") as pool:
+        upcoming = pool.submit(next, iterator, end)
+        while True:
+            item = upcoming.result()
+            if item is end:
+                return
+            upcoming = pool.submit(next, iterator, end)
+            yield item
+

@@ -61,11 +61,16 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     if (src_h, src_w) == (height, width):
         return image
     factor_h, factor_w = max(1, src_h // height), max(1, src_w // width)
-    img = image.astype(np.float32)
     if factor_h > 1 or factor_w > 1:  # block means; the last partial block repeats the edge pixels
         padded_h, padded_w = -(-src_h // factor_h) * factor_h, -(-src_w // factor_w) * factor_w
-        img = np.pad(img, ((0, padded_h - src_h), (0, padded_w - src_w), (0, 0)), mode="edge")
-        img = img.reshape(padded_h // factor_h, factor_h, padded_w // factor_w, factor_w, -1).mean(axis=(1, 3))
+        padded = np.pad(image, ((0, padded_h - src_h), (0, padded_w - src_w), (0, 0)), mode="edge")
+        # Integer sums of strided slices are exact (and several times faster than a mean over reshaped axes):
+        # the same float32 means, each an exact sum divided by the block size.
+        rows = sum(padded[i::factor_h].astype(np.int32) for i in range(factor_h))
+        blocks = sum(rows[:, j::factor_w] for j in range(factor_w))
+        img = blocks.astype(np.float32) / np.float32(factor_h * factor_w)
+    else:
+        img = image.astype(np.float32)
 
     def axis(dst: int, src: int, factor: int):
         # a destination pixel centre in source pixels, then in (block-averaged) image pixels
@@ -77,9 +82,10 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
     y0, y1, wy = axis(height, src_h, factor_h)
     x0, x1, wx = axis(width, src_w, factor_w)
-    top = img[y0][:, x0] * (1 - wx)[None, :, None] + img[y0][:, x1] * wx[None, :, None]
-    bottom = img[y1][:, x0] * (1 - wx)[None, :, None] + img[y1][:, x1] * wx[None, :, None]
-    out = top * (1 - wy)[:, None, None] + bottom * wy[:, None, None]
+    # Separable: every source row interpolated along x once, then rows y0 and y1 blended (the same products as
+    # blending the four corners of each pixel, at a third of the gathers).
+    rows = img[:, x0] * (1 - wx)[None, :, None] + img[:, x1] * wx[None, :, None]
+    out = rows[y0] * (1 - wy)[:, None, None] + rows[y1] * wy[:, None, None]
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
