@@ -197,6 +197,28 @@ def test_the_score_weighted_loss_counts_the_anchors_fp32_detects():
         score_weighted_mse(logits, logits)
 
 
+def test_the_kl_loss_weighs_the_probable_classes_and_refuses_detectors():
+    """KL(fp32 softmax ‖ int8 softmax): 0 for equal logits, equal for logits shifted by a constant (softmax ignores
+    it), and the same error costs far more on the leading class than on an improbable one; detector outputs are
+    refused."""
+    from effedge.quantize.qad import softmax_kl
+
+    teacher = torch.tensor([[6.0, 4.0, -3.0, -3.0, -3.0]])
+
+    def moved(index: int):
+        shifted = teacher.clone()
+        shifted[0, index] -= 1.0
+        return shifted
+
+    assert float(softmax_kl(teacher, teacher)) == 0.0
+    assert float(softmax_kl(teacher + 5.0, teacher)) == pytest.approx(0.0, abs=1e-6)
+    assert float(softmax_kl(moved(0), teacher)) > 100 * float(softmax_kl(moved(3), teacher))
+    expected = torch.sum(torch.softmax(teacher, -1) * (torch.log_softmax(teacher, -1) - torch.log_softmax(moved(1), -1)))
+    assert float(softmax_kl(moved(1), teacher)) == pytest.approx(float(expected))
+    with pytest.raises(EffedgeError, match="'kl' is for classifiers"):
+        softmax_kl((teacher[None], teacher[None]), (teacher[None], teacher[None]))
+
+
 def test_distillation_reports_its_loss_as_it_goes():
     messages = []
     distill(_tiny_network(), _batches(), QADOptions(steps=10, lr=3e-6), log=messages.append)

@@ -50,8 +50,8 @@ from effedge.provenance.stages import StageMeter
 PRECISIONS = ("fp16", "int8", "mixed")
 HIGH_PRECISIONS = ("fp16", "fp32")  # the dtype of what int8/mixed graphs do not quantize
 SENSITIVITY_IMAGES = 4
-# Values per tensor and image kept for the entropy/percentile histograms: 1 << 16 made D0's calibration 2.6× its
-# forwards on 2 cores (the histograms alone cost more than a forward), 1 << 14 about 1.8×.
+# Values per tensor and image kept for the entropy/percentile histograms. At D0 on 2 cores (32 images) 1 << 16 made
+# calibration 2.6–3.2× its plain forwards, the histograms alone costing about a forward; 1 << 14, 1.8–2.2×.
 CALIBRATION_SAMPLE = 1 << 14
 
 Progress = Callable[[Iterable, int, str], Iterable]

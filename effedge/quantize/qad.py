@@ -42,13 +42,16 @@ DEFAULT_RANGES = "max"
 TRAINING_PERCENTILE = 99.99
 # "relative-mse": every output alike; "score-weighted" (detectors): each anchor's errors weigh by fp32's best class
 # score there plus SCORE_FLOOR, so the anchors that become detections count, not the thousands of background ones.
-LOSSES = ("relative-mse", "score-weighted")
+# "kl" (classifiers): KL(fp32 softmax ‖ int8 softmax), whose gradient (p_int8 − p_fp32) falls on the classes that
+# carry probability, where top-1 is decided, rather than on the 1000 logits alike.
+LOSSES = ("relative-mse", "score-weighted", "kl")
 DEFAULT_LOSS = "relative-mse"
 SCORE_FLOOR = 0.01
 LOSS_DESCRIPTIONS = {
     "relative-mse": "mean squared error of each raw output relative to the fp32 output's mean square",
     "score-weighted": f"relative mean squared error of each raw output, each anchor weighted by fp32's best class "
-                      f"score there + {SCORE_FLOOR}"}
+                      f"score there + {SCORE_FLOOR}",
+    "kl": "KL divergence of the int8 class probabilities (softmax of the logits) from fp32's, in nats"}
 LOSS_SAMPLE = 16  # batches the reported loss before and after is measured on
 QUANTIZER_KEY = "_quantizer."  # ModelOpt's state-dict entries of the quantizers (input_quantizer._amax, …)
 
@@ -136,6 +139,19 @@ def score_weighted_mse(student, teacher):
     return sum(terms) / len(terms)
 
 
+def softmax_kl(student, teacher):
+    """The "kl" loss of a classifier's logits: KL(softmax(fp32) ‖ softmax(int8)), mean over the batch."""
+    import torch
+
+    students = student if isinstance(student, (tuple, list)) else (student,)
+    teachers = teacher if isinstance(teacher, (tuple, list)) else (teacher,)
+    if len(teachers) != 1 or teachers[0].dim() != 2:
+        raise EffedgeError("the QAD loss 'kl' is for classifiers (one [batch, classes] logits output); use "
+                           "'relative-mse' or 'score-weighted'")
+    log_fp32 = torch.log_softmax(teachers[0], dim=-1)
+    return torch.sum(log_fp32.exp() * (log_fp32 - torch.log_softmax(students[0], dim=-1)), dim=-1).mean()
+
+
 def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOptions(), *,
             progress: Progress = lambda items, total, description: items,
             log: Callable[[str], None] = lambda message: None) -> tuple[object, dict]:
@@ -147,7 +163,7 @@ def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOpti
 
     options.validate()
     mtq = _mtq()
-    loss_of = score_weighted_mse if options.loss == "score-weighted" else _relative_mse
+    loss_of = {"relative-mse": _relative_mse, "score-weighted": score_weighted_mse, "kl": softmax_kl}[options.loss]
     if not batches:
         raise EffedgeError("QAD needs at least one calibration image")
     with torch.random.fork_rng(devices=[]):
