@@ -181,9 +181,23 @@ def test_a_folder_of_junk_files_is_refused_from_the_headers(tmp_path):
 
 
 def test_read_ahead_keeps_order_and_raises_where_the_item_is_asked_for():
+    import threading
+
     from effedge.quantize.images import read_ahead
 
     assert list(read_ahead(iter(range(5)))) == [0, 1, 2, 3, 4] and list(read_ahead([])) == []
+
+    second_made = threading.Event()
+
+    def watched():
+        yield 0
+        second_made.set()
+        yield 1
+
+    items = read_ahead(watched())
+    assert next(items) == 0
+    assert second_made.wait(10), "the next item is not made while the caller holds the current one"
+    assert list(items) == [1]
 
     def failing():
         yield "first"
@@ -193,3 +207,35 @@ def test_read_ahead_keeps_order_and_raises_where_the_item_is_asked_for():
     assert next(items) == "first"
     with pytest.raises(ValueError, match="unreadable"):
         next(items)
+
+
+def test_resize_is_the_four_corner_bilinear_of_the_block_means():
+    """The separable resize with integer block sums gives, bit for bit, the direct definition: float32 means of
+    factor × factor blocks (edge pixels repeated), then each pixel blended from its four corners."""
+    from effedge.runtime.preprocess import resize_bilinear
+
+    def reference(image, height, width):
+        src_h, src_w = image.shape[:2]
+        fh, fw = max(1, src_h // height), max(1, src_w // width)
+        img = image.astype(np.float32)
+        ph, pw = -(-src_h // fh) * fh, -(-src_w // fw) * fw
+        img = np.pad(img, ((0, ph - src_h), (0, pw - src_w), (0, 0)), mode="edge")
+        img = img.reshape(ph // fh, fh, pw // fw, fw, -1).mean(axis=(1, 3))
+
+        def axis(dst, src, factor):
+            last = -(-src // factor) - 1
+            coords = np.clip((np.arange(dst) + 0.5) * (src / dst) / factor - 0.5, 0, last)
+            low = np.floor(coords).astype(np.int64)
+            return low, np.minimum(low + 1, last), (coords - low).astype(np.float32)
+
+        y0, y1, wy = axis(height, src_h, fh)
+        x0, x1, wx = axis(width, src_w, fw)
+        top = img[y0][:, x0] * (1 - wx)[None, :, None] + img[y0][:, x1] * wx[None, :, None]
+        bottom = img[y1][:, x0] * (1 - wx)[None, :, None] + img[y1][:, x1] * wx[None, :, None]
+        return np.clip(top * (1 - wy)[:, None, None] + bottom * wy[:, None, None] + 0.5, 0, 255).astype(np.uint8)
+
+    rng = np.random.default_rng(3)
+    for (h, w), (th, tw) in [((300, 451), (512, 512)), ((1411, 1411), (512, 512)), ((872, 1000), (333, 257)),
+                             ((97, 61), (20, 9)), ((7, 5), (64, 3)), ((100, 100), (100, 50))]:
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        assert np.array_equal(resize_bilinear(image, th, tw), reference(image, th, tw)), (h, w, th, tw)

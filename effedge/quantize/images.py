@@ -202,4 +202,3 @@ def read_ahead(items: Iterable[Item]) -> Iterator[Item]:
                 return
             upcoming = pool.submit(next, iterator, end)
             yield item
-

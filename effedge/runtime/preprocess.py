@@ -82,8 +82,8 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
     y0, y1, wy = axis(height, src_h, factor_h)
     x0, x1, wx = axis(width, src_w, factor_w)
-    # Separable: every source row interpolated along x once, then rows y0 and y1 blended (the same products as
-    # blending the four corners of each pixel, at a third of the gathers).
+    # Separable: every source row interpolated along x once, then rows y0 and y1 blended — the same products as
+    # blending each pixel's four corners, without gathering every destination row twice per corner pair.
     rows = img[:, x0] * (1 - wx)[None, :, None] + img[:, x1] * wx[None, :, None]
     out = rows[y0] * (1 - wy)[:, None, None] + rows[y1] * wy[:, None, None]
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
