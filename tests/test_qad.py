@@ -3,6 +3,7 @@ on a reduced-size export (cache, Q/DQ rules, the TensorRT-RTX build), and the on
 import builtins
 import importlib.util
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from torch import nn
 
 from effedge.errors import EffedgeError
 from effedge.export.onnx_export import ExportOptions, export
+from effedge.models import build_model
 from effedge.pipeline.compile import CompileConfig, build_engine_file, compile_model
 from effedge.quantize import qdq
 from effedge.quantize.precision import PrecisionOptions, convert
@@ -37,14 +39,14 @@ def _batches():
 def test_distillation_lowers_the_loss_deterministically_and_keeps_the_fp32_keys():
     network = _tiny_network()
     before = {k: v.clone() for k, v in network.state_dict().items()}
-    student, report = distill(network, _batches(), QADOptions(steps=80, lr=3e-6, seed=3))
+    student, report = distill(network, _batches(), QADOptions(steps=80, lr=3e-6, seed=3, ranges="max"))
     assert report["loss_after"] < report["loss_before"]
     assert len(report["losses"]) == 80
     weights = distilled_state_dict(student)
     assert set(weights) == set(before)  # the quantizers' ranges stay out: loads into the unquantized network
     assert any(not torch.equal(weights[k], before[k]) for k in weights)  # the weights were fine-tuned
     assert all(torch.equal(network.state_dict()[k], before[k]) for k in before)  # the input is left unchanged
-    _, again = distill(network, _batches(), QADOptions(steps=80, lr=3e-6, seed=3))
+    _, again = distill(network, _batches(), QADOptions(steps=80, lr=3e-6, seed=3, ranges="max"))
     assert again["losses"] == report["losses"]
 
 
@@ -63,10 +65,10 @@ def test_recomputing_the_blocks_in_backward_changes_memory_not_the_result(monkey
     applied = []
     original = qad.recompute_in_backward
     monkeypatch.setattr(qad, "recompute_in_backward", lambda student: applied.append(original(student)))
-    recomputed, _ = distill(network, batches, QADOptions(steps=3, lr=1e-4))
+    recomputed, _ = distill(network, batches, QADOptions(steps=3, lr=1e-4, ranges="max"))
     assert applied == [3]
     monkeypatch.setattr(qad, "recompute_in_backward", lambda student: 0)
-    kept, _ = distill(network, batches, QADOptions(steps=3, lr=1e-4))
+    kept, _ = distill(network, batches, QADOptions(steps=3, lr=1e-4, ranges="max"))
     ours, reference = distilled_state_dict(recomputed), distilled_state_dict(kept)
     assert all(torch.equal(ours[k], reference[k]) for k in reference)
     assert any(not torch.equal(ours[k], network.state_dict()[k]) for k in ours)  # the steps did move the weights
@@ -128,7 +130,7 @@ def test_qad_graph_keeps_the_qdq_rules_and_is_recorded(qad_build):
 
     root, _, report = qad_build
     assert report["qad"]["cached"] is False and report["qad"]["steps"] == 6
-    assert report["qad"]["loss_after"] >= 0 and "recalibrated" in report["qad"]["ranges"]
+    assert report["qad"]["loss_after"] >= 0 and report["qad"]["training_ranges"] == "deployed"
     # distilled on the 6 calibration images only: the 2 held-out photos never take part
     assert report["qad"]["images"] == report["calibration"]["images"] == 6
     model = onnx.load(str(root / "build" / "model.int8.onnx"))
@@ -143,11 +145,143 @@ def test_qad_graph_keeps_the_qdq_rules_and_is_recorded(qad_build):
     assert np.isfinite(ptq["outputs"]["logits"]["sqnr_db"]) and "class_agreement" in ptq
 
 
+def test_qad_trains_and_deploys_under_the_post_training_ranges(qad_build):
+    """Ranges "deployed": every activation range of the QAD graph is the post-training graph's (not recalibrated on
+    the fine-tuned weights), every convolution but the stem (whose graph input export normalizes into it) trains
+    under its deployed input range, and the tensors quantized for other operators (residual sums) are
+    fake-quantized in training too, each found."""
+    import onnx
+
+    from effedge.models.layers import Conv2d
+
+    root, options, report = qad_build
+    ptq = convert(root / "build" / "model.sim.onnx", root / "ptq", options=replace(options, qad=None))
+    assert ptq["calibration"]["cached"] is True, ptq["calibration"]  # the QAD run's side-by-side calibrated
+    deployed = qdq.activation_ranges(onnx.load(str(root / "ptq" / "model.int8.onnx")))
+    ours = qdq.activation_ranges(onnx.load(str(root / "build" / "model.int8.onnx")))
+    assert ours == deployed and len(ours) > 10
+    assert report["calibration"]["ranges_from_post_training"] == len(ours)
+    convolutions = sum(isinstance(m, Conv2d) for m in build_model("lite0", image_size=64).modules())
+    assert report["qad"]["pinned_convolutions"] == convolutions - 1  # all but the stem
+    assert report["qad"]["layers_unquantized_as_deployed"] == 1  # the classifier, which the graph keeps in fp16
+    assert report["qad"]["quantized_tensors_outside_convolutions"] > 0
+    assert report["qad"]["tensors_not_found_in_torch"] == 0 and report["qad"]["sites_not_reached"] == 0
+
+
+def test_the_student_makes_the_errors_the_deployed_graph_makes(qad_build):
+    """The point of ranges "deployed": the fake-quantized student's outputs are as far from fp32 as the deployed
+    int8 graph's (ONNX Runtime), so the fine-tuning corrects the errors deployment makes. ModelOpt's own placement
+    and max ranges (the old default) are not a model of them."""
+    import contextlib
+
+    import onnx
+
+    from effedge.io import read_manifest
+    from effedge.export.onnx_export import deployable
+    from effedge.quantize.images import ImageSet
+    from effedge.quantize.precision import model_input
+    from effedge.quantize.qad import CalibrationBatches, deployed_input_ranges, deployed_output_sites
+    from effedge.runtime.onnxruntime import ort_session
+
+    root, options, _ = qad_build
+    source = root / "build" / "model.sim.onnx"
+    ptq = convert(source, root / "ptq-fp32", options=replace(options, qad=None, high_precision="fp32"))
+    deployed = onnx.load(str(root / "ptq-fp32" / ptq["file"]))
+    inputs = model_input(onnx.load(str(source)), read_manifest(root / "build"))
+    network = build_model("lite0", weights=read_manifest(root / "build")["weights"], image_size=(64, 64))
+    wrapper = deployable(network, inputs.format).eval()
+    images = ImageSet.from_folder(options.calib_dir, holdout=options.holdout, min_views=options.holdout_views)
+    batches = CalibrationBatches(images, inputs)
+    input_ranges = deployed_input_ranges(deployed, [name for name, _ in wrapper.named_modules()])
+    sites, missing = deployed_output_sites(deployed, onnx.load(str(source)), wrapper, batches[0])
+    assert missing == 0 and sites
+    fp32, int8 = ort_session(source), ort_session(deployed)
+
+    def sqnr_db(reference, ours) -> float:
+        return float(10 * np.log10(np.mean(reference ** 2) / np.mean((ours - reference) ** 2)))
+
+    def error_db(student=None) -> float:  # mean logits SQNR against fp32 over the calibration batches
+        figures = []
+        for batch in batches:
+            reference = fp32.run(None, {inputs.name: batch})[0]
+            if student is None:
+                ours = int8.run(None, {inputs.name: batch})[0]
+            else:
+                with torch.no_grad(), student.output_quantization or contextlib.nullcontext():
+                    ours = student(torch.from_numpy(batch)).numpy()
+            figures.append(sqnr_db(reference, ours))
+        return float(np.mean(figures))
+
+    untrained = QADOptions(steps=1, lr=1e-12)
+    matched, _ = distill(wrapper, batches, untrained, input_ranges=input_ranges, output_sites=sites)
+    modelopt, _ = distill(wrapper, batches, replace(untrained, ranges="max"))
+    graph = error_db()
+    assert abs(error_db(matched) - graph) < 1.0
+    assert abs(error_db(modelopt) - graph) > abs(error_db(matched) - graph)
+
+
+def test_call_sites_are_named_alike_in_forward_and_in_backward_recomputation():
+    """A checkpointed block recomputes its forward in backward without its module call: its torch calls must get
+    the names they had in forward (or the recomputation, which the gradient flows through, would not be
+    fake-quantized as the forward was)."""
+    from effedge.models.efficientnet import InvertedResidual
+    from effedge.quantize.qad import CallSites, recompute_in_backward
+
+    block = dict(bn_eps=1e-3, activation="silu", padding="same", input_size=(16, 16))
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), InvertedResidual(16, 16, 3, 1, 4, 0.25, **block),
+                            InvertedResidual(16, 16, 3, 1, 4, 0.25, **block)).eval()
+    assert recompute_in_backward(network) == 2
+    for parameter in network.parameters():
+        parameter.requires_grad_(True)
+    seen: dict[str, list] = {"forward": [], "backward": []}
+    phase = ["forward"]
+
+    def record(site, out):
+        seen[phase[0]].append(site)
+        return out
+
+    with CallSites(network, record):
+        out = network(torch.randn(1, 3, 16, 16))
+        phase[0] = "backward"
+        out.square().mean().backward()
+    in_blocks = {site for site in seen["forward"] if site[0].split(".")[0] in ("1", "2")}
+    assert seen["backward"] and set(seen["backward"]) <= in_blocks
+    assert {site[0].split(".")[0] for site in seen["backward"]} == {"1", "2"}  # both blocks were recomputed
+
+
+def test_a_scaled_copy_of_a_tensor_is_found_with_its_scale():
+    """Export folds constant scales into convolutions: the graph's tensor may be k × the torch one (k > 0)."""
+    from effedge.quantize.qad import _scale_between, _signature
+
+    rng = np.random.default_rng(0)
+    tensor = rng.standard_normal((1, 8, 6, 6)).astype(np.float32)
+    assert _scale_between(_signature(tensor), _signature(0.37 * tensor)) == pytest.approx(0.37, rel=1e-6)
+    assert _scale_between(_signature(tensor), _signature(tensor + 1e-6)) == pytest.approx(1.0, rel=1e-5)
+    assert _scale_between(_signature(tensor), _signature(-tensor)) is None
+    assert _scale_between(_signature(tensor), _signature(rng.standard_normal(tensor.shape))) is None
+
+
+def test_exported_node_names_lead_to_their_modules():
+    from effedge.quantize.qad import module_of_node
+
+    modules = {"model.backbone.blocks.3.1.conv_pw", "model.box_net.predict.conv_pw", "model.fpn.cell.0.fnode.7"}
+    assert module_of_node("/model/backbone/blocks.3/blocks.3.1/conv_pw/Conv", modules) == \
+        "model.backbone.blocks.3.1.conv_pw"
+    assert module_of_node("/model/box_net/predict/conv_pw_4/Conv", modules) == "model.box_net.predict.conv_pw"
+    assert module_of_node("/model/fpn/cell.0/fnode.7/Add", modules) == "model.fpn.cell.0.fnode.7"
+    assert module_of_node("/model/backbone/blocks.3/blocks.3.2/conv_pw/Conv", modules) is None
+
+
 def test_qad_rerun_is_a_cache_hit(qad_build):
     root, options, _ = qad_build
-    again = convert(root / "build" / "model.sim.onnx", options=options)
+    messages = []
+    again = convert(root / "build" / "model.sim.onnx", options=options, log=messages.append)
     assert again["qad"]["cached"] is True
-    assert again["calibration"]["cached"] is True
+    # the post-training side-by-side is a calibration cache hit; the QAD graph takes its ranges, calibrating none
+    assert sum(m.startswith("calibration: cache hit") for m in messages) == 1
+    assert not any(m.startswith("calibrating on") for m in messages)
+    assert again["calibration"]["ranges_from_post_training"] == again["calibration"]["tensors"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
@@ -221,7 +355,7 @@ def test_the_kl_loss_weighs_the_probable_classes_and_refuses_detectors():
 
 def test_distillation_reports_its_loss_as_it_goes():
     messages = []
-    distill(_tiny_network(), _batches(), QADOptions(steps=10, lr=3e-6), log=messages.append)
+    distill(_tiny_network(), _batches(), QADOptions(steps=10, lr=3e-6, ranges="max"), log=messages.append)
     assert [m for m in messages if m.startswith("QAD step ")][-1].startswith("QAD step 10/10: distillation loss ")
 
 
@@ -232,7 +366,7 @@ def test_every_effedge_convolution_is_fake_quantized():
 
     network = build_model("lite0", image_size=32)
     convolutions = sum(isinstance(m, Conv2d) for m in network.modules())
-    student, _ = distill(network, [np.zeros((1, 3, 32, 32), np.float32)], QADOptions(steps=1))
+    student, _ = distill(network, [np.zeros((1, 3, 32, 32), np.float32)], QADOptions(steps=1, ranges="max"))
     quantized = sum(getattr(getattr(m, "weight_quantizer", None), "is_enabled", False) for m in student.modules())
     assert quantized >= convolutions > 0
 
@@ -249,7 +383,7 @@ def test_every_output_is_distilled_towards_its_own_fp32_output():
             y = self.body(x)
             return y, 100 * y + 5
 
-    _, report = distill(TwoOutputs().eval(), _batches(), QADOptions(steps=2, lr=3e-6))
+    _, report = distill(TwoOutputs().eval(), _batches(), QADOptions(steps=2, lr=3e-6, ranges="max"))
     assert report["loss_before"] < 0.5 and report["batches"] == 4
 
 

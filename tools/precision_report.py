@@ -6,12 +6,15 @@ time against plain fp32 ONNX Runtime forwards on the same images, Q/DQ summary, 
                                      [--weights W] [--out runs/precision-report] [--json FILE]
 
     python tools/precision_report.py --variant d5 --images 16 --precisions int8 --json d5.json
+    python tools/precision_report.py --variant d5 --images 4 --precisions int8 --qad-steps 2   # QAD's memory
 
 Without --weights the model gets seeded random weights with realistic output magnitudes (tests/helpers.py);
 the calibration folder is made of --images + --holdout crops/flips of the photos shipped in calib/. Each run
 starts with a cold cache. "calibration ÷ fp32 forwards" divides the whole calibration stage (file hashing, session
 creation, image decoding included) by forwards alone (see time_fp32_forwards). Peak RSS is per stage (sampled,
-effedge.provenance.stages) and for the whole process (the kernel's).
+effedge.provenance.stages) and for the whole process (the kernel's). --qad-steps N adds an "int8 QAD" row (N
+distillation steps, then placement and recalibration): QAD rebuilds the torch model from build.json, so the random
+weights are then saved to a checkpoint in --out and exported from it.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from effedge.runtime.images import load_rgb  # noqa: E402
 from effedge.quantize.calibrators import DEFAULT_METHOD  # noqa: E402
 from effedge.export.onnx_export import export  # noqa: E402
 from effedge.quantize.precision import PrecisionOptions, convert, model_input  # noqa: E402
+from effedge.quantize.qad import QADOptions  # noqa: E402
 from effedge.runtime.onnxruntime import ort_session  # noqa: E402
 from effedge.provenance.stages import StageMeter, peak_rss_mb  # noqa: E402
 
@@ -105,6 +109,8 @@ def main() -> None:
     parser.add_argument("--weights")
     parser.add_argument("--out", default="runs/precision-report")
     parser.add_argument("--json", help="also write every figure to this JSON file")
+    parser.add_argument("--qad-steps", type=int, help="also an int8 row with this many QAD steps (needs torch and "
+                                                      "ModelOpt)")
     args = parser.parse_args()
     rows = selected_rows(args.precisions)
     out = Path(args.out)
@@ -115,6 +121,12 @@ def main() -> None:
     meter = StageMeter()
     with meter.stage("weights"):
         weights = args.weights or randomize_(build_model(args.variant)).state_dict()
+        if args.qad_steps and not isinstance(weights, str):  # QAD rebuilds the model from a checkpoint file
+            import torch
+
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save(weights, out / "weights.pt")
+            weights = str(out / "weights.pt")
     with meter.stage("export"):
         export(args.variant, out / "build", weights=weights)
     del weights
@@ -125,12 +137,15 @@ def main() -> None:
     with meter.stage("fp32 forwards"):
         fp32_seconds = time_fp32_forwards(source, images)
 
+    runs = [(label, precision, method, None) for label, (precision, method) in rows.items()]
+    if args.qad_steps:
+        runs.append((f"int8 QAD ({args.qad_steps} steps)", "int8", DEFAULT_METHOD, QADOptions(steps=args.qad_steps)))
     results = {}
-    for label, (precision, method) in rows.items():
+    for label, precision, method, qad in runs:
         with meter.stage(label):
             report = convert(source, options=PrecisionOptions(precision=precision, calib_dir=out / "images",
                                                               calib_images=args.images, holdout=args.holdout,
-                                                              method=method))
+                                                              method=method, qad=qad))
         results[label] = report
     size = model_input(__import__("onnx").load(str(source))).size
 

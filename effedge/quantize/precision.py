@@ -529,14 +529,21 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
         log(f"warning: {source.name}: {inputs.preprocessing.source}")
 
     graph_source = source  # what Q/DQ is placed on and calibrated: the fp32 graph, or its QAD fine-tuned weights
+    deployed_ranges = None  # QAD ranges "deployed": the post-training graph's, which the fine-tuning trains under
     if options.qad is not None:
         with meter.stage("ptq"), private_tempdir() as tmp:  # the post-training graph, for the side-by-side
             ptq = convert(source, tmp, options=replace(options, qad=None), log=log, progress=progress)
+            ptq_model = onnx.load(str(tmp / ptq["file"])) if options.qad.ranges == "deployed" else None
         report["ptq_fidelity"] = ptq["fidelity"]
         with meter.stage("qad"):
-            graph_source, report["qad"] = fine_tuned_source(source, images, inputs, options.qad, log=log,
-                                                            progress=progress)
+            graph_source, report["qad"] = fine_tuned_source(source, images, inputs, options.qad,
+                                                            deployed_model=ptq_model, log=log, progress=progress)
             model, model_hash = onnx.load(str(graph_source)), sha256_file(graph_source)
+        if ptq_model is not None:
+            from effedge.quantize.qdq import activation_ranges
+
+            deployed_ranges = activation_ranges(ptq_model)
+            del ptq_model
 
     if options.precision == "fp16":
         log("converting to fp16")
@@ -554,13 +561,22 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
         report["high_precision"] = {"dtype": high_precision, "reason": high_precision_reason}
         with meter.stage("calibration"):
             tensors = sorted(qdq.activation_quantizers(placed))
+            # QAD "deployed": the post-training ranges, unchanged (the fine-tuning trained under them); only tensors
+            # the post-training graph does not quantize (a mixed graph's fp16 blocks) are calibrated here
+            inherited = {t: deployed_ranges[t] for t in tensors if t in deployed_ranges} if deployed_ranges else {}
+            tensors = [t for t in tensors if t not in inherited]
+            if inherited:
+                log(f"QAD: {len(inherited)} activation ranges of the post-training graph, as the fine-tuning used them")
             key_text = json.dumps([ALGORITHM_VERSION, model_hash, images.content_hash(), options.method, options.percentile,
                                    inputs.format, list(inputs.size), inputs.batch, tensors,
                                    inputs.preprocessing.describe(),
                                    cache_identity("onnx", "onnxruntime")])
             cache_file = cache_root() / "calibration" / f"{hashlib.sha256(key_text.encode()).hexdigest()[:32]}.json"
-            cached = read_calibration_cache(cache_file, tensors, log)
-            if cached is not None:
+            everything_inherited = inherited and not tensors
+            cached = None if everything_inherited else read_calibration_cache(cache_file, tensors, log)
+            if everything_inherited:
+                amax, used, calibration_cached = {}, ptq["calibration"]["images"], False
+            elif cached is not None:
                 amax, used, calibration_cached = cached["amax"], cached["images"], True
                 images.skipped = [tuple(s) for s in cached["skipped"]]
                 log(f"calibration: cache hit ({used} images, {options.method}), not recalibrating")
@@ -571,6 +587,7 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
                 cache_file.parent.mkdir(parents=True, exist_ok=True)
                 write_json(cache_file, {"amax": amax, "images": used, "skipped": images.skipped})
                 calibration_cached = False
+            amax = {**inherited, **amax}
         qdq.set_activation_ranges(placed, amax)
         floored = qdq.repair_scales(placed)  # ModelOpt's weight scales: 0 for an all-zero output channel
         result = placed
@@ -578,7 +595,7 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
             "method": options.method, "images": used, "skipped": len(images.skipped),
             "skipped_examples": images.skipped[:5], "image_set_sha256": images.content_hash(),
             "folder": str(images.root), "placement_cached": placement_cached, "cached": calibration_cached,
-            "tensors": len(amax),
+            "tensors": len(amax), **({"ranges_from_post_training": len(inherited)} if inherited else {}),
         }
         for note in images.warnings(used):
             log(f"warning: {note}")

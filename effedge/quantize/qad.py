@@ -1,13 +1,21 @@
 """Quantization-aware distillation (QAD): the step after calibration that needs nothing but the calibration images.
 
 The PyTorch model (rebuilt from the build directory's build.json) is fake-quantized with NVIDIA ModelOpt
-(``mtq.quantize``: weights int8 per output channel, activations int8 per tensor, ranges from a max-calibration
-forward loop over the calibration images), then its weights and biases are fine-tuned, through ModelOpt's
-straight-through fake quantization, so that its raw outputs reproduce the fp32 model's own outputs on the same
-images — no labels. ModelOpt keeps the ranges as fixed buffers: they are not learned. The fine-tuned fp32 weights
-are what comes out (:func:`distilled_state_dict`): they go through the normal export path, then effedge's own
-Q/DQ placement and *recalibrated* ranges (:func:`fine_tuned_source`, called by the precision stage), so the int8
-graph obeys every rule the post-training one does; fidelity is still measured against the original fp32 model.
+(``mtq.quantize``: weights int8 per output channel, activations int8 per tensor), then its weights and biases are
+fine-tuned, through ModelOpt's straight-through fake quantization, so that its raw outputs reproduce the fp32
+model's own outputs on the same images — no labels. The fine-tuned fp32 weights are what comes out
+(:func:`distilled_state_dict`): they go through the normal export path and effedge's own Q/DQ placement
+(:func:`fine_tuned_source`, called by the precision stage), so the int8 graph obeys every rule the post-training
+one does; fidelity is still measured against the original fp32 model.
+
+Ranges "deployed" (the default) make the student quantize as the deployed graph does: every convolution's input
+quantizer holds the post-training graph's range of that tensor (:func:`deployed_input_ranges`), and the tensors
+that graph quantizes for other operators — residual sums, squeeze-excite gates, BiFPN fusion and resampling, which
+ModelOpt's layer quantizers do not cover — are fake-quantized where torch computes them (:func:`deployed_output_sites`,
+found by value, :class:`CallSites`). The QAD graph is then deployed with the same ranges, not recalibrated. With
+ModelOpt's own placement and max ranges the student's box regression was 7 dB further from fp32 than the deployed
+graph's (shapes fixture), so the fine-tuning corrected errors deployment does not make; matched, they agree within
+0.5 dB on every output.
 
 Loss: mean squared error of every floating-point output, each divided by the fp32 output's own mean square (so a
 detector's logits and its boxes in pixels weigh alike, and the loss is a relative error: 0.01 ≈ 20 dB SQNR). MSE
@@ -21,9 +29,10 @@ import copy
 import functools
 import io
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -34,11 +43,13 @@ DEFAULT_STEPS = 200
 DEFAULT_LR = 1e-5
 # Bump when the fine-tuning changes its result for the same inputs (which layers are fake-quantized, the loss,
 # the schedule): cached graphs of an older version are then not served. 2: effedge's padded Conv2d is quantized.
-ALGORITHM_VERSION = 2
-# "max": ModelOpt's max calibration; "percentile": ModelOpt's histogram calibrator cut at TRAINING_PERCENTILE, as
-# effedge's default percentile calibration cuts the deployed ranges.
-TRAINING_RANGES = ("max", "percentile")
-DEFAULT_RANGES = "max"
+ALGORITHM_VERSION = 3  # 3: "deployed" ranges
+# "deployed": every convolution's input quantizer holds the range of the same tensor in the post-training int8
+# graph, and the QAD graph is deployed with those ranges (no recalibration), so the fine-tuning trains under the
+# ranges it will run with; "max": ModelOpt's max calibration; "percentile": ModelOpt's histogram calibrator cut at
+# TRAINING_PERCENTILE. With "max" and "percentile" the QAD graph is recalibrated after the fine-tuning.
+TRAINING_RANGES = ("deployed", "max", "percentile")
+DEFAULT_RANGES = "deployed"
 TRAINING_PERCENTILE = 99.99
 # "relative-mse": every output alike; "score-weighted" (detectors): each anchor's errors weigh by fp32's best class
 # score there plus SCORE_FLOOR, so the anchors that become detections count, not the thousands of background ones.
@@ -56,6 +67,9 @@ LOSS_SAMPLE = 16  # batches the reported loss before and after is measured on
 QUANTIZER_KEY = "_quantizer."  # ModelOpt's state-dict entries of the quantizers (input_quantizer._amax, …)
 
 Progress = Callable[[Iterable, int, str], Iterable]
+# {torch module name: {input height × width: amax}}: the deployed range of each call of a convolution (a shared
+# head convolution runs once per pyramid level, each level its own tensor and range)
+InputRanges = dict[str, dict[tuple[int, int], float]]
 
 
 @dataclass(frozen=True)
@@ -153,15 +167,22 @@ def softmax_kl(student, teacher):
 
 
 def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOptions(), *,
+            input_ranges: Optional[InputRanges] = None, output_sites: Optional[dict] = None,
             progress: Progress = lambda items, total, description: items,
             log: Callable[[str], None] = lambda message: None) -> tuple[object, dict]:
     """Fine-tune a fake-quantized copy of ``module`` (a torch module, left unchanged) to reproduce its outputs on
     ``batches`` (calibration inputs, as the graph takes them; any sequence, read one item at a time, so it may
-    prepare each when asked: see :class:`CalibrationBatches`). Returns (the fake-quantized student, report with
-    the loss before and after, on up to :data:`LOSS_SAMPLE` batches, and per step). Deterministic for a given seed."""
+    prepare each when asked: see :class:`CalibrationBatches`). Ranges "deployed" need ``input_ranges``
+    (:func:`deployed_input_ranges`) and may take ``output_sites`` (:func:`deployed_output_sites`; the student then
+    fake-quantizes them inside ``student.output_quantization``, a context). Returns (the fake-quantized student,
+    report with the loss before and after,
+    on up to :data:`LOSS_SAMPLE` batches, and per step). Deterministic for a given seed."""
     import torch
 
     options.validate()
+    if (options.ranges == "deployed") != (input_ranges is not None):
+        raise ValueError("QAD ranges 'deployed' need input_ranges (deployed_input_ranges of the post-training "
+                         "int8 graph), and only they take them; without a deployed graph use ranges='max'")
     mtq = _mtq()
     loss_of = {"relative-mse": _relative_mse, "score-weighted": score_weighted_mse, "kl": softmax_kl}[options.loss]
     if not batches:
@@ -194,6 +215,8 @@ def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOpti
 
         with contextlib.redirect_stdout(io.StringIO()):  # ModelOpt prints "Inserted N quantizers": the CLI's output is ours
             student = _quantized(mtq, student, forward_loop, options.ranges)
+        pinned, unquantized = pin_input_ranges(student, input_ranges) if input_ranges is not None else (None, 0)
+        student.output_quantization = output_quantization(student, output_sites) if output_sites else None
         recompute_in_backward(student)
         # BatchNorm statistics stay the fp32 model's (eval mode): only weights, biases and ranges move.
         parameters = list(student.parameters())  # built models come frozen (inference): train them all here
@@ -201,22 +224,29 @@ def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOpti
             parameter.requires_grad_(True)
         optimizer = torch.optim.Adam(parameters, lr=options.lr)
         order = torch.randperm(len(batches) * ((options.steps + len(batches) - 1) // len(batches))) % len(batches)
-        initial = mean_loss()
-        losses = []
-        for step in progress(range(options.steps), options.steps, "distilling"):
-            x, target = pair(int(order[step]))
-            loss = loss_of(student(x), target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            if (step + 1) % max(1, options.steps // 5) == 0:  # above the progress bar: the loss as it goes
-                recent = losses[-max(1, options.steps // 5):]
-                log(f"QAD step {step + 1}/{options.steps}: distillation loss {sum(recent) / len(recent):.4g}")
-        final = mean_loss()
+        quantizing = student.output_quantization or contextlib.nullcontext()
+        with quantizing:  # around backward too: it recomputes blocks
+            initial = mean_loss()
+            losses = []
+            for step in progress(range(options.steps), options.steps, "distilling"):
+                x, target = pair(int(order[step]))
+                loss = loss_of(student(x), target)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                if (step + 1) % max(1, options.steps // 5) == 0:  # above the progress bar: the loss as it goes
+                    recent = losses[-max(1, options.steps // 5):]
+                    log(f"QAD step {step + 1}/{options.steps}: distillation loss {sum(recent) / len(recent):.4g}")
+            final = mean_loss()
+        outputs_quantized = len(student.output_quantization.hits) if student.output_quantization else 0
     log(f"distillation loss {initial:.4g} -> {final:.4g} over {options.steps} steps")
     return student, {"steps": options.steps, "lr": options.lr, "seed": options.seed, "ranges": options.ranges,
                      "batches": len(batches),
+                     **({} if pinned is None else {"pinned_convolutions": pinned,
+                                                   "layers_unquantized_as_deployed": unquantized}),
+                     **({} if output_sites is None else {"quantized_tensors_outside_convolutions": outputs_quantized,
+                                                         "sites_not_reached": len(output_sites) - outputs_quantized}),
                      "loss_before": initial, "loss_after": final, "losses": losses,
                      "loss": LOSS_DESCRIPTIONS[options.loss]}
 
@@ -226,7 +256,7 @@ def _quantized(mtq, student, forward_loop, ranges: str):
     ``forward_loop``: ModelOpt's max calibration, or for "percentile" the input quantizers' histograms cut at
     :data:`TRAINING_PERCENTILE` (weights keep their max)."""
     config = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
-    if ranges == "max":
+    if ranges in ("max", "deployed"):  # "deployed": max first (the weights' ranges), then pin_input_ranges
         return mtq.quantize(student, config, forward_loop)
     from modelopt.torch.quantization.calib import HistogramCalibrator
     from modelopt.torch.quantization.model_calib import enable_stats_collection
@@ -250,6 +280,272 @@ def _quantized(mtq, student, forward_loop, ranges: str):
     return student
 
 
+def module_of_node(node_name: str, modules: set[str]) -> Optional[str]:
+    """The torch module an exported node belongs to, from the scope path the exporter writes into its name
+    ("/model/backbone/blocks.3/blocks.3.1/conv_pw/Conv" is "model.backbone.blocks.3.1.conv_pw"; a module called
+    several times gets "_1", "_2", … on its later calls: "/model/box_net/predict/conv_pw_4/Conv"). None where no
+    module of ``modules`` matches."""
+    path: list[str] = []
+    for part in node_name.strip("/").split("/")[:-1]:  # the last part is the operator's own name
+        if path and part.startswith(path[-1] + "."):  # a container's child is scoped by its full name
+            path[-1] = part
+        else:
+            path.append(part)
+    name = ".".join(path)
+    if name in modules:
+        return name
+    first_call = re.sub(r"_\d+$", "", name)
+    return first_call if first_call in modules else None
+
+
+def deployed_input_ranges(quantized_model, modules: Iterable[str]) -> InputRanges:
+    """The input range of every convolution of the int8 ONNX ``quantized_model`` (effedge's post-training graph),
+    by torch module (names of ``modules``, the network the graph was exported from) and input height × width.
+    A convolution on a graph input gets no ranges ({}): export folds the input normalization into it, so its
+    quantized tensor is not the one the torch module sees. Layers the graph leaves unquantized are not listed."""
+    import onnx
+
+    from effedge.quantize.qdq import convolution_input_ranges
+
+    graph = onnx.shape_inference.infer_shapes(quantized_model).graph
+    shapes = {value.name: [d.dim_value for d in value.type.tensor_type.shape.dim]
+              for value in list(graph.value_info) + list(graph.input)}
+    graph_inputs = {value.name for value in quantized_model.graph.input}
+    modules = set(modules)
+    table: InputRanges = {}
+    for node, (amax, tensor) in convolution_input_ranges(quantized_model).items():
+        if tensor in graph_inputs:  # quantized in the graph, but on what torch never sees: keeps its own range
+            if module_of_node(node, modules) is not None:
+                table.setdefault(module_of_node(node, modules), {})
+            continue
+        module, shape = module_of_node(node, modules), shapes.get(tensor, [])
+        if module is None or len(shape) != 4 or not all(shape[2:]):
+            raise EffedgeError(f"QAD cannot tell which PyTorch layer (and input size) the int8 graph's {node} "
+                               "is: please report it with the model; QADOptions(ranges='max') in the library "
+                               "trains without the deployed ranges")
+        calls = table.setdefault(module, {})
+        calls[(shape[2], shape[3])] = max(amax, calls.get((shape[2], shape[3]), 0.0))
+    return table
+
+
+def _per_call_amax(quantizer, calls: dict[tuple[int, int], float]):
+    """A forward hook body that gives ``quantizer`` the range of this call, chosen by the tensor's height × width
+    (so recomputation in backward picks the same one)."""
+    import torch
+
+    amaxes = {size: torch.full_like(quantizer.amax, amax) for size, amax in calls.items()}
+
+    def use_deployed_range(tensor) -> None:
+        quantizer._amax = amaxes[tuple(tensor.shape[-2:])]  # a new tensor, not an in-place write: autograd keeps
+        # the one each call used
+
+    return use_deployed_range
+
+
+def pin_input_ranges(student, input_ranges: InputRanges) -> tuple[int, int]:
+    """Make each convolution of the fake-quantized ``student`` quantize as the deployed graph does: its input at the
+    deployed range of that call where ``input_ranges`` gives one, its own range where it lists none (a layer whose
+    input export transformed; so does one whose deployed range exceeds what the student's own max calibration saw
+    on the same images), and not at all where the graph leaves it unquantized (ModelOpt quantizes a classifier's
+    Linear, the graph does not; a mixed graph's fp16 blocks). Returns (pinned, left unquantized)."""
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    pinned = unquantized = 0
+    for name, module in student.named_modules():
+        quantizer = getattr(module, "input_quantizer", None)
+        if not isinstance(quantizer, TensorQuantizer) or not quantizer.is_enabled:
+            continue
+        calls = input_ranges.get(name)
+        if calls is None:
+            quantizer.disable()
+            module.weight_quantizer.disable()
+            unquantized += 1
+        elif calls and max(calls.values()) <= 1.05 * float(quantizer.amax.max()) + 0.01:
+            use = _per_call_amax(quantizer, calls)
+            module.register_forward_pre_hook(lambda module, args, use=use: use(args[0]))
+            pinned += 1
+    return pinned, unquantized
+
+
+SIGNATURE_GROUP = 16  # tensors read back per fp32 forward while matching them to calls
+CallSite = tuple  # (innermost module name, torch function, its n-th call in that module's call, output shape)
+
+
+class CallSites:
+    """Names every tensor a torch function returns during a forward of ``network`` by its :data:`CallSite`, and lets
+    ``on_call(site, tensor)`` replace it. The names repeat from forward to forward, and in the recomputation of a
+    checkpointed block during backward (:func:`recompute_in_backward` frames it), so a tensor of the exported graph
+    found once by its values is found at every step. Calls inside ModelOpt's quantizers and outside ``network``'s
+    modules (the teacher, the loss) are not named. Use as a context manager around forwards and backwards."""
+
+    def __init__(self, network, on_call: Callable) -> None:
+        from modelopt.torch.quantization.nn import TensorQuantizer
+
+        self._names = {id(m): (None if isinstance(m, TensorQuantizer) else name)
+                       for name, m in network.named_modules()}
+        self._on_call, self._frames, self._handles = on_call, [], []
+        self._mode = None
+
+    def push(self, module) -> None:
+        self._frames.append((self._names.get(id(module)), {}))
+
+    def pop(self) -> None:
+        self._frames.pop()
+
+    def top(self, module) -> bool:
+        return bool(self._frames) and self._frames[-1][0] == self._names.get(id(module), False)
+
+    def naming(self):
+        """The torch function mode that names (and hands to ``on_call``) the calls: entered by the context, and
+        again by a block recomputed in backward, where the autograd engine runs without the caller's modes."""
+        import torch
+        from torch.overrides import TorchFunctionMode
+
+        sites = self
+
+        class Naming(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if not sites._frames or sites._frames[-1][0] is None or not isinstance(out, torch.Tensor):
+                    return out
+                name, counts = sites._frames[-1]
+                function = getattr(func, "__name__", repr(func))
+                nth = counts.get(function, 0)
+                counts[function] = nth + 1
+                return sites._on_call((name, function, nth, tuple(out.shape)), out)
+
+        return Naming()
+
+    def __enter__(self):
+        from torch.nn.modules import module as module_hooks
+
+        self._handles = [module_hooks.register_module_forward_pre_hook(lambda m, args: self.push(m)),
+                         module_hooks.register_module_forward_hook(lambda m, args, out: self.pop())]
+        self._mode = self.naming()
+        self._mode.__enter__()
+        _ACTIVE_SITES.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _ACTIVE_SITES.remove(self)
+        self._mode.__exit__(*exc)
+        for handle in self._handles:
+            handle.remove()
+        self._frames.clear()
+
+
+_ACTIVE_SITES: list[CallSites] = []
+
+
+def deployed_output_sites(quantized_model, fp32_model, module, batch: np.ndarray) -> tuple[dict, int]:
+    """{:data:`CallSite`: amax} for the tensors of the int8 ONNX ``quantized_model`` that are quantized for some
+    other operator than a convolution (residual sums, squeeze-excite gates, BiFPN fusion and resampling, which
+    ModelOpt's layer quantizers do not cover), each found as a torch call of ``module`` (the network
+    ``fp32_model`` was exported from) by its values on ``batch``: export renames, fuses and folds, so names alone
+    do not tell (a folded BatchNorm's output is its convolution's in the graph, a folded fusion weight scales it).
+    Tensors that also feed an operator unquantized are left out; returns (sites, tensors not found)."""
+    import onnx
+    import torch
+
+    from effedge.quantize.qdq import activation_quantizers, activation_ranges
+    from effedge.runtime.onnxruntime import ort_session
+
+    consumers: dict[str, list] = {}
+    for node in quantized_model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    ranges = activation_ranges(quantized_model)
+    wanted = []
+    for tensor, pairs in activation_quantizers(quantized_model).items():
+        users = [user for q, dq in pairs for user in consumers.get(dq.output[0], [])]
+        direct = [user for user in consumers.get(tensor, []) if user.op_type not in ("QuantizeLinear", "Cast")]
+        if any(user.op_type != "Conv" for user in users) and not direct:
+            wanted.append(tensor)
+    if not wanted:
+        return {}, 0
+    probe = copy.deepcopy(fp32_model)  # the fp32 graph with the wanted tensors as extra outputs
+    existing = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                              for t in wanted if t not in existing)
+    session = ort_session(probe)
+    del probe
+    input_name = session.get_inputs()[0].name
+    signatures: dict[tuple, list] = {}  # shape -> [(tensor, statistics)]
+    for start in range(0, len(wanted), SIGNATURE_GROUP):  # a group per forward: D7x's tensors would take GBs
+        group = wanted[start:start + SIGNATURE_GROUP]
+        for tensor, value in zip(group, session.run(group, {input_name: batch})):
+            signatures.setdefault(tuple(value.shape), []).append((tensor, _signature(value)))
+    del session
+    found: dict[str, tuple[CallSite, float]] = {}
+
+    def match(site, out):
+        for tensor, expected in signatures.get(site[3], ()):
+            if tensor not in found:
+                scale = _scale_between(_signature(out.detach().numpy()), expected)
+                if scale is not None:
+                    found[tensor] = (site, scale)  # the first call that makes these values (up to the scale)
+                    break
+        return out
+
+    with torch.no_grad(), CallSites(module, match):
+        module(torch.from_numpy(np.ascontiguousarray(batch)))
+    sites: dict = {}
+    for tensor, (site, scale) in found.items():  # the graph quantizes scale × the torch tensor
+        sites[site] = max(ranges[tensor] / scale, sites.get(site, 0.0))
+    return sites, len(wanted) - len(found)
+
+
+def output_quantization(student, sites: dict) -> CallSites:
+    """The context in which ``student``'s forwards fake-quantize each of ``sites`` ({:data:`CallSite`: amax}) with
+    its deployed range, through a ModelOpt quantizer configured as the convolutions' input quantizers."""
+    import torch
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    template = next(m.input_quantizer for m in student.modules()
+                    if isinstance(getattr(m, "input_quantizer", None), TensorQuantizer)
+                    and m.input_quantizer.amax is not None)
+    quantizers = {}
+    for site, amax in sites.items():
+        quantizer = copy.deepcopy(template)
+        quantizer._amax = torch.full_like(template.amax, amax)
+        quantizers[site] = quantizer
+    hits: set = set()
+
+    def quantize(site, out):
+        quantizer = quantizers.get(site)
+        if quantizer is None:
+            return out
+        hits.add(site)
+        return quantizer(out)
+
+    context = CallSites(student, quantize)
+    context.hits = hits
+    return context
+
+
+def _scale_between(ours: np.ndarray, expected: np.ndarray) -> Optional[float]:
+    """k where the graph's tensor is k × ours (k > 0), within what fp32 rounding in another runtime moves (10⁻³ of
+    the tensor's root mean square), else None. Export folds constant scales into convolutions (a BiFPN fusion
+    weight into the convolution before it), so the graph's tensor may be a scaled copy of the torch one."""
+    ours, expected = ours.reshape(4, -1), expected.reshape(4, -1)
+    if np.any(ours[2] <= 0) or np.any(expected[2] <= 0):
+        return None
+    scale = expected[2] / ours[2]  # root mean squares, per sample
+    if np.ptp(scale) > 1e-3 * scale.mean():
+        return None
+    k = float(scale.mean())
+    return k if np.all(np.abs(ours * k - expected) <= 1e-3 * expected[2]) else None
+
+
+def _signature(value: np.ndarray) -> np.ndarray:
+    """Statistics that tell tensors of one shape apart and survive fp32 rounding differences: mean, mean absolute
+    value, root mean square and a fixed ±1 projection, per sample."""
+    flat = value.reshape(value.shape[0], -1).astype(np.float64)
+    signs = np.where(np.arange(flat.shape[1]) % 3 == 0, -1.0, 1.0)
+    return np.concatenate([flat.mean(1), np.abs(flat).mean(1), np.sqrt((flat ** 2).mean(1)),
+                           (flat * signs).mean(1)])
+
+
 def recompute_in_backward(network) -> int:
     """Activation checkpointing on every block of ``network`` (:data:`effedge.models.RECOMPUTABLE_BLOCKS`): a
     training step keeps only each block's input and recomputes the block's inner activations during backward
@@ -261,14 +557,25 @@ def recompute_in_backward(network) -> int:
 
     from effedge.models import RECOMPUTABLE_BLOCKS
 
-    def recomputed(forward, *args):
+    def framed(block, forward, *args):
+        # recomputed in backward, the block's forward runs without its module call and outside the caller's torch
+        # function modes: name its calls as in forward (the gradient flows through these, fake-quantized alike)
+        sites = [s for s in _ACTIVE_SITES if not s.top(block)]
+        with contextlib.ExitStack() as naming:
+            for site in sites:
+                site.push(block)
+                naming.callback(site.pop)
+                naming.enter_context(site.naming())
+            return forward(*args)
+
+    def recomputed(block, forward, *args):
         if torch.is_grad_enabled():
-            return checkpoint(forward, *args, use_reentrant=False)
+            return checkpoint(functools.partial(framed, block, forward), *args, use_reentrant=False)
         return forward(*args)
 
     blocks = [m for m in network.modules() if isinstance(m, RECOMPUTABLE_BLOCKS)]
     for block in blocks:
-        block.forward = functools.partial(recomputed, block.forward)
+        block.forward = functools.partial(recomputed, block, block.forward)
     return len(blocks)
 
 
@@ -321,33 +628,42 @@ def learned_ranges(student) -> dict[str, float]:
     return ranges
 
 
-def cache_key(source: Path, images, inputs, options: QADOptions) -> str:
+def cache_key(source: Path, images, inputs, options: QADOptions, deployed_ranges: Optional[dict] = None) -> str:
     """What a fine-tuned graph is cached under: everything that changes it (source graph, calibration images,
-    settings, input, tool versions and :data:`ALGORITHM_VERSION`)."""
+    settings, the deployed ranges it trains under, input, tool versions and :data:`ALGORITHM_VERSION`)."""
     import hashlib
     import json
 
     from effedge.provenance import cache_identity
 
     identity = json.dumps([ALGORITHM_VERSION, sha256_file(source), images.content_hash(), options.steps, options.lr,
-                           options.seed, options.ranges, options.loss, inputs.format, list(inputs.size),
-                           inputs.batch,
+                           options.seed, options.ranges, options.loss,
+                           sorted(deployed_ranges.items()) if deployed_ranges is not None else None,
+                           inputs.format, list(inputs.size), inputs.batch,
                            inputs.preprocessing.describe(),
                            cache_identity("torch", "onnx", "onnxsim", "nvidia-modelopt")])
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
-def fine_tuned_source(source, images, inputs, options: QADOptions, *, log: Callable[[str], None],
-                      progress: Progress) -> tuple[object, dict]:
+def fine_tuned_source(source, images, inputs, options: QADOptions, *, deployed_model=None,
+                      log: Callable[[str], None], progress: Progress) -> tuple[object, dict]:
     """The fp32 ONNX graph of ``source``'s build with QAD-fine-tuned weights, distilled on the calibration
-    images of ``images`` (held-out photos never take part). Cached by content (source graph, images, settings,
-    tool versions): a re-run does not retrain. Returns (path of the cached graph, report)."""
+    images of ``images`` (held-out photos never take part). Ranges "deployed" take ``deployed_model``, the
+    post-training int8 graph of ``source`` whose ranges the fine-tuning trains under. Cached by content (source
+    graph, images, settings, deployed ranges, tool versions): a re-run does not retrain. Returns (path of the
+    cached graph, report)."""
     import json
+
+    from effedge.quantize.qdq import convolution_input_ranges
 
     options.validate()
     _mtq()
+    if (options.ranges == "deployed") != (deployed_model is not None):
+        raise ValueError("QAD ranges 'deployed' take the post-training int8 graph, and only they do")
     source = Path(source)
-    key = cache_key(source, images, inputs, options)
+    deployed_ranges = (None if deployed_model is None else
+                       {node: amax for node, (amax, _) in convolution_input_ranges(deployed_model).items()})
+    key = cache_key(source, images, inputs, options, deployed_ranges)
     cached, cached_report = cache_root() / "qad" / f"{key}.onnx", cache_root() / "qad" / f"{key}.json"
     if cached.is_file() and cached_report.is_file():
         from effedge.cache import mark_used
@@ -379,7 +695,14 @@ def fine_tuned_source(source, images, inputs, options: QADOptions, *, log: Calla
     wrapper = deployable(network, inputs.format).eval()
     batches = CalibrationBatches(images, inputs)
     log(f"QAD: distilling int8 towards fp32 on {batches.images} calibration images, {options.steps} steps")
-    student, report = distill(wrapper, batches, options, progress=progress, log=log)
+    input_ranges, output_sites, unmatched = None, None, 0
+    if deployed_model is not None:
+        input_ranges = deployed_input_ranges(deployed_model, (name for name, _ in wrapper.named_modules()))
+        output_sites, unmatched = deployed_output_sites(deployed_model, onnx.load(str(source)), wrapper, batches[0])
+    student, report = distill(wrapper, batches, options, input_ranges=input_ranges, output_sites=output_sites,
+                              progress=progress, log=log)
+    if deployed_model is not None:
+        report["tensors_not_found_in_torch"] = unmatched
     wrapper.load_state_dict(distilled_state_dict(student))
     source_model = onnx.load(str(source))
     opset = max(o.version for o in source_model.opset_import if o.domain in ("", "ai.onnx"))
@@ -390,7 +713,9 @@ def fine_tuned_source(source, images, inputs, options: QADOptions, *, log: Calla
     onnx.helper.set_model_props(graph, {p.key: p.value for p in source_model.metadata_props})
     report = {**{k: v for k, v in report.items() if k != "losses"}, "images": batches.images,
               "seconds": round(time.perf_counter() - clock, 3),
-              "ranges": "recalibrated on the fine-tuned fp32 graph (effedge's own placement and calibration)"}
+              "training_ranges": options.ranges,
+              "ranges": ("the post-training graph's, trained under and deployed unchanged" if deployed_model is not None
+                         else "recalibrated on the fine-tuned fp32 graph (effedge's own placement and calibration)")}
     cached.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(cached_report, json.dumps(report).encode())
     atomic_write(cached, graph.SerializeToString())  # last: its presence marks a complete entry

@@ -65,6 +65,45 @@ def activation_quantizers(model) -> dict[str, list[tuple]]:
     return dict(found)
 
 
+def _activation_amax(q_node, initializers: dict) -> float:
+    from onnx import numpy_helper
+
+    return float(numpy_helper.to_array(initializers[q_node.input[1]]).astype(np.float64).max() * INT8_MAX)
+
+
+def activation_ranges(model) -> dict[str, float]:
+    """{original activation tensor: amax} as the graph's activation quantizers hold them (scale × 127): the
+    inverse of :func:`set_activation_ranges`."""
+    initializers = {i.name: i for i in model.graph.initializer}
+    return {tensor: max(_activation_amax(q, initializers) for q, _ in pairs)
+            for tensor, pairs in activation_quantizers(model).items()}
+
+
+PASS_THROUGH = ("Pad", "Cast", "Identity")  # ops between a convolution and the DQ of its input that keep its values
+
+
+def convolution_input_ranges(model) -> dict[str, tuple[float, str]]:
+    """{Conv node name: (amax, tensor)} for every Conv whose data input is dequantized (possibly through a Pad or
+    Cast): the range of the activation quantizer it comes through and the tensor that quantizer quantizes (before
+    any padding; graph inputs included)."""
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    producers = _producers(graph)
+    ranges = {}
+    for node in graph.node:
+        if node.op_type != "Conv":
+            continue
+        producer = producers.get(node.input[0])
+        while producer is not None and producer.op_type in PASS_THROUGH:
+            producer = producers.get(producer.input[0])
+        if producer is None or producer.op_type != "DequantizeLinear":
+            continue
+        q = producers.get(producer.input[0])
+        if q is not None and q.op_type == "QuantizeLinear" and q.input[1] in initializers:
+            ranges[node.name] = (_activation_amax(q, initializers), _source_tensor(q.input[0], producers))
+    return ranges
+
+
 def set_activation_ranges(model, amax: dict[str, float]) -> int:
     """Write scale = amax/127 into every activation Q and DQ node; returns the number of tensors set."""
     from onnx import numpy_helper
