@@ -162,12 +162,14 @@ def test_qad_trains_and_deploys_under_the_post_training_ranges(qad_build):
     assert ours == deployed and len(ours) > 10
     assert report["calibration"]["ranges_from_post_training"] == len(ours)
     convolutions = sum(isinstance(m, Conv2d) for m in build_model("lite0", image_size=64).modules())
-    assert report["qad"]["pinned_convolutions"] == convolutions - 1  # all but the stem
+    assert report["qad"]["pinned_convolutions"] + report["qad"]["convolutions_keeping_own_range"] == convolutions
+    assert report["qad"]["convolutions_keeping_own_range"] <= 1  # a uint8 graph's stem quantizes pixels
     assert report["qad"]["layers_unquantized_as_deployed"] == 1  # the classifier, which the graph keeps in fp16
     assert report["qad"]["quantized_tensors_outside_convolutions"] > 0
     assert report["qad"]["tensors_not_found_in_torch"] == 0 and report["qad"]["sites_not_reached"] == 0
 
 
+@pytest.mark.slow
 def test_the_student_makes_the_errors_the_deployed_graph_makes(qad_build):
     """The point of ranges "deployed": the fake-quantized student's outputs are as far from fp32 as the deployed
     int8 graph's (ONNX Runtime), so the fine-tuning corrects the errors deployment makes. ModelOpt's own placement
@@ -241,13 +243,62 @@ def test_call_sites_are_named_alike_in_forward_and_in_backward_recomputation():
         seen[phase[0]].append(site)
         return out
 
-    with CallSites(network, record):
-        out = network(torch.randn(1, 3, 16, 16))
-        phase[0] = "backward"
-        out.square().mean().backward()
+    backwards = []
+    with CallSites(network, record) as sites:
+        for _ in range(3):  # a recomputation stopped early must not leave frames that name later calls
+            seen["forward"], seen["backward"], phase[0] = [], [], "forward"
+            out = network(torch.randn(1, 3, 16, 16))
+            phase[0] = "backward"
+            out.square().mean().backward()
+            assert sites.depth() == 0
+            backwards.append(seen["backward"])
     in_blocks = {site for site in seen["forward"] if site[0].split(".")[0] in ("1", "2")}
     assert seen["backward"] and set(seen["backward"]) <= in_blocks
     assert {site[0].split(".")[0] for site in seen["backward"]} == {"1", "2"}  # both blocks were recomputed
+    assert backwards[0] == backwards[1] == backwards[2]
+
+
+def test_a_call_site_is_fake_quantized_at_its_deployed_range():
+    """The output of a named call (here a residual sum) is rounded to the int8 grid of its range and clipped to
+    it, inside the context only."""
+    from effedge.quantize.qad import output_quantization
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            return torch.add(self.conv(x), x)
+
+    network = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), Residual()).eval()
+    batches = [np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)]
+    student, _ = distill(network, batches, QADOptions(steps=1, lr=1e-12, ranges="max"))
+    context = output_quantization(student, {("1", "add", 0, (1, 8, 8, 8)): 0.5})
+    x = torch.from_numpy(batches[0])
+    with torch.no_grad():
+        plain = student(x)
+        with context:
+            quantized = student(x)
+    assert context.hits == {("1", "add", 0, (1, 8, 8, 8))}
+    assert float(plain.abs().max()) > 0.6  # the range clips something
+    steps = quantized.numpy() / (0.5 / 127)
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+    assert float(quantized.max()) <= 0.5 + 1e-6 and float(quantized.min()) >= -0.5 * 128 / 127 - 1e-6
+
+
+def test_mixed_qad_keeps_the_blocks_the_post_training_search_kept(qad_build):
+    """Mixed + QAD: the student trains with the post-training mixed graph's fp16 blocks unquantized, so the QAD
+    graph keeps those same blocks (a new search could put blocks the student never saw quantized into int8)."""
+    from effedge.quantize.fidelity import min_sqnr
+
+    root, options, report = qad_build
+    mixed = replace(options, precision="mixed", fidelity_target=min_sqnr(report["ptq_fidelity"]) + 2.0)
+    ptq = convert(root / "build" / "model.sim.onnx", root / "mixed-ptq", options=replace(mixed, qad=None))
+    assert 0 < len(ptq["kept_fp16"]) < len(ptq["sensitivity"])
+    ours = convert(root / "build" / "model.sim.onnx", root / "mixed-qad", options=mixed)
+    assert ours["kept_fp16"] == ptq["kept_fp16"]
+    assert ours["qad"]["layers_unquantized_as_deployed"] > 1  # the kept blocks' convolutions, and the classifier
 
 
 def test_a_scaled_copy_of_a_tensor_is_found_with_its_scale():
@@ -405,6 +456,10 @@ def test_cache_key_changes_with_every_setting_that_changes_the_graph(tmp_path, m
         assert cache_key(source, images, inputs, changed) != key
     assert cache_key(source, SimpleNamespace(content_hash=lambda: "other"), inputs, base) != key
     assert cache_key(source, images, SimpleNamespace(**{**vars(inputs), "batch": 2}), base) != key
+    ranges = {"a": 1.0, "b": 2.0}
+    assert cache_key(source, images, inputs, base, ranges) != key
+    assert cache_key(source, images, inputs, base, {**ranges, "b": 2.5}) != cache_key(source, images, inputs, base,
+                                                                                     ranges)
     source.write_bytes(b"other graph")
     changed_source = cache_key(source, images, inputs, base)
     assert changed_source != key

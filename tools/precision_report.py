@@ -13,7 +13,8 @@ the calibration folder is made of --images + --holdout crops/flips of the photos
 starts with a cold cache. "calibration ÷ fp32 forwards" divides the whole calibration stage (file hashing, session
 creation, image decoding included) by forwards alone (see time_fp32_forwards). Peak RSS is per stage (sampled,
 effedge.provenance.stages) and for the whole process (the kernel's). --qad-steps N adds an "int8 QAD" row (N
-distillation steps, then placement and recalibration): QAD rebuilds the torch model from build.json, so the random
+distillation steps under the post-training ranges, then placement with those ranges: no calibration of its own,
+so its ratio is "-"): QAD rebuilds the torch model from build.json, so the random
 weights are then saved to a checkpoint in --out and exported from it.
 """
 from __future__ import annotations
@@ -164,8 +165,8 @@ def main() -> None:
         det = report["fidelity"].get("detection_agreement") or {}
         seconds, peaks = report["seconds"], report["peak_rss_mb"]
         calib = report.get("calibration", {})
-        ratio = (seconds["calibration"] / fp32_seconds if "calibration" in seconds and not calib.get("cached")
-                 else None)
+        calibrated = not calib.get("cached") and calib.get("ranges_from_post_training", 0) < calib.get("tensors", 1)
+        ratio = seconds["calibration"] / fp32_seconds if "calibration" in seconds and calibrated else None
         stages = ", ".join(f"{k} {seconds[k]:.1f}/{gib(peaks[k])}" for k in seconds)
         first, second = (list(outputs) + [None, None])[:2]
         print(f"| {label} | {meter.seconds[label]:.1f} | {gib(meter.peak_rss_mb[label])} | {stages} | "

@@ -16,9 +16,9 @@ generated images of seed 78 and evaluated, as tools/accuracy_report.py does, on 
 the detection agreement (F1 against fp32) from the int8 report. Every figure is effedge's own:
 ``effedge.quantize.convert`` makes the graphs as ``effedge quantize [--qad]`` does.
 
-Measured (README, QAD), ranges "deployed": Lite0, 200 steps: top-1 agreement 78.8 % -> 89.4 %, logits SQNR
-11.4 -> 15.7 dB. Fixture, 200 steps: mAP fp32 0.841, PTQ 0.835, QAD 0.833 (held-out box regression SQNR
-16.7 -> 18.6 dB). --conv-inputs-only also measures each int8 graph with Q/DQ on convolution inputs only.
+Measured (README, QAD), ranges "deployed": Lite0, 200 steps: top-1 agreement 78.8 % -> 85.6 %, logits SQNR
+11.4 -> 15.3 dB. Fixture, 200 steps: mAP fp32 0.841, PTQ 0.835, QAD 0.831 (held-out class logits SQNR
+29.9 -> 30.3 dB, box regression 16.7 -> 16.1 dB). --conv-inputs-only also measures each int8 graph with Q/DQ on convolution inputs only.
 """
 from __future__ import annotations
 

@@ -446,6 +446,18 @@ def measure_fidelity(model, references: list[tuple[np.ndarray, int, dict]], inpu
     return report
 
 
+def block_groups(int8_model) -> dict[str, set[str]]:
+    """{block: names of its nodes}. A block goes to fp16 whole: its convolutions and every other node with
+    quantized inputs (residual Adds, pooling, resizing), or its activations would still be rounded to int8."""
+    from effedge.quantize.qdq import layer_group
+
+    groups: dict[str, set[str]] = {}
+    for node in int8_model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and node.name:
+            groups.setdefault(layer_group(node.name), set()).add(node.name)
+    return groups
+
+
 def _mixed_search(int8_model, references, inputs: ModelInput, target: float, score_threshold: float,
                   log, progress: Progress) -> tuple[object, list[dict], float]:
     """(model, per-block sensitivity, worst SQNR reached on all the held-out views).
@@ -453,16 +465,11 @@ def _mixed_search(int8_model, references, inputs: ModelInput, target: float, sco
     The first views rank the blocks (one measurement per block); the target is checked on every held-out view,
     so a target reported as met is met by the fidelity figures reported."""
     from effedge.quantize.fidelity import finite_or_none, min_sqnr
-    from effedge.quantize.qdq import dequantize_nodes, layer_group
+    from effedge.quantize.qdq import dequantize_nodes
 
     probe = references[:SENSITIVITY_IMAGES]
     base = measure_fidelity(int8_model, probe, inputs, score_threshold)
-    # A block goes to fp16 whole: its convolutions and every other node with quantized inputs (residual Adds,
-    # pooling, resizing), or its activations would still be rounded to int8.
-    groups: dict[str, set[str]] = {}
-    for node in int8_model.graph.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and node.name:
-            groups.setdefault(layer_group(node.name), set()).add(node.name)
+    groups = block_groups(int8_model)
 
     def with_fp16(names: set[str]):
         candidate = copy.deepcopy(int8_model)
@@ -572,7 +579,7 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
                                    inputs.preprocessing.describe(),
                                    cache_identity("onnx", "onnxruntime")])
             cache_file = cache_root() / "calibration" / f"{hashlib.sha256(key_text.encode()).hexdigest()[:32]}.json"
-            everything_inherited = inherited and not tensors
+            everything_inherited = bool(inherited) and not tensors
             cached = None if everything_inherited else read_calibration_cache(cache_file, tensors, log)
             if everything_inherited:
                 amax, used, calibration_cached = {}, ptq["calibration"]["images"], False
@@ -602,13 +609,24 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
         # fp32's held-out outputs only now: at D7 they take 2.6 GB, which calibration need not share memory with
         with meter.stage("reference"):
             references = _reference_outputs(source, images, inputs)
-        if options.precision == "mixed":
+        if options.precision == "mixed" and deployed_ranges is not None:
+            # QAD trained with the post-training search's blocks in fp16 (and the rest at its ranges): keep those
+            from effedge.quantize.fidelity import min_sqnr
+
+            groups = block_groups(placed)
+            kept = [group for group in ptq["kept_fp16"] if group in groups]
+            qdq.dequantize_nodes(placed, set().union(*(groups[group] for group in kept)))
+            log(f"mixed precision: keeping the post-training search's blocks out of int8 ({', '.join(kept) or 'none'})")
+            result, report["sensitivity"], report["kept_fp16"] = placed, ptq["sensitivity"], kept
+            reached = min_sqnr(measure_fidelity(result, references, inputs, options.score_threshold))
+        elif options.precision == "mixed":
             log(f"mixed precision: searching for the blocks to keep out of int8 (target {options.fidelity_target} dB)")
             with meter.stage("sensitivity"):
                 result, sensitivity, reached = _mixed_search(placed, references, inputs, options.fidelity_target,
                                                              options.score_threshold, log, progress)
             report["sensitivity"] = sensitivity
             report["kept_fp16"] = [s["group"] for s in sensitivity if s.get("kept_fp16")]
+        if options.precision == "mixed":
             report["fidelity_target_met"] = bool(reached >= options.fidelity_target)
             if not report["fidelity_target_met"]:
                 report["warnings"] = [f"mixed precision reached {reached:.1f} dB, short of the "

@@ -215,11 +215,14 @@ def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOpti
 
         with contextlib.redirect_stdout(io.StringIO()):  # ModelOpt prints "Inserted N quantizers": the CLI's output is ours
             student = _quantized(mtq, student, forward_loop, options.ranges)
-        pinned, unquantized = pin_input_ranges(student, input_ranges) if input_ranges is not None else (None, 0)
+        pinned, own, unquantized = (pin_input_ranges(student, input_ranges) if input_ranges is not None
+                                    else (None, 0, 0))
         student.output_quantization = output_quantization(student, output_sites) if output_sites else None
         recompute_in_backward(student)
         # BatchNorm statistics stay the fp32 model's (eval mode): only weights, biases and ranges move.
-        parameters = list(student.parameters())  # built models come frozen (inference): train them all here
+        # built models come frozen (inference): train all but the BiFPN fusion weights, which export folds into
+        # the convolutions before them (the deployed ranges of those tensors hold for these weights only)
+        parameters = [p for name, p in student.named_parameters() if not name.endswith(FROZEN_PARAMETER)]
         for parameter in parameters:
             parameter.requires_grad_(True)
         optimizer = torch.optim.Adam(parameters, lr=options.lr)
@@ -244,6 +247,7 @@ def distill(module, batches: Sequence[np.ndarray], options: QADOptions = QADOpti
     return student, {"steps": options.steps, "lr": options.lr, "seed": options.seed, "ranges": options.ranges,
                      "batches": len(batches),
                      **({} if pinned is None else {"pinned_convolutions": pinned,
+                                                   "convolutions_keeping_own_range": own,
                                                    "layers_unquantized_as_deployed": unquantized}),
                      **({} if output_sites is None else {"quantized_tensors_outside_convolutions": outputs_quantized,
                                                          "sites_not_reached": len(output_sites) - outputs_quantized}),
@@ -301,8 +305,7 @@ def module_of_node(node_name: str, modules: set[str]) -> Optional[str]:
 def deployed_input_ranges(quantized_model, modules: Iterable[str]) -> InputRanges:
     """The input range of every convolution of the int8 ONNX ``quantized_model`` (effedge's post-training graph),
     by torch module (names of ``modules``, the network the graph was exported from) and input height × width.
-    A convolution on a graph input gets no ranges ({}): export folds the input normalization into it, so its
-    quantized tensor is not the one the torch module sees. Layers the graph leaves unquantized are not listed."""
+    Layers the graph leaves unquantized are not listed."""
     import onnx
 
     from effedge.quantize.qdq import convolution_input_ranges
@@ -310,14 +313,9 @@ def deployed_input_ranges(quantized_model, modules: Iterable[str]) -> InputRange
     graph = onnx.shape_inference.infer_shapes(quantized_model).graph
     shapes = {value.name: [d.dim_value for d in value.type.tensor_type.shape.dim]
               for value in list(graph.value_info) + list(graph.input)}
-    graph_inputs = {value.name for value in quantized_model.graph.input}
     modules = set(modules)
     table: InputRanges = {}
     for node, (amax, tensor) in convolution_input_ranges(quantized_model).items():
-        if tensor in graph_inputs:  # quantized in the graph, but on what torch never sees: keeps its own range
-            if module_of_node(node, modules) is not None:
-                table.setdefault(module_of_node(node, modules), {})
-            continue
         module, shape = module_of_node(node, modules), shapes.get(tensor, [])
         if module is None or len(shape) != 4 or not all(shape[2:]):
             raise EffedgeError(f"QAD cannot tell which PyTorch layer (and input size) the int8 graph's {node} "
@@ -342,15 +340,16 @@ def _per_call_amax(quantizer, calls: dict[tuple[int, int], float]):
     return use_deployed_range
 
 
-def pin_input_ranges(student, input_ranges: InputRanges) -> tuple[int, int]:
+def pin_input_ranges(student, input_ranges: InputRanges) -> tuple[int, int, int]:
     """Make each convolution of the fake-quantized ``student`` quantize as the deployed graph does: its input at the
-    deployed range of that call where ``input_ranges`` gives one, its own range where it lists none (a layer whose
-    input export transformed; so does one whose deployed range exceeds what the student's own max calibration saw
-    on the same images), and not at all where the graph leaves it unquantized (ModelOpt quantizes a classifier's
-    Linear, the graph does not; a mixed graph's fp16 blocks). Returns (pinned, left unquantized)."""
+    deployed range of that call, and not at all where the graph leaves it unquantized (ModelOpt quantizes a
+    classifier's Linear, the graph does not; a mixed graph's fp16 blocks). A deployed range above what the
+    student's own max calibration saw on the same images is not the same tensor — a uint8 or pixels graph's stem
+    quantizes its input before the normalization export folds into it — so that layer keeps its own range.
+    Returns (pinned, keeping their own range, left unquantized)."""
     from modelopt.torch.quantization.nn import TensorQuantizer
 
-    pinned = unquantized = 0
+    pinned = own = unquantized = 0
     for name, module in student.named_modules():
         quantizer = getattr(module, "input_quantizer", None)
         if not isinstance(quantizer, TensorQuantizer) or not quantizer.is_enabled:
@@ -360,13 +359,16 @@ def pin_input_ranges(student, input_ranges: InputRanges) -> tuple[int, int]:
             quantizer.disable()
             module.weight_quantizer.disable()
             unquantized += 1
-        elif calls and max(calls.values()) <= 1.05 * float(quantizer.amax.max()) + 0.01:
+        elif max(calls.values()) > 1.05 * float(quantizer.amax.max()) + 0.01:
+            own += 1
+        else:
             use = _per_call_amax(quantizer, calls)
             module.register_forward_pre_hook(lambda module, args, use=use: use(args[0]))
             pinned += 1
-    return pinned, unquantized
+    return pinned, own, unquantized
 
 
+FROZEN_PARAMETER = "edge_weights"
 SIGNATURE_GROUP = 16  # tensors read back per fp32 forward while matching them to calls
 CallSite = tuple  # (innermost module name, torch function, its n-th call in that module's call, output shape)
 
@@ -391,6 +393,12 @@ class CallSites:
 
     def pop(self) -> None:
         self._frames.pop()
+
+    def depth(self) -> int:
+        return len(self._frames)
+
+    def truncate(self, depth: int) -> None:
+        del self._frames[depth:]
 
     def top(self, module) -> bool:
         return bool(self._frames) and self._frames[-1][0] == self._names.get(id(module), False)
@@ -419,8 +427,10 @@ class CallSites:
     def __enter__(self):
         from torch.nn.modules import module as module_hooks
 
+        # always_call: a recomputation stopped early (torch's checkpoint raises inside a block once it has what
+        # backward needs) still pops the frames it pushed
         self._handles = [module_hooks.register_module_forward_pre_hook(lambda m, args: self.push(m)),
-                         module_hooks.register_module_forward_hook(lambda m, args, out: self.pop())]
+                         module_hooks.register_module_forward_hook(lambda m, args, out: self.pop(), always_call=True)]
         self._mode = self.naming()
         self._mode.__enter__()
         _ACTIVE_SITES.append(self)
@@ -506,7 +516,8 @@ def output_quantization(student, sites: dict) -> CallSites:
                     and m.input_quantizer.amax is not None)
     quantizers = {}
     for site, amax in sites.items():
-        quantizer = copy.deepcopy(template)
+        quantizer = copy.deepcopy(template)  # the template may be a layer's disabled one (kept in high precision)
+        quantizer.enable()
         quantizer._amax = torch.full_like(template.amax, amax)
         quantizers[site] = quantizer
     hits: set = set()
@@ -515,8 +526,9 @@ def output_quantization(student, sites: dict) -> CallSites:
         quantizer = quantizers.get(site)
         if quantizer is None:
             return out
+        out = quantizer(out)
         hits.add(site)
-        return quantizer(out)
+        return out
 
     context = CallSites(student, quantize)
     context.hits = hits
@@ -563,8 +575,8 @@ def recompute_in_backward(network) -> int:
         sites = [s for s in _ACTIVE_SITES if not s.top(block)]
         with contextlib.ExitStack() as naming:
             for site in sites:
+                naming.callback(site.truncate, site.depth())  # whatever an early stop left, this frame included
                 site.push(block)
-                naming.callback(site.pop)
                 naming.enter_context(site.naming())
             return forward(*args)
 
@@ -654,15 +666,14 @@ def fine_tuned_source(source, images, inputs, options: QADOptions, *, deployed_m
     cached graph, report)."""
     import json
 
-    from effedge.quantize.qdq import convolution_input_ranges
+    from effedge.quantize.qdq import activation_ranges
 
     options.validate()
     _mtq()
     if (options.ranges == "deployed") != (deployed_model is not None):
         raise ValueError("QAD ranges 'deployed' take the post-training int8 graph, and only they do")
     source = Path(source)
-    deployed_ranges = (None if deployed_model is None else
-                       {node: amax for node, (amax, _) in convolution_input_ranges(deployed_model).items()})
+    deployed_ranges = None if deployed_model is None else activation_ranges(deployed_model)
     key = cache_key(source, images, inputs, options, deployed_ranges)
     cached, cached_report = cache_root() / "qad" / f"{key}.onnx", cache_root() / "qad" / f"{key}.json"
     if cached.is_file() and cached_report.is_file():
