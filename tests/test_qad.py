@@ -313,6 +313,26 @@ def test_a_scaled_copy_of_a_tensor_is_found_with_its_scale():
     assert _scale_between(_signature(tensor), _signature(rng.standard_normal(tensor.shape))) is None
 
 
+def test_bifpn_fusion_weights_stay_as_exported():
+    """Export folds the fusion weights into the convolutions before them, so the deployed ranges of those tensors
+    hold only for the weights they were calibrated with: the fine-tuning leaves them alone, and trains the rest."""
+    class Fusion(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.edge_weights = nn.Parameter(torch.tensor([1.0, 0.5]))
+
+        def forward(self, x):
+            y, weights = self.conv(x), torch.relu(self.edge_weights)
+            return weights[0] * y + weights[1] * y.flip(-1)
+
+    network = Fusion().eval()
+    student, _ = distill(network, _batches(), QADOptions(steps=5, lr=1e-3, ranges="max"))
+    weights = distilled_state_dict(student)
+    assert torch.equal(weights["edge_weights"], torch.tensor([1.0, 0.5]))
+    assert not torch.equal(weights["conv.weight"], network.conv.weight)
+
+
 def test_exported_node_names_lead_to_their_modules():
     from effedge.quantize.qad import module_of_node
 
