@@ -19,9 +19,6 @@ from effedge.quantize import qdq
 from effedge.quantize.precision import PrecisionOptions, convert
 from effedge.quantize.qad import QADOptions, cache_key, distill, distilled_state_dict, refuse
 
-# one worker runs them all: the module's QAD build (a minute) would otherwise be made once per worker
-pytestmark = pytest.mark.xdist_group("qad")
-
 
 def _tiny_network():
     torch.manual_seed(1)
