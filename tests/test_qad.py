@@ -301,6 +301,30 @@ def test_mixed_qad_keeps_the_blocks_the_post_training_search_kept(qad_build):
     assert ours["qad"]["layers_unquantized_as_deployed"] > 1  # the kept blocks' convolutions, and the classifier
 
 
+def test_a_convolution_called_at_two_sizes_gets_each_calls_deployed_range():
+    """A head convolution shared by the pyramid levels quantizes each level's input at that level's range (one range
+    per module would clip one level and waste bits on the other)."""
+    from effedge.quantize.qad import pin_input_ranges
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return self.conv(x).mean() + self.conv(nn.functional.avg_pool2d(x, 2)).mean()
+
+    batches = [np.full((1, 3, 8, 8), 3.0, np.float32)]
+    student, _ = distill(Shared().eval(), batches, QADOptions(steps=1, lr=1e-12, ranges="max"))
+    assert pin_input_ranges(student, {"conv": {(8, 8): 0.5, (4, 4): 2.0}}) == (1, 0, 0)
+    seen = {}
+    student.conv.input_quantizer.register_forward_hook(
+        lambda module, args, out: seen.__setitem__(tuple(out.shape[-2:]), float(out.max())))
+    with torch.no_grad():
+        student(torch.from_numpy(batches[0]))
+    assert seen[(8, 8)] == pytest.approx(0.5, rel=1e-3) and seen[(4, 4)] == pytest.approx(2.0, rel=1e-3)
+
+
 def test_a_scaled_copy_of_a_tensor_is_found_with_its_scale():
     """Export folds constant scales into convolutions: the graph's tensor may be k × the torch one (k > 0)."""
     from effedge.quantize.qad import _scale_between, _signature
