@@ -153,6 +153,20 @@ def test_mixed_keeps_sensitive_blocks_until_the_target(workspace):
     assert mixed_worst > worst
 
 
+def test_mixed_ranks_no_block_where_int8_alone_meets_the_target(workspace, monkeypatch):
+    int8 = _convert(workspace, "int8", calib_images=10)
+    worst = min(int8["fidelity"]["outputs"][k]["sqnr_db"] for k in ("class_logits", "box_regression"))
+    from effedge.quantize.precision import measure_fidelity
+
+    measured = []
+    monkeypatch.setattr("effedge.quantize.precision.measure_fidelity",
+                        lambda *a, **k: measured.append(1) or measure_fidelity(*a, **k))
+    mixed = _convert(workspace, "mixed", calib_images=10, fidelity_target=worst - 1)
+    assert mixed["fidelity_target_met"] is True and mixed["kept_fp16"] == [] and mixed["sensitivity"] == []
+    assert mixed["sha256"] == int8["sha256"]  # the int8 graph itself
+    assert len(measured) <= 2  # the check of int8 against the target (and the reported figures), no ranking
+
+
 def test_detector_groups_are_its_stages_bifpn_layers_and_heads(workspace):
     """The mixed search's groups of D0: the backbone's stem and stages, each BiFPN layer, the extra-level
     resampling, each head, and the rest (box decoding); every convolution in one of the network's parts."""

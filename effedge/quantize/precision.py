@@ -6,10 +6,10 @@
   ranges itself in one streaming ONNX Runtime pass (:mod:`effedge.quantize.calibrators`) and writes them into the
   graph. ModelOpt's placement depends only on the graph and effedge's ranges only on (model, images, method,
   input shape), so both are cached: a re-run with the same inputs neither re-places nor recalibrates.
-* ``mixed`` — INT8, then a sensitivity pass over blocks (:func:`effedge.quantize.qdq.layer_group`: the stem and
-  each backbone stage, each BiFPN layer, each detector head; a classifier's head and its Linear): each block is
-  tried in fp16 alone, then the most sensitive are kept in fp16, in order, until the worst raw-output SQNR on
-  held-out images reaches ``fidelity_target`` (dB).
+* ``mixed`` — INT8, then, where its worst raw-output SQNR on held-out images falls short of ``fidelity_target``
+  (dB), a sensitivity pass over blocks (:func:`effedge.quantize.qdq.layer_group`: the stem and each backbone
+  stage, each BiFPN layer, each detector head; a classifier's head and its Linear): each block is tried in fp16
+  alone, then the most sensitive are kept in fp16, in order, until the target is reached.
 
 For TensorRT 8.5/8.6 (ONNX opset ≤ 17) pass ``opset=17``: the non-quantized part then stays fp32 (fp16 Q/DQ
 scales need opset 19) and TensorRT's precision flags do the rest. For ONNX Runtime pass ``high_precision="fp32"``:
@@ -460,13 +460,18 @@ def block_groups(int8_model) -> dict[str, set[str]]:
 
 def _mixed_search(int8_model, references, inputs: ModelInput, target: float, score_threshold: float,
                   log, progress: Progress) -> tuple[object, list[dict], float]:
-    """(model, per-block sensitivity, worst SQNR reached on all the held-out views).
+    """(model, per-block sensitivity, worst SQNR reached on all the held-out views). Where int8 alone meets
+    ``target``, it is the model and no block is ranked (the sensitivity is empty).
 
     The first views rank the blocks (one measurement per block); the target is checked on every held-out view,
     so a target reported as met is met by the fidelity figures reported."""
     from effedge.quantize.fidelity import finite_or_none, min_sqnr
     from effedge.quantize.qdq import dequantize_nodes
 
+    reached = min_sqnr(measure_fidelity(int8_model, references, inputs, score_threshold))
+    if reached >= target:  # nothing to keep: ranking the blocks would cost one measurement each (19 min at D5)
+        log(f"mixed precision: int8 meets the target ({reached:.1f} dB), no block kept out of int8")
+        return int8_model, [], reached
     probe = references[:SENSITIVITY_IMAGES]
     base = measure_fidelity(int8_model, probe, inputs, score_threshold)
     groups = block_groups(int8_model)
@@ -490,8 +495,6 @@ def _mixed_search(int8_model, references, inputs: ModelInput, target: float, sco
     sensitivity.sort(key=lambda s: -s.pop("gain"))
     kept: set[str] = set()
     chosen = int8_model
-    reached = min_sqnr(base if len(probe) == len(references)
-                       else measure_fidelity(int8_model, references, inputs, score_threshold))
     for entry in sensitivity:
         if reached >= target:
             break
