@@ -40,6 +40,7 @@ from effedge.quantize.calibrators import DEFAULT_METHOD  # noqa: E402
 from effedge.export.onnx_export import export  # noqa: E402
 from effedge.quantize.precision import PrecisionOptions, convert, model_input  # noqa: E402
 from effedge.quantize.qad import QADOptions  # noqa: E402
+from effedge.quantize.fidelity import min_sqnr  # noqa: E402
 from effedge.runtime.onnxruntime import ort_session  # noqa: E402
 from effedge.provenance.stages import StageMeter, peak_rss_mb  # noqa: E402
 
@@ -97,7 +98,7 @@ def selected_rows(spec: str) -> dict:
     unknown = [label for label in labels if label not in ROWS]
     if unknown:
         sys.exit(f"--precisions: unknown {', '.join(unknown)}; use all, int8, or some of: {', '.join(ROWS)}")
-    return {label: ROWS[label] for label in labels}
+    return {label: row for label, row in ROWS.items() if label in labels}  # ROWS' order: int8 before mixed
 
 
 def main() -> None:
@@ -112,8 +113,13 @@ def main() -> None:
     parser.add_argument("--json", help="also write every figure to this JSON file")
     parser.add_argument("--qad-steps", type=int, help="also an int8 row with this many QAD steps (needs torch and "
                                                       "ModelOpt)")
+    parser.add_argument("--mixed-target-above-int8", type=float, metavar="DB",
+                        help="mixed's --fidelity-target: the int8 row's worst SQNR + DB, so the search ranks "
+                             "the blocks and keeps some even where random weights meet the default (its memory)")
     args = parser.parse_args()
     rows = selected_rows(args.precisions)
+    if args.mixed_target_above_int8 is not None and not {"mixed", f"int8 {DEFAULT_METHOD}"} <= set(rows):
+        parser.error(f"--mixed-target-above-int8 needs the mixed and int8 ({DEFAULT_METHOD}) rows in --precisions")
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     os.environ["EFFEDGE_CACHE_DIR"] = str(out / "cache")  # measure a cold first run
@@ -143,10 +149,13 @@ def main() -> None:
         runs.append((f"int8 QAD ({args.qad_steps} steps)", "int8", DEFAULT_METHOD, QADOptions(steps=args.qad_steps)))
     results = {}
     for label, precision, method, qad in runs:
+        target = {}
+        if precision == "mixed" and args.mixed_target_above_int8 is not None:
+            target = {"fidelity_target": min_sqnr(results[f"int8 {DEFAULT_METHOD}"]["fidelity"]) + args.mixed_target_above_int8}
         with meter.stage(label):
             report = convert(source, options=PrecisionOptions(precision=precision, calib_dir=out / "images",
                                                               calib_images=args.images, holdout=args.holdout,
-                                                              method=method, qad=qad))
+                                                              method=method, qad=qad, **target))
         results[label] = report
     size = model_input(__import__("onnx").load(str(source))).size
 
