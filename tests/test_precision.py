@@ -151,20 +151,37 @@ def test_mixed_keeps_sensitive_blocks_until_the_target(workspace):
     assert {g for g, _ in mixed["qdq"]["not_quantized_groups"]} == set(mixed["kept_fp16"]) & conv_groups
     mixed_worst = min(mixed["fidelity"]["outputs"][k]["sqnr_db"] for k in ("class_logits", "box_regression"))
     assert mixed_worst > worst
+    # the figures reported are those of the graph written (the search's last measurement)
+    from effedge.quantize.images import ImageSet
+
+    images = ImageSet.from_folder(workspace[1], count=10, holdout=4, min_views=4)
+    signal = error = 0.0
+    for batch in images.batches(images.holdout_views(), (128, 128), "float"):
+        ref = _run(workspace[0] / "build" / "model.sim.onnx", batch)["box_regression"].astype(np.float64)
+        got = _run(workspace[0] / "build" / "model.mixed.onnx", batch)["box_regression"].astype(np.float64)
+        signal, error = signal + (ref ** 2).sum(), error + ((ref - got) ** 2).sum()
+    assert mixed["fidelity"]["outputs"]["box_regression"]["sqnr_db"] == pytest.approx(10 * np.log10(signal / error),
+                                                                                      abs=1e-6)
 
 
 def test_mixed_ranks_no_block_where_int8_alone_meets_the_target(workspace, monkeypatch):
-    int8 = _convert(workspace, "int8", calib_images=10)
-    worst = min(int8["fidelity"]["outputs"][k]["sqnr_db"] for k in ("class_logits", "box_regression"))
+    from effedge.quantize.fidelity import RANDOM_WEIGHTS_NOTE
     from effedge.quantize.precision import measure_fidelity
 
-    measured = []
+    views = 8  # more than the blocks are ranked on: the check must be made on every held-out view
+    int8 = _convert(workspace, "int8", calib_images=10, holdout_views=views, random_weights=True)
+    worst = min(int8["fidelity"]["outputs"][k]["sqnr_db"] for k in ("class_logits", "box_regression"))
+    measured = []  # the number of views of each measurement
     monkeypatch.setattr("effedge.quantize.precision.measure_fidelity",
-                        lambda *a, **k: measured.append(1) or measure_fidelity(*a, **k))
-    mixed = _convert(workspace, "mixed", calib_images=10, fidelity_target=worst - 1)
+                        lambda model, references, *a: measured.append(len(references))
+                        or measure_fidelity(model, references, *a))
+    mixed = _convert(workspace, "mixed", calib_images=10, fidelity_target=worst - 1, holdout_views=views,
+                     random_weights=True)
     assert mixed["fidelity_target_met"] is True and mixed["kept_fp16"] == [] and mixed["sensitivity"] == []
     assert mixed["sha256"] == int8["sha256"]  # the int8 graph itself
-    assert len(measured) == 1  # the check of int8 against the target, whose figures are those reported: no ranking
+    assert measured == [views]  # one check of int8 on every view, whose figures are those reported: no ranking
+    assert mixed["fidelity"]["outputs"] == int8["fidelity"]["outputs"]
+    assert mixed["fidelity"]["detection_agreement_note"] == RANDOM_WEIGHTS_NOTE
 
 
 def test_detector_groups_are_its_stages_bifpn_layers_and_heads(workspace):

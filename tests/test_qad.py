@@ -252,9 +252,9 @@ def test_call_sites_are_named_alike_in_forward_and_in_backward_recomputation():
             out.square().mean().backward()
             assert sites.depth() == 0
             backwards.append(seen["backward"])
-    in_blocks = {site for site in seen["forward"] if site[0].split(".")[0] in ("1", "2")}
+    in_blocks = {site for site in seen["forward"] if site.module.split(".")[0] in ("1", "2")}
     assert seen["backward"] and set(seen["backward"]) <= in_blocks
-    assert {site[0].split(".")[0] for site in seen["backward"]} == {"1", "2"}  # both blocks were recomputed
+    assert {site.module.split(".")[0] for site in seen["backward"]} == {"1", "2"}  # both blocks were recomputed
     assert backwards[0] == backwards[1] == backwards[2]
 
 
@@ -335,6 +335,28 @@ def test_a_scaled_copy_of_a_tensor_is_found_with_its_scale():
     assert _scale_between(_signature(tensor), _signature(tensor + 1e-6)) == pytest.approx(1.0, rel=1e-5)
     assert _scale_between(_signature(tensor), _signature(-tensor)) is None
     assert _scale_between(_signature(tensor), _signature(rng.standard_normal(tensor.shape))) is None
+
+
+def test_a_large_tensor_is_signed_on_values_spread_over_its_planes():
+    """Big tensors are signed on a strided subset; it must still tell them apart wherever they differ, per sample,
+    whatever their memory layout. 512 × 128 × 128 at a plain stride of 128 would read column 0 alone."""
+    from effedge.quantize.qad import SIGNATURE_VALUES, _scale_between, _signature
+
+    rng = np.random.default_rng(1)
+    tensor = rng.standard_normal((2, 8, 130, 130)).astype(np.float32)  # 135 200 values a sample: strided
+    assert tensor[0].size > SIGNATURE_VALUES
+    assert _scale_between(_signature(tensor), _signature(2.5 * tensor)) == pytest.approx(2.5, rel=1e-6)
+    assert _scale_between(_signature(tensor), _signature(rng.standard_normal(tensor.shape))) is None
+    other_second = tensor.copy()
+    other_second[1] = rng.standard_normal(tensor.shape[1:])
+    assert _scale_between(_signature(tensor), _signature(other_second)) is None  # samples are signed apart
+    channels_last = np.ascontiguousarray(tensor.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    assert np.array_equal(_signature(channels_last), _signature(tensor))
+    border = np.zeros((1, 512, 128, 128), np.float32)  # two tensors that agree on their first column only
+    border[..., 0] = rng.standard_normal((1, 512, 128))
+    inside = border.copy()
+    inside[..., 1:] = rng.standard_normal((1, 512, 128, 127))
+    assert _scale_between(_signature(border), _signature(inside)) is None
 
 
 def test_bifpn_fusion_weights_stay_as_exported():

@@ -7,6 +7,8 @@ time against plain fp32 ONNX Runtime forwards on the same images, Q/DQ summary, 
 
     python tools/precision_report.py --variant d5 --images 16 --precisions int8 --json d5.json
     python tools/precision_report.py --variant d5 --images 4 --precisions int8 --qad-steps 2   # QAD's memory
+    python tools/precision_report.py --variant d7 --images 4 --precisions int8,mixed --mixed-target-above-int8 0.5
+        # the mixed search's time and memory where it must rank the blocks and keep some
 
 Without --weights the model gets seeded random weights with realistic output magnitudes (tests/helpers.py);
 the calibration folder is made of --images + --holdout crops/flips of the photos shipped in calib/. Each run
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -107,19 +110,23 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64, help="calibration images")
     parser.add_argument("--holdout", type=int, default=16, help="held-out photos (each seen through at least 8 views "
                         "in all), besides the calibration images")
-    parser.add_argument("--precisions", default="all", help="all, or a comma list: int8, mixed, fp16, 'int8 max', …")
+    parser.add_argument("--precisions", default="all", help="all, or a comma list: int8, mixed, fp16, 'int8 max', … "
+                                                            "(run in the order of the full list: int8 before mixed)")
     parser.add_argument("--weights")
     parser.add_argument("--out", default="runs/precision-report")
     parser.add_argument("--json", help="also write every figure to this JSON file")
     parser.add_argument("--qad-steps", type=int, help="also an int8 row with this many QAD steps (needs torch and "
                                                       "ModelOpt)")
     parser.add_argument("--mixed-target-above-int8", type=float, metavar="DB",
-                        help="mixed's --fidelity-target: the int8 row's worst SQNR + DB, so the search ranks "
-                             "the blocks and keeps some even where random weights meet the default (its memory)")
+                        help="mixed's --fidelity-target: the int8 row's worst SQNR + DB (> 0), so the search ranks "
+                             "the blocks and keeps some, to measure its time and memory, where random weights meet "
+                             "the default target")
     args = parser.parse_args()
     rows = selected_rows(args.precisions)
     if args.mixed_target_above_int8 is not None and not {"mixed", f"int8 {DEFAULT_METHOD}"} <= set(rows):
         parser.error(f"--mixed-target-above-int8 needs the mixed and int8 ({DEFAULT_METHOD}) rows in --precisions")
+    if args.mixed_target_above_int8 is not None and not args.mixed_target_above_int8 > 0:
+        parser.error("--mixed-target-above-int8 takes a positive number of dB (at or below int8 nothing is ranked)")
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     os.environ["EFFEDGE_CACHE_DIR"] = str(out / "cache")  # measure a cold first run
@@ -151,7 +158,10 @@ def main() -> None:
     for label, precision, method, qad in runs:
         target = {}
         if precision == "mixed" and args.mixed_target_above_int8 is not None:
-            target = {"fidelity_target": min_sqnr(results[f"int8 {DEFAULT_METHOD}"]["fidelity"]) + args.mixed_target_above_int8}
+            int8_worst = min_sqnr(results[f"int8 {DEFAULT_METHOD}"]["fidelity"])
+            if not math.isfinite(int8_worst):
+                sys.exit(f"--mixed-target-above-int8: the int8 row's worst SQNR is {int8_worst}, no target above it")
+            target = {"fidelity_target": int8_worst + args.mixed_target_above_int8}
         with meter.stage(label):
             report = convert(source, options=PrecisionOptions(precision=precision, calib_dir=out / "images",
                                                               calib_images=args.images, holdout=args.holdout,

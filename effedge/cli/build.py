@@ -81,9 +81,13 @@ def _print_precision_report(report: dict) -> None:
     if report.get("kept_fp16") is not None:
         blocks = len(report.get("sensitivity", []))
         high = report.get("high_precision", {}).get("dtype", "fp16")
-        lines.append(f"kept in {high} ({len(report['kept_fp16'])} of {blocks} blocks): "
-                     + (", ".join(report["kept_fp16"]) or "nothing (int8 met the target)") if blocks
-                     else f"kept in {high}: nothing (int8 alone met the target; blocks not ranked)")
+        if blocks:
+            lines.append(f"kept in {high} ({len(report['kept_fp16'])} of {blocks} blocks): "
+                         + (", ".join(report["kept_fp16"]) or "nothing"))
+        elif report.get("fidelity_target_met"):
+            lines.append(f"kept in {high}: nothing (int8 alone met the target; blocks not ranked)")
+        else:
+            lines.append(f"kept in {high}: nothing (no block ranked)")
         if qdq and qdq.get("int8_groups"):
             lines.append("int8: " + ", ".join(f"{group} ({count} conv)" for group, count in qdq["int8_groups"]))
     fidelity = report["fidelity"]

@@ -473,7 +473,7 @@ def _mixed_search(int8_model, references, inputs: ModelInput, target: float, sco
         log(f"mixed precision: int8 meets the target ({min_sqnr(measured):.1f} dB), no block kept out of int8")
         return int8_model, [], measured
     probe = references[:SENSITIVITY_IMAGES]
-    base = measure_fidelity(int8_model, probe, inputs, score_threshold)
+    base = measured if len(probe) == len(references) else measure_fidelity(int8_model, probe, inputs, score_threshold)
     groups = block_groups(int8_model)
 
     def with_fp16(names: set[str]):
@@ -624,7 +624,8 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
             with meter.stage("fidelity"):
                 measured = measure_fidelity(result, references, inputs, options.score_threshold, reference_noise)
         elif options.precision == "mixed":
-            log(f"mixed precision: searching for the blocks to keep out of int8 (target {options.fidelity_target} dB)")
+            log(f"mixed precision: target {options.fidelity_target} dB; where int8 falls short, the blocks are ranked "
+                "and the most sensitive kept out of int8")
             with meter.stage("sensitivity"):
                 result, sensitivity, measured = _mixed_search(placed, references, inputs, options.fidelity_target,
                                                               options.score_threshold, log, progress, reference_noise)
@@ -636,8 +637,10 @@ def convert(source: str | Path, out_dir: Optional[str | Path] = None, *, options
             reached = min_sqnr(measured)
             report["fidelity_target_met"] = bool(reached >= options.fidelity_target)
             if not report["fidelity_target_met"]:
+                kept_how = ("with the post-training search's blocks out of int8 (QAD keeps them)"
+                            if deployed_ranges is not None else "with every block out of int8")
                 report["warnings"] = [f"mixed precision reached {reached:.1f} dB, short of the "
-                                      f"{options.fidelity_target} dB target, with every block in fp16: use "
+                                      f"{options.fidelity_target} dB target, {kept_how}: use "
                                       "--precision fp32 or a lower --fidelity-target"]
                 log(f"warning: {report['warnings'][0]}")
         report["qdq"] = {**qdq.summary(result), "weight_scales_floored": floored}

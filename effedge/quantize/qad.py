@@ -32,7 +32,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -370,12 +370,20 @@ def pin_input_ranges(student, input_ranges: InputRanges) -> tuple[int, int, int]
 
 FROZEN_PARAMETER = "edge_weights"
 SIGNATURE_GROUP = 16  # tensors read back per fp32 forward while matching them to calls
-SIGNATURE_VALUES = 1 << 16  # values per sample a call's signature reads (a strided subset: the same for one shape)
-CallSite = tuple  # (innermost module name, torch function, its n-th call in that module's call, output shape)
+SIGNATURE_VALUES = 1 << 16  # values of a sample a signature reads at most (D5 signs thousands of calls)
+
+
+class CallSite(NamedTuple):
+    """A torch call, named the same from forward to forward: its n-th call of a function within one call of the
+    innermost module, and the shape it returned."""
+    module: str
+    function: str
+    nth: int
+    shape: tuple[int, ...]
 
 
 class CallSites:
-    """Names every tensor a torch function returns during a forward of ``network`` by its :data:`CallSite`, and lets
+    """Names every tensor a torch function returns during a forward of ``network`` by its :class:`CallSite`, and lets
     ``on_call(site, tensor)`` replace it. The names repeat from forward to forward, and in the recomputation of a
     checkpointed block during backward (:func:`recompute_in_backward` frames it), so a tensor of the exported graph
     found once by its values is found at every step. Calls inside ModelOpt's quantizers and outside ``network``'s
@@ -421,7 +429,7 @@ class CallSites:
                 function = getattr(func, "__name__", repr(func))
                 nth = counts.get(function, 0)
                 counts[function] = nth + 1
-                return sites._on_call((name, function, nth, tuple(out.shape)), out)
+                return sites._on_call(CallSite(name, function, nth, tuple(out.shape)), out)
 
         return Naming()
 
@@ -449,7 +457,7 @@ _ACTIVE_SITES: list[CallSites] = []
 
 
 def deployed_output_sites(quantized_model, fp32_model, module, batch: np.ndarray) -> tuple[dict, int]:
-    """{:data:`CallSite`: amax} for the tensors of the int8 ONNX ``quantized_model`` that are quantized for some
+    """{:class:`CallSite`: amax} for the tensors of the int8 ONNX ``quantized_model`` that are quantized for some
     other operator than a convolution (residual sums, squeeze-excite gates, BiFPN fusion and resampling, which
     ModelOpt's layer quantizers do not cover), each found as a torch call of ``module`` (the network
     ``fp32_model`` was exported from) by its values on ``batch``: export renames, fuses and folds, so names alone
@@ -490,7 +498,7 @@ def deployed_output_sites(quantized_model, fp32_model, module, batch: np.ndarray
     found: dict[str, tuple[CallSite, float]] = {}
 
     def match(site, out):
-        candidates = [(tensor, expected) for tensor, expected in signatures.get(site[3], ()) if tensor not in found]
+        candidates = [(tensor, expected) for tensor, expected in signatures.get(site.shape, ()) if tensor not in found]
         if candidates:  # one signature a call: at D5 a shape has dozens of candidates, each call's tensor MBs
             ours = _signature(out.detach().numpy())
             for tensor, expected in candidates:
@@ -509,7 +517,7 @@ def deployed_output_sites(quantized_model, fp32_model, module, batch: np.ndarray
 
 
 def output_quantization(student, sites: dict) -> CallSites:
-    """The context in which ``student``'s forwards fake-quantize each of ``sites`` ({:data:`CallSite`: amax}) with
+    """The context in which ``student``'s forwards fake-quantize each of ``sites`` ({:class:`CallSite`: amax}) with
     its deployed range, through a ModelOpt quantizer configured as the convolutions' input quantizers."""
     import torch
     from modelopt.torch.quantization.nn import TensorQuantizer
@@ -554,14 +562,25 @@ def _scale_between(ours: np.ndarray, expected: np.ndarray) -> Optional[float]:
 
 def _signature(value: np.ndarray) -> np.ndarray:
     """Statistics that tell tensors of one shape apart and survive fp32 rounding differences: mean, mean absolute
-    value, root mean square and a fixed ±1 projection, per sample, over a fixed strided subset of at most
-    :data:`SIGNATURE_VALUES` values (the same for every tensor of a shape; every call of a D5 forward is signed)."""
+    value, root mean square and a fixed ±1 projection, per sample, over at most :data:`SIGNATURE_VALUES` values
+    taken at a fixed stride (the same for every tensor of a shape: matching signs every call of a wanted shape)."""
     flat = value.reshape(value.shape[0], -1)
-    flat = flat[:, ::max(1, flat.shape[1] // SIGNATURE_VALUES)]
+    flat = flat[:, ::_signature_stride(value.shape)]
     mean = flat.mean(1, dtype=np.float64)
     negated = flat[:, ::3].sum(1, dtype=np.float64) / flat.shape[1]  # the projection: −1 on every third element
-    return np.concatenate([mean, np.abs(flat).mean(1, dtype=np.float64),
+    return np.concatenate([mean, np.abs(flat, dtype=np.float64).mean(1),
                            np.sqrt(np.square(flat, dtype=np.float64).mean(1)), mean - 2 * negated])
+
+
+def _signature_stride(shape: tuple[int, ...]) -> int:
+    """The smallest stride that reads at most :data:`SIGNATURE_VALUES` values of a sample and shares no factor with
+    its plane (H × W, or the row of a 2-D tensor), so the values read spread over every column and row: a stride
+    of 128 on a 128-wide plane would read column 0 alone, the padded border, where two tensors may agree."""
+    values, plane = math.prod(shape[1:]), math.prod(shape[2:] if len(shape) > 2 else shape[1:])
+    stride = max(1, -(-values // SIGNATURE_VALUES))
+    while stride > 1 and math.gcd(stride, plane) != 1:
+        stride += 1
+    return stride
 
 
 def recompute_in_backward(network) -> int:
