@@ -486,7 +486,8 @@ def deployed_output_sites(quantized_model, fp32_model, module, batch: np.ndarray
     existing = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
                               for t in wanted if t not in existing)
-    session = ort_session(probe)
+    # as calibration runs its graph of many outputs: in the default order they all stay alive to the end (D7)
+    session = ort_session(probe, priority_order=True, memory_patterns=False)
     del probe
     input_name = session.get_inputs()[0].name
     signatures: dict[tuple, list] = {}  # shape -> [(tensor, statistics)]
