@@ -11,8 +11,9 @@ The int8 graph is any effedge int8 graph (PTQ or QAD) with its build.json beside
 runs in that graph's high precision (``effedge.quantize.qdq.dequantize_nodes``, what ``--precision mixed`` keeps).
 mAP is ``effedge.evaluate.coco``'s, the code behind ``effedge eval``, on effedge's ONNX Runtime Detector.
 
-Measured (README, QAD; the shapes fixture's PTQ graph, 300 validation images, 5 folds of 60): int8 -1.11 ± 0.22
-mAP points; with box_net out of int8 -0.05 ± 0.10; with any other single block out, no better than int8.
+Measured on the shapes fixture's PTQ graph (README, QAD; 300 validation images, 5 folds of 60): int8 -1.11 ± 0.22
+mAP points against fp32; with box_net out of int8 -0.05 ± 0.10; class_net out -0.93 ± 0.26; any other single
+block out -1.08 to -1.71. A row's mAP is the mean of its folds' mAPs, not the pooled mAP.
 """
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def main() -> None:
     parser.add_argument("--blocks", default="all", help="all, or a comma list of blocks to take out of int8 one by one")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.folds < 2:
+        sys.exit(f"--folds {args.folds}: use at least 2 (the standard error needs two folds)")
     files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if len(files) < 2 * args.folds:
         sys.exit(f"{len(files)} images in {args.images}: need at least 2 per fold (--folds {args.folds})")
@@ -74,7 +77,8 @@ def main() -> None:
         for block in chosen:
             candidate = onnx.load(str(args.int8))
             if not dequantize_nodes(candidate, groups[block]):
-                continue  # nothing of it is quantized (e.g. box decoding)
+                print(f"{block}: nothing of it is quantized, no row", file=sys.stderr)  # e.g. box decoding
+                continue
             path = Path(tmp) / "model.onnx"
             onnx.save(candidate, str(path))
             rows.append({"model": f"int8, {block} out of int8",
@@ -84,7 +88,8 @@ def main() -> None:
         row["mAP"] = sum(row["fold_mAP"]) / len(folds)
         row["points_vs_fp32"], row["standard_error"] = paired(row["fold_mAP"], fp32)
     if args.json:
-        args.json.write_text(json.dumps({"folds": args.folds, "images": len(files), "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"fp32": str(args.fp32), "int8": str(args.int8), "folds": args.folds,
+                                         "images": len(files), "rows": rows}, indent=2))
     print(f"\nCOCO mAP on {len(files)} images ({args.folds} folds; a fold's mAP averaged), difference to fp32 "
           "in mAP points, mean ± standard error over the folds\n")
     print("| model | mAP | vs fp32 |")
