@@ -26,6 +26,7 @@ from pathlib import Path
 
 import onnx
 
+from effedge.errors import EffedgeError
 from effedge.evaluate.coco import EVAL_SCORE_THRESHOLD, evaluate
 from effedge.io import read_manifest
 from effedge.quantize.precision import block_groups
@@ -56,6 +57,11 @@ def main() -> None:
     parser.add_argument("--blocks", default="all", help="all, or a comma list of blocks to take out of int8 one by one")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    missing = [str(path) for path in (args.fp32, args.int8, args.annotations) if not path.is_file()]
+    missing += [str(args.images)] if not args.images.is_dir() else []
+    if missing:
+        sys.exit(f"not found: {', '.join(missing)} (FP32 and INT8 graphs with their build.json, an image folder, "
+                 "COCO instances)")
     if args.folds < 2:
         sys.exit(f"--folds {args.folds}: use at least 2 (the standard error needs two folds)")
     files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
@@ -99,4 +105,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except EffedgeError as exc:  # a graph without its build.json, annotations that are no COCO file, …
+        sys.exit(f"error: {exc}")
