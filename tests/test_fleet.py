@@ -509,7 +509,10 @@ def test_worker_killed_mid_bench_is_retried_and_no_cell_is_lost_or_doubled(ray_c
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not killed:
             for log in (fleet_dir() / "attempts").glob(f"*/{victim.slug}.jsonl"):
-                pid = json.loads(log.read_text().splitlines()[0])["pid"]
+                first = (log.read_text().splitlines() or [""])[0]
+                if not first.endswith("}"):  # created, its first line not yet written: look again
+                    continue
+                pid = json.loads(first)["pid"]
                 time.sleep(0.5)  # into the bench: 0.5 s warm-up, then at least 2 s of timed iterations
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
